@@ -1,0 +1,43 @@
+"""Data layer: image/mask I/O, folder and caption data sets, split files, the phantom world.
+
+Submodules are imported lazily so that ``import medclipsam.data`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "io": ["ImageReadError", "load_array", "read_image", "read_mask", "write_image", "write_mask"],
+    "datasets": [
+        "CaptionDataset",
+        "FolderDataset",
+        "PairingError",
+        "load_split",
+        "make_split",
+        "pair_by_stem",
+        "write_split",
+    ],
+    "phantom": [
+        "CLASSES",
+        "PROMPTS",
+        "TASKS",
+        "PhantomDataset",
+        "PhantomSample",
+        "generate_sample",
+        "write_phantom_folder",
+    ],
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        module = importlib.import_module(f".{_WHERE[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,135 @@
+"""Figures: overlays of masks, saliency maps and boxes on images, and sample grids.
+
+Plain functions that return numpy images or matplotlib figures, so notebooks, the CLI and tests use
+the same drawing code. Nothing here opens a window (the CLI uses the Agg backend).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["mask_outline", "overlay", "sample_grid", "save_figure"]
+
+
+def _as_rgb_float(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.shape[2] == 4:
+        img = img[..., :3]
+    img = img.astype(np.float32)
+    if img.max(initial=0) > 1.0:
+        img = img / (65535.0 if img.max() > 255 else 255.0)
+    return np.clip(img, 0.0, 1.0)
+
+
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The boundary pixels of a binary mask (inside pixels that touch the outside), ``width`` thick."""
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return m
+    eroded = ndimage.binary_erosion(m, iterations=width, border_value=0)
+    return m & ~eroded
+
+
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    saliency: np.ndarray | None = None,
+    outline: np.ndarray | None = None,
+    boxes: Sequence[Sequence[float]] | None = None,
+    mask_color: tuple[int, int, int] = (255, 64, 64),
+    outline_color: tuple[int, int, int] = (64, 255, 64),
+    box_color: tuple[int, int, int] = (255, 215, 0),
+    alpha: float = 0.35,
+    saliency_alpha: float = 0.5,
+) -> np.ndarray:
+    """Draw a filled mask, a saliency heat map, a second mask's outline and boxes onto an image.
+
+    ``image`` is (H, W) or (H, W, C), uint8/uint16/float; ``mask`` and ``outline`` are (H, W) bool;
+    ``saliency`` is (H, W) float in [0, 1] (drawn with matplotlib's ``jet``); boxes are
+    ``(x0, y0, x1, y1)`` in pixel coordinates. Returns an (H, W, 3) uint8 image.
+    """
+    out = _as_rgb_float(image)
+    h, w = out.shape[:2]
+    if saliency is not None:
+        from matplotlib import colormaps
+
+        s = np.clip(np.asarray(saliency, dtype=np.float32), 0.0, 1.0)
+        if s.shape != (h, w):
+            raise ValueError(f"saliency has shape {s.shape}, image has {(h, w)}")
+        heat = colormaps["jet"](s)[..., :3]
+        out = (1 - saliency_alpha) * out + saliency_alpha * heat
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != (h, w):
+            raise ValueError(f"mask has shape {m.shape}, image has {(h, w)}")
+        col = np.array(mask_color, dtype=np.float32) / 255.0
+        out[m] = (1 - alpha) * out[m] + alpha * col
+        out[mask_outline(m)] = col
+    if outline is not None:
+        o = mask_outline(np.asarray(outline, dtype=bool), width=max(1, min(h, w) // 200))
+        out[o] = np.array(outline_color, dtype=np.float32) / 255.0
+    if boxes is not None:
+        col = np.array(box_color, dtype=np.float32) / 255.0
+        t = max(1, min(h, w) // 150)
+        for box in boxes:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            x0, x1 = sorted((max(0, min(w - 1, x0)), max(0, min(w - 1, x1))))
+            y0, y1 = sorted((max(0, min(h - 1, y0)), max(0, min(h - 1, y1))))
+            out[y0 : y0 + t, x0 : x1 + 1] = col
+            out[max(y1 - t + 1, 0) : y1 + 1, x0 : x1 + 1] = col
+            out[y0 : y1 + 1, x0 : x0 + t] = col
+            out[y0 : y1 + 1, max(x1 - t + 1, 0) : x1 + 1] = col
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def sample_grid(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str] | None = None,
+    *,
+    ncols: int = 4,
+    cell_size: float = 3.0,
+    suptitle: str | None = None,
+    wrap: int = 38,
+):
+    """A matplotlib figure showing ``images`` in a grid with wrapped titles; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows * 1.15), squeeze=False
+    )
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = np.asarray(images[i])
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255 if img.dtype == np.uint8 else None)
+        if titles is not None:
+            ax.set_title(textwrap.fill(titles[i], wrap), fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a figure atomically (PNG by suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    from ._utils import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path

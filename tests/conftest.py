@@ -1,0 +1,20 @@
+"""Test-wide settings: offline hubs, a headless matplotlib, and a table of notebook run times."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub or open_clip: never touch the network in tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MEDCLIPSAM_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+NOTEBOOK_TIMES: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    if not NOTEBOOK_TIMES:
+        return
+    terminalreporter.section("notebook execution times (papermill)")
+    for name, seconds in sorted(NOTEBOOK_TIMES.items()):
+        terminalreporter.write_line(f"{name:<45s} {seconds:7.1f} s")
