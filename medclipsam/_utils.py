@@ -28,6 +28,15 @@ __all__ = [
 ]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 class UnsafeArchiveError(ValueError):
     """An archive member would be written outside the extraction folder."""
 
@@ -48,6 +57,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -156,7 +168,7 @@ def get_device(device: str | None = "auto"):
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and (if installed) torch for a reproducible run."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - the legacy global generator is what third-party code uses
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a hard dependency, but keep this light

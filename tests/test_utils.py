@@ -113,3 +113,14 @@ def test_cache_dir_env_override(tmp_path, monkeypatch):
 def test_get_device():
     assert get_device("cpu").type == "cpu"
     assert get_device("auto").type in {"cpu", "cuda", "mps"}
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_text(tmp_path / "p.txt", "x")
+    mode = stat.S_IMODE((tmp_path / "p.txt").stat().st_mode)
+    assert mode == 0o666 & ~umask, oct(mode)

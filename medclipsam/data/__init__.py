@@ -8,11 +8,22 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "io": ["ImageReadError", "load_array", "read_image", "read_mask", "write_image", "write_mask"],
+    "io": [
+        "SUPPORTED_SUFFIXES",
+        "ImageReadError",
+        "file_stem",
+        "load_array",
+        "read_image",
+        "read_mask",
+        "write_image",
+        "write_mask",
+    ],
     "datasets": [
         "CaptionDataset",
         "FolderDataset",
         "PairingError",
+        "SplitError",
+        "known_splits",
         "load_split",
         "make_split",
         "pair_by_stem",

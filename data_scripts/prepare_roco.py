@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Convert the roco data set into the medclipsam folder layout; see data_scripts/README.md.
+
+Run `python data_scripts/prepare_roco.py --help` for the options.
+"""
+
+import sys
+from pathlib import Path
+
+try:
+    from medclipsam.data.sources.roco import main
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from medclipsam.data.sources.roco import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
