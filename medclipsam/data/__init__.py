@@ -31,11 +31,14 @@ _EXPORTS = {
     ],
     "phantom": [
         "CLASSES",
+        "ALT_PROMPTS",
         "PROMPTS",
         "TASKS",
         "PhantomDataset",
         "PhantomSample",
         "generate_sample",
+        "intensity_rule_point",
+        "pointing_hit",
         "write_phantom_folder",
     ],
 }
