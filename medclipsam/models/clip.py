@@ -1,0 +1,825 @@
+"""Loading CLIP models (BiomedCLIP, other open_clip models, our own checkpoints) and preparing
+images for them without misaligning non-square images.
+
+``load_clip(name_or_path)`` accepts
+
+* ``"biomedclip"``: ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`` through
+  open_clip (the Hugging Face hub, or its local cache when ``HF_HUB_OFFLINE=1``);
+* any ``"hf-hub:org/repo"`` open_clip identifier;
+* an open_clip built-in name, optionally with a pretrained tag: ``"ViT-B-16"``,
+  ``"ViT-B-16:openai"``;
+* a checkpoint file: ours (written by :func:`save_clip_checkpoint`: a dict with ``model_config``
+  and/or ``model_name``, ``state_dict``, ``preprocess_cfg`` and ``meta``) or a plain state dict for
+  the BiomedCLIP architecture, e.g. the MedCLIP-SAM authors' fine-tuned weights (an open_clip
+  training checkpoint's ``{"state_dict": ...}`` wrapper and DDP ``module.`` prefixes are handled);
+* ``"toy"``: the small model trained on the phantom world (``medclipsam/weights/toy_clip.pt``).
+
+Preprocessing. open_clip's evaluation transform resizes the short side and centre-crops, and the
+reference implementation stretches the saliency map of that crop back over the whole image: on a
+non-square image every map is then misplaced. :func:`prepare_image` letterboxes instead (``"pad"``:
+the whole image, scaled to fit, centred on black) or stretches (``"resize"``), or crops like
+open_clip (``"crop"``), and returns a :class:`Geometry` that maps model-space maps, boxes and
+points back to the original image exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._utils import atomic_path, get_device
+
+__all__ = [
+    "BIOMEDCLIP_HUB_ID",
+    "CHECKPOINT_FORMAT",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "CheckpointError",
+    "ClipBundle",
+    "Geometry",
+    "HubFilesMissingError",
+    "LetterboxTransform",
+    "load_clip",
+    "prepare_image",
+    "save_clip_checkpoint",
+    "to_rgb_float",
+]
+
+log = logging.getLogger(__name__)
+
+BIOMEDCLIP_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+BIOMEDCLIP_HUB_ID = "hf-hub:" + BIOMEDCLIP_REPO
+#: OpenAI CLIP's normalisation, which BiomedCLIP's ``preprocess_cfg`` uses too.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: The ``format`` entry of checkpoints written by :func:`save_clip_checkpoint`.
+CHECKPOINT_FORMAT = "medclipsam-clip/1"
+_ALIASES = {"biomedclip": BIOMEDCLIP_HUB_ID}
+_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+_HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_MODES = ("pad", "resize", "crop")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read or does not fit the architecture (the message names it)."""
+
+
+class HubFilesMissingError(FileNotFoundError):
+    """Files of a Hugging Face hub model are neither in the local cache nor downloadable."""
+
+
+# --------------------------------------------------------------------------------------------
+# images and geometry
+
+
+def to_rgb_float(image: Any) -> torch.Tensor:
+    """Any image -> float tensor (3, H, W) in [0, 1].
+
+    Accepts a PIL image, a NumPy array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha dropped),
+    or a torch tensor (3, H, W)/(1, H, W)/(H, W). uint8 is divided by 255; floats already in
+    [0, 1] are kept; anything else (16-bit, CT units, floats outside [0, 1]) is min-max scaled.
+    Grey images are repeated to three channels. Intensity windowing is the data module's job.
+    """
+    if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL, without importing it here
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+            arr = arr[..., :3] if arr.shape[-1] != 1 else arr[..., 0]
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"expected an image of shape (H, W) or (H, W, C), got {arr.shape}")
+        if arr.dtype == np.uint8:
+            t = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
+        else:
+            t = _minmax_unless_unit(torch.from_numpy(arr.astype(np.float32, copy=False)))
+        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor):
+        t = image.detach()
+        if t.ndim == 2:
+            t = t[None]
+        if t.ndim != 3 or t.shape[0] not in (1, 3):
+            raise ValueError(
+                f"expected a tensor of shape (3, H, W), (1, H, W) or (H, W), got {tuple(t.shape)}"
+            )
+        t = t.float() / 255.0 if t.dtype == torch.uint8 else _minmax_unless_unit(t.float())
+    else:
+        raise TypeError(f"expected a PIL image, NumPy array or torch tensor, got {type(image)}")
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    return t.contiguous()
+
+
+def _minmax_unless_unit(t: torch.Tensor) -> torch.Tensor:
+    lo, hi = float(t.min()), float(t.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return t
+    return (t - lo) / max(hi - lo, 1e-8)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an (H, W) image was placed in the S x S model input, and the way back.
+
+    A point (x, y) of the image (pixel units, edges at integers) sits at
+    ``(x * scale_x + offset_x, y * scale_y + offset_y)`` in the model input. ``content_box`` is
+    the part of the model input that shows the image (x0, y0, x1, y1); outside it is padding.
+    """
+
+    image_size: tuple[int, int]  # (H, W) of the original image
+    model_size: int  # S
+    mode: str  # "pad", "resize" or "crop"
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+
+    @property
+    def content_box(self) -> tuple[float, float, float, float]:
+        """The image's area in model coordinates, clipped to the model input."""
+        h, w = self.image_size
+        s = float(self.model_size)
+        x0, y0 = self.offset_x, self.offset_y
+        x1, y1 = x0 + w * self.scale_x, y0 + h * self.scale_y
+        return (max(x0, 0.0), max(y0, 0.0), min(x1, s), min(y1, s))
+
+    def points_to_image(self, points: Any) -> np.ndarray:
+        """(N, 2) model-space (x, y) points -> image-space points (not clipped)."""
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        return np.stack(
+            [(p[:, 0] - self.offset_x) / self.scale_x, (p[:, 1] - self.offset_y) / self.scale_y],
+            axis=1,
+        )
+
+    def points_to_model(self, points: Any) -> np.ndarray:
+        """(N, 2) image-space (x, y) points -> model-space points."""
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        return np.stack(
+            [p[:, 0] * self.scale_x + self.offset_x, p[:, 1] * self.scale_y + self.offset_y],
+            axis=1,
+        )
+
+    def box_to_image(self, box: Any) -> np.ndarray:
+        """Model-space box(es) (x0, y0, x1, y1) -> image-space boxes clipped to the image."""
+        b = np.asarray(box, dtype=np.float64)
+        single = b.ndim == 1
+        b = b.reshape(-1, 4)
+        p0 = self.points_to_image(b[:, :2])
+        p1 = self.points_to_image(b[:, 2:])
+        h, w = self.image_size
+        out = np.concatenate([p0, p1], axis=1)
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+        return out[0] if single else out
+
+    def box_to_model(self, box: Any) -> np.ndarray:
+        """Image-space box(es) (x0, y0, x1, y1) -> model-space boxes."""
+        b = np.asarray(box, dtype=np.float64)
+        single = b.ndim == 1
+        b = b.reshape(-1, 4)
+        out = np.concatenate([self.points_to_model(b[:, :2]), self.points_to_model(b[:, 2:])], 1)
+        return out[0] if single else out
+
+    def to_image(self, map_2d: Any, mode: str = "bilinear", fill: float = 0.0) -> Any:
+        """Resample a model-space map onto the original (H, W) image grid.
+
+        ``map_2d`` (h, w) or (..., h, w), NumPy or torch, at any resolution (a 14 x 14 token grid
+        or a 224 x 224 map): it is taken to cover the whole S x S model input. Padding is cut off
+        and the rest resized back; image pixels the model never saw (``"crop"`` mode) get
+        ``fill``. ``mode``: ``"bilinear"`` or ``"nearest"`` (for label maps). Returns the same
+        type as given, float32.
+        """
+        if mode not in ("bilinear", "nearest"):
+            raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+        is_numpy = not isinstance(map_2d, torch.Tensor)
+        t = torch.as_tensor(np.asarray(map_2d) if is_numpy else map_2d).float()
+        if t.ndim < 2:
+            raise ValueError(f"expected a map of shape (h, w) or (..., h, w), got {tuple(t.shape)}")
+        lead = t.shape[:-2]
+        t = t.reshape(1, -1, *t.shape[-2:])
+        h, w = self.image_size
+        s = float(self.model_size)
+        # Centres of the image's pixels, in model coordinates, then in grid_sample's [-1, 1].
+        xs = ((torch.arange(w, dtype=torch.float64) + 0.5) * self.scale_x + self.offset_x) / s
+        ys = ((torch.arange(h, dtype=torch.float64) + 0.5) * self.scale_y + self.offset_y) / s
+        gy, gx = torch.meshgrid(ys * 2 - 1, xs * 2 - 1, indexing="ij")
+        grid = torch.stack([gx, gy], dim=-1).float()[None].to(t.device)
+        out = F.grid_sample(t, grid, mode=mode, padding_mode="border", align_corners=False)
+        outside = (grid[..., 0].abs() > 1) | (grid[..., 1].abs() > 1)
+        if bool(outside.any()):
+            out = out.masked_fill(outside[:, None], float(fill))
+        out = out.reshape(*lead, h, w)
+        return out.cpu().numpy() if is_numpy else out
+
+
+def _geometry(height: int, width: int, size: int, mode: str) -> tuple[Geometry, int, int]:
+    """Geometry for an (height, width) image, and the size (h', w') it is resized to first."""
+    if mode == "resize":
+        return Geometry((height, width), size, mode, size / width, size / height, 0, 0), size, size
+    scale = size / (max(height, width) if mode == "pad" else min(height, width))
+    new_h = max(1, round(height * scale))
+    new_w = max(1, round(width * scale))
+    if mode == "pad":
+        ox, oy = (size - new_w) // 2, (size - new_h) // 2
+    else:  # crop, rounded like torchvision's CenterCrop
+        ox, oy = -round((new_w - size) / 2.0), -round((new_h - size) / 2.0)
+    geom = Geometry((height, width), size, mode, new_w / width, new_h / height, ox, oy)
+    return geom, new_h, new_w
+
+
+def prepare_image(
+    image: Any,
+    size: int,
+    mode: str = "pad",
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> tuple[torch.Tensor, Geometry]:
+    """Image -> normalised model input (3, size, size) and the :class:`Geometry` to map back.
+
+    ``mode``: ``"pad"`` (default) scales the longer side to ``size`` and centres the image on
+    black, so nothing is cut or distorted; ``"resize"`` stretches to a square; ``"crop"`` is
+    open_clip's resize-short-side-then-centre-crop (parts of the image are not seen).
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    rgb = to_rgb_float(image)
+    _, height, width = rgb.shape
+    geom, new_h, new_w = _geometry(height, width, int(size), mode)
+    x = rgb[None]
+    if (new_h, new_w) != (height, width):
+        x = F.interpolate(
+            x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+        ).clamp_(0.0, 1.0)
+    canvas = x.new_zeros(1, 3, size, size)
+    ox, oy = int(geom.offset_x), int(geom.offset_y)
+    # Paste the resized image at (ox, oy), cutting what falls outside (crop mode).
+    sx0, sy0 = max(0, -ox), max(0, -oy)
+    dx0, dy0 = max(0, ox), max(0, oy)
+    cw, ch = min(new_w - sx0, size - dx0), min(new_h - sy0, size - dy0)
+    canvas[..., dy0 : dy0 + ch, dx0 : dx0 + cw] = x[..., sy0 : sy0 + ch, sx0 : sx0 + cw]
+    m = torch.tensor(mean, dtype=canvas.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=canvas.dtype).view(1, 3, 1, 1)
+    return ((canvas - m) / s)[0], geom
+
+
+class LetterboxTransform:
+    """A callable preprocessing transform (image -> (3, S, S) tensor) that keeps the geometry.
+
+    Drop-in for open_clip's ``preprocess`` (``preprocess(img).unsqueeze(0)``); use
+    :meth:`prepare` to also get the :class:`Geometry` for mapping saliency maps back.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        std: Sequence[float] = OPENAI_CLIP_STD,
+        mode: str = "pad",
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.size = int(size)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.mode = mode
+
+    def prepare(self, image: Any, mode: str | None = None) -> tuple[torch.Tensor, Geometry]:
+        """(tensor, geometry) for ``image``; ``mode`` overrides the transform's own."""
+        return prepare_image(image, self.size, mode or self.mode, self.mean, self.std)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.prepare(image)[0]
+
+    def __repr__(self) -> str:
+        return f"LetterboxTransform(size={self.size}, mode={self.mode!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# the bundle
+
+
+@dataclass
+class ClipBundle:
+    """A CLIP model with everything needed to feed it.
+
+    ``preprocess`` is a :class:`LetterboxTransform`; ``tokenizer(texts)`` gives a (B,
+    ``context_length``) LongTensor. ``model_config`` is the open_clip model config the model was
+    built from (saved in checkpoints so they rebuild without the hub); ``source`` the open_clip
+    identifier; ``pretrained`` says whether real weights were loaded (False: random weights).
+    The ``encode_*`` helpers follow the caller's grad mode (wrap them in ``torch.no_grad()`` for
+    inference).
+    """
+
+    model: torch.nn.Module
+    preprocess: LetterboxTransform
+    tokenizer: Callable[..., torch.Tensor]
+    name: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    context_length: int
+    model_config: dict | None = None
+    source: str | None = None
+    pretrained: bool = True
+    preprocess_cfg: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prepare(self, image: Any, mode: str | None = None) -> tuple[torch.Tensor, Geometry]:
+        """One image -> (model input (3, S, S), :class:`Geometry`)."""
+        return self.preprocess.prepare(image, mode)
+
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """Text(s) -> token ids (B, context_length) on the model's device."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.tokenizer(texts).to(self.device)
+
+    def encode_image(self, images: Any, normalize: bool = True) -> torch.Tensor:
+        """Image features (B, D). ``images``: a preprocessed (B, 3, S, S) tensor, or one image or
+        a list of images in any form :func:`to_rgb_float` accepts."""
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            batch = images
+        else:
+            items = images if isinstance(images, (list, tuple)) else [images]
+            batch = torch.stack([self.preprocess(im) for im in items])
+        return self.model.encode_image(batch.to(self.device), normalize=normalize)
+
+    def encode_text(self, texts: str | Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """Text features (B, D)."""
+        return self.model.encode_text(self.tokenize(texts), normalize=normalize)
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face hub helpers
+
+
+def _hub_cache_folder() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - huggingface_hub comes with open_clip
+        return "the Hugging Face cache"
+
+
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover
+        return False
+
+
+def _hub_file(repo_id: str, filename: str) -> str | None:
+    """Local path of ``filename`` of hub repo ``repo_id`` (from the cache, or downloaded); None if
+    it cannot be had (offline and not cached, missing upstream, no network)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id=repo_id, filename=filename)
+    except Exception as e:  # offline, not found, network: all mean "not available here"
+        log.info("hub file %s/%s not available: %s", repo_id, filename, e)
+        return None
+
+
+def _hub_help(repo_id: str, filename: str, purpose: str) -> str:
+    how = (
+        "HF_HUB_OFFLINE=1 forbids downloading it (unset it on a machine with network access)"
+        if _hub_offline()
+        else "downloading it failed (no network, or no access to huggingface.co)"
+    )
+    return (
+        f"{purpose}: {filename} of the Hugging Face repo {repo_id!r} is not in the local "
+        f"Hugging Face cache ({_hub_cache_folder()}) and {how}.\n"
+        f"To fix: on a machine with network access run `hf download {repo_id}` (or load the "
+        "model once there), then copy its Hugging Face cache folder (HF_HOME, default "
+        "~/.cache/huggingface) to this machine, or point HF_HOME / HF_HUB_CACHE at a copy."
+    )
+
+
+def _hf_text_repos(model_cfg: dict) -> list[str]:
+    text_cfg = model_cfg.get("text_cfg", {})
+    names = [text_cfg.get("hf_model_name"), text_cfg.get("hf_tokenizer_name")]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _check_text_tower_files(model_cfg: dict, model_label: str) -> None:
+    """The HF text tower needs its repo's config.json even for random weights: check it first."""
+    for repo in _hf_text_repos(model_cfg):
+        if not os.path.isdir(repo) and _hub_file(repo, "config.json") is None:
+            raise HubFilesMissingError(
+                _hub_help(repo, "config.json", f"{model_label}'s text encoder ({repo})")
+            )
+
+
+def _make_tokenizer(model_cfg: dict, fallback_name: str | None = None) -> Callable:
+    """The tokenizer a model config asks for (HF tokenizer or open_clip's SimpleTokenizer)."""
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    text_cfg = model_cfg.get("text_cfg", {})
+    context_length = int(text_cfg.get("context_length", 77))
+    hf_name = text_cfg.get("hf_tokenizer_name")
+    if hf_name:
+        try:
+            kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
+            if text_cfg.get("tokenizer_mode"):
+                kwargs["tokenizer_mode"] = text_cfg["tokenizer_mode"]
+            return HFTokenizer(hf_name, context_length=context_length, **kwargs)
+        except Exception as e:
+            raise HubFilesMissingError(
+                _hub_help(hf_name, "the tokenizer files (vocab.txt, ...)", "The text tokenizer")
+                + f"\n(transformers said: {type(e).__name__}: {e})"
+            ) from e
+    if fallback_name:
+        return open_clip.get_tokenizer(fallback_name, context_length=context_length)
+    return open_clip.SimpleTokenizer(context_length=context_length)
+
+
+# --------------------------------------------------------------------------------------------
+# building and loading
+
+
+def _build_from_config(model_cfg: dict) -> torch.nn.Module:
+    """Instantiate an open_clip model (random weights) from a model config dict."""
+    from open_clip.coca_model import CoCa
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    cfg = deepcopy(model_cfg)
+    vision_cfg = cfg.setdefault("vision_cfg", {})
+    text_cfg = cfg.setdefault("text_cfg", {})
+    if "timm_model_name" in vision_cfg:
+        vision_cfg["timm_model_pretrained"] = False
+    hf_text = "hf_model_name" in text_cfg
+    if hf_text:
+        text_cfg["hf_model_pretrained"] = False
+    custom_text = cfg.pop("custom_text", False) or hf_text
+    cls = CoCa if "multimodal_cfg" in cfg else CustomTextCLIP if custom_text else CLIP
+    return cls(**cfg)
+
+
+def _clean_state_dict(obj: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Unwrap {"state_dict"|"model": ...}, strip DDP/compile prefixes, fit small shape quirks."""
+    sd = obj
+    for key in ("state_dict", "model", "module"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise TypeError("not a state dict (a mapping of parameter names to tensors)")
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v
+    own = model.state_dict()
+    pos_key = "text.transformer.embeddings.position_ids"
+    if pos_key in out and pos_key not in own:
+        del out[pos_key]  # a buffer newer transformers versions no longer save
+    for key in ("logit_scale", "logit_bias"):
+        if key in out and key in own and out[key].shape != own[key].shape:
+            out[key] = out[key].reshape(own[key].shape)
+    return out
+
+
+def _load_state(model: torch.nn.Module, sd: dict, path: Path, what: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"{len(wrong)} with other shapes (e.g. {k}: file "
+                f"{tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
+            )
+        raise CheckpointError(
+            f"{path}: the weights do not fit {what}: " + "; ".join(parts) + " parameters."
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def _read_checkpoint(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: cannot read this checkpoint ({type(e).__name__}: {str(e)[:300]}). "
+            "The file may be truncated or corrupt, or not a PyTorch checkpoint; checkpoints are "
+            "loaded with torch.load(weights_only=True), which refuses pickled code."
+        ) from e
+
+
+def _preprocess_values(model: torch.nn.Module, preprocess_cfg: dict | None) -> dict:
+    from open_clip import get_model_preprocess_cfg
+
+    cfg = dict(get_model_preprocess_cfg(model))
+    cfg.update(preprocess_cfg or {})
+    size = cfg.get("size", getattr(getattr(model, "visual", None), "image_size", 224))
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"non-square model input size {size} is not supported")
+        size = size[0]
+    cfg["size"] = int(size)
+    cfg["mean"] = tuple(float(v) for v in cfg.get("mean", OPENAI_CLIP_MEAN))
+    cfg["std"] = tuple(float(v) for v in cfg.get("std", OPENAI_CLIP_STD))
+    return cfg
+
+
+def _bundle(
+    model: torch.nn.Module,
+    tokenizer: Callable,
+    name: str,
+    device: Any,
+    model_config: dict | None,
+    source: str | None,
+    pretrained: bool,
+    preprocess_cfg: dict | None = None,
+    mode: str = "pad",
+) -> ClipBundle:
+    cfg = _preprocess_values(model, preprocess_cfg)
+    model = model.to(get_device(device)).eval()
+    context_length = int(
+        getattr(tokenizer, "context_length", None)
+        or (model_config or {}).get("text_cfg", {}).get("context_length", 77)
+    )
+    return ClipBundle(
+        model=model,
+        preprocess=LetterboxTransform(cfg["size"], cfg["mean"], cfg["std"], mode=mode),
+        tokenizer=tokenizer,
+        name=name,
+        image_size=cfg["size"],
+        mean=cfg["mean"],
+        std=cfg["std"],
+        context_length=context_length,
+        model_config=deepcopy(model_config) if model_config is not None else None,
+        source=source,
+        pretrained=pretrained,
+        preprocess_cfg=_jsonable(cfg),
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Round-trip through JSON: plain lists/dicts/str/numbers only (safe for weights_only)."""
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _load_hub(repo_id: str, name: str, device: Any, pretrained: bool, mode: str) -> ClipBundle:
+    import open_clip
+
+    label = f"CLIP model {name!r}" if name != repo_id else f"hf-hub:{repo_id}"
+    config_path = _hub_file(repo_id, "open_clip_config.json")
+    if config_path is None:
+        raise HubFilesMissingError(
+            _hub_help(repo_id, "open_clip_config.json", f"Cannot build {label}")
+        )
+    try:
+        hub_cfg = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        model_cfg = hub_cfg["model_cfg"]
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{config_path}: not a valid open_clip_config.json ({e})") from e
+    _check_text_tower_files(model_cfg, label)
+
+    have_weights = pretrained and any(_hub_file(repo_id, f) for f in _HUB_WEIGHT_FILES)
+    if pretrained and not have_weights:
+        warnings.warn(
+            f"The weights of {label} ({' or '.join(_HUB_WEIGHT_FILES)} in the Hugging Face repo "
+            f"{repo_id!r}) are not in the local cache ({_hub_cache_folder()}) and could not be "
+            "downloaded: the model has RANDOM weights, so its scores and saliency maps mean "
+            "nothing. Run once with network access (or copy the Hugging Face cache) to fix this.",
+            UserWarning,
+            stacklevel=3,
+        )
+    model = open_clip.create_model(
+        f"hf-hub:{repo_id}", load_weights=have_weights, pretrained_text=False
+    )
+    tokenizer = _make_tokenizer(model_cfg, fallback_name=f"hf-hub:{repo_id}")
+    return _bundle(
+        model,
+        tokenizer,
+        name,
+        device,
+        model_cfg,
+        f"hf-hub:{repo_id}",
+        bool(have_weights),
+        hub_cfg.get("preprocess_cfg"),
+        mode,
+    )
+
+
+def _load_builtin(spec: str, name: str, device: Any, pretrained: bool, mode: str) -> ClipBundle:
+    import open_clip
+
+    model_name, _, tag = spec.partition(":")
+    model_cfg = open_clip.get_model_config(model_name)
+    if model_cfg is None:
+        raise ValueError(
+            f"unknown CLIP model {spec!r}: not 'biomedclip', 'toy', an 'hf-hub:' id, an "
+            f"existing checkpoint file, or an open_clip model name (open_clip.list_models())"
+        )
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained and not tag:
+        if not tags:
+            raise ValueError(
+                f"open_clip has no pretrained weights for {model_name!r}; "
+                "use pretrained=False for random weights"
+            )
+        tag = "openai" if "openai" in tags else tags[0]
+        log.info("no pretrained tag given for %s: using %r", model_name, tag)
+    quick_gelu = bool(model_cfg.get("quick_gelu", False))
+    if pretrained:
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, tag)
+        if not tag_cfg:
+            raise ValueError(f"{model_name!r} has no pretrained tag {tag!r}; known: {tags}")
+        quick_gelu = bool(tag_cfg.get("quick_gelu", quick_gelu))
+        try:
+            model = open_clip.create_model(
+                model_name, pretrained=tag, force_quick_gelu=quick_gelu, pretrained_text=False
+            )
+        except RuntimeError as e:
+            raise HubFilesMissingError(
+                f"Cannot get the {model_name}:{tag} weights ({e}). open_clip downloads them from "
+                f"the Hugging Face hub ({tag_cfg.get('hf_hub') or tag_cfg.get('url')}); run once "
+                "with network access, or copy the Hugging Face cache folder to this machine."
+            ) from e
+        name = f"{model_name}:{tag}"
+    else:
+        model = open_clip.create_model(model_name, pretrained=None, pretrained_text=False)
+    model_cfg["quick_gelu"] = quick_gelu
+    _check_text_tower_files(model_cfg, model_name)
+    tokenizer = _make_tokenizer(model_cfg, fallback_name=model_name)
+    return _bundle(model, tokenizer, name, device, model_cfg, model_name, pretrained, None, mode)
+
+
+def _load_file(
+    path: Path, device: Any, pretrained: bool, arch: str, mode: str, name: str | None = None
+) -> ClipBundle:
+    obj = _read_checkpoint(path)
+    ours = (
+        isinstance(obj, dict)
+        and "state_dict" in obj
+        and ("model_config" in obj or "model_name" in obj)
+    )
+    if ours:
+        model_cfg = obj.get("model_config")
+        source = obj.get("model_name")
+        if model_cfg is not None:
+            _check_text_tower_files(model_cfg, f"the checkpoint {path}")
+            model = _build_from_config(model_cfg)
+        else:
+            import open_clip
+
+            model = open_clip.create_model(
+                source, pretrained=None, load_weights=False, pretrained_text=False
+            )
+            model_cfg = open_clip.get_model_config(source)
+        try:
+            sd = _clean_state_dict(obj["state_dict"], model)
+        except TypeError as e:
+            raise CheckpointError(f"{path}: 'state_dict' entry is {e}") from e
+        _load_state(model, sd, path, f"the architecture saved in {path.name}")
+        tokenizer = _make_tokenizer(model_cfg or {}, fallback_name=source)
+        return _bundle(
+            model,
+            tokenizer,
+            name or path.stem,
+            device,
+            model_cfg,
+            source,
+            True,
+            obj.get("preprocess_cfg"),
+            mode,
+        )
+
+    # A plain state dict (or a training checkpoint wrapping one) for the ``arch`` architecture.
+    base = load_clip(arch, device="cpu", pretrained=False, preprocess_mode=mode)
+    try:
+        sd = _clean_state_dict(obj, base.model)
+    except TypeError as e:
+        raise CheckpointError(
+            f"{path}: neither a medclipsam CLIP checkpoint (a dict with 'model_config' or "
+            f"'model_name' and 'state_dict') nor a state dict for {arch!r}: {e}"
+        ) from e
+    _load_state(base.model, sd, path, f"the {arch} architecture")
+    base.model.to(get_device(device))
+    base.name = name or path.stem
+    base.pretrained = True
+    return base
+
+
+def load_clip(
+    name_or_path: str | os.PathLike,
+    *,
+    device: Any = "auto",
+    pretrained: bool = True,
+    arch: str = "biomedclip",
+    preprocess_mode: str = "pad",
+) -> ClipBundle:
+    """Load a CLIP model and everything needed to feed it; see the module docstring for names.
+
+    ``pretrained=False`` builds the architecture with random weights (no weight download).
+    ``arch`` is the architecture a plain state-dict file is loaded into. ``preprocess_mode`` is
+    the default of the bundle's :class:`LetterboxTransform` (``"pad"``, ``"resize"``, ``"crop"``).
+    Raises :class:`HubFilesMissingError` when hub configuration files are neither cached nor
+    downloadable, and :class:`CheckpointError` for unreadable or mismatching checkpoint files.
+    Hub weights that are missing while the configuration is there give random weights and a
+    warning (``bundle.pretrained`` is then False).
+    """
+    if preprocess_mode not in _MODES:
+        raise ValueError(f"preprocess_mode must be one of {_MODES}, got {preprocess_mode!r}")
+    text = os.fspath(name_or_path)
+    if text == "toy":
+        toy = _WEIGHTS_DIR / "toy_clip.pt"
+        if not toy.is_file():
+            raise NotImplementedError(
+                f"the toy CLIP weights are not shipped yet (expected {toy}); use 'biomedclip' "
+                "or an open_clip model name"
+            )
+        return _load_file(toy, device, True, arch, preprocess_mode, name="toy")
+    path = Path(text).expanduser()
+    if path.is_file():
+        return _load_file(path, device, pretrained, arch, preprocess_mode)
+    key = _ALIASES.get(text.lower(), text)
+    if key.startswith("hf-hub:"):
+        name = text.lower() if text.lower() in _ALIASES else key
+        return _load_hub(key[len("hf-hub:") :], name, device, pretrained, preprocess_mode)
+    if os.sep in text or path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors"):
+        raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
+    return _load_builtin(text, text, device, pretrained, preprocess_mode)
+
+
+def save_clip_checkpoint(
+    bundle_or_model: ClipBundle | torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    model_name: str | None = None,
+    model_config: dict | None = None,
+    preprocess_cfg: dict | None = None,
+    **meta: Any,
+) -> Path:
+    """Write a self-describing CLIP checkpoint that :func:`load_clip` reads back.
+
+    The file is a dict: ``format`` (``CHECKPOINT_FORMAT``), ``model_name`` (the open_clip
+    identifier, informative), ``model_config`` (the open_clip model config, used to rebuild the
+    architecture without the hub), ``preprocess_cfg`` (size, mean, std), ``state_dict`` (CPU
+    tensors) and ``meta`` (``**meta``: JSON-compatible values such as epoch or loss). A bare
+    model needs ``model_name`` or ``model_config``. Written atomically; loadable with
+    ``torch.load(weights_only=True)``.
+    """
+    if isinstance(bundle_or_model, ClipBundle):
+        model = bundle_or_model.model
+        model_name = model_name or bundle_or_model.source
+        model_config = model_config or bundle_or_model.model_config
+        preprocess_cfg = preprocess_cfg or bundle_or_model.preprocess_cfg
+    elif isinstance(bundle_or_model, torch.nn.Module):
+        model = bundle_or_model
+        if model_config is None and model_name is not None:
+            import open_clip
+
+            if not model_name.startswith("hf-hub:"):
+                model_config = open_clip.get_model_config(model_name)
+    else:
+        raise TypeError(f"expected a ClipBundle or a torch module, got {type(bundle_or_model)}")
+    if model_config is None and model_name is None:
+        raise ValueError("save_clip_checkpoint: a bare model needs model_name= or model_config=")
+    try:
+        json.dumps(meta)
+        json.dumps(model_config)
+    except TypeError as e:
+        raise TypeError(
+            f"save_clip_checkpoint: meta and model_config must be JSON-compatible ({e})"
+        ) from e
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": model_name,
+        "model_config": deepcopy(model_config),
+        "preprocess_cfg": _jsonable(_preprocess_values(model, preprocess_cfg)),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
+    if payload["model_config"] is None:
+        del payload["model_config"]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
