@@ -15,7 +15,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOK_TIMES
 
 ROOT = Path(__file__).resolve().parents[1]
