@@ -698,7 +698,12 @@ def _load_file(
         except TypeError as e:
             raise CheckpointError(f"{path}: 'state_dict' entry is {e}") from e
         _load_state(model, sd, path, f"the architecture saved in {path.name}")
-        tokenizer = _make_tokenizer(model_cfg or {}, fallback_name=source)
+        if isinstance(obj.get("tokenizer"), dict):
+            from .tokenizer import WordTokenizer
+
+            tokenizer = WordTokenizer.from_config(obj["tokenizer"])
+        else:
+            tokenizer = _make_tokenizer(model_cfg or {}, fallback_name=source)
         return _bundle(
             model,
             tokenizer,
@@ -775,6 +780,7 @@ def save_clip_checkpoint(
     model_name: str | None = None,
     model_config: dict | None = None,
     preprocess_cfg: dict | None = None,
+    tokenizer: Any = None,
     **meta: Any,
 ) -> Path:
     """Write a self-describing CLIP checkpoint that :func:`load_clip` reads back.
@@ -784,10 +790,12 @@ def save_clip_checkpoint(
     architecture without the hub), ``preprocess_cfg`` (size, mean, std), ``state_dict`` (CPU
     tensors) and ``meta`` (``**meta``: JSON-compatible values such as epoch or loss). A bare
     model needs ``model_name`` or ``model_config``. Written atomically; loadable with
-    ``torch.load(weights_only=True)``.
+    ``torch.load(weights_only=True)``. A tokenizer with a ``to_config()`` (the toy CLIP's
+    :class:`~medclipsam.models.tokenizer.WordTokenizer`) is stored too and used when loading.
     """
     if isinstance(bundle_or_model, ClipBundle):
         model = bundle_or_model.model
+        tokenizer = tokenizer or bundle_or_model.tokenizer
         model_name = model_name or bundle_or_model.source
         model_config = model_config or bundle_or_model.model_config
         preprocess_cfg = preprocess_cfg or bundle_or_model.preprocess_cfg
@@ -819,6 +827,8 @@ def save_clip_checkpoint(
     }
     if payload["model_config"] is None:
         del payload["model_config"]
+    if hasattr(tokenizer, "to_config"):
+        payload["tokenizer"] = tokenizer.to_config()
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

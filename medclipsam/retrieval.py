@@ -1,0 +1,70 @@
+"""Image-text retrieval metrics: top-k accuracy in both directions, and the paper's protocol.
+
+MedCLIP-SAM evaluates retrieval on ROCO in shuffled batches of 50 pairs, top-1 and top-2, image to
+text and text to image, over several runs (mean and spread). :func:`retrieval_protocol` does that
+for any embeddings; :func:`topk_accuracy` is one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["retrieval_protocol", "topk_accuracy"]
+
+
+def topk_accuracy(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, ks: Sequence[int] = (1, 2),
+    groups: Sequence | None = None,
+) -> dict[str, float]:
+    """Top-k retrieval accuracy (%) of matched pairs ``(image_emb[i], text_emb[i])``.
+
+    ``groups`` (optional, one per pair, e.g. the caption string) makes a retrieved item count as
+    correct when it belongs to the same group as the true one: two images with the identical
+    caption are then not each other's errors.
+    """
+    img = torch.nn.functional.normalize(image_emb.float(), dim=-1)
+    txt = torch.nn.functional.normalize(text_emb.float(), dim=-1)
+    sim = img @ txt.t()
+    n = sim.shape[0]
+    if groups is None:
+        same = torch.eye(n, dtype=torch.bool)
+    else:
+        g = list(groups)
+        same = torch.tensor([[a == b for b in g] for a in g], dtype=torch.bool)
+    out = {}
+    for k in ks:
+        k_eff = min(k, n)
+        i2t = sim.topk(k_eff, dim=1).indices
+        t2i = sim.t().topk(k_eff, dim=1).indices
+        rows = torch.arange(n)[:, None]
+        out[f"i2t_top{k}"] = 100.0 * float(same[rows, i2t].any(1).float().mean())
+        out[f"t2i_top{k}"] = 100.0 * float(same[rows, t2i].any(1).float().mean())
+    return out
+
+
+def retrieval_protocol(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, *, batch: int = 50, runs: int = 5, seed: int = 0,
+    ks: Sequence[int] = (1, 2), groups: Sequence | None = None,
+) -> dict[str, tuple[float, float]]:
+    """The paper's protocol: shuffle, cut into batches of ``batch`` pairs (the short last batch is
+    dropped), average :func:`topk_accuracy` over batches; repeat ``runs`` times with different
+    shuffles and return ``{metric: (mean, std over runs)}``."""
+    n = image_emb.shape[0]
+    if n < batch:
+        raise ValueError(f"retrieval_protocol needs at least batch={batch} pairs, got {n}")
+    rng = np.random.default_rng(seed)
+    per_run: dict[str, list[float]] = {}
+    for _ in range(runs):
+        order = rng.permutation(n)
+        acc: dict[str, list[float]] = {}
+        for b in range(n // batch):
+            idx = order[b * batch : (b + 1) * batch]
+            g = None if groups is None else [groups[i] for i in idx]
+            for key, v in topk_accuracy(image_emb[idx], text_emb[idx], ks, g).items():
+                acc.setdefault(key, []).append(v)
+        for key, vals in acc.items():
+            per_run.setdefault(key, []).append(float(np.mean(vals)))
+    return {key: (float(np.mean(v)), float(np.std(v))) for key, v in per_run.items()}
