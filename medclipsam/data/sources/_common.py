@@ -411,6 +411,29 @@ def write_done(out_dir: Path, report: Report, *, complete: bool, limit: int | No
     return atomic_write_text(out_dir / "DONE", json.dumps(payload, indent=2) + "\n")
 
 
+def finish_output(
+    out: Path,
+    *,
+    name: str,
+    splits: dict[str, list[str]],
+    seed: int | None,
+    rule: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    report: Report,
+    complete: bool,
+    limit: int | None,
+    table: str = "meta.csv",
+) -> None:
+    """The last steps of every converter: ``splits.json``, the table (``meta.csv`` or
+    ``captions.csv``), then the ``DONE`` marker, so a folder with DONE is complete."""
+    from ..datasets import write_split
+
+    write_split(out / "splits.json", splits, name=name, seed=seed, rule=rule)
+    write_csv(out / table, rows, columns)
+    write_done(out, report, complete=complete, limit=limit)
+
+
 def committed_split(name: str) -> dict[str, Any]:
     """The committed split file ``medclipsam/data/splits/<name>.json`` as a dict."""
     path = SPLITS_DIR / f"{name}.json"

@@ -39,14 +39,13 @@ from ._common import (
     conversion,
     convert_items,
     find_files,
+    finish_output,
     obtain_source,
     open_source,
     progress_bar,
     run_main,
     short_list,
     splits_from_assignment,
-    write_csv,
-    write_done,
 )
 
 __all__ = [
@@ -247,7 +246,7 @@ def prepare(
     folder of ``.mat`` files. ``download=True`` fetches the zip from ``urls`` when ``source`` is
     missing. Re-running resumes. Returns ``out_dir``.
     """
-    from ..datasets import make_split, write_split
+    from ..datasets import make_split
 
     out = Path(out_dir).expanduser()
     report = Report(NAME, log=log)
@@ -355,9 +354,18 @@ def prepare(
             report.anomaly(
                 f"{len(mixed)} patient(s) have slices in more than one split: " + short_list(mixed)
             )
-        write_split(out / "splits.json", splits, name="brain_figshare", seed=seed, rule=SPLIT_RULE)
-        write_csv(out / "meta.csv", rows, META_COLUMNS)
-        write_done(out, report, complete=complete, limit=limit)
+        finish_output(
+            out,
+            name="brain_figshare",
+            splits=splits,
+            seed=seed,
+            rule=SPLIT_RULE,
+            rows=rows,
+            columns=META_COLUMNS,
+            report=report,
+            complete=complete,
+            limit=limit,
+        )
     return out
 
 

@@ -34,13 +34,12 @@ from ._common import (
     conversion,
     convert_items,
     find_dirs,
+    finish_output,
     obtain_source,
     open_source,
     run_main,
     short_list,
     splits_from_assignment,
-    write_csv,
-    write_done,
 )
 
 __all__ = [
@@ -217,7 +216,6 @@ def prepare(
     images already written are kept. Returns ``out_dir``. Raises :class:`SourceFormatError`
     when the source is not BUSI, ``UnsafeArchiveError`` for an archive with escaping paths.
     """
-    from ..datasets import write_split
 
     out = Path(out_dir).expanduser()
     report = Report(NAME, log=log)
@@ -256,15 +254,18 @@ def prepare(
         assignment = check_against_split(
             stems, committed_split("busi")["splits"], report, complete=complete
         )
-        write_split(
-            out / "splits.json",
-            splits_from_assignment(assignment, stems),
+        finish_output(
+            out,
             name="busi",
+            splits=splits_from_assignment(assignment, stems),
             seed=SPLIT_SEED,
             rule=SPLIT_RULE,
+            rows=rows,
+            columns=META_COLUMNS,
+            report=report,
+            complete=complete,
+            limit=limit,
         )
-        write_csv(out / "meta.csv", rows, META_COLUMNS)
-        write_done(out, report, complete=complete, limit=limit)
     return out
 
 

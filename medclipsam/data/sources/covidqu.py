@@ -34,14 +34,13 @@ from ._common import (
     convert_items,
     find_dirs,
     find_files,
+    finish_output,
     obtain_source,
     open_source,
     run_main,
     short_list,
     slugify,
     splits_from_assignment,
-    write_csv,
-    write_done,
 )
 
 __all__ = [
@@ -167,7 +166,6 @@ def prepare(
     There is no download (Kaggle needs an account). ``limit`` converts the first N images of
     each split folder and class. Re-running resumes. Returns ``out_dir``.
     """
-    from ..datasets import write_split
 
     out = Path(out_dir).expanduser()
     report = Report(NAME, log=log)
@@ -253,9 +251,18 @@ def prepare(
         for label in CLASSES:
             report.counts[label] = sum(r["label"] == label for r in rows)
         splits = splits_from_assignment({r["stem"]: r["official_split"] for r in rows}, stems)
-        write_split(out / "splits.json", splits, name="covidqu", seed=None, rule=SPLIT_RULE)
-        write_csv(out / "meta.csv", rows, META_COLUMNS)
-        write_done(out, report, complete=complete, limit=limit)
+        finish_output(
+            out,
+            name="covidqu",
+            splits=splits,
+            seed=None,
+            rule=SPLIT_RULE,
+            rows=rows,
+            columns=META_COLUMNS,
+            report=report,
+            complete=complete,
+            limit=limit,
+        )
     return out
 
 

@@ -39,11 +39,10 @@ from ._common import (
     conversion,
     find_dirs,
     find_files,
+    finish_output,
     progress_bar,
     run_main,
     short_list,
-    write_csv,
-    write_done,
 )
 
 __all__ = [
@@ -266,11 +265,20 @@ def prepare(
             missing_images=missing,
             **{s: len(v) for s, v in splits.items()},
         )
-        from ..datasets import write_split
 
-        write_split(out / "splits.json", splits, name="roco", seed=None, rule=SPLIT_RULE)
-        write_csv(out / "captions.csv", rows, CAPTION_COLUMNS)
-        write_done(out, report, complete=complete, limit=limit)
+        finish_output(
+            out,
+            name="roco",
+            splits=splits,
+            seed=None,
+            rule=SPLIT_RULE,
+            rows=rows,
+            columns=CAPTION_COLUMNS,
+            report=report,
+            complete=complete,
+            limit=limit,
+            table="captions.csv",
+        )
     return out
 
 

@@ -36,14 +36,13 @@ from ._common import (
     convert_items,
     find_dirs,
     find_files,
+    finish_output,
     obtain_source,
     open_source,
     read_table,
     run_main,
     short_list,
     splits_from_assignment,
-    write_csv,
-    write_done,
 )
 
 __all__ = [
@@ -195,7 +194,6 @@ def prepare(
     There is no download (``download=True`` only explains where to get it). Classes come from
     the spreadsheet when present. Re-running resumes. Returns ``out_dir``.
     """
-    from ..datasets import write_split
 
     out = Path(out_dir).expanduser()
     report = Report(NAME, log=log)
@@ -284,15 +282,18 @@ def prepare(
         assignment = check_against_split(
             stems, committed_split("udiat")["splits"], report, complete=complete
         )
-        write_split(
-            out / "splits.json",
-            splits_from_assignment(assignment, stems),
+        finish_output(
+            out,
             name="udiat",
+            splits=splits_from_assignment(assignment, stems),
             seed=SPLIT_SEED,
             rule=SPLIT_RULE,
+            rows=rows,
+            columns=META_COLUMNS,
+            report=report,
+            complete=complete,
+            limit=limit,
         )
-        write_csv(out / "meta.csv", rows, META_COLUMNS)
-        write_done(out, report, complete=complete, limit=limit)
     return out
 
 
