@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from .tokenizer import WordTokenizer
 
 __all__ = [
     "EXTRA_WORDS",
+    "TRAINING_DEFAULTS",
     "TOY_CLIP_SIZE",
     "PhantomPairs",
     "build_toy_clip",
@@ -205,6 +207,15 @@ def _localisation(
     return loss_neg + loss_pos
 
 
+_print_flush = partial(print, flush=True)
+
+
+# The settings that produced the shipped medclipsam/weights/toy_clip.pt (scripts/train_toy_models.py).
+TRAINING_DEFAULTS: dict = {
+    "steps": 4000, "batch_size": 32, "lr": 5e-4, "n_train_per_task": 2000, "loc_weight": 1.0, "seed": 0,
+}
+
+
 def _cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -225,7 +236,7 @@ def train_toy_clip(
     loc_weight: float = 1.0,
     seed: int = 0,
     threads: int | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _print_flush,
     log_every: int = 100,
 ) -> dict:
     """Train the toy CLIP from scratch on phantom pairs and save it with ``save_clip_checkpoint``.
