@@ -340,12 +340,13 @@ def train_toy_clip(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train the toy CLIP on the phantom world.")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "weights" / "toy_clip.pt"))
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=48)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--n-train-per-task", type=int, default=1500)
-    p.add_argument("--loc-weight", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    d = TRAINING_DEFAULTS
+    p.add_argument("--steps", type=int, default=d["steps"])
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--n-train-per-task", type=int, default=d["n_train_per_task"])
+    p.add_argument("--loc-weight", type=float, default=d["loc_weight"])
+    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     train_toy_clip(
