@@ -17,16 +17,20 @@ from ._utils import atomic_path
 
 __all__ = ["run_demo"]
 
-# The naive baseline for each task: where a finding would be if brightness alone decided.
-INTENSITY_RULE = {"breast": "darkest", "brain": "brightest", "xray": "darkest"}
-
 
 def run_demo(out: Path | str = "medclipsam-demo", n: int = 4, size: int = 256, seed: int = 0) -> list[dict]:
     """Generate ``n`` held-out phantom images per task, write figures and ``summary.csv`` to ``out``.
 
     Returns the table rows (one per task) that are also printed.
     """
-    from .data.phantom import PROMPTS, TASKS, PhantomDataset, intensity_rule_point, pointing_hit
+    from .data.phantom import (
+        INTENSITY_RULE,
+        PROMPTS,
+        TASKS,
+        PhantomDataset,
+        intensity_rule_point,
+        pointing_hit,
+    )
     from .viz import overlay, sample_grid, save_figure
 
     out = Path(out)

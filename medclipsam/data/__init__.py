@@ -32,6 +32,7 @@ _EXPORTS = {
     "phantom": [
         "CLASSES",
         "ALT_PROMPTS",
+        "INTENSITY_RULE",
         "PROMPTS",
         "TASKS",
         "PhantomDataset",

@@ -52,6 +52,7 @@ __all__ = [
     "ALT_PROMPTS",
     "CLASSES",
     "GENERATOR_VERSION",
+    "INTENSITY_RULE",
     "PROMPTS",
     "TASKS",
     "PhantomDataset",
@@ -74,6 +75,10 @@ ALT_PROMPTS: dict[str, tuple[str, ...]] = {
     "brain": ("brain tumor", "enhancing brain mass", "brain lesion", "intracranial tumor"),
     "xray": ("lungs", "lung fields", "both lungs", "left and right lung"),
 }
+# The naive baseline per task: where the finding would be if brightness alone decided (the lesion
+# is dark in ultrasound, the tumour bright in MRI, the lungs dark on a radiograph). The decoys are
+# built to defeat it.
+INTENSITY_RULE: dict[str, str] = {"breast": "darkest", "brain": "brightest", "xray": "darkest"}
 GENERATOR_VERSION = 1
 """Bumped whenever the pictures for a given seed change; stored in written folders."""
 

@@ -16,9 +16,7 @@ import torch
 from ..metrics import pointing_game, saliency_auc
 from .gradcam import grad_cam
 
-__all__ = ["INTENSITY_RULE", "localisation_table"]
-
-INTENSITY_RULE = {"breast": "darkest", "brain": "brightest", "xray": "darkest"}
+__all__ = ["localisation_table"]
 
 
 def _intensity_map(image: np.ndarray, rule: str, sigma: float) -> np.ndarray:
@@ -44,7 +42,13 @@ def localisation_table(
     ``bundle`` is a :class:`~medclipsam.models.clip.ClipBundle`. Images without a finding are
     skipped (nothing to point at). Returns one row per task.
     """
-    from ..data.phantom import PROMPTS, PhantomDataset, intensity_rule_point, pointing_hit
+    from ..data.phantom import (
+        INTENSITY_RULE,
+        PROMPTS,
+        PhantomDataset,
+        intensity_rule_point,
+        pointing_hit,
+    )
 
     method = method or grad_cam
     device = bundle.device
