@@ -314,7 +314,7 @@ def train_toy_clip(
         if (step + 1) % log_every == 0 or step == 0:
             el = time.perf_counter() - t_train
             log(f"step {step + 1}/{steps}  clip {np.mean(hist['clip'][-log_every:]):.3f}  "
-                f"loc {np.mean(hist['loc'][-log_every:]):.3f}  scale {float(scale):.1f}  "
+                f"loc {np.mean(hist['loc'][-log_every:]):.3f}  scale {scale.item():.1f}  "
                 f"{el / (step + 1):.2f} s/step")
     model.eval()
     seconds = time.perf_counter() - t0
