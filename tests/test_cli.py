@@ -38,7 +38,7 @@ def test_phantom_command_writes_the_folder_layout(tmp_path):
     assert len(ds) == 3 and ds[0]["mask"].any()
 
 
-@pytest.mark.parametrize("command", ["demo", "phantom", "prepare", "info"])
+@pytest.mark.parametrize("command", ["demo", "phantom", "prepare", "finetune", "info"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([command, "--help"])
