@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .._utils import atomic_path, get_device
+from ._state import state_mismatch
 
 __all__ = [
     "BIOMEDCLIP_HUB_ID",
@@ -497,25 +498,9 @@ def _clean_state_dict(obj: Any, model: torch.nn.Module) -> dict[str, torch.Tenso
 
 
 def _load_state(model: torch.nn.Module, sd: dict, path: Path, what: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} with other shapes (e.g. {k}: file "
-                f"{tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
-            )
-        raise CheckpointError(
-            f"{path}: the weights do not fit {what}: " + "; ".join(parts) + " parameters."
-        )
+    problem = state_mismatch(model, sd)
+    if problem:
+        raise CheckpointError(f"{path}: the weights do not fit {what}: {problem} parameters.")
     model.load_state_dict(sd, strict=True)
 
 

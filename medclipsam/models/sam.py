@@ -43,6 +43,7 @@ from segment_anything.modeling import (
 )
 
 from .._utils import atomic_path, get_device
+from ._state import state_mismatch
 from .registry import weight_path
 
 __all__ = [
@@ -231,23 +232,9 @@ def infer_sam_arch(
 
 
 def _load_into(sam: Sam, sd: dict[str, torch.Tensor], path: Path) -> None:
-    own = sam.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} of another shape (e.g. {k}: file {tuple(sd[k].shape)}, "
-                f"model {tuple(own[k].shape)})"
-            )
-        raise SamCheckpointError(f"{path}: the weights do not fit this SAM: " + "; ".join(parts))
+    problem = state_mismatch(sam, sd)
+    if problem:
+        raise SamCheckpointError(f"{path}: the weights do not fit this SAM: {problem}")
     sam.load_state_dict(sd, strict=True)
 
 
