@@ -346,6 +346,17 @@ class Item:
     load: Callable[[], tuple[np.ndarray, np.ndarray]]
 
 
+def image_mask_loader(image: Path, mask: Path) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    """A deferred read of one image (native values) and its mask, for an :class:`Item`."""
+
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        from ..io import load_array, read_mask
+
+        return load_array(image), read_mask(mask)
+
+    return load
+
+
 def convert_items(
     items: Sequence[Item], out_dir: Path, report: Report, *, progress: bool, desc: str
 ) -> list[dict[str, Any]]:

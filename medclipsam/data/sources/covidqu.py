@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..._utils import atomic_write_text
 from ._common import (
     SPLITS_DIR,
@@ -35,6 +33,7 @@ from ._common import (
     find_dirs,
     find_files,
     finish_output,
+    image_mask_loader,
     obtain_source,
     open_source,
     run_main,
@@ -141,15 +140,6 @@ def _child(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _loader(image: Path, mask: Path) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-    def load() -> tuple[np.ndarray, np.ndarray]:
-        from ..io import load_array, read_mask
-
-        return load_array(image), read_mask(mask)
-
-    return load
-
-
 def prepare(
     source: str | Path,
     out_dir: str | Path,
@@ -233,7 +223,7 @@ def prepare(
                         "source_file": where,
                         "official_split": split,
                     }
-                    items.append(Item(stem, row, _loader(images[name], masks[name])))
+                    items.append(Item(stem, row, image_mask_loader(images[name], masks[name])))
         if not items:
             raise SourceFormatError(f"{base}: no image/lung-mask pairs found")
         if renamed:

@@ -37,6 +37,7 @@ from ._common import (
     find_dirs,
     find_files,
     finish_output,
+    image_mask_loader,
     obtain_source,
     open_source,
     read_table,
@@ -169,15 +170,6 @@ def _find_pair_dirs(roots: Sequence[Path]) -> tuple[Path, Path]:
     )
 
 
-def _loader(image: Path, mask: Path) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-    def load() -> tuple[np.ndarray, np.ndarray]:
-        from ..io import load_array, read_mask
-
-        return load_array(image), read_mask(mask)
-
-    return load
-
-
 def prepare(
     source: str | Path,
     out_dir: str | Path,
@@ -258,7 +250,7 @@ def prepare(
                 "mask_file": f"{gt_dir.name}/{masks[n].name}",
                 "lesion_type": lesion,
             }
-            items.append(Item(stem, row, _loader(images[n], masks[n])))
+            items.append(Item(stem, row, image_mask_loader(images[n], masks[n])))
         complete = limit is None or limit >= len(items)
         if limit is not None:
             items = items[:limit]
