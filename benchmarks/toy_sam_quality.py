@@ -14,17 +14,18 @@ ground-truth boxes.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 
-from medclipsam.data.phantom import TASKS, PhantomDataset
+from medclipsam.data.phantom import TASKS
 from medclipsam.models.sam import load_sam
-from medclipsam.models.toy_sam import component_boxes, dice_score, evaluate_toy_sam, predict_boxes
+from medclipsam.models.toy_sam import evaluate_toy_sam
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import hardware_header  # noqa: E402
 
 
 def _size(text: str) -> int | tuple[int, int]:
@@ -34,37 +35,6 @@ def _size(text: str) -> int | tuple[int, int]:
     if len(parts) == 2:
         return (parts[0], parts[1])
     raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
-
-
-def _off_target_box(mask: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Half ``box``'s size, covering the fewest mask pixels, nearest the image centre."""
-    h, w = mask.shape
-    bw, bh = max(12, int((box[2] - box[0]) / 2)), max(12, int((box[3] - box[1]) / 2))
-    cover = np.lib.stride_tricks.sliding_window_view(mask, (bh, bw)).sum(axis=(2, 3))
-    ys, xs = np.mgrid[: cover.shape[0], : cover.shape[1]]
-    dist = (ys + bh / 2 - h / 2) ** 2 + (xs + bw / 2 - w / 2) ** 2
-    y, x = np.unravel_index(np.lexsort((dist.ravel(), cover.ravel()))[0], cover.shape)
-    return np.array([x, y, x + bw - 1, y + bh - 1], dtype=float)
-
-
-def off_target_dice(pred, n_per_task: int, seed: int, size) -> dict[str, float]:
-    """Mean Dice against the target when the box sits on another part of the image."""
-    out = {}
-    for task in TASKS:
-        ds = PhantomDataset(task, 4 * n_per_task + 10, seed, size, "test")
-        scores = []
-        for i in range(len(ds)):
-            if len(scores) >= n_per_task:
-                break
-            if ds.label_of(i) == "normal":
-                continue
-            s = ds[i]
-            boxes = component_boxes(s.mask)
-            pred.set_image(s.rgb)
-            far = _off_target_box(s.mask, boxes[0])
-            scores.append(dice_score(predict_boxes(pred, far[None]), s.mask))
-        out[task] = float(np.mean(scores))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {platform.platform()}")
-    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} torch threads, device {args.device}")
+    print(hardware_header())
+    print(f"device {args.device}")
     t0 = time.time()
     pred = load_sam(args.weights, device=args.device)
     print(f"weights: {args.weights}; phantoms: split 'test', seed {args.seed}, size {args.size}, "
@@ -94,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                                       size=args.size, box_noise=noise)
         rows[name]["_s"] = time.time() - t
     t = time.time()
-    rows["off-target box"] = off_target_dice(pred, args.n_per_task, args.seed, args.size)
+    rows["off-target box"] = evaluate_toy_sam(pred, n_per_task=args.n_per_task, seed=args.seed,
+                                              size=args.size, off_target=True)
     rows["off-target box"]["_s"] = time.time() - t
     head = f"{'prompt':<24s}" + "".join(f"{t:>9s}" for t in TASKS) + f"{'mean':>9s}{'time':>9s}"
     print(head)

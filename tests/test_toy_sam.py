@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from medclipsam.data.phantom import TASKS, PhantomDataset, generate_sample
+from medclipsam.metrics import dice
 from medclipsam.models.sam import load_sam
 from medclipsam.models.toy_sam import (
     TOY_SAM_CONFIG,
     TOY_SAM_PATH,
     component_boxes,
-    dice_score,
     evaluate_toy_sam,
+    off_target_box,
     predict_boxes,
     train_toy_sam,
 )
@@ -63,29 +64,20 @@ def test_ground_truth_boxes_segment_held_out_phantoms(predictor):
         assert d >= 0.8, f"{task}: mean Dice {d:.3f} < 0.8"
 
 
-def _far_box(mask: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """A box of half ``box``'s size that covers no mask pixel (or the fewest), as close to the
-    image centre as possible: inside the anatomy, away from the target."""
-    h, w = mask.shape
-    bw, bh = max(12, int((box[2] - box[0]) / 2)), max(12, int((box[3] - box[1]) / 2))
-    cover = np.lib.stride_tricks.sliding_window_view(mask, (bh, bw)).sum(axis=(2, 3))
-    ys, xs = np.mgrid[: cover.shape[0], : cover.shape[1]]
-    dist = (ys + bh / 2 - h / 2) ** 2 + (xs + bw / 2 - w / 2) ** 2
-    y, x = np.unravel_index(np.lexsort((dist.ravel(), cover.ravel()))[0], cover.shape)
-    assert cover[y, x] <= 0.05 * bw * bh, "no place for an off-target box"
-    return np.array([x, y, x + bw - 1, y + bh - 1], dtype=float)
-
-
 def test_a_box_on_the_wrong_place_does_not_find_the_target(predictor):
     right, wrong = [], []
     for task in TASKS:
         for s in _held_out(task, 2, seed=6):
             predictor.set_image(s.rgb)
             boxes = component_boxes(s.mask)
-            right.append(dice_score(predict_boxes(predictor, np.stack(boxes)), s.mask))
-            far = _far_box(s.mask, boxes[0])
+            right.append(dice(predict_boxes(predictor, np.stack(boxes)), s.mask))
+            far = off_target_box(s.mask, boxes[0])
+            x0, y0, x1, y1 = far.astype(int)
+            assert s.mask[y0 : y1 + 1, x0 : x1 + 1].sum() <= 0.05 * (x1 - x0 + 1) * (y1 - y0 + 1), (
+                "no place for an off-target box"
+            )
             wrong_mask = predict_boxes(predictor, far[None])
-            wrong.append(dice_score(wrong_mask, s.mask))
+            wrong.append(dice(wrong_mask, s.mask))
     print(f"Dice right boxes {np.round(right, 3)}, wrong boxes {np.round(wrong, 3)}")
     assert np.mean(wrong) < 0.2
     assert np.mean(right) - np.mean(wrong) > 0.5
@@ -101,7 +93,7 @@ def test_masks_have_the_shape_of_a_non_square_image(predictor):
         assert masks.shape == (1, 200, 300) and scores.shape == (1,)
         union = predict_boxes(predictor, np.stack(boxes))
         assert union.shape == (200, 300)
-        d = dice_score(union, s.mask)
+        d = dice(union, s.mask)
         print(f"{task} (200 x 300): Dice {d:.3f}")
         assert d > 0.6
 

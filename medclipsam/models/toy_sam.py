@@ -51,6 +51,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..data.phantom import TASKS, PhantomDataset
+from ..metrics import dice
 from .sam import build_sam, save_sam_checkpoint
 
 __all__ = [
@@ -58,7 +59,7 @@ __all__ = [
     "TOY_SAM_CONFIG",
     "TOY_SAM_PATH",
     "component_boxes",
-    "dice_score",
+    "off_target_box",
     "evaluate_toy_sam",
     "predict_boxes",
     "train_toy_sam",
@@ -118,15 +119,6 @@ def component_boxes(
             boxes.append(np.array([sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1],
                                   dtype=float))
     return sorted(boxes, key=lambda b: (b[0], b[1]))
-
-
-def dice_score(pred: np.ndarray, target: np.ndarray) -> float:
-    """Dice of two boolean masks (1.0 when both are empty)."""
-    pred, target = np.asarray(pred, dtype=bool), np.asarray(target, dtype=bool)
-    if pred.shape != target.shape:
-        raise ValueError(f"mask shapes differ: {pred.shape} vs {target.shape}")
-    denom = int(pred.sum()) + int(target.sum())
-    return 1.0 if denom == 0 else 2.0 * int((pred & target).sum()) / denom
 
 
 def _jitter_box(
@@ -580,6 +572,18 @@ def train_toy_sam(
 # evaluation
 
 
+def off_target_box(mask: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """A box of half ``box``'s size (at least 12 px a side) that covers the fewest mask pixels,
+    as close to the image centre as possible: inside the anatomy, away from the target."""
+    h, w = mask.shape
+    bw, bh = max(12, int((box[2] - box[0]) / 2)), max(12, int((box[3] - box[1]) / 2))
+    cover = np.lib.stride_tricks.sliding_window_view(mask, (bh, bw)).sum(axis=(2, 3))
+    ys, xs = np.mgrid[: cover.shape[0], : cover.shape[1]]
+    dist = (ys + bh / 2 - h / 2) ** 2 + (xs + bw / 2 - w / 2) ** 2
+    y, x = np.unravel_index(np.lexsort((dist.ravel(), cover.ravel()))[0], cover.shape)
+    return np.array([x, y, x + bw - 1, y + bh - 1], dtype=float)
+
+
 def evaluate_toy_sam(
     predictor: SamPredictor,
     *,
@@ -589,6 +593,7 @@ def evaluate_toy_sam(
     box_noise: float = 0.0,
     tasks: Sequence[str] = TASKS,
     split: str = "test",
+    off_target: bool = False,
 ) -> dict[str, float]:
     """Mean Dice per task on held-out phantoms (split ``"test"``) with ground-truth box prompts.
 
@@ -596,7 +601,9 @@ def evaluate_toy_sam(
     prompted with one box per connected component (:func:`component_boxes`; both lungs in one
     batched ``predict_torch`` call) and the masks are unioned. ``box_noise`` jitters each box
     coordinate by N(0, box_noise x side) (clipped at 3 x box_noise x the image's longer side),
-    reproducibly from ``seed``.
+    reproducibly from ``seed``. ``off_target=True`` prompts instead with one
+    :func:`off_target_box` beside the first component (the model must follow the box: Dice
+    should collapse).
     """
     rng = np.random.default_rng([seed, 99])
     out: dict[str, float] = {}
@@ -613,12 +620,14 @@ def evaluate_toy_sam(
             if not boxes:
                 continue
             hw = s.mask.shape
-            if box_noise > 0:
+            if off_target:
+                boxes = [off_target_box(s.mask, boxes[0])]
+            elif box_noise > 0:
                 boxes = [_jitter_box(b, rng, box_noise, 3 * box_noise * max(hw), hw)
                          for b in boxes]
             predictor.set_image(s.rgb)
             pred = predict_boxes(predictor, np.stack(boxes))
-            scores.append(dice_score(pred, s.mask))
+            scores.append(dice(pred, s.mask))
         out[task] = float(np.mean(scores)) if scores else float("nan")
     return out
 
