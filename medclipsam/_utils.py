@@ -6,6 +6,7 @@ Everything here is upstream of every other module, so it imports nothing from th
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import tarfile
@@ -25,6 +26,7 @@ __all__ = [
     "get_device",
     "safe_extract",
     "seed_everything",
+    "warmup_cosine",
 ]
 
 
@@ -163,6 +165,15 @@ def get_device(device: str | None = "auto"):
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
+    """Learning-rate factor at optimiser step ``step``: linear warm-up over ``warmup`` steps
+    (``(step + 1) / warmup``), then a cosine decay from 1 to ``floor`` at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def seed_everything(seed: int) -> None:

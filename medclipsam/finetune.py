@@ -65,6 +65,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._utils import atomic_path, atomic_write_text, get_device, seed_everything
+from ._utils import atomic_path, atomic_write_text, get_device, seed_everything, warmup_cosine
 
 __all__ = [
     "FinetuneConfig",
@@ -628,15 +629,9 @@ def finetune(
             betas=tuple(cfg.adam_betas),
             eps=cfg.adam_eps,
         )
-        warmup = cfg.warmup_steps
-
-        def lr_lambda(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total_steps - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(warmup_cosine, warmup=cfg.warmup_steps, total=total_steps)
+        )
         amp_dtype = _amp_dtype(cfg.precision, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 

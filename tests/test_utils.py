@@ -124,3 +124,12 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     atomic_write_text(tmp_path / "p.txt", "x")
     mode = stat.S_IMODE((tmp_path / "p.txt").stat().st_mode)
     assert mode == 0o666 & ~umask, oct(mode)
+
+
+def test_warmup_cosine_schedule():
+    from medclipsam._utils import warmup_cosine
+
+    assert [warmup_cosine(s, 4, 20) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert warmup_cosine(12, 4, 20) == pytest.approx(0.5)  # half-way through the decay
+    assert warmup_cosine(20, 4, 20) == pytest.approx(0.0)
+    assert warmup_cosine(99, 4, 20, floor=0.02) == pytest.approx(0.02)

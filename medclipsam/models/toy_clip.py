@@ -28,7 +28,6 @@ modality and the modality is no shortcut.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._utils import warmup_cosine
 from .tokenizer import WordTokenizer
 
 __all__ = [
@@ -275,11 +275,6 @@ def train_toy_clip(
         lr=lr, betas=(0.9, 0.98), eps=1e-6,
     )
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
     # bf16 autocast: about 1.7x faster on CPUs with bf16 units (AMX/AVX512-BF16); fp32 elsewhere.
     bf16 = bool(getattr(torch.backends, "mkldnn", None)) and _cpu_has_bf16()
     log(f"bf16 autocast: {bf16}")
@@ -304,7 +299,7 @@ def train_toy_clip(
         l_loc = _localisation(feats, p_emb[which], data.patch_masks[idx], loc_scale, loc_bias)
         loss = l_clip + loc_weight * l_loc
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr * warmup_cosine(step, warmup, steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

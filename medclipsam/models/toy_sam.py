@@ -35,10 +35,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from .._utils import warmup_cosine
 from ..data.phantom import TASKS, PhantomDataset
 from ..metrics import dice
 from .sam import build_sam, save_sam_checkpoint
@@ -510,13 +511,9 @@ def train_toy_sam(
             lr=lr, betas=(0.9, 0.999),
         )
 
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            t = (step - warmup) / max(1, steps - warmup)
-            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, partial(warmup_cosine, warmup=warmup, total=steps, floor=0.02)
+        )
         t_train = time.time()
         run_loss, run_iou, run_n = 0.0, 0.0, 0
         loss_value = float("nan")
