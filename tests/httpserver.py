@@ -150,9 +150,11 @@ class FileServer:
                         cut = True
                 if cut:
                     body = body[: route.cut_after]
-                self.wfile.write(body)
+                # Count before writing: the client may have read the whole body and returned
+                # before this thread runs again, so counting afterwards races with the test.
                 with server._lock:
                     route.bytes_sent += len(body)
+                self.wfile.write(body)
                 if cut:
                     self.wfile.flush()
                     self.close_connection = True
