@@ -1,0 +1,581 @@
+"""From a saliency map to SAM prompts: coarse mask, connected components, boxes and points.
+
+Stage 3 of MedCLIP-SAM (``/work/shared/METHOD.md``). Input is the *raw* saliency map: a float
+``(H, W)`` array in [0, 1] (a coloured overlay is refused; the reference code's CRF read a JET
+overlay as if it were grey). Steps:
+
+1. :func:`coarse_mask`: dense CRF (MedCLIP-SAM v1), k-means with k = 2, a fixed threshold (0.3,
+   v2) or Otsu's threshold;
+2. :func:`keep_largest_components`: the N largest connected components (N = 2 for two lungs);
+3. :func:`boxes_from_mask` and :func:`sample_points`: box and point prompts;
+4. :func:`make_prompts` does all of it and returns :class:`Prompts`, whose ``flags`` say when
+   something fell back (no contrast in the map, no component: the box is then the whole image),
+   never a silent success.
+
+Coordinate conventions (those of ``segment_anything``): a box is ``[x0, y0, x1, y1]`` with x the
+column and y the row, in pixels of the image the saliency map covers; ``x1``/``y1`` are
+**inclusive** (the last column/row of the object, as segment_anything's ``batched_mask_to_box``
+and our toy SAM's training boxes); a point is ``(x, y)`` = (column, row) of a pixel. SAM adds 0.5
+to both to address pixel centres. Point labels: 1 positive, 0 negative, -1 padding ("not a
+point", SAM's own convention for prompts of unequal length).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = [
+    "BOX_MODES",
+    "COARSE_METHODS",
+    "CrfParams",
+    "PROMPT_MODES",
+    "Prompts",
+    "boxes_from_mask",
+    "coarse_mask",
+    "crf_mask",
+    "keep_largest_components",
+    "kmeans_threshold",
+    "make_prompts",
+    "sample_points",
+    "to_uint8_rgb",
+]
+
+COARSE_METHODS = ("crf", "kmeans", "threshold", "otsu")
+BOX_MODES = ("largest", "per_component", "union")
+PROMPT_MODES = ("box", "points", "box+points")
+#: A map whose max - min is at most this has no contrast: nothing to segment.
+MIN_CONTRAST = 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+def _as_saliency(saliency: np.ndarray) -> np.ndarray:
+    """The map as float64 (H, W) in [0, 1]; a clear error for overlays, NaN or other ranges."""
+    s = np.asarray(saliency)
+    if s.ndim == 3 and s.shape[-1] in (3, 4):
+        raise ValueError(
+            f"saliency must be a grey (H, W) map in [0, 1], got shape {s.shape}: this looks like "
+            "a coloured image (a heat-map overlay?); pass the raw saliency map instead"
+        )
+    if s.ndim == 3 and 1 in (s.shape[0], s.shape[-1]):
+        s = s[0] if s.shape[0] == 1 else s[..., 0]
+    if s.ndim != 2 or s.size == 0:
+        raise ValueError(f"saliency must be a grey (H, W) map, got shape {s.shape}")
+    if s.dtype == bool:
+        s = s.astype(np.float64)
+    if not np.issubdtype(s.dtype, np.number):
+        raise ValueError(f"saliency must be numeric, got dtype {s.dtype}")
+    s = s.astype(np.float64)
+    if not np.all(np.isfinite(s)):
+        raise ValueError("saliency contains NaN or infinite values")
+    lo, hi = float(s.min()), float(s.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(
+            f"saliency values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]; min-max normalise "
+            "the map first (e.g. medclipsam.saliency.normalize_maps)"
+        )
+    return np.clip(s, 0.0, 1.0)
+
+
+def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+    """An image as contiguous ``(H, W, 3)`` uint8 RGB (what SAM and the CRF's bilateral term take).
+
+    Grey ``(H, W)``/``(H, W, 1)`` is replicated; an alpha channel is dropped; uint8 is kept;
+    bool becomes 0/255; floats within [0, 1] are scaled by 255; anything else (uint16, floats
+    in other ranges) is min-max scaled to 0..255 (a constant image becomes 0).
+    """
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3)) or a.size == 0:
+        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {a.shape}")
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.number):
+            raise ValueError(f"image must be numeric, got dtype {a.dtype}")
+        f = a.astype(np.float64)
+        if not np.all(np.isfinite(f)):
+            raise ValueError("image contains NaN or infinite values")
+        lo, hi = float(f.min()), float(f.max())
+        if np.issubdtype(a.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+            f = f * 255.0
+        elif hi > lo:
+            f = (f - lo) / (hi - lo) * 255.0
+        else:
+            f = np.zeros_like(f)
+        a = np.round(f).clip(0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(a)
+
+
+# --------------------------------------------------------------------------------------------
+# coarse masks
+
+
+@dataclass(frozen=True)
+class CrfParams:
+    """Dense-CRF settings; the defaults are MedCLIP-SAM's (METHOD.md, stage 3)."""
+
+    tau: float = 1.05
+    eps: float = 1e-8
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 60.0
+    bilateral_srgb: float = 5.0
+    bilateral_compat: float = 5.0
+    iterations: int = 1
+
+
+def _import_densecrf():
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError as e:
+        raise ImportError(
+            "method='crf' needs the optional dense-CRF package pydensecrf2: "
+            'pip install "medclipsam[crf]" (or choose method="kmeans", which needs nothing)'
+        ) from e
+    return dcrf
+
+
+def crf_mask(
+    saliency: np.ndarray, image: np.ndarray, params: CrfParams | None = None
+) -> np.ndarray:
+    """Dense-CRF foreground of ``saliency`` over ``image`` (grey or RGB, same H x W).
+
+    Unary energies (negative log-probabilities scaled by a temperature-like factor):
+    background ``-log(1 - s + eps) / (tau * sigmoid(1 - s))``, foreground
+    ``-log(s + eps) / (tau * sigmoid(s))``; a Gaussian pairwise term (position only) and a
+    bilateral one (position and RGB colour of the image); ``iterations`` mean-field steps;
+    the label with the higher marginal wins (ties: background).
+    """
+    p = params or CrfParams()
+    s = _as_saliency(saliency)
+    rgb = to_uint8_rgb(image)
+    if rgb.shape[:2] != s.shape:
+        raise ValueError(f"image is {rgb.shape[:2]} but the saliency map is {s.shape} (H, W)")
+    dcrf = _import_densecrf()
+    h, w = s.shape
+
+    def sigmoid(x: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-x))
+
+    u_bg = -np.log(1.0 - s + p.eps) / (p.tau * sigmoid(1.0 - s))
+    u_fg = -np.log(s + p.eps) / (p.tau * sigmoid(s))
+    unary = np.ascontiguousarray(np.stack([u_bg, u_fg]).reshape(2, -1), dtype=np.float32)
+    d = dcrf.DenseCRF2D(w, h, 2)
+    d.setUnaryEnergy(unary)
+    d.addPairwiseGaussian(sxy=p.gaussian_sxy, compat=p.gaussian_compat)
+    d.addPairwiseBilateral(
+        sxy=p.bilateral_sxy, srgb=p.bilateral_srgb, rgbim=rgb, compat=p.bilateral_compat
+    )
+    q = np.asarray(d.inference(int(p.iterations)), dtype=np.float64).reshape(2, h, w)
+    return q[1] > q[0]
+
+
+def kmeans_threshold(values: np.ndarray, max_iter: int = 100) -> float | None:
+    """The boundary (midpoint of the two centres) of 1-D k-means with k = 2 on ``values``.
+
+    Lloyd's algorithm started from the minimum and the maximum: deterministic, no random
+    restarts. None when the values are constant (one cluster).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(v.min()), float(v.max())
+    if hi - lo <= 0:
+        return None
+    c0, c1 = lo, hi
+    for _ in range(max_iter):
+        t = 0.5 * (c0 + c1)
+        fg = v > t
+        n0, n1 = int((~fg).sum()), int(fg.sum())
+        if n0 == 0 or n1 == 0:
+            break
+        new0, new1 = float(v[~fg].mean()), float(v[fg].mean())
+        if new0 == c0 and new1 == c1:
+            break
+        c0, c1 = new0, new1
+    return 0.5 * (c0 + c1)
+
+
+def coarse_mask(
+    saliency: np.ndarray,
+    method: Literal["crf", "kmeans", "threshold", "otsu"] = "kmeans",
+    *,
+    image: np.ndarray | None = None,
+    threshold: float = 0.3,
+    crf: CrfParams | None = None,
+) -> np.ndarray:
+    """Boolean foreground of a saliency map in [0, 1].
+
+    * ``"kmeans"``: two clusters of the map values (:func:`kmeans_threshold`); the cluster
+      with the higher centre is foreground (v2's default);
+    * ``"threshold"``: ``s > threshold`` (v2: 0.3);
+    * ``"otsu"``: ``s > skimage.filters.threshold_otsu(s)``;
+    * ``"crf"``: :func:`crf_mask` with ``image`` (required) and ``crf`` settings (v1).
+
+    A constant map gives an empty mask for ``kmeans``/``otsu``.
+    """
+    s = _as_saliency(saliency)
+    if method == "kmeans":
+        t = kmeans_threshold(s)
+        return np.zeros(s.shape, bool) if t is None else s > t
+    if method == "threshold":
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        return s > threshold
+    if method == "otsu":
+        if float(s.max() - s.min()) <= 0:
+            return np.zeros(s.shape, bool)
+        from skimage.filters import threshold_otsu
+
+        return s > float(threshold_otsu(s))
+    if method == "crf":
+        if image is None:
+            raise ValueError("method='crf' needs the image (its bilateral term follows edges)")
+        return crf_mask(s, image, crf)
+    raise ValueError(f"unknown method {method!r}; choose one of {COARSE_METHODS}")
+
+
+# --------------------------------------------------------------------------------------------
+# components and boxes
+
+
+def _check_mask(mask: np.ndarray) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {m.shape}")
+    return m.astype(bool)
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    if connectivity not in (1, 2):
+        raise ValueError(
+            f"connectivity must be 1 (4-neighbours) or 2 (8-neighbours), got {connectivity}"
+        )
+    return ndi.generate_binary_structure(2, connectivity)
+
+
+def _components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, list[int]]:
+    """Label image and the labels ordered by size (largest first; ties: first in raster order)."""
+    lab, n = ndi.label(mask, structure=_structure(connectivity))
+    if n == 0:
+        return lab, []
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    order = np.lexsort((np.arange(n), -sizes))  # stable: size desc, then label (raster order)
+    return lab, [int(k) + 1 for k in order]
+
+
+def keep_largest_components(
+    mask: np.ndarray, n: int | None = 1, connectivity: int = 2, min_area: int = 1
+) -> np.ndarray:
+    """The ``n`` largest connected components of ``mask`` (all when ``n`` is None) that have at
+    least ``min_area`` pixels. ``connectivity`` 2 = 8-neighbours (default), 1 = 4-neighbours.
+    Equal sizes are broken by the first pixel in raster order."""
+    m = _check_mask(mask)
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1 or None, got {n}")
+    lab, order = _components(m, connectivity)
+    sizes = np.bincount(lab.ravel())
+    order = [k for k in order if sizes[k] >= min_area]
+    keep = order if n is None else order[:n]
+    return np.isin(lab, keep) if keep else np.zeros(m.shape, bool)
+
+
+def _box_of(region: np.ndarray) -> np.ndarray:
+    rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+
+
+def boxes_from_mask(
+    mask: np.ndarray,
+    mode: Literal["largest", "per_component", "union"] = "largest",
+    n_components: int | None = 1,
+    connectivity: int = 2,
+    margin: float = 0.0,
+) -> np.ndarray:
+    """SAM box prompts ``(N, 4)`` float ``[x0, y0, x1, y1]`` (inclusive pixels) from a mask.
+
+    * ``"largest"``: one box around the largest component;
+    * ``"per_component"``: one box per component, the ``n_components`` largest (all when None),
+      sorted left to right (then top to bottom): MedCLIP-SAM's "multi-contour" (two lungs);
+    * ``"union"``: one box around the ``n_components`` largest components together.
+
+    ``margin`` widens every box by that many pixels on each side, clipped to the image. An
+    empty mask gives an empty ``(0, 4)`` array (:func:`make_prompts` turns it into a flagged
+    whole-image box).
+    """
+    m = _check_mask(mask)
+    if mode not in BOX_MODES:
+        raise ValueError(f"unknown box mode {mode!r}; choose one of {BOX_MODES}")
+    regions = _regions(m, mode, n_components, connectivity)
+    if not regions:
+        return np.zeros((0, 4), dtype=np.float64)
+    out = np.stack([_box_of(r) for r in regions])
+    if margin:
+        h, w = m.shape
+        out += np.array([-margin, -margin, margin, margin])
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, w - 1)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, h - 1)
+    return out
+
+
+def _regions(
+    mask: np.ndarray, mode: str, n_components: int | None, connectivity: int
+) -> list[np.ndarray]:
+    """The masks the prompts are made for, aligned with :func:`boxes_from_mask`'s boxes."""
+    lab, order = _components(mask, connectivity)
+    if not order:
+        return []
+    if mode == "largest":
+        return [lab == order[0]]
+    chosen = order if n_components is None else order[: max(1, int(n_components))]
+    if mode == "union":
+        return [np.isin(lab, chosen)]
+    regions = [lab == k for k in chosen]
+    return sorted(regions, key=lambda r: tuple(_box_of(r)[:2]))
+
+
+# --------------------------------------------------------------------------------------------
+# points
+
+
+def sample_points(
+    region: np.ndarray,
+    n_positive: int = 1,
+    n_negative: int = 0,
+    *,
+    saliency: np.ndarray | None = None,
+    strategy: Literal["interior", "peak", "random"] = "interior",
+    outside: np.ndarray | None = None,
+    negative_margin: int = 5,
+    min_distance: float = 5.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Point prompts ``(P, 2)`` as ``(x, y)`` and labels ``(P,)`` (1 positive, 0 negative).
+
+    Positives lie inside ``region``:
+
+    * ``"interior"``: the first is the pixel deepest inside (maximum of the distance transform;
+      ties: higher saliency, then raster order), the others drawn with probability
+      proportional to the depth (away from the boundary);
+    * ``"peak"``: the highest-saliency pixels, each at least ``min_distance`` pixels from the
+      points already chosen (needs ``saliency``);
+    * ``"random"``: uniform inside the region.
+
+    Negatives are drawn uniformly among pixels outside ``outside`` (default: ``region``)
+    dilated by ``negative_margin`` pixels (falling back to plain outside when the dilation
+    leaves nothing). All draws come from ``numpy.random.default_rng(seed)``: the same inputs
+    and seed give the same points. Fewer points come back when there is not enough room.
+    """
+    r = _check_mask(region)
+    if n_positive < 0 or n_negative < 0:
+        raise ValueError("n_positive and n_negative must be >= 0")
+    if strategy not in ("interior", "peak", "random"):
+        raise ValueError(f"unknown strategy {strategy!r}; choose interior, peak or random")
+    s = None if saliency is None else _as_saliency(saliency)
+    if s is not None and s.shape != r.shape:
+        raise ValueError(f"saliency is {s.shape} but the region is {r.shape}")
+    if strategy == "peak" and s is None:
+        raise ValueError("strategy='peak' needs the saliency map")
+    rng = np.random.default_rng(seed)
+    flat = np.flatnonzero(r.ravel())
+    pos: list[int] = []
+    k = min(int(n_positive), flat.size)
+    if k > 0:
+        if strategy == "random":
+            pos = [int(i) for i in rng.choice(flat, size=k, replace=False)]
+        elif strategy == "interior":
+            depth = ndi.distance_transform_edt(np.pad(r, 1))[1:-1, 1:-1].ravel()[flat]
+            tie = s.ravel()[flat] if s is not None else np.zeros(flat.size)
+            first = int(np.lexsort((np.arange(flat.size), -tie, -depth))[0])
+            pos = [int(flat[first])]
+            if k > 1:
+                rest = np.delete(np.arange(flat.size), first)
+                w = depth[rest] / depth[rest].sum()
+                pos += [int(flat[i]) for i in rng.choice(rest, size=k - 1, replace=False, p=w)]
+        else:
+            vals = s.ravel()[flat]
+            cand = flat[np.lexsort((np.arange(flat.size), -vals))]
+            ys, xs = np.divmod(cand, r.shape[1])
+            taken = np.zeros(cand.size, bool)
+            for _ in range(k):
+                free = np.flatnonzero(~taken)
+                if free.size == 0:
+                    break
+                j = int(free[0])
+                pos.append(int(cand[j]))
+                taken |= (ys - ys[j]) ** 2 + (xs - xs[j]) ** 2 < float(min_distance) ** 2
+                taken[j] = True
+    neg: list[int] = []
+    if n_negative > 0:
+        base = r if outside is None else _check_mask(outside) | r
+        grown = base
+        if negative_margin > 0:
+            grown = ndi.binary_dilation(base, iterations=int(negative_margin))
+        pool = np.flatnonzero(~grown.ravel())
+        if pool.size == 0:
+            pool = np.flatnonzero(~base.ravel())
+        kn = min(int(n_negative), pool.size)
+        if kn > 0:
+            neg = [int(i) for i in rng.choice(pool, size=kn, replace=False)]
+    idx = np.asarray(pos + neg, dtype=np.int64)
+    ys, xs = np.divmod(idx, r.shape[1])
+    points = np.stack([xs, ys], axis=1).astype(np.float64).reshape(-1, 2)
+    labels = np.asarray([1] * len(pos) + [0] * len(neg), dtype=np.int64)
+    return points, labels
+
+
+# --------------------------------------------------------------------------------------------
+# everything together
+
+
+@dataclass
+class Prompts:
+    """SAM prompts made from one saliency map.
+
+    ``boxes``: ``(N, 4)`` float xyxy (inclusive pixels) or None (``mode="points"``);
+    ``points``: ``(N, P, 2)`` float ``(x, y)`` or None (``mode="box"``), one group of points per
+    box/region; ``point_labels``: ``(N, P)`` int, 1 positive, 0 negative, -1 padding;
+    ``mask``: the coarse mask after keeping components (what the prompts were made from);
+    ``flags``: what fell back or was missing (empty tuple when all went as asked):
+
+    * ``"empty_saliency"``: the map has no contrast (max - min <= :data:`MIN_CONTRAST`);
+    * ``"no_component"``: the coarse mask is empty; the box is then the whole image
+      (``"whole_image_box"``) and a lone positive point sits at the saliency maximum
+      (``"fallback_point"``, the centre for a flat map);
+    * ``"fewer_components"``: fewer components than ``n_components`` were found;
+    * ``"fewer_points"``: a region had room for fewer points than asked.
+    """
+
+    boxes: np.ndarray | None
+    points: np.ndarray | None
+    point_labels: np.ndarray | None
+    mask: np.ndarray = field(repr=False)
+    mode: str
+    flags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def n_prompts(self) -> int:
+        """Number of prompts (boxes, or point groups): SAM returns one mask per prompt."""
+        if self.boxes is not None:
+            return len(self.boxes)
+        return 0 if self.points is None else len(self.points)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing fell back (no flags)."""
+        return not self.flags
+
+    def to_dict(self) -> dict:
+        """Plain lists, for JSON logs."""
+        return {
+            "mode": self.mode,
+            "boxes": None if self.boxes is None else self.boxes.tolist(),
+            "points": None if self.points is None else self.points.tolist(),
+            "point_labels": None if self.point_labels is None else self.point_labels.tolist(),
+            "flags": list(self.flags),
+        }
+
+
+def _pad_groups(groups: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    p = max((len(lbl) for _, lbl in groups), default=0)
+    pts = np.zeros((len(groups), p, 2), dtype=np.float64)
+    lbls = -np.ones((len(groups), p), dtype=np.int64)
+    for i, (xy, lbl) in enumerate(groups):
+        pts[i, : len(lbl)] = xy
+        lbls[i, : len(lbl)] = lbl
+    return pts, lbls
+
+
+def make_prompts(
+    saliency: np.ndarray,
+    *,
+    image: np.ndarray | None = None,
+    postprocess: Literal["crf", "kmeans", "threshold", "otsu"] = "kmeans",
+    threshold: float = 0.3,
+    crf: CrfParams | None = None,
+    box_mode: Literal["largest", "per_component", "union"] = "largest",
+    n_components: int | None = 1,
+    connectivity: int = 2,
+    min_area: int = 1,
+    mode: Literal["box", "points", "box+points"] = "box",
+    points: int = 1,
+    negatives: int = 0,
+    point_strategy: Literal["interior", "peak", "random"] = "interior",
+    box_margin: float = 0.0,
+    seed: int = 0,
+) -> Prompts:
+    """Saliency map -> coarse mask -> the ``n_components`` largest components -> prompts.
+
+    ``postprocess``/``threshold``/``crf``/``image``: :func:`coarse_mask`. ``box_mode`` picks the
+    regions prompted (one box/point group each: :func:`boxes_from_mask`). ``mode``: boxes,
+    points, or both (points per region: ``points`` positives inside it, ``negatives`` outside
+    every kept component; :func:`sample_points` with ``point_strategy`` and ``seed``).
+    Fallbacks are flagged in :attr:`Prompts.flags`, never silent.
+    """
+    if mode not in PROMPT_MODES:
+        raise ValueError(f"unknown prompt mode {mode!r}; choose one of {PROMPT_MODES}")
+    if box_mode not in BOX_MODES:
+        raise ValueError(f"unknown box mode {box_mode!r}; choose one of {BOX_MODES}")
+    if mode == "points" and points < 1:
+        raise ValueError("mode='points' needs at least one positive point (points >= 1)")
+    s = _as_saliency(saliency)
+    h, w = s.shape
+    flags: list[str] = []
+    if float(s.max() - s.min()) <= MIN_CONTRAST:
+        flags.append("empty_saliency")
+        coarse = np.zeros(s.shape, bool)
+    else:
+        coarse = coarse_mask(s, postprocess, image=image, threshold=threshold, crf=crf)
+    kept = keep_largest_components(coarse, n_components, connectivity, min_area)
+    regions = _regions(kept, box_mode, n_components, connectivity)
+    want_boxes, want_points = mode in ("box", "box+points"), mode in ("points", "box+points")
+    if not regions:
+        flags.append("no_component")
+        boxes = None
+        if want_boxes:
+            boxes = np.array([[0.0, 0.0, w - 1.0, h - 1.0]])
+            flags.append("whole_image_box")
+        pts = lbls = None
+        if want_points:
+            if "empty_saliency" in flags:
+                y, x = (h - 1) // 2, (w - 1) // 2
+            else:
+                y, x = np.unravel_index(int(np.argmax(s)), s.shape)
+            pts, lbls = np.array([[[float(x), float(y)]]]), np.array([[1]])
+            flags.append("fallback_point")
+        return Prompts(boxes, pts, lbls, kept, mode, tuple(flags))
+    n_found = len(_components(kept, connectivity)[1])
+    if n_components is not None and box_mode != "largest" and n_found < n_components:
+        flags.append("fewer_components")
+    boxes = None
+    if want_boxes:
+        boxes = np.stack([_box_of(r) for r in regions])
+        if box_margin:
+            boxes += np.array([-box_margin, -box_margin, box_margin, box_margin])
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
+    pts = lbls = None
+    if want_points:
+        groups = []
+        for i, r in enumerate(regions):
+            xy, lbl = sample_points(
+                r, points, negatives, saliency=s, strategy=point_strategy, outside=kept,
+                seed=seed + i,
+            )
+            if int((lbl == 1).sum()) < points or int((lbl == 0).sum()) < negatives:
+                if "fewer_points" not in flags:
+                    flags.append("fewer_points")
+            groups.append((xy, lbl))
+        pts, lbls = _pad_groups(groups)
+    return Prompts(boxes, pts, lbls, kept, mode, tuple(flags))
