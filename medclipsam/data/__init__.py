@@ -36,6 +36,7 @@ _EXPORTS = {
         "PROMPTS",
         "TASKS",
         "PhantomDataset",
+        "PhantomPairs",
         "PhantomSample",
         "generate_sample",
         "intensity_rule_point",

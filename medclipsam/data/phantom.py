@@ -38,7 +38,7 @@ import json
 import math
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ __all__ = [
     "PROMPTS",
     "TASKS",
     "PhantomDataset",
+    "PhantomPairs",
     "PhantomSample",
     "generate_sample",
     "intensity_rule_point",
@@ -1195,6 +1196,59 @@ class PhantomDataset(Sequence):
     def __repr__(self) -> str:
         return (f"PhantomDataset(task={self.task!r}, n={self.n}, seed={self.seed}, "
                 f"size={self.size}, split={self.split!r})")
+
+
+class PhantomPairs:
+    """Image-caption pairs of phantom images from several tasks, for contrastive fine-tuning and
+    retrieval (what :func:`medclipsam.finetune.finetune` and the retrieval protocol take).
+
+    Images come from :class:`PhantomDataset` (``n_per_task`` per task, same ``seed``/``split``
+    rules) and are generated once, at construction. ``captions="one"`` pairs each image with one
+    of its captions, drawn reproducibly from ``seed``; ``"all"`` gives one pair per caption (the
+    image repeated). ``transform`` (e.g. a CLIP bundle's ``preprocess``) is applied once per image
+    and its output stored, so training epochs do not re-run it. Items are ``(image, caption)``;
+    ``.captions``, ``.tasks`` and ``.labels`` list them per pair (``.captions`` doubles as the
+    groups of identical captions in retrieval).
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str] = TASKS,
+        n_per_task: int = 100,
+        *,
+        seed: int = 0,
+        split: str = "train",
+        size: int | tuple[int, int] = 224,
+        captions: str = "one",
+        transform: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if captions not in ("one", "all"):
+            raise ValueError(f"captions must be 'one' or 'all', got {captions!r}")
+        if isinstance(tasks, str):
+            tasks = (tasks,)
+        rng = np.random.default_rng([int(seed), _split_code(split), 17])
+        self.images: list[Any] = []
+        self.captions: list[str] = []
+        self.tasks: list[str] = []
+        self.labels: list[str] = []
+        self.image_index: list[int] = []
+        for task in tasks:
+            ds = PhantomDataset(task, n_per_task, seed=seed, size=size, split=split)
+            for s in ds:
+                image = s.rgb if transform is None else transform(s.rgb)
+                caps = s.captions if captions == "all" else [s.captions[int(rng.integers(len(s.captions)))]]
+                self.images.append(image)
+                for c in caps:
+                    self.image_index.append(len(self.images) - 1)
+                    self.captions.append(c)
+                    self.tasks.append(task)
+                    self.labels.append(s.label)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> tuple[Any, str]:
+        return self.images[self.image_index[i]], self.captions[i]
 
 
 def _png_ok(path: Path, size_wh: tuple[int, int]) -> bool:
