@@ -1,0 +1,462 @@
+"""gScoreCAM for CLIP: ScoreCAM restricted to the k channels with the largest gradient.
+
+For a prompt t and an image x (Chen et al., ACCV 2022; stage 2 of MedCLIP-SAM):
+
+1. one forward and backward pass with the target layer hooked; channel importance is the spatial
+   mean of the signed gradient of the image-text logit; the top k channels are kept;
+2. each kept activation channel is upsampled (bilinear, half-pixel centres, ``align_corners=False``:
+   the one interpolation convention used throughout, also for the final resize) to the input size
+   and min-max normalised to [0, 1]; the masked inputs ``image * mask`` are scored by the model
+   (the image-text logit ``logit_scale.exp() * cosine``), in batches, without gradients;
+3. weights are a softmax of those scores (see ``weighting``);
+4. the map is ``ReLU(sum_c w_c A_c)``, resized to the input and min-max normalised.
+
+Cost: about k image forwards per image (the masked images all differ, nothing can be cached), so
+about 10.5 TFLOP for BiomedCLIP's ViT-B/16 at k=300; the scoring runs at 75-85 % of the machine's
+matmul rate (benchmarks/gscorecam_speed.py). Measured on a 2-core AMD EPYC without AMX (2048^2
+matmul 190 GFLOP/s fp32, 410 bf16 when quiet): about 62 s per image in fp32 and 31 s in fast mode.
+The text feature is normalised once and never re-encoded; masks are built on the model's device
+for the k kept channels only, one scoring batch at a time.
+
+``precision="fast"`` scores with a copy of the image tower cast once to bfloat16 (CPUs with bf16
+support) or float16 (CUDA), cached per model and rebuilt when its parameters change; the gradient
+pass stays float32, so the channel choice and the masks are the exact ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .gradcam import normalize_maps
+from .targets import TargetLayer, resolve_target_layer
+
+__all__ = [
+    "GScoreCamDetails",
+    "clear_cast_cache",
+    "default_batch_size",
+    "fast_dtype",
+    "gscorecam",
+    "gscorecam_details",
+    "gscorecam_multi",
+    "resolve_target",
+]
+
+_WEIGHTINGS = ("selected", "reference")
+_PRECISIONS = ("fp32", "fast", "bf16", "fp16")
+
+
+@dataclass
+class GScoreCamDetails:
+    """What gScoreCAM computed, for inspection (notebooks, tests).
+
+    ``maps`` [Q, H, W] in [0, 1]; ``importance`` [Q, C] the mean gradient per channel;
+    ``channels`` [Q, k] the kept channels (largest importance first); ``scores`` [Q, k] their
+    masked-image logits; ``weights`` the softmax weights, [Q, k] (``"selected"``) or [Q, C]
+    (``"reference"``, over all channels); ``layer`` the hooked layer's name; ``dtype`` the
+    scoring dtype. Q is the number of (image, prompt) pairs.
+    """
+
+    maps: torch.Tensor
+    importance: torch.Tensor
+    channels: torch.Tensor
+    scores: torch.Tensor
+    weights: torch.Tensor
+    layer: str
+    dtype: torch.dtype
+
+
+def resolve_target(model: torch.nn.Module, target: TargetLayer | str | None) -> TargetLayer:
+    """``target`` as a :class:`TargetLayer`: None or ``"default"`` (the layer whose patch tokens
+    reach the output), ``"reference"`` (the reference code's layer), a dotted module path, or a
+    :class:`TargetLayer` as is."""
+    if target is None or isinstance(target, TargetLayer):
+        return target or resolve_target_layer(model)
+    if isinstance(target, str):
+        if target in ("default", "reference"):
+            return resolve_target_layer(model, preset=target)
+        return resolve_target_layer(model, layer=target)
+    raise TypeError(f"target must be a TargetLayer, a preset name or a layer path, got {type(target)}")
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """Masked images scored per forward pass when ``batch_size=None``.
+
+    CPU: 16 (measured on a 2-core CPU with BiomedCLIP's ViT-B/16: batches of 16, 32 and 64 ran
+    within 10 % of each other, both in fp32 and bf16, and 16 holds the least memory, about
+    0.2 GB of activations). CUDA: 64 per 8 GiB of device memory, between 64 and 1024, so a k=300
+    map is a single batch on a large GPU.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        return int(max(64, min(1024, 64 * (total // 8))))
+    return 16
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - older/other builds: read the CPU flags instead
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def fast_dtype(device: torch.device | str) -> torch.dtype:
+    """The scoring dtype of ``precision="fast"`` on ``device``: float16 on CUDA (more mantissa
+    than bfloat16, the same speed there), bfloat16 on CPUs with bf16 support, else float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _scoring_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return torch.float32
+    if precision == "fast":
+        return fast_dtype(device)
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+# --------------------------------------------------------------------------------------------
+# the image encoder used for scoring (and its cached low-precision copy)
+
+
+def _visual_only(model: torch.nn.Module) -> bool:
+    """True when ``model.encode_image`` is open_clip's plain ``visual(x)`` (so a copy of the image
+    tower alone scores the same)."""
+    try:
+        from open_clip.model import CLIP, CustomTextCLIP
+    except ImportError:  # pragma: no cover - open_clip is a dependency
+        return False
+    fn = getattr(type(model), "encode_image", None)
+    return hasattr(model, "visual") and fn in (CLIP.encode_image, CustomTextCLIP.encode_image)
+
+
+def _signature(module: torch.nn.Module) -> tuple:
+    return tuple(
+        (t.data_ptr(), t._version, t.dtype, t.device)
+        for t in (*module.parameters(), *module.buffers())
+    )
+
+
+_CAST_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def clear_cast_cache() -> None:
+    """Drop the low-precision copies made by ``precision="fast"`` (they live as long as their
+    model otherwise: about half the image tower's memory each)."""
+    _CAST_CACHE.clear()
+
+
+def _cast_encoder(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``model``'s image tower (or of the whole model) in ``dtype``, made once per model
+    and dtype and rebuilt when the model's parameters change (in-place updates, loading, moving)."""
+    source = model.visual if _visual_only(model) else model
+    sig = _signature(source)
+    entries = _CAST_CACHE.setdefault(model, {})
+    hit = entries.get(dtype)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    entries.pop(dtype, None)  # free the stale copy before making the new one
+    cast = copy.deepcopy(source).to(dtype)
+    for p in cast.parameters():
+        p.requires_grad_(False)
+    entries[dtype] = (sig, cast)
+    return cast
+
+
+def _encoder(model: torch.nn.Module, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> image features (unnormalised) computed in ``dtype``."""
+    if dtype == torch.float32 and next(model.parameters()).dtype == torch.float32:
+        return model.encode_image
+    cast = _cast_encoder(model, dtype)
+    return cast if _visual_only(model) else cast.encode_image
+
+
+# --------------------------------------------------------------------------------------------
+# the three steps
+
+
+def _logit_scale(model: torch.nn.Module) -> float:
+    scale = getattr(model, "logit_scale", None)
+    return 1.0 if scale is None else float(torch.as_tensor(scale).detach().float().exp())
+
+
+def _text(text_features: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    t = text_features.detach().to(device=device, dtype=torch.float32)
+    if t.ndim == 1:
+        t = t[None]
+    if t.ndim != 2 or t.shape[0] not in (1, n):
+        raise ValueError(
+            f"text_features must be [{n}, D] or [1, D] (one prompt per image), got {tuple(t.shape)}"
+        )
+    return F.normalize(t, dim=-1).expand(n, -1)
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+        raise ValueError(f"images must be a preprocessed [B, 3, H, W] tensor, got {shape}")
+
+
+def _activations_and_image_features(
+    model: torch.nn.Module, images: torch.Tensor, target: TargetLayer
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: the target layer's output (a leaf that requires grad, so gradients can be
+    taken with respect to it whatever the parameters' ``requires_grad``) and the unnormalised
+    image features that depend on it."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _i, out):
+        torch.set_grad_enabled(True)  # from here on: the layers after the target need a graph
+        first = out[0] if isinstance(out, tuple) else out
+        leaf = first.detach().float().requires_grad_(True)
+        store["act"] = leaf
+        cast = leaf.to(first.dtype)
+        return (cast, *out[1:]) if isinstance(out, tuple) else cast
+
+    handle = target.module.register_forward_hook(hook)
+    grad_mode = torch.is_grad_enabled()
+    try:
+        torch.set_grad_enabled(False)  # no graph for the layers before the target
+        feats = model.encode_image(images.detach())
+    finally:
+        torch.set_grad_enabled(grad_mode)
+        handle.remove()
+    if "act" not in store:
+        raise RuntimeError(f"the target layer {target.name} was not called by encode_image")
+    return store["act"], feats
+
+
+def _gradients(logits: torch.Tensor, act: torch.Tensor) -> list[torch.Tensor]:
+    """Gradient of each logit (one per row of ``logits``) with respect to ``act``."""
+    grads = []
+    for i in range(logits.shape[0]):
+        (g,) = torch.autograd.grad(
+            logits[i], act, retain_graph=i < logits.shape[0] - 1, allow_unused=True
+        )
+        grads.append(torch.zeros_like(act) if g is None else g)
+    return grads
+
+
+def _masked_features(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    dtype: torch.dtype,
+    images: torch.Tensor,
+    act: torch.Tensor,
+    image_idx: torch.Tensor,
+    channel_idx: torch.Tensor,
+    batch_size: int,
+) -> torch.Tensor:
+    """Normalised image features [N, D] of ``images[image_idx[i]] * mask(act[image_idx[i],
+    channel_idx[i]])``, scored in batches; the masks are made per batch (never all at once)."""
+    size = images.shape[-2:]
+    out = []
+    with torch.inference_mode():
+        for s in range(0, image_idx.numel(), batch_size):
+            b, c = image_idx[s : s + batch_size], channel_idx[s : s + batch_size]
+            up = F.interpolate(act[b, c][:, None], size=size, mode="bilinear", align_corners=False)
+            masks = normalize_maps(up[:, 0])
+            x = (images[b] * masks[:, None]).to(dtype)
+            out.append(F.normalize(encode(x).float(), dim=-1))
+    return torch.cat(out)
+
+
+def _combine(
+    act: torch.Tensor, channels: torch.Tensor, scores: torch.Tensor, weighting: str, size
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and maps [Q, H, W] from activations [Q, C, h, w] and the kept channels' scores."""
+    q, c, h, w = act.shape
+    if weighting == "selected":
+        weights = torch.softmax(scores, dim=-1)
+        kept = act.gather(1, channels[:, :, None, None].expand(-1, -1, h, w))
+        cam = (weights[:, :, None, None] * kept).sum(1)
+    else:
+        full = torch.zeros(q, c, dtype=scores.dtype, device=scores.device)
+        weights = torch.softmax(full.scatter(1, channels, scores), dim=-1)
+        cam = (weights[:, :, None, None] * act).sum(1)
+    cam = F.interpolate(F.relu(cam)[:, None], size=size, mode="bilinear", align_corners=False)
+    return weights, normalize_maps(cam[:, 0])
+
+
+def _check_options(weighting: str, k: int | float | None, batch_size: int | None) -> None:
+    if weighting not in _WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+    if isinstance(k, float) and not 0.0 < k <= 1.0:
+        raise ValueError(f"a fractional k must lie in (0, 1] (a share of the channels), got {k}")
+    if isinstance(k, int) and k < 1:
+        raise ValueError(f"k must be a positive number of channels (or None for all), got {k}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+
+def _channels_kept(k: int | float | None, c: int) -> int:
+    """k as a number of channels: None = all; a float in (0, 1] = that share of the C channels
+    (at least one); an int is clipped to C."""
+    if k is None:
+        return c
+    if isinstance(k, float):
+        return max(1, min(c, round(k * c)))
+    return min(int(k), c)
+
+
+def gscorecam_details(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    text_features: torch.Tensor,
+    *,
+    k: int | float | None = 300,
+    batch_size: int | None = None,
+    target: TargetLayer | str | None = None,
+    weighting: str = "selected",
+    precision: str = "fp32",
+) -> GScoreCamDetails:
+    """:func:`gscorecam` with everything it computed (channels, scores, weights); see there."""
+    _check_images(images)
+    _check_options(weighting, k, batch_size)
+    target = resolve_target(model, target)
+    device = images.device
+    n = images.shape[0]
+    txt = _text(text_features, n, device)
+
+    act_raw, feats = _activations_and_image_features(model, images, target)
+    logits = _logit_scale(model) * (F.normalize(feats.float(), dim=-1) * txt).sum(-1)
+    # The images are independent, so the gradient of the summed logits holds each image's own.
+    (grad_raw,) = _gradients(logits.sum()[None], act_raw)
+    act = target.to_grid(act_raw.detach()).float().contiguous()
+    importance = target.to_grid(grad_raw).float().mean(dim=(2, 3))
+    c = act.shape[1]
+    kk = _channels_kept(k, c)
+    channels = importance.topk(kk, dim=1).indices  # [B, k], largest first
+
+    dtype = _scoring_dtype(precision, device)
+    bs = int(batch_size or default_batch_size(device))
+    image_idx = torch.arange(n, device=device).repeat_interleave(kk)
+    feats_masked = _masked_features(
+        _encoder(model, dtype), dtype, images.detach(), act, image_idx, channels.reshape(-1), bs
+    )
+    scores = _logit_scale(model) * (feats_masked.view(n, kk, -1) * txt[:, None]).sum(-1)
+    weights, maps = _combine(act, channels, scores, weighting, images.shape[-2:])
+    return GScoreCamDetails(maps, importance, channels, scores, weights, target.name, dtype)
+
+
+def gscorecam(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    text_features: torch.Tensor,
+    *,
+    k: int | float | None = 300,
+    batch_size: int | None = None,
+    target: TargetLayer | str | None = None,
+    weighting: str = "selected",
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """gScoreCAM maps ``[B, H, W]`` in [0, 1] at the model-input resolution.
+
+    ``images``: preprocessed ``[B, 3, H, W]``; ``text_features``: ``[B, D]`` or ``[1, D]``, one
+    prompt per image (normalised or not; never re-encoded). ``k``: channels kept (clipped to the
+    layer's C; None = all, which is ScoreCAM; a float in (0, 1] = that share of C, e.g. 0.39 is
+    the paper's 300 of 768 for narrower models). ``batch_size``: masked images per scoring pass
+    (None: :func:`default_batch_size`; the result does not depend on it). ``target``: see
+    :func:`resolve_target` (``"reference"`` reproduces the paper's layer, whose patch tokens get
+    exactly zero gradient on CLS-pooled ViTs such as BiomedCLIP, so its top-k is arbitrary).
+
+    ``weighting="selected"`` (default): softmax over the k scores only, as the gScoreCAM paper
+    describes. ``"reference"``: the reference code's convention, the k scores scattered into a zero
+    vector of all C channels before the softmax and the map summed over all C channels; every
+    unselected channel then keeps weight ``exp(0)/Z``, so for a poorly matched prompt (logits near
+    or below 0) the unselected channels dominate and the map tends to the plain sum of all
+    activations whatever the prompt. That is why it is not the default.
+
+    ``precision``: ``"fp32"`` (exact), ``"fast"`` (scoring in bfloat16 on CPUs that support it,
+    float16 on CUDA, float32 otherwise; :func:`fast_dtype`), or ``"bf16"``/``"fp16"`` explicitly.
+    The low-precision copy of the image tower is made once per model and cached.
+    """
+    return gscorecam_details(
+        model,
+        images,
+        text_features,
+        k=k,
+        batch_size=batch_size,
+        target=target,
+        weighting=weighting,
+        precision=precision,
+    ).maps
+
+
+def gscorecam_multi(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    text_features: torch.Tensor,
+    *,
+    k: int | float | None = 300,
+    batch_size: int | None = None,
+    target: TargetLayer | str | None = None,
+    weighting: str = "selected",
+    precision: str = "fp32",
+    return_details: bool = False,
+) -> torch.Tensor | GScoreCamDetails:
+    """gScoreCAM maps ``[P, H, W]`` of one image ``[1, 3, H, W]`` for P prompts ``[P, D]``.
+
+    Shared across prompts: the image's forward pass (one, then one backward pass per prompt for
+    the channel importances) and the scoring. A masked image depends on the channel, not on the
+    prompt, so the union of the prompts' k-channel sets is scored once and each masked image's
+    feature is compared with every prompt: at most ``min(C, P*k)`` forwards instead of ``P*k``
+    (never more than looping over prompts). Each map equals :func:`gscorecam` of that prompt.
+    """
+    _check_images(image)
+    _check_options(weighting, k, batch_size)
+    if image.shape[0] != 1:
+        raise ValueError(f"gscorecam_multi takes one image [1, 3, H, W], got {tuple(image.shape)}")
+    target = resolve_target(model, target)
+    device = image.device
+    t = text_features.detach()
+    t = t[None] if t.ndim == 1 else t
+    p = t.shape[0]
+    txt = _text(t, p, device)
+
+    act_raw, feats = _activations_and_image_features(model, image, target)
+    logits = _logit_scale(model) * (F.normalize(feats.float(), dim=-1) * txt).sum(-1)  # [P]
+    grads = _gradients(logits, act_raw)
+    act1 = target.to_grid(act_raw.detach()).float().contiguous()  # [1, C, h, w]
+    importance = torch.cat([target.to_grid(g).float().mean(dim=(2, 3)) for g in grads])  # [P, C]
+    c = act1.shape[1]
+    kk = _channels_kept(k, c)
+    channels = importance.topk(kk, dim=1).indices  # [P, k]
+
+    union = torch.unique(channels)  # sorted
+    dtype = _scoring_dtype(precision, device)
+    bs = int(batch_size or default_batch_size(device))
+    feats_masked = _masked_features(
+        _encoder(model, dtype),
+        dtype,
+        image.detach(),
+        act1,
+        torch.zeros_like(union),
+        union,
+        bs,
+    )
+    all_scores = _logit_scale(model) * feats_masked @ txt.T  # [U, P]
+    pos = torch.searchsorted(union, channels)  # [P, k] rows of the union
+    scores = all_scores.gather(0, pos.T).T  # scores[p, j] = all_scores[pos[p, j], p]
+    act = act1.expand(p, -1, -1, -1)
+    weights, maps = _combine(act, channels, scores, weighting, image.shape[-2:])
+    details = GScoreCamDetails(maps, importance, channels, scores, weights, target.name, dtype)
+    return details if return_details else maps
