@@ -1,8 +1,19 @@
 """MedCLIP-SAM: text-prompted medical image segmentation from foundation models.
 
-The package is layered in one direction of flow (see ``docs/architecture.md``):
+The package is layered in one direction of flow (see the README's project layout):
 ``data`` -> ``models`` -> ``losses``/``finetune`` -> ``saliency`` -> ``prompting`` -> ``pipeline``
 -> ``weak``; ``metrics``, ``viz``, ``widgets`` and ``cli`` sit beside them.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["MedCLIPSAM", "PipelineConfig", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: ``import medclipsam`` stays cheap (no torch) until the pipeline is asked for.
+    if name in ("MedCLIPSAM", "PipelineConfig"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

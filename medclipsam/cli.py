@@ -2,6 +2,8 @@
 
 Sub-commands:
   demo      the main job on the built-in toy (phantom) world; writes figures and a table
+  segment   text prompt + a folder of images -> masks (zero-shot MedCLIP-SAM)
+  evaluate  score a folder of predicted masks against ground truth (Dice, IoU, HD95, NSD)
   phantom   write a phantom data set in the project's folder layout
   prepare   convert a public data set (BUSI, UDIAT, brain_figshare, covidqu, roco) to that layout
   finetune  contrastive fine-tuning of a CLIP model (InfoNCE, DCL, HN-NCE, DHN-NCE)
@@ -24,7 +26,69 @@ SOURCES = ("busi", "udiat", "brain_figshare", "covidqu", "roco")
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out=Path(args.out), n=args.n, size=args.size, seed=args.seed)
+    run_demo(out=Path(args.out), n=args.n, size=args.size, seed=args.seed, saliency=args.saliency)
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .pipeline import MedCLIPSAM, PipelineConfig
+
+    kwargs = {}
+    if args.k is not None:
+        kwargs["k"] = args.k
+    if args.precision:
+        kwargs["precision"] = args.precision
+    cfg = PipelineConfig(
+        saliency=args.saliency, saliency_kwargs=kwargs, postprocess=args.postprocess,
+        threshold=args.threshold, n_components=args.components, box_mode=args.box_mode,
+        prompt_mode=args.prompt_mode, points=args.points, negatives=args.negatives,
+        multimask=True if args.multimask else None, seed=args.seed,
+    )
+    t0 = time.perf_counter()
+    if args.clip == "toy" and args.sam == "toy":
+        pipe = MedCLIPSAM.toy(device=args.device, **vars(cfg))
+    else:
+        pipe = MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device, **vars(cfg))
+    rows = pipe.run_folder(
+        args.images, args.prompt, args.out, task=args.task, resume=not args.restart,
+        overlays=args.overlays, limit=args.limit, progress=not args.quiet,
+    )
+    flagged = sum(1 for r in rows if r.get("flags"))
+    print(f"{len(rows)} images segmented into {args.out}/masks ({flagged} flagged; see "
+          f"{args.out}/results.csv) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import csv
+
+    from ._utils import atomic_path
+    from .data.datasets import PairingError
+    from .metrics import evaluate_folders, summarize
+
+    try:
+        rows, pairs = evaluate_folders(args.pred, args.gt, nsd_tolerance=args.nsd_tolerance,
+                                       strict=not args.allow_missing)
+    except (PairingError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    problem = pairs.problems()
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not rows:
+        print("no prediction/ground-truth pairs to score", file=sys.stderr)
+        return 1
+    stats = summarize(rows, n_boot=args.n_boot, seed=0)
+    print(f"{len(rows)} images; mean [95 % bootstrap CI]")
+    for m, s in stats.items():
+        extra = f"  ({s['n_infinite']} infinite: one mask empty)" if s.get("n_infinite") else ""
+        print(f"  {m:5s} {s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}]{extra}")
+    if args.csv:
+        with atomic_path(Path(args.csv)) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        print(f"per-image table: {args.csv}")
     return 0
 
 
@@ -78,10 +142,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the main job on the built-in phantom world")
     d.add_argument("--out", default="medclipsam-demo", help="output folder (default: %(default)s)")
-    d.add_argument("--n", type=int, default=4, help="images per task (default: %(default)s)")
+    d.add_argument("--n", type=int, default=6, help="images per task (default: %(default)s)")
     d.add_argument("--size", type=int, default=256, help="image size in pixels (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="phantom seed (default: %(default)s)")
+    d.add_argument("--saliency", default="gscorecam", choices=("gscorecam", "gradcam", "m2ib"))
     d.set_defaults(func=_cmd_demo)
+
+    sg = sub.add_parser(
+        "segment",
+        help="segment what a text prompt names in every image of a folder",
+        description="Zero-shot MedCLIP-SAM over a folder: CLIP saliency of the prompt -> coarse mask "
+        "-> box/point prompts -> SAM. Writes OUT/masks/<stem>.png, OUT/results.csv (one row per "
+        "image, written as it goes) and OUT/run.json; an interrupted run resumes.",
+    )
+    sg.add_argument("--images", required=True, help="folder of images (PNG/JPEG/TIFF/DICOM/NIfTI)")
+    sg.add_argument("--prompt", required=True, help='what to segment, e.g. "breast tumor"')
+    sg.add_argument("--out", required=True, help="output folder")
+    sg.add_argument("--clip", default="toy", help="toy | biomedclip | open_clip name | checkpoint path")
+    sg.add_argument("--sam", default="toy", help="toy | vit_b | vit_l | vit_h | medsam | checkpoint path")
+    sg.add_argument("--task", choices=("breast", "brain", "xray"), help="apply the task's preset (xray: two lungs)")
+    sg.add_argument("--saliency", default="gscorecam", choices=("gscorecam", "gradcam", "m2ib"))
+    sg.add_argument("--k", type=int, help="gScoreCAM channels (default: the method's)")
+    sg.add_argument("--precision", choices=("fp32", "fast"), help="gScoreCAM precision")
+    sg.add_argument("--postprocess", default="kmeans", choices=("crf", "kmeans", "threshold", "otsu"))
+    sg.add_argument("--threshold", type=float, default=0.3, help="for --postprocess threshold")
+    sg.add_argument("--components", type=int, default=1, help="largest connected components kept")
+    sg.add_argument("--box-mode", default="largest", choices=("largest", "per_component", "union"))
+    sg.add_argument("--prompt-mode", default="box", choices=("box", "points", "box+points"))
+    sg.add_argument("--points", type=int, default=1, help="positive points per region")
+    sg.add_argument("--negatives", type=int, default=0, help="negative points per region")
+    sg.add_argument("--multimask", action="store_true", help="best of SAM's three masks by predicted IoU")
+    sg.add_argument("--overlays", action="store_true", help="also write OUT/overlays/<stem>.png")
+    sg.add_argument("--limit", type=int, help="only the first N images (sorted by name)")
+    sg.add_argument("--restart", action="store_true", help="recompute images already done")
+    sg.add_argument("--device", default="auto")
+    sg.add_argument("--seed", type=int, default=0)
+    sg.add_argument("--quiet", action="store_true", help="no progress bar")
+    sg.set_defaults(func=_cmd_segment)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="Dice, IoU, HD95 and NSD of predicted masks against ground truth (paired by file stem)",
+    )
+    ev.add_argument("--pred", required=True, help="folder of predicted masks (e.g. OUT/masks)")
+    ev.add_argument("--gt", required=True, help="folder of ground-truth masks (<stem>.png or <stem>_mask.png)")
+    ev.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in pixels (default: 2)")
+    ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    ev.add_argument("--csv", help="write the per-image table here")
+    ev.add_argument("--allow-missing", action="store_true",
+                    help="score the pairs that exist instead of refusing missing/extra files")
+    ev.set_defaults(func=_cmd_evaluate)
 
     ph = sub.add_parser("phantom", help="write a phantom data set (images/, masks/, captions.csv, splits.json)")
     ph.add_argument("--task", choices=("breast", "brain", "xray", "all"), default="all")

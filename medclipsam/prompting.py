@@ -177,7 +177,8 @@ def crf_mask(
     d.setUnaryEnergy(unary)
     d.addPairwiseGaussian(sxy=p.gaussian_sxy, compat=p.gaussian_compat)
     d.addPairwiseBilateral(
-        sxy=p.bilateral_sxy, srgb=p.bilateral_srgb, rgbim=rgb, compat=p.bilateral_compat
+        sxy=p.bilateral_sxy, srgb=p.bilateral_srgb, compat=p.bilateral_compat,
+        rgbim=np.array(rgb, dtype=np.uint8, order="C"),  # a writable copy: pydensecrf refuses read-only buffers
     )
     q = np.asarray(d.inference(int(p.iterations)), dtype=np.float64).reshape(2, h, w)
     return q[1] > q[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["mask_outline", "overlay", "sample_grid", "save_figure"]
+__all__ = ["mask_outline", "overlay", "result_figure", "result_panels", "sample_grid", "save_figure"]
 
 
 def _as_rgb_float(image: np.ndarray) -> np.ndarray:
@@ -133,3 +133,35 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
+
+
+def result_panels(image: np.ndarray, result, gt: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
+    """The stages of one :class:`~medclipsam.pipeline.SegmentationResult` as titled panels:
+    image, saliency, coarse mask with the prompts, SAM's mask (with the ground truth's outline
+    when ``gt`` is given)."""
+    boxes = None if result.boxes is None else list(result.boxes)
+    prompts = overlay(image, result.coarse_mask, boxes=boxes, mask_color=(64, 160, 255))
+    if result.points is not None:
+        h, w = prompts.shape[:2]
+        r = max(1, min(h, w) // 80)
+        for group, labels in zip(result.points, result.point_labels):
+            for (x, y), lab in zip(group, labels):
+                if lab < 0:
+                    continue
+                col = (0, 255, 0) if lab == 1 else (255, 0, 255)
+                yi, xi = int(round(y)), int(round(x))
+                prompts[max(0, yi - r) : yi + r + 1, max(0, xi - r) : xi + r + 1] = col
+    final = overlay(image, result.mask, outline=gt, boxes=boxes)
+    flags = f" [{' '.join(result.flags)}]" if result.flags else ""
+    return [
+        ("image", overlay(image)),
+        (f"saliency: {result.prompt!r}", overlay(image, saliency=result.saliency)),
+        ("coarse mask + prompts" + flags, prompts),
+        (f"SAM mask (score {result.sam_score:.2f})" + (" vs ground truth" if gt is not None else ""), final),
+    ]
+
+
+def result_figure(image: np.ndarray, result, gt: np.ndarray | None = None, *, cell_size: float = 3.0):
+    """A one-row figure of :func:`result_panels` (what ``medclipsam demo`` and notebooks draw)."""
+    panels = result_panels(image, result, gt)
+    return sample_grid([p for _, p in panels], [t for t, _ in panels], ncols=len(panels), cell_size=cell_size)

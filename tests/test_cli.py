@@ -18,15 +18,40 @@ def _run(*args, cwd=None):
     )
 
 
-def test_demo_writes_figure_and_table(tmp_path):
-    proc = _run("demo", "--out", str(tmp_path / "demo"), "--n", "2", "--size", "128")
+def test_demo_segments_the_three_tasks_and_writes_figures_and_tables(tmp_path):
+    proc = _run("demo", "--out", str(tmp_path / "demo"), "--n", "2", "--size", "160")
     assert proc.returncode == 0, proc.stderr
-    fig = tmp_path / "demo" / "phantom_preview.png"
-    assert Image.open(fig).size[0] > 300
+    for task in ("breast", "brain", "xray"):
+        assert Image.open(tmp_path / "demo" / f"{task}_results.png").size[0] > 600
     rows = list(csv.DictReader(open(tmp_path / "demo" / "summary.csv")))
     assert [r["task"] for r in rows] == ["breast", "brain", "xray"]
     assert all(int(r["images"]) == 2 for r in rows)
-    assert "breast" in proc.stdout and "summary.csv" in proc.stdout
+    assert all(0 <= float(r["dice"]) <= 1 and 0 <= float(r["dice_random_map"]) <= 1 for r in rows)
+    per_image = list(csv.DictReader(open(tmp_path / "demo" / "per_image.csv")))
+    assert len(per_image) == 6 and {"dice", "iou", "hd95", "nsd"} <= set(per_image[0])
+    assert "dice" in proc.stdout and "summary.csv" in proc.stdout
+
+
+def test_segment_then_evaluate_a_folder(tmp_path):
+    data = tmp_path / "phantom"
+    assert _run("phantom", "--task", "brain", "--n", "3", "--size", "128", "--out", str(data)).returncode == 0
+    out = tmp_path / "seg"
+    proc = _run("segment", "--images", str(data / "images"), "--prompt", "brain tumor", "--out", str(out),
+                "--saliency", "gradcam", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    masks = sorted(p.name for p in (out / "masks").iterdir())
+    assert len(masks) == 3 and "3 images segmented" in proc.stdout
+    table = tmp_path / "scores.csv"
+    proc = _run("evaluate", "--pred", str(out / "masks"), "--gt", str(data / "masks"), "--csv", str(table))
+    assert proc.returncode == 0, proc.stderr
+    assert "3 images" in proc.stdout and "dice" in proc.stdout and "nsd" in proc.stdout
+    # The printed mean is the mean of the per-image table.
+    rows = list(csv.DictReader(open(table)))
+    mean = sum(float(r["dice"]) for r in rows) / len(rows)
+    assert f"dice  {mean:.4f}" in proc.stdout
+    (out / "masks" / masks[0]).unlink()
+    proc = _run("evaluate", "--pred", str(out / "masks"), "--gt", str(data / "masks"))
+    assert proc.returncode != 0 and "without a prediction" in proc.stderr
 
 
 def test_phantom_command_writes_the_folder_layout(tmp_path):
@@ -38,7 +63,7 @@ def test_phantom_command_writes_the_folder_layout(tmp_path):
     assert len(ds) == 3 and ds[0]["mask"].any()
 
 
-@pytest.mark.parametrize("command", ["demo", "phantom", "prepare", "finetune", "info"])
+@pytest.mark.parametrize("command", ["demo", "segment", "evaluate", "phantom", "prepare", "finetune", "info"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([command, "--help"])

@@ -243,3 +243,13 @@ def test_to_uint8_rgb_conversions():
     assert to_uint8_rgb(np.array([[True, False]]))[0, :, 1].tolist() == [255, 0]
     with pytest.raises(ValueError, match="image must be"):
         to_uint8_rgb(np.zeros((2, 2, 5)))
+
+
+def test_crf_accepts_a_read_only_image():
+    from medclipsam.prompting import coarse_mask
+
+    yy, xx = np.mgrid[:40, :40]
+    sal = np.exp(-((yy - 20) ** 2 + (xx - 20) ** 2) / 50.0)
+    image = (sal * 255).astype(np.uint8)
+    image.flags.writeable = False  # e.g. np.asarray(PIL image)
+    assert coarse_mask(sal, "crf", image=image)[20, 20]
