@@ -41,7 +41,7 @@ EPOCHS = 2
 BATCH_SIZE = 32
 LR = 1e-4              # toy world; for BiomedCLIP use about 1e-5
 TAU = None             # None: the model's learned temperature; the paper fixes 0.6
-BETA = 0.15            # beta1 = beta2, the paper's hard-negative strength
+BETA = 0.15            # beta1 = beta2, hard-negative strength (paper: 0.15)
 CAPTIONS_CSV = None    # real world: a CSV image,caption[,split] (see data_scripts/README.md)
 OUT_DIR = "runs/02_dhn_nce"
 SEED = 0
