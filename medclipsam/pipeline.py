@@ -263,6 +263,8 @@ class MedCLIPSAM:
             given = [maps] if single else list(maps)
             if len(given) != len(items):
                 raise ValueError(f"{len(items)} images but {len(given)} saliency maps")
+        if overrides.get("saliency", self.config.saliency) != self.config.saliency:
+            overrides.setdefault("saliency_kwargs", {})  # another method: its own defaults
         cfg = replace(self.config.for_task(task), **overrides)
         _check_config(cfg)
         out = []

@@ -125,3 +125,10 @@ def test_folder_run_writes_as_it_goes_and_resumes(pipe, tmp_path):
     assert json.loads((out / "run.json").read_text())["prompt"] == "breast tumor"
     with pytest.raises(ValueError, match="other settings"):
         pipe.run_folder(tmp_path / "images", "liver", out, progress=False)
+
+
+def test_switching_the_saliency_method_per_call_drops_the_other_methods_options(pipe):
+    s = PhantomDataset("xray", 1, seed=1, size=128, split="test")[0]
+    assert pipe.config.saliency_kwargs == {"k": 24}  # the toy world's gScoreCAM setting
+    res = pipe.predict(s.rgb, "lungs", task="xray", saliency="gradcam")
+    assert dice(res.mask, s.mask) > 0.5
