@@ -1,7 +1,9 @@
 """Contrastive losses for stage 1 (fine-tuning BiomedCLIP on image-caption pairs).
 
 Four symmetric losses over a batch of ``B`` matching image/text embedding pairs, written as in the
-MedCLIP-SAM paper (not as in its public reference code, see ``/work/shared/METHOD.md``):
+MedCLIP-SAM paper, not as in its public reference code (whose ``loss/hnl.py`` normalises the
+weights along the wrong axis, takes the log element by element instead of the log of a sum over
+negatives, ignores the model's logit scale and assumes a full last batch):
 
 * ``info_nce``: the CLIP loss, cross-entropy with the positive in the denominator.
 * ``dcl``: decoupled contrastive loss (Yeh et al. 2022), positive removed from the denominator.

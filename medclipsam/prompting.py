@@ -1,6 +1,6 @@
 """From a saliency map to SAM prompts: coarse mask, connected components, boxes and points.
 
-Stage 3 of MedCLIP-SAM (``/work/shared/METHOD.md``). Input is the *raw* saliency map: a float
+Stage 3 of MedCLIP-SAM (v1: dense CRF and one box; v2: k-means or a threshold, points). Input is the *raw* saliency map: a float
 ``(H, W)`` array in [0, 1] (a coloured overlay is refused; the reference code's CRF read a JET
 overlay as if it were grey). Steps:
 

@@ -132,8 +132,9 @@ also removes a coupling between the positive and negative terms that makes InfoN
 
 ## 2 · The limits that tie the family together
 
-The package implements the paper's formula (not the public reference code, which differs: see
-`../shared/METHOD.md`). Two limits make good checks: $\\beta = 0$ turns DHN-NCE into DCL, and
+The package implements the paper's formula, not the public reference code (which normalises the
+weights along the wrong axis and takes the log element by element: on random embeddings it gives
+-0.68 where the formula gives a positive loss). Two limits make good checks: $\\beta = 0$ turns DHN-NCE into DCL, and
 HN-NCE with $\\beta = 0, \\alpha = 1$ is InfoNCE. The test suite checks these and compares every loss
 with a plain loop; here is the same check on one random batch.
 """),
