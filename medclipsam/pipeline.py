@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -324,13 +325,15 @@ class MedCLIPSAM:
         resume: bool = True,
         overlays: bool = False,
         limit: int | None = None,
+        stems: Sequence[str] | None = None,
         progress: bool = True,
     ) -> list[dict]:
         """Segment every image of ``images_dir`` (not recursive), writing as it goes:
         ``out_dir/masks/<stem>.png`` (0/255), one row per image in ``out_dir/results.csv`` and
         ``out_dir/run.json`` (prompt and settings). With ``resume`` (default) images that already
         have a row and a mask are skipped, so an interrupted run continues where it stopped;
-        a run with other settings in the same ``out_dir`` is refused. Returns all rows."""
+        a run with other settings in the same ``out_dir`` is refused. ``stems`` restricts the run
+        to those file stems (e.g. one split). Returns all rows."""
         from .data.datasets import list_image_files
         from .data.io import write_mask
 
@@ -339,6 +342,13 @@ class MedCLIPSAM:
         dup = sorted(s for s, paths in by_stem.items() if len(paths) > 1)
         if dup:
             raise ValueError(f"{images_dir}: several files share a stem ({', '.join(dup[:5])}); rename them")
+        if stems is not None:
+            missing = sorted(set(stems) - set(by_stem))
+            if missing:
+                raise FileNotFoundError(
+                    f"{images_dir}: no image for {len(missing)} requested stem(s): {', '.join(missing[:5])}"
+                )
+            by_stem = {k: by_stem[k] for k in stems}
         stems = sorted(by_stem)[:limit] if limit else sorted(by_stem)
         if not stems:
             raise FileNotFoundError(f"{images_dir}: no image files found")
@@ -360,18 +370,20 @@ class MedCLIPSAM:
                     done = {r["id"]: r for r in csv.DictReader(fh)
                             if (out_dir / r["mask_file"]).is_file()}
         atomic_write_text(run_file, json.dumps(settings, indent=1) + "\n")
+        _write_rows(csv_path, list(done.values()))  # every finished row, also of other stems
         rows = [done[s] for s in stems if s in done]
-        _write_rows(csv_path, rows)
         todo = [s for s in stems if s not in done]
         for stem in _progress(todo, len(todo), progress):
-            res = self._one(by_stem[stem][0], prompt, cfg, stem, seed=cfg.seed + stems.index(stem))
+            # the seed depends on the file, not on its position, so subsets give the same masks
+            seed = cfg.seed + zlib.crc32(stem.encode()) % 2**31
+            res = self._one(by_stem[stem][0], prompt, cfg, stem, seed=seed)
             mask_file = f"masks/{stem}.png"
             write_mask(out_dir / mask_file, res.mask)
             if overlays:
                 _save_overlay(out_dir / "overlays" / f"{stem}.png", res, by_stem[stem][0])
             rows.append(res.row(mask_file))
             _append_row(csv_path, rows[-1])
-        return rows
+        return sorted(rows, key=lambda r: r["id"])
 
 
 # --------------------------------------------------------------------------------------------
