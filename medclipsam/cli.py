@@ -4,6 +4,9 @@ Sub-commands:
   demo      the main job on the built-in toy (phantom) world; writes figures and a table
   segment   text prompt + a folder of images -> masks (zero-shot MedCLIP-SAM)
   evaluate  score a folder of predicted masks against ground truth (Dice, IoU, HD95, NSD)
+  pseudo-label  zero-shot masks of a data set's split as pseudo-labels (with a manifest)
+  train-weak    train a Residual UNet on (pseudo-)labels, early stopping on a validation split
+  reproduce     zero-shot vs weakly vs fully supervised on a prepared data set, beside the paper
   phantom   write a phantom data set in the project's folder layout
   prepare   convert a public data set (BUSI, UDIAT, brain_figshare, covidqu, roco) to that layout
   finetune  contrastive fine-tuning of a CLIP model (InfoNCE, DCL, HN-NCE, DHN-NCE)
@@ -56,6 +59,63 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     flagged = sum(1 for r in rows if r.get("flags"))
     print(f"{len(rows)} images segmented into {args.out}/masks ({flagged} flagged; see "
           f"{args.out}/results.csv) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _split_stems(args: argparse.Namespace, name: str | None) -> list[str] | None:
+    if not name:
+        return None
+    from .data.datasets import load_split
+
+    path = args.splits or str(Path(args.images).parent / "splits.json")
+    return load_split(path)[name]
+
+
+def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from .pipeline import MedCLIPSAM
+    from .reproduce import pseudo_label
+
+    pipe = MedCLIPSAM.toy() if args.clip == "toy" and args.sam == "toy" else MedCLIPSAM.from_pretrained(
+        args.clip, args.sam, device=args.device)
+    rows = pseudo_label(pipe, args.images, args.out, args.prompt, task=args.task,
+                        stems=_split_stems(args, args.split), progress=not args.quiet)
+    print(f"{len(rows)} pseudo-labels in {args.out}/masks; manifest {args.out}/results.csv")
+    return 0
+
+
+def _cmd_train_weak(args: argparse.Namespace) -> int:
+    from .weak import WeakConfig, train_segmenter
+
+    stems = None
+    split_file = Path(args.splits) if args.splits else Path(args.images).parent / "splits.json"
+    if args.val_images is None:
+        # validation comes from the same folders, by split: never the training images themselves
+        if not split_file.is_file():
+            print("error: give --val-images and --val-masks, or a split file (--splits, or "
+                  f"splits.json beside the images folder: {split_file} not found)", file=sys.stderr)
+            return 2
+        from .data.datasets import load_split
+
+        sp = load_split(split_file)
+        stems = {"train": sp[args.train_split or "train"], "val": sp[args.val_split]}
+    cfg = WeakConfig(out_dir=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     size=args.size, patience=args.patience, seed=args.seed, device=args.device,
+                     progress=not args.quiet)
+    res = train_segmenter(args.images, args.masks, args.val_images or args.images,
+                          args.val_masks or args.masks, cfg, stems=stems, resume=args.resume)
+    print(f"best epoch {res['best_epoch']} (validation Dice {res['best_val_dice']:.3f}); "
+          f"model {res['model_path']}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+    from .weak import WeakConfig
+
+    cfg = WeakConfig(epochs=args.epochs, size=args.size, batch_size=args.batch_size, device=args.device)
+    reproduce(args.data, args.out, task=args.task, prompt=args.prompt, config=cfg,
+              drop_uncertain=args.drop_uncertain, progress=not args.quiet)
+    print((Path(args.out) / "table.md").read_text())
     return 0
 
 
@@ -222,6 +282,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_finetune_arguments(f)
     f.set_defaults(func=run_from_args)
+
+    pl = sub.add_parser("pseudo-label", help="zero-shot masks of a split as pseudo-labels (resumable)")
+    pl.add_argument("--images", required=True, help="images folder of a prepared data set")
+    pl.add_argument("--prompt", required=True)
+    pl.add_argument("--out", required=True, help="writes OUT/masks, OUT/results.csv (manifest), OUT/run.json")
+    pl.add_argument("--task", choices=("breast", "brain", "xray"))
+    pl.add_argument("--split", help="only this split's stems (e.g. train)")
+    pl.add_argument("--splits", help="split file (default: splits.json beside the images folder)")
+    pl.add_argument("--clip", default="toy")
+    pl.add_argument("--sam", default="toy")
+    pl.add_argument("--device", default="auto")
+    pl.add_argument("--quiet", action="store_true")
+    pl.set_defaults(func=_cmd_pseudo_label)
+
+    tw = sub.add_parser("train-weak", help="train a Residual UNet (MONAI) on pseudo-labels or labels")
+    tw.add_argument("--images", required=True)
+    tw.add_argument("--masks", required=True, help="training masks (pseudo-labels for weak training)")
+    tw.add_argument("--val-images", help="validation images (default: --images with --val-split)")
+    tw.add_argument("--val-masks", help="validation masks (default: --masks): pseudo-labels, never ground truth")
+    tw.add_argument("--splits", help="split file restricting train/val stems")
+    tw.add_argument("--train-split", help="split name for training (default: train)")
+    tw.add_argument("--val-split", default="val")
+    tw.add_argument("--out", required=True)
+    tw.add_argument("--epochs", type=int, default=30)
+    tw.add_argument("--batch-size", type=int, default=8)
+    tw.add_argument("--lr", type=float, default=1e-3)
+    tw.add_argument("--size", type=int, default=128)
+    tw.add_argument("--patience", type=int, default=8)
+    tw.add_argument("--seed", type=int, default=0)
+    tw.add_argument("--device", default="auto")
+    tw.add_argument("--resume", action="store_true")
+    tw.add_argument("--quiet", action="store_true")
+    tw.set_defaults(func=_cmd_train_weak)
+
+    rp = sub.add_parser(
+        "reproduce",
+        help="the whole method on a prepared data set: zero-shot, weakly and fully supervised",
+        description="Pseudo-labels from the zero-shot pipeline (train/val), a Residual UNet trained on "
+        "them, the same network on the real labels, all scored on the test split beside the paper's "
+        "numbers. DATA holds images/, masks/ and splits.json (medclipsam phantom / prepare write it).",
+    )
+    rp.add_argument("--task", required=True, choices=("breast", "brain", "xray"))
+    rp.add_argument("--data", required=True)
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--prompt", help="default: the task's prompt")
+    rp.add_argument("--epochs", type=int, default=30)
+    rp.add_argument("--size", type=int, default=128)
+    rp.add_argument("--batch-size", type=int, default=8)
+    rp.add_argument("--drop-uncertain", type=float, default=0.0,
+                    help="also retrain without this share of the most uncertain pseudo-labels")
+    rp.add_argument("--device", default="auto")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=_cmd_reproduce)
 
     i = sub.add_parser("info", help="versions, device and cache folder")
     i.set_defaults(func=_cmd_info)

@@ -63,7 +63,7 @@ def test_phantom_command_writes_the_folder_layout(tmp_path):
     assert len(ds) == 3 and ds[0]["mask"].any()
 
 
-@pytest.mark.parametrize("command", ["demo", "segment", "evaluate", "phantom", "prepare", "finetune", "info"])
+@pytest.mark.parametrize("command", ["demo", "segment", "evaluate", "pseudo-label", "train-weak", "reproduce", "phantom", "prepare", "finetune", "info"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([command, "--help"])
@@ -82,3 +82,26 @@ def test_prepare_forwards_to_the_converter(tmp_path):
 def test_info_runs():
     proc = _run("info")
     assert proc.returncode == 0 and "torch" in proc.stdout and "MEDCLIPSAM_CACHE" in proc.stdout
+
+
+def test_pseudo_label_train_weak_and_reproduce_commands(tmp_path):
+    data = tmp_path / "phantom"
+    assert _run("phantom", "--task", "breast", "--n", "12", "--size", "64", "--out", str(data)).returncode == 0
+    pl = tmp_path / "pl"
+    proc = _run("pseudo-label", "--images", str(data / "images"), "--prompt", "breast tumor", "--out", str(pl),
+                "--task", "breast", "--split", "train", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((pl / "masks").iterdir())) == 8 and (pl / "results.csv").is_file()
+    proc = _run("train-weak", "--images", str(data / "images"), "--masks", str(data / "masks"),
+                "--out", str(tmp_path / "net"), "--epochs", "2", "--size", "32", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "best epoch" in proc.stdout and (tmp_path / "net" / "model.pt").is_file()
+    bare = tmp_path / "bare"
+    (bare / "images").mkdir(parents=True)
+    proc = _run("train-weak", "--images", str(bare / "images"), "--masks", str(data / "masks"),
+                "--out", str(tmp_path / "net2"), "--quiet")
+    assert proc.returncode == 2 and "--val-images" in proc.stderr
+    proc = _run("reproduce", "--task", "breast", "--data", str(data), "--out", str(tmp_path / "rep"),
+                "--epochs", "2", "--size", "32", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "weakly supervised" in proc.stdout and "fully supervised" in proc.stdout
