@@ -99,7 +99,8 @@ def _cmd_train_weak(args: argparse.Namespace) -> int:
         sp = load_split(split_file)
         stems = {"train": sp[args.train_split or "train"], "val": sp[args.val_split]}
     cfg = WeakConfig(out_dir=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     size=args.size, patience=args.patience, seed=args.seed, device=args.device,
+                     size=args.size, patience=args.patience, min_epochs=args.min_epochs,
+                     seed=args.seed, device=args.device,
                      progress=not args.quiet)
     res = train_segmenter(args.images, args.masks, args.val_images or args.images,
                           args.val_masks or args.masks, cfg, stems=stems, resume=args.resume)
@@ -305,11 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     tw.add_argument("--train-split", help="split name for training (default: train)")
     tw.add_argument("--val-split", default="val")
     tw.add_argument("--out", required=True)
-    tw.add_argument("--epochs", type=int, default=30)
+    tw.add_argument("--epochs", type=int, default=100)
     tw.add_argument("--batch-size", type=int, default=8)
-    tw.add_argument("--lr", type=float, default=1e-3)
-    tw.add_argument("--size", type=int, default=128)
-    tw.add_argument("--patience", type=int, default=8)
+    tw.add_argument("--lr", type=float, default=3e-3)
+    tw.add_argument("--size", type=int, default=96)
+    tw.add_argument("--patience", type=int, default=20, help="early stopping (after --min-epochs)")
+    tw.add_argument("--min-epochs", type=int, default=50)
     tw.add_argument("--seed", type=int, default=0)
     tw.add_argument("--device", default="auto")
     tw.add_argument("--resume", action="store_true")
@@ -327,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", required=True)
     rp.add_argument("--out", required=True)
     rp.add_argument("--prompt", help="default: the task's prompt")
-    rp.add_argument("--epochs", type=int, default=30)
-    rp.add_argument("--size", type=int, default=128)
+    rp.add_argument("--epochs", type=int, default=100)
+    rp.add_argument("--size", type=int, default=96)
     rp.add_argument("--batch-size", type=int, default=8)
     rp.add_argument("--drop-uncertain", type=float, default=0.0,
                     help="also retrain without this share of the most uncertain pseudo-labels")

@@ -74,7 +74,8 @@ LOG_COLUMNS = ("epoch", "train_loss", "val_dice", "lr", "seconds")
 UNCERTAINTY_REGION_THRESHOLD = 0.1  # a pixel counts when any member's probability reaches this
 _LR_FLOOR = 0.01  # the cosine schedule ends at lr * _LR_FLOOR
 # fields that may differ between an interrupted run and its resumption
-_FREE_FIELDS = {"out_dir", "progress", "stop_after_epochs", "device", "keep_checkpoints", "patience"}
+_FREE_FIELDS = {"out_dir", "progress", "stop_after_epochs", "device", "keep_checkpoints", "patience",
+                "min_epochs"}
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 PathLike = str | Path
@@ -85,12 +86,13 @@ class WeakConfig:
     """Settings of :func:`train_segmenter` (and of prediction with a trained network)."""
 
     out_dir: str = "weak_out"
-    epochs: int = 30
+    epochs: int = 100
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-5
-    patience: int | None = 8  # early stopping: epochs without a better validation Dice (None: off)
-    size: int = 128  # training/inference resolution (images resized, square; masks nearest)
+    patience: int | None = 20  # early stopping: epochs without a better validation Dice (None: off)
+    min_epochs: int = 50  # no early stop before this epoch (small-target Dice stays flat at first)
+    size: int = 96  # training/inference resolution (images resized, square; masks nearest)
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 2
@@ -528,7 +530,7 @@ def train_segmenter(
 
     def stop_early() -> bool:
         return (cfg.patience is not None and val_pairs is not None and best_epoch is not None
-                and epoch - best_epoch >= cfg.patience)
+                and epoch >= cfg.min_epochs and epoch - best_epoch >= cfg.patience)
 
     bar = None
     if cfg.progress and not finished:
