@@ -91,7 +91,7 @@ class WeakConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-5
     patience: int | None = 20  # early stopping: epochs without a better validation Dice (None: off)
-    min_epochs: int = 50  # no early stop before this epoch (small-target Dice stays flat at first)
+    min_epochs: int = 50  # patience counts from here at the earliest (small-target Dice stays flat at first)
     size: int = 96  # training/inference resolution (images resized, square; masks nearest)
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
@@ -530,7 +530,7 @@ def train_segmenter(
 
     def stop_early() -> bool:
         return (cfg.patience is not None and val_pairs is not None and best_epoch is not None
-                and epoch >= cfg.min_epochs and epoch - best_epoch >= cfg.patience)
+                and epoch - max(best_epoch, cfg.min_epochs) >= cfg.patience)
 
     bar = None
     if cfg.progress and not finished:
