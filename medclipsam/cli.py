@@ -41,17 +41,23 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         kwargs["k"] = args.k
     if args.precision:
         kwargs["precision"] = args.precision
-    cfg = PipelineConfig(
-        saliency=args.saliency, saliency_kwargs=kwargs, postprocess=args.postprocess,
+    over = dict(
+        saliency=args.saliency, postprocess=args.postprocess,
         threshold=args.threshold, n_components=args.components, box_mode=args.box_mode,
-        prompt_mode=args.prompt_mode, points=args.points, negatives=args.negatives,
+        points=args.points, negatives=args.negatives,
         multimask=True if args.multimask else None, seed=args.seed,
     )
+    # Options left unset keep the world's defaults (the toy world's k and box+points prompts).
+    if kwargs:
+        over["saliency_kwargs"] = kwargs
+    if args.prompt_mode:
+        over["prompt_mode"] = args.prompt_mode
+    PipelineConfig(**over)  # validates the combination early
     t0 = time.perf_counter()
     if args.clip == "toy" and args.sam == "toy":
-        pipe = MedCLIPSAM.toy(device=args.device, **vars(cfg))
+        pipe = MedCLIPSAM.toy(device=args.device, **over)
     else:
-        pipe = MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device, **vars(cfg))
+        pipe = MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device, **over)
     rows = pipe.run_folder(
         args.images, args.prompt, args.out, task=args.task, resume=not args.restart,
         overlays=args.overlays, limit=args.limit, progress=not args.quiet,
@@ -229,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--threshold", type=float, default=0.3, help="for --postprocess threshold")
     sg.add_argument("--components", type=int, default=1, help="largest connected components kept")
     sg.add_argument("--box-mode", default="largest", choices=("largest", "per_component", "union"))
-    sg.add_argument("--prompt-mode", default="box", choices=("box", "points", "box+points"))
+    sg.add_argument("--prompt-mode", choices=("box", "points", "box+points"),
+                    help="default: box+points in the toy world, box (paper v1) otherwise")
     sg.add_argument("--points", type=int, default=1, help="positive points per region")
     sg.add_argument("--negatives", type=int, default=0, help="negative points per region")
     sg.add_argument("--multimask", action="store_true", help="best of SAM's three masks by predicted IoU")
