@@ -185,3 +185,50 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # pragma: no cover - torch is a hard dependency, but keep this light
         return
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """The Python, NumPy (global) and torch (CPU, and CUDA once initialised) random states, as
+    tensors and plain values, so a checkpoint holding them loads with ``weights_only=True``."""
+    import random
+
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()  # noqa: NPY002 - the global generator is what we restore
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _as_tuples(x):
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only where CUDA is available)."""
+    import contextlib
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(_as_tuples(state["python"]))
+    s = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        ("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -58,7 +58,6 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import sys
 import time
@@ -73,7 +72,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._utils import atomic_path, atomic_write_text, get_device, seed_everything, warmup_cosine
+from ._utils import (
+    atomic_path,
+    atomic_write_text,
+    get_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    warmup_cosine,
+)
 
 __all__ = [
     "FinetuneConfig",
@@ -307,43 +314,6 @@ def _epoch_batches(n: int, cfg: FinetuneConfig, epoch: int, world: int, rank: in
 
 def _worker_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
-
-
-# --------------------------------------------------------------------------------------------
-# RNG state (stored as tensors and plain values, so checkpoints load with weights_only=True)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()  # noqa: NPY002 - the global generator is what we restore
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "gauss": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(_to_tuple(state["python"]))
-    s = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        ("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(Exception):
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_tuple(x: Any) -> Any:
-    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,7 +633,7 @@ def finetune(
                     UserWarning,
                     stacklevel=2,
                 )
-            _set_rng_state(states[min(dist_info.rank, len(states) - 1)])
+            set_rng_state(states[min(dist_info.rank, len(states) - 1)])
             if dist_info.main:
                 log.info("resuming from %s (epoch %d, step %d)", ckpt_path, epoch, global_step)
         else:
@@ -695,7 +665,7 @@ def finetune(
             )
 
         def save_checkpoint() -> Path | None:
-            rng = [_rng_state()]
+            rng = [rng_state()]
             if dist_info.world > 1:
                 gathered: list = [None] * dist_info.world
                 torch.distributed.all_gather_object(gathered, rng[0])

@@ -40,7 +40,6 @@ import csv
 import io
 import json
 import math
-import random
 import re
 import time
 import warnings
@@ -54,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import atomic_path, atomic_write_text, get_device
+from ._utils import atomic_path, atomic_write_text, get_device, rng_state, set_rng_state
 
 __all__ = [
     "WeakConfig",
@@ -320,35 +319,6 @@ def _read_pairs(pairs: list[tuple[str, Path, Path]]) -> tuple[list[np.ndarray], 
 # checkpoints, RNG state and logs
 
 
-def _rng_state() -> dict:
-    np_state = np.random.get_state()  # noqa: NPY002 - the global generator is what we restore
-    state = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _tuple(x: Any) -> Any:
-    return tuple(_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(_tuple(state["python"]))
-    s = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        ("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(Exception):
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _checkpoint_files(out_dir: PathLike) -> list[Path]:
     folder = Path(out_dir) / "checkpoints"
     found = []
@@ -526,7 +496,7 @@ def train_segmenter(
         epoch, best, best_epoch = int(ckpt["epoch"]), ckpt["best_val_dice"], ckpt["best_epoch"]
         history = list(ckpt["history"])
         finished = bool(ckpt["finished"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
 
     def stop_early() -> bool:
         return (cfg.patience is not None and val_pairs is not None and best_epoch is not None
@@ -587,7 +557,7 @@ def train_segmenter(
             _save({"format": CHECKPOINT_FORMAT, "model": state,
                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict(), "epoch": epoch, "best_val_dice": best,
-                   "best_epoch": best_epoch, "finished": finished, "rng": _rng_state(),
+                   "best_epoch": best_epoch, "finished": finished, "rng": rng_state(),
                    "history": history, "config": cfg.to_dict()},
                   out_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
             if cfg.keep_checkpoints is not None:
