@@ -6,6 +6,7 @@ Everything here is upstream of every other module, so it imports nothing from th
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -232,3 +233,20 @@ def set_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         with contextlib.suppress(Exception):
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check; else the avx512_bf16/amx_bf16
+    flags in /proc/cpuinfo). Decides bf16 autocast in toy training and gScoreCAM's fast mode."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - older/other builds: read the CPU flags instead
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags

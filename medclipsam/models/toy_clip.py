@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._utils import warmup_cosine
+from .._utils import cpu_has_bf16, warmup_cosine
 from .tokenizer import WordTokenizer
 
 __all__ = [
@@ -216,14 +216,6 @@ TRAINING_DEFAULTS: dict = {
 }
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def train_toy_clip(
     out_path: str | Path,
     *,
@@ -276,7 +268,7 @@ def train_toy_clip(
     )
 
     # bf16 autocast: about 1.7x faster on CPUs with bf16 units (AMX/AVX512-BF16); fp32 elsewhere.
-    bf16 = bool(getattr(torch.backends, "mkldnn", None)) and _cpu_has_bf16()
+    bf16 = bool(getattr(torch.backends, "mkldnn", None)) and cpu_has_bf16()
     log(f"bf16 autocast: {bf16}")
     model.train()
     hist: dict[str, list[float]] = {"clip": [], "loc": []}

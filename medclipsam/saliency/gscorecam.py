@@ -26,7 +26,6 @@ pass stays float32, so the channel choice and the masks are the exact ones.
 from __future__ import annotations
 
 import copy
-import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._utils import cpu_has_bf16
 from .gradcam import normalize_maps
 from .targets import TargetLayer, resolve_target_layer
 
@@ -100,26 +100,13 @@ def default_batch_size(device: torch.device | str) -> int:
     return 16
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # noqa: BLE001 - older/other builds: read the CPU flags instead
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = f.read()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def fast_dtype(device: torch.device | str) -> torch.dtype:
     """The scoring dtype of ``precision="fast"`` on ``device``: float16 on CUDA (more mantissa
     than bfloat16, the same speed there), bfloat16 on CPUs with bf16 support, else float32."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and _cpu_has_bf16():
+    if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return torch.float32
 
