@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Before anything imports huggingface_hub or open_clip: never touch the network in tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MEDCLIPSAM_OFFLINE", "1")
@@ -18,3 +20,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     terminalreporter.section("notebook execution times (papermill)")
     for name, seconds in sorted(NOTEBOOK_TIMES.items()):
         terminalreporter.write_line(f"{name:<45s} {seconds:7.1f} s")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module (small models on a shared CPU run faster that way
+    than on two contended threads); the previous count is restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,13 +17,7 @@ TEXT = {"context_length": 8, "vocab_size": 50, "width": 32, "heads": 2, "layers"
 FAST = {"noise_samples": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on a shared CPU run faster on one thread than on contended two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

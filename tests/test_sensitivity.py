@@ -23,14 +23,7 @@ from medclipsam.saliency.sensitivity import (
     prompt_sensitivity,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on a shared CPU run faster on one thread than on contended two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

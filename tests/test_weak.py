@@ -30,12 +30,7 @@ from medclipsam.weak import (
 SPLITS = {"train": 0.6, "val": 4 / 30, "test": 1 - 0.6 - 4 / 30}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
