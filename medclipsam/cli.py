@@ -33,8 +33,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(args: argparse.Namespace, **overrides):
+    """The toy world when both models are "toy", else the named real models (downloaded)."""
+    from .pipeline import MedCLIPSAM
+
+    if args.clip == "toy" and args.sam == "toy":
+        return MedCLIPSAM.toy(device=args.device, **overrides)
+    return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device, **overrides)
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .pipeline import MedCLIPSAM, PipelineConfig
+    from .pipeline import PipelineConfig
 
     kwargs = {}
     if args.k is not None:
@@ -54,10 +63,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         over["prompt_mode"] = args.prompt_mode
     PipelineConfig(**over)  # validates the combination early
     t0 = time.perf_counter()
-    if args.clip == "toy" and args.sam == "toy":
-        pipe = MedCLIPSAM.toy(device=args.device, **over)
-    else:
-        pipe = MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device, **over)
+    pipe = _pipeline(args, **over)
     rows = pipe.run_folder(
         args.images, args.prompt, args.out, task=args.task, resume=not args.restart,
         overlays=args.overlays, limit=args.limit, progress=not args.quiet,
@@ -78,11 +84,9 @@ def _split_stems(args: argparse.Namespace, name: str | None) -> list[str] | None
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from .pipeline import MedCLIPSAM
     from .reproduce import pseudo_label
 
-    pipe = MedCLIPSAM.toy() if args.clip == "toy" and args.sam == "toy" else MedCLIPSAM.from_pretrained(
-        args.clip, args.sam, device=args.device)
+    pipe = _pipeline(args)
     rows = pseudo_label(pipe, args.images, args.out, args.prompt, task=args.task,
                         stems=_split_stems(args, args.split), progress=not args.quiet)
     print(f"{len(rows)} pseudo-labels in {args.out}/masks; manifest {args.out}/results.csv")
