@@ -1,0 +1,744 @@
+"""The prompt explorer: MedCLIP-SAM as an ipywidgets application (JupyterLab, Colab, VS Code).
+
+::
+
+    from medclipsam.widgets import PromptExplorer
+    ex = PromptExplorer.toy()          # toy CLIP + toy SAM + a few phantom images of each task
+    ex                                 # displays it (or display(ex.widget))
+
+Choose an image (or upload one), type a prompt, pick the saliency method, k, the post-processing,
+its threshold, the prompt mode and the SAM model: the four panels show the saliency map, the coarse
+mask with the automatic prompts, and SAM's mask (against the ground truth's outline when there is
+one, with its Dice). Click on the first panel to add a point (the "click adds" switch says
+positive, negative, or box) and drag to draw a box: that re-runs only SAM's decoder, on the stored
+image embedding. The "compare prompts" tab puts several prompts side by side on one image with each
+one's prompt-sensitivity (how far its map is from the maps of control prompts; see
+:func:`medclipsam.saliency.prompt_sensitivity`).
+
+Only what a change affects is recomputed, and results are cached:
+
+=====================================  ============================================================
+change                                 recomputed
+=====================================  ============================================================
+image                                  saliency (unless cached), prompts, SAM embedding, decoding
+prompt, method, k, task preset         saliency (unless cached), prompts, SAM decoding
+post-processing, threshold, mode       prompts, SAM decoding
+SAM model                              SAM embedding (one session per model), decoding
+a click or a dragged box               SAM decoding only
+=====================================  ============================================================
+
+:attr:`PromptExplorer.counts` says how often each stage really ran, which is how the tests check
+the caching. Every callback is an ordinary method (``on_*``), and the public methods
+(:meth:`~PromptExplorer.set_prompt`, :meth:`~PromptExplorer.add_point`,
+:meth:`~PromptExplorer.set_box`, :meth:`~PromptExplorer.compare` ...) drive it without a browser,
+as notebook 06 does under papermill.
+
+Needs the ``notebooks`` extra (ipywidgets, and ipyevents for clicks on the image). In Colab, call
+``google.colab.output.enable_custom_widget_manager()`` first (notebook 06 does) so that ipyevents'
+third-party widget renders.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import ipywidgets as W
+except ImportError as e:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "medclipsam.widgets needs ipywidgets: pip install 'medclipsam[notebooks]'"
+    ) from e
+
+from .metrics import dice as dice_score
+from .pipeline import CONTROL_SALIENCY, TASK_PRESETS, MedCLIPSAM, PipelineConfig, _image_array
+from .prompting import Prompts, make_prompts
+from .sam_prompting import SamSession
+from .viz import overlay
+
+__all__ = ["ExplorerImage", "PromptExplorer"]
+
+#: Saliency methods offered (label, name); the controls ignore the prompt (for experiments).
+METHOD_CHOICES = [
+    ("gScoreCAM", "gscorecam"),
+    ("GradCAM", "gradcam"),
+    ("M2IB", "m2ib"),
+    ("random map (control)", "random"),
+    ("uniform map (control)", "uniform"),
+]
+POSTPROCESS_CHOICES = [("dense CRF", "crf"), ("k-means", "kmeans"), ("threshold", "threshold"),
+                       ("Otsu", "otsu")]
+MODE_CHOICES = [("box", "box"), ("points", "points"), ("box + points", "box+points")]
+CLICK_CHOICES = [("+ point", "positive"), ("- point", "negative"), ("box (drag)", "box")]
+STAGES = ("saliency", "prompts", "sam_embed", "sam_decode")
+
+# colours of the drawings (RGB)
+AUTO_BOX = (64, 160, 255)
+USER_BOX = (255, 215, 0)
+POSITIVE = (0, 230, 0)
+NEGATIVE = (255, 0, 255)
+
+
+@dataclass
+class ExplorerImage:
+    """One image the explorer can show: pixels, an optional ground-truth mask, an optional task
+    (which selects the task's preset, e.g. two lung boxes for ``"xray"``) and a suggested prompt."""
+
+    image: np.ndarray
+    gt: np.ndarray | None = None
+    task: str | None = None
+    prompt: str | None = None
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _dot(img: np.ndarray, x: float, y: float, color: tuple[int, int, int], r: int) -> None:
+    h, w = img.shape[:2]
+    yi, xi = int(round(y)), int(round(x))
+    img[max(0, yi - r): min(h, yi + r + 1), max(0, xi - r): min(w, xi + r + 1)] = (0, 0, 0)
+    r2 = max(0, r - 1)
+    img[max(0, yi - r2): min(h, yi + r2 + 1), max(0, xi - r2): min(w, xi + r2 + 1)] = color
+
+
+def _freeze(d: Mapping) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in d.items()))
+
+
+class PromptExplorer:
+    """An interactive view of one pipeline over a set of images (see the module doc).
+
+    ``pipeline``: a :class:`~medclipsam.pipeline.MedCLIPSAM`. ``images``: a mapping of names to
+    :class:`ExplorerImage` (or to bare arrays). ``sam_models``: extra SAM predictors to choose
+    from, by name (a predictor, or a no-argument callable that loads one on first use, e.g.
+    ``lambda: load_sam("medsam")``); the pipeline's own SAM is always offered first as
+    ``sam_name``. ``prompt``: the first prompt (default: the first image's suggested prompt).
+    ``display_size``: width in CSS pixels of each panel.
+    """
+
+    def __init__(
+        self,
+        pipeline: MedCLIPSAM,
+        images: Mapping[str, ExplorerImage | np.ndarray],
+        *,
+        sam_models: Mapping[str, Any] | None = None,
+        sam_name: str = "pipeline SAM",
+        prompt: str | None = None,
+        display_size: int = 256,
+        compare_prompts: Sequence[str] | None = None,
+    ) -> None:
+        if not images:
+            raise ValueError("give at least one image to explore")
+        self.pipeline = pipeline
+        self.images: dict[str, ExplorerImage] = {}
+        for name, item in images.items():
+            self._add_image(str(name), item)
+        self._sam_sources: dict[str, Any] = {sam_name: pipeline.sam, **dict(sam_models or {})}
+        self._sessions: dict[str, SamSession] = {sam_name: pipeline.session}
+        self.counts = dict.fromkeys(STAGES, 0) | {"sensitivity": 0}
+        self.progress_log: list[tuple[str, int]] = []
+        self.last_error: str | None = None
+        self.user_points: list[tuple[float, float, int]] = []  # (x, y, label)
+        self.user_box: np.ndarray | None = None
+        self._drag_start: tuple[float, float] | None = None
+        self._saliency_cache: dict[tuple, np.ndarray] = {}
+        self._prompts_cache: dict[tuple, Prompts] = {}
+        self._sensitivity_cache: dict[tuple, float] = {}
+        self.saliency: np.ndarray | None = None
+        self.prompts: Prompts | None = None
+        self.mask: np.ndarray | None = None
+        self.sam_score: float | None = None
+        self.dice: float | None = None
+        self.comparison: list[dict] = []
+        self._suggested: str | None = None  # the image's suggested prompt, while not retyped
+        self._silent = True  # no callbacks while the controls are being built
+        self._build_widgets(display_size, compare_prompts)
+        first = next(iter(self.images.values()))
+        self.prompt_box.value = prompt or first.prompt or ""
+        self._suggested = None if prompt else first.prompt
+        self._silent = False
+        self._image_changed()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def toy(cls, *, per_task: int = 3, size: int = 256, seed: int = 0, device: Any = "cpu",
+            **kwargs: Any) -> PromptExplorer:
+        """The toy world: :meth:`MedCLIPSAM.toy` over ``per_task`` held-out phantom images (with
+        a finding) of each task, with their ground truth and each task's prompt."""
+        from .data.phantom import PROMPTS, TASKS, PhantomDataset
+
+        images: dict[str, ExplorerImage] = {}
+        for task in TASKS:
+            ds = PhantomDataset(task, 8 * per_task, seed=seed, size=size, split="test")
+            picked = [s for s in ds if s.mask.any()][:per_task]
+            for i, s in enumerate(picked):
+                images[f"{task} {i + 1} ({s.label})"] = ExplorerImage(s.rgb, s.mask, task, PROMPTS[task])
+        kwargs.setdefault("sam_name", "toy SAM")
+        return cls(MedCLIPSAM.toy(device=device), images, **kwargs)
+
+    @classmethod
+    def from_folder(cls, pipeline: MedCLIPSAM, root: str | Path, *, prompt: str | None = None,
+                    task: str | None = None, split: str | None = None, limit: int = 12,
+                    **kwargs: Any) -> PromptExplorer:
+        """The first ``limit`` images of a folder data set (``root/images``, masks from
+        ``root/masks`` when present: see :class:`~medclipsam.data.FolderDataset`), all with the
+        same suggested ``prompt`` and ``task`` preset."""
+        from .data import FolderDataset
+
+        ds = FolderDataset(root, split=split, strict=False)
+        images = {}
+        for i in range(min(limit, len(ds))):
+            item = ds[i]
+            images[item["stem"]] = ExplorerImage(item["image"], item["mask"], task, prompt)
+        return cls(pipeline, images, prompt=prompt, **kwargs)
+
+    def _add_image(self, name: str, item: ExplorerImage | np.ndarray) -> None:
+        if not isinstance(item, ExplorerImage):
+            item = ExplorerImage(np.asarray(item))
+        rgb = _image_array(item.image)
+        gt = None
+        if item.gt is not None:
+            gt = np.asarray(item.gt).astype(bool)
+            if gt.shape != rgb.shape[:2]:
+                raise ValueError(f"image {name!r}: mask {gt.shape} does not match the image {rgb.shape[:2]}")
+        if item.task is not None and item.task not in TASK_PRESETS:
+            raise ValueError(f"image {name!r}: unknown task {item.task!r}; known: {sorted(TASK_PRESETS)}")
+        self.images[name] = ExplorerImage(rgb, gt, item.task, item.prompt)
+
+    def _build_widgets(self, size: int, compare_prompts: Sequence[str] | None) -> None:
+        style = {"description_width": "90px"}
+        wide = W.Layout(width="330px")
+        self.image_picker = W.Dropdown(options=list(self.images), description="image", style=style,
+                                       layout=wide)
+        self.upload = W.FileUpload(accept=".png,.jpg,.jpeg,.bmp,.tif,.tiff,.dcm,.nii,.gz",
+                                   multiple=False, description="upload image")
+        self.prompt_box = W.Text(description="prompt", continuous_update=False, style=style,
+                                 layout=wide)
+        self.method = W.Dropdown(options=METHOD_CHOICES, value=self._default_method(),
+                                 description="saliency", style=style, layout=wide)
+        self.k = W.IntSlider(value=self._default_k(), min=1, max=self._channels(),
+                             description="k (channels)", style=style, continuous_update=False)
+        self.postprocess = W.Dropdown(options=POSTPROCESS_CHOICES, value=self._cfg().postprocess,
+                                      description="coarse mask", style=style, layout=wide)
+        self.threshold = W.FloatSlider(value=self._cfg().threshold, min=0.05, max=0.95, step=0.05,
+                                       description="threshold", style=style,
+                                       continuous_update=False)
+        self.mode = W.ToggleButtons(options=MODE_CHOICES, value=self._cfg().prompt_mode,
+                                    description="SAM prompts", style=style)
+        self.preset = W.Dropdown(options=[("from the image", "auto"), ("none", "none")]
+                                 + [(t, t) for t in TASK_PRESETS], value="auto",
+                                 description="task preset", style=style, layout=wide)
+        self.sam_picker = W.Dropdown(options=list(self._sam_sources), description="SAM model",
+                                     style=style, layout=wide)
+        self.click_mode = W.ToggleButtons(options=CLICK_CHOICES, value="positive",
+                                          description="click adds", style=style)
+        self.clear_button = W.Button(description="clear clicks", icon="eraser")
+        self.progress = W.IntProgress(value=0, min=0, max=len(STAGES), description="",
+                                      layout=W.Layout(width="200px", visibility="hidden"))
+        self.status = W.HTML()
+        self.readout = W.HTML()
+        panel_layout = W.Layout(width=f"{size}px", height="auto")
+        self.panels = {name: W.Image(format="png", layout=panel_layout)
+                       for name in ("prompts", "saliency", "coarse", "mask")}
+        titles = {"prompts": "image + prompts (click / drag)", "saliency": "saliency",
+                  "coarse": "coarse mask", "mask": "SAM mask (green: ground truth)"}
+        columns = [W.VBox([W.HTML(f"<b>{titles[n]}</b>"), p]) for n, p in self.panels.items()]
+        try:
+            from ipyevents import Event
+        except ImportError:  # clicks need ipyevents; everything else works without it
+            self.events = None
+            click_note = W.HTML("<i>pip install ipyevents to add points and boxes by clicking</i>")
+        else:
+            self.events = Event(source=self.panels["prompts"],
+                                watched_events=["mousedown", "mouseup"],
+                                prevent_default_action=True)
+            self.events.on_dom_event(self.on_mouse)
+            click_note = W.HTML("")
+
+        self.compare_text = W.Textarea(
+            value="\n".join(compare_prompts or []), placeholder="one prompt per line",
+            description="prompts", layout=W.Layout(width="420px", height="90px"), style=style)
+        self.compare_button = W.Button(description="compare", icon="columns", button_style="primary")
+        self.compare_out = W.VBox()
+
+        for w, cb in [(self.image_picker, self.on_image), (self.prompt_box, self.on_prompt),
+                      (self.method, self.on_method), (self.k, self.on_saliency_option),
+                      (self.preset, self.on_saliency_option),
+                      (self.postprocess, self.on_prompt_option),
+                      (self.threshold, self.on_prompt_option), (self.mode, self.on_prompt_option),
+                      (self.sam_picker, self.on_sam), (self.upload, self.on_upload)]:
+            w.observe(cb, names="value")
+        self.clear_button.on_click(self.on_clear)
+        self.compare_button.on_click(self.on_compare)
+
+        controls = W.VBox([
+            W.HBox([self.image_picker, self.upload]),
+            W.HBox([self.prompt_box, self.preset]),
+            W.HBox([self.method, self.k]),
+            W.HBox([self.postprocess, self.threshold]),
+            self.mode,
+            W.HBox([self.sam_picker]),
+            W.HBox([self.click_mode, self.clear_button, click_note]),
+            W.HBox([self.progress, self.status]),
+        ])
+        explore = W.VBox([controls, W.HBox(columns), self.readout])
+        compare = W.VBox([W.HBox([self.compare_text, self.compare_button]), self.compare_out])
+        self.tabs = W.Tab(children=[explore, compare])
+        self.tabs.set_title(0, "explore")
+        self.tabs.set_title(1, "compare prompts")
+        self.widget = self.tabs
+        self._update_enabled()
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - needs a front end
+        from IPython.display import display
+
+        display(self.widget)
+
+    # -- settings -------------------------------------------------------------------------------
+
+    def _cfg(self) -> PipelineConfig:
+        return self.pipeline.config
+
+    def _default_method(self) -> str:
+        name = self._cfg().saliency
+        return name if name in dict((v, v) for _, v in METHOD_CHOICES) else "gscorecam"
+
+    def _channels(self) -> int:
+        from .saliency.gscorecam import resolve_target
+
+        try:
+            module = resolve_target(self.pipeline.clip.model, None).module
+        except Exception:  # noqa: BLE001 - an unknown tower: a generous slider
+            return 512
+        if hasattr(module, "normalized_shape"):  # LayerNorm of a ViT block
+            return int(module.normalized_shape[0])
+        if hasattr(module, "out_channels"):
+            return int(module.out_channels)
+        params = [p for p in module.parameters() if p.ndim >= 1]
+        return int(params[-1].shape[0]) if params else 512
+
+    def _default_k(self) -> int:
+        k = self._cfg().saliency_kwargs.get("k") if self._cfg().saliency == "gscorecam" else None
+        return int(k) if isinstance(k, int) else min(300, self._channels())
+
+    @property
+    def current(self) -> ExplorerImage:
+        """The image shown now."""
+        return self.images[self.image_picker.value]
+
+    @property
+    def task(self) -> str | None:
+        """The task preset in force (the image's own task with "from the image")."""
+        v = self.preset.value
+        return self.current.task if v == "auto" else (None if v == "none" else v)
+
+    def config(self) -> PipelineConfig:
+        """The pipeline settings the controls describe now."""
+        method = self.method.value
+        kwargs = {"k": int(self.k.value)} if method == "gscorecam" else {}
+        if method == self._cfg().saliency:
+            kwargs = {**self._cfg().saliency_kwargs, **kwargs}
+        return replace(
+            self._cfg().for_task(self.task), saliency=method, saliency_kwargs=kwargs,
+            postprocess=self.postprocess.value, threshold=float(self.threshold.value),
+            prompt_mode=self.mode.value,
+        )
+
+    def _update_enabled(self) -> None:
+        self.k.disabled = self.method.value != "gscorecam"
+        self.threshold.disabled = self.postprocess.value != "threshold"
+
+    # -- callbacks (ordinary methods: tests and notebooks call them too) ------------------------
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        if self._silent:
+            return
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - shown to the user instead of lost in a log
+            self.last_error = f"{type(e).__name__}: {e}"
+            self._show_progress(None)
+            self.status.value = f"<span style='color:#c00'>{html.escape(self.last_error)}</span>"
+
+    def on_image(self, change: Any = None) -> None:
+        self._guarded(self._image_changed)
+
+    def on_prompt(self, change: Any = None) -> None:
+        self._guarded(lambda: self._refresh("saliency"))
+
+    def on_method(self, change: Any = None) -> None:
+        self._update_enabled()
+        self._guarded(lambda: self._refresh("saliency"))
+
+    def on_saliency_option(self, change: Any = None) -> None:
+        self._guarded(lambda: self._refresh("saliency"))
+
+    def on_prompt_option(self, change: Any = None) -> None:
+        self._update_enabled()
+        self._guarded(lambda: self._refresh("prompts"))
+
+    def on_sam(self, change: Any = None) -> None:
+        self._guarded(lambda: self._refresh("sam_embed"))
+
+    def on_clear(self, _button: Any = None) -> None:
+        self.clear_clicks()
+
+    def on_compare(self, _button: Any = None) -> None:
+        prompts = [p.strip() for p in self.compare_text.value.splitlines() if p.strip()]
+        self._guarded(lambda: self.compare(prompts))
+
+    def on_upload(self, change: Any = None) -> None:
+        for f in self.upload.value or ():
+            content = f["content"]
+            self._guarded(lambda f=f, content=content: self.add_upload(f["name"], bytes(content)))
+
+    def on_mouse(self, event: Mapping[str, Any]) -> None:
+        """ipyevents' mouse events on the first panel: a click adds a point of the chosen kind;
+        with "box", pressing and releasing at two places draws a box."""
+        x, y = event.get("dataX"), event.get("dataY")
+        if x is None or y is None:
+            return
+        kind = event.get("type")
+        if kind == "mousedown":
+            self._drag_start = (float(x), float(y))
+        elif kind == "mouseup" and self._drag_start is not None:
+            (x0, y0), self._drag_start = self._drag_start, None
+            if self.click_mode.value == "box":
+                if abs(x - x0) >= 2 and abs(y - y0) >= 2:
+                    self.set_box(x0, y0, x, y)
+            else:
+                self.add_point(x, y, positive=self.click_mode.value == "positive")
+
+    # -- public, programmatic use ---------------------------------------------------------------
+
+    def set_prompt(self, prompt: str) -> None:
+        """Type ``prompt`` (as pressing Enter in the prompt box)."""
+        self.prompt_box.value = prompt
+
+    def select(self, name: str) -> None:
+        """Show the image called ``name``."""
+        if name not in self.images:
+            raise KeyError(f"no image {name!r}; known: {list(self.images)}")
+        self.image_picker.value = name
+
+    def add_image(self, name: str, image: Any, gt: np.ndarray | None = None, *,
+                  task: str | None = None, prompt: str | None = None, show: bool = True) -> None:
+        """Add an image (array, PIL image or path) to the picker and, with ``show``, display it."""
+        self._add_image(name, ExplorerImage(image, gt, task, prompt))
+        self.image_picker.options = list(self.images)
+        if show:
+            self.select(name)
+
+    def add_upload(self, filename: str, content: bytes) -> str:
+        """An uploaded file (any format the data layer reads: PNG, JPEG, TIFF, DICOM, NIfTI),
+        added as ``"upload: <filename>"`` and shown. Unreadable files raise an error naming them."""
+        import tempfile
+
+        from .data.io import read_image
+
+        suffix = "".join(Path(filename).suffixes[-2:]) if filename.endswith(".gz") else Path(filename).suffix
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"upload{suffix}"
+            path.write_bytes(content)
+            try:
+                rgb = read_image(path, mode="rgb")
+            except Exception as e:
+                raise ValueError(f"cannot read the uploaded file {filename!r}: {e}") from e
+        name = f"upload: {filename}"
+        self.add_image(name, rgb)
+        return name
+
+    def add_point(self, x: float, y: float, positive: bool = True) -> None:
+        """Add a positive (or negative) point at pixel ``(x, y)``; only SAM's decoder re-runs."""
+        h, w = self.current.image.shape[:2]
+        if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
+            raise ValueError(f"point ({x}, {y}) is outside the {w} x {h} image")
+        self.user_points.append((float(x), float(y), 1 if positive else 0))
+        self._guarded(lambda: self._refresh("sam_decode"))
+
+    def set_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        """Prompt SAM with this box (any two opposite corners) instead of the automatic boxes."""
+        h, w = self.current.image.shape[:2]
+        b = np.array([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], dtype=np.float64)
+        b[[0, 2]] = b[[0, 2]].clip(0, w - 1)
+        b[[1, 3]] = b[[1, 3]].clip(0, h - 1)
+        self.user_box = b
+        self._guarded(lambda: self._refresh("sam_decode"))
+
+    def clear_clicks(self) -> None:
+        """Forget the points and box added by hand (back to the automatic prompts)."""
+        self.user_points, self.user_box = [], None
+        self._guarded(lambda: self._refresh("sam_decode"))
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """What is displayed now, as plain values (for tests and for printing)."""
+        pr = self.prompts
+        return {
+            "image": self.image_picker.value,
+            "prompt": self.prompt_box.value,
+            "method": self.method.value,
+            "k": int(self.k.value) if self.method.value == "gscorecam" else None,
+            "postprocess": self.postprocess.value,
+            "threshold": float(self.threshold.value),
+            "prompt_mode": self.mode.value,
+            "task": self.task,
+            "sam": self.sam_picker.value,
+            "n_boxes": 0 if pr is None or pr.boxes is None else len(pr.boxes),
+            "user_points": list(self.user_points),
+            "user_box": None if self.user_box is None else self.user_box.tolist(),
+            "flags": [] if pr is None else list(pr.flags),
+            "mask_area": None if self.mask is None else int(self.mask.sum()),
+            "sam_score": self.sam_score,
+            "dice": self.dice,
+            "error": self.last_error,
+        }
+
+    # -- computing ------------------------------------------------------------------------------
+
+    def _image_changed(self) -> None:
+        self.user_points, self.user_box = [], None
+        typed = self.prompt_box.value
+        suggested = self.current.prompt
+        if suggested and (not typed or typed == self._suggested) and typed != suggested:
+            # the prompt was the previous image's suggestion, not the user's own words
+            self._suggested = suggested
+            self.prompt_box.value = suggested  # fires on_prompt, which refreshes
+            return
+        self._suggested = suggested or self._suggested
+        self._refresh("saliency")
+
+    def _show_progress(self, stage: str | None, step: int = 0) -> None:
+        if stage is None:
+            self.progress.layout.visibility = "hidden"
+            return
+        self.progress.layout.visibility = "visible"
+        self.progress.value = step
+        self.progress_log.append((stage, step))
+        label = {"saliency": f"running {self.method.label} on {self.prompt_box.value!r} ...",
+                 "prompts": "making prompts ...", "sam_embed": "SAM: embedding the image ...",
+                 "sam_decode": "SAM: decoding ...", "compare": "comparing prompts ..."}[stage]
+        self.status.value = f"<i>{html.escape(label)}</i>"
+
+    def _saliency_key(self, cfg: PipelineConfig, prompt: str) -> tuple:
+        return (self.image_picker.value, prompt, cfg.saliency, _freeze(cfg.saliency_kwargs))
+
+    def _saliency_for(self, prompt: str, cfg: PipelineConfig) -> np.ndarray:
+        key = self._saliency_key(cfg, prompt)
+        if key not in self._saliency_cache:
+            self.counts["saliency"] += 1
+            self._saliency_cache[key] = self.pipeline.saliency(self.current.image, [prompt], cfg,
+                                                               seed=cfg.seed)[0]
+        return self._saliency_cache[key]
+
+    def _prompts_for(self, sal_key: tuple, sal: np.ndarray, cfg: PipelineConfig) -> Prompts:
+        from .pipeline import _crf_available
+
+        post = cfg.postprocess
+        if post == "crf" and not _crf_available():
+            post = "kmeans"
+        thr = cfg.threshold if post == "threshold" else None  # only the threshold rule reads it
+        key = (sal_key, post, thr, cfg.prompt_mode, cfg.n_components, cfg.box_mode,
+               cfg.points, cfg.negatives, cfg.seed)
+        if key not in self._prompts_cache:
+            self.counts["prompts"] += 1
+            self._prompts_cache[key] = make_prompts(
+                sal, image=self.current.image, postprocess=post, threshold=cfg.threshold,
+                box_mode=cfg.box_mode, n_components=cfg.n_components, mode=cfg.prompt_mode,
+                points=cfg.points, negatives=cfg.negatives, seed=cfg.seed)
+        return self._prompts_cache[key]
+
+    def _session(self) -> SamSession:
+        name = self.sam_picker.value
+        if name not in self._sessions:
+            src = self._sam_sources[name]
+            predictor = src() if callable(src) and not hasattr(src, "set_image") else src
+            self._sam_sources[name] = predictor
+            self._sessions[name] = SamSession(predictor)
+        return self._sessions[name]
+
+    def _embed(self, session: SamSession) -> None:
+        before = session.encoder_calls
+        session.set_image(self.current.image)
+        self.counts["sam_embed"] += session.encoder_calls - before
+
+    def _sam_prompts(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """The automatic prompts with the hand-made ones: a drawn box replaces the automatic
+        boxes (one prompt); clicked points join every prompt's point group."""
+        pr = self.prompts
+        boxes = pr.boxes if self.user_box is None else self.user_box[None]
+        if self.user_box is not None:
+            pts = lbl = None
+            if pr.points is not None and self.mode.value != "box":
+                keep = pr.point_labels[0] >= 0
+                pts, lbl = pr.points[0][keep][None], pr.point_labels[0][keep][None]
+        else:
+            pts, lbl = pr.points, pr.point_labels
+        if self.user_points:
+            up = np.array([[x, y] for x, y, _ in self.user_points], dtype=np.float64)
+            ul = np.array([lab for _, _, lab in self.user_points], dtype=np.int64)
+            n = 1 if boxes is None and pts is None else (len(boxes) if boxes is not None else len(pts))
+            up, ul = np.repeat(up[None], n, 0), np.repeat(ul[None], n, 0)
+            if pts is None:
+                pts, lbl = up, ul
+            else:
+                pts, lbl = np.concatenate([pts, up], 1), np.concatenate([lbl, ul], 1)
+        return boxes, pts, lbl
+
+    def _refresh(self, stage: str) -> None:
+        """Recompute from ``stage`` on (earlier stages come from the caches) and redraw."""
+        t0 = time.perf_counter()
+        self.last_error = None
+        cfg = self.config()
+        prompt = self.prompt_box.value
+        start = STAGES.index(stage)
+        if start <= 0 or self.saliency is None:
+            self._show_progress("saliency", 0)
+            self.saliency = self._saliency_for(prompt, cfg)
+        if start <= 1 or self.prompts is None:
+            self._show_progress("prompts", 1)
+            self.prompts = self._prompts_for(self._saliency_key(cfg, prompt), self.saliency, cfg)
+        session = self._session()
+        self._show_progress("sam_embed", 2)
+        self._embed(session)  # free when this SAM already holds this image
+        self._show_progress("sam_decode", 3)
+        boxes, pts, lbl = self._sam_prompts()
+        multimask = cfg.multimask if cfg.multimask is not None else boxes is None
+        res = session.predict(boxes, pts, lbl, multimask=multimask, union=True)
+        self.counts["sam_decode"] += 1
+        self.mask, self.sam_score = res.mask, res.score
+        gt = self.current.gt
+        self.dice = None if gt is None else dice_score(self.mask, gt)
+        self.progress.value = len(STAGES)
+        self._show_progress(None)
+        self._draw(time.perf_counter() - t0)
+
+    # -- drawing --------------------------------------------------------------------------------
+
+    def _prompt_panel(self) -> np.ndarray:
+        img = self.current.image
+        pr = self.prompts
+        auto_boxes = [] if pr is None or pr.boxes is None or self.user_box is not None else list(pr.boxes)
+        out = overlay(img, boxes=auto_boxes, box_color=AUTO_BOX)
+        if self.user_box is not None:
+            out = overlay(out, boxes=[self.user_box], box_color=USER_BOX)
+        r = max(2, min(img.shape[:2]) // 64)
+        _, pts, lbl = self._sam_prompts() if pr is not None else (None, None, None)
+        if pts is not None:
+            for (x, y), lab in zip(pts[0], lbl[0]):
+                if lab >= 0:
+                    _dot(out, x, y, POSITIVE if lab == 1 else NEGATIVE, r)
+        return out
+
+    def panel_images(self) -> dict[str, np.ndarray]:
+        """The four panels as RGB arrays (what the widget shows)."""
+        img = self.current.image
+        pr = self.prompts
+        return {
+            "prompts": self._prompt_panel(),
+            "saliency": overlay(img, saliency=self.saliency),
+            "coarse": overlay(img, None if pr is None else pr.mask, mask_color=AUTO_BOX),
+            "mask": overlay(img, self.mask, outline=self.current.gt),
+        }
+
+    def _draw(self, seconds: float) -> None:
+        for name, rgb in self.panel_images().items():
+            self.panels[name].value = _png(rgb)
+        s = self.state
+        parts = [f"SAM score <b>{s['sam_score']:.2f}</b>", f"mask area {s['mask_area']} px"]
+        if s["dice"] is not None:
+            parts.insert(0, f"Dice vs ground truth <b>{s['dice']:.3f}</b>")
+        if s["flags"]:
+            parts.append("flags: " + ", ".join(s["flags"]))
+        if self.user_points or self.user_box is not None:
+            parts.append(f"hand-made prompts: {len(self.user_points)} point(s)"
+                         + (", 1 box" if self.user_box is not None else ""))
+        self.readout.value = " &middot; ".join(parts)
+        ran = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        self.status.value = f"done in {seconds:.2f} s &middot; <small>stages run so far: {ran}</small>"
+
+    def figure(self, cell_size: float = 3.0):
+        """A matplotlib figure of the four panels (for static notebooks and reports)."""
+        from .viz import sample_grid
+
+        s = self.state
+        extra = f", Dice {s['dice']:.3f}" if s["dice"] is not None else ""
+        titles = [f"{s['image']}: prompts", f"saliency: {s['prompt']!r}", "coarse mask",
+                  f"SAM mask (score {s['sam_score']:.2f}{extra})"]
+        return sample_grid(list(self.panel_images().values()), titles, ncols=4, cell_size=cell_size)
+
+    # -- comparing prompts ----------------------------------------------------------------------
+
+    def sensitivity(self, prompt: str) -> float | None:
+        """The prompt-sensitivity of the current method on the current image (None for the
+        prompt-free control maps), cached."""
+        cfg = self.config()
+        if cfg.saliency in CONTROL_SALIENCY:
+            return None
+        key = self._saliency_key(cfg, prompt) + (self.task,)
+        if key not in self._sensitivity_cache:
+            from .saliency import METHODS, prompt_sensitivity
+
+            self.counts["sensitivity"] += 1
+            rep = prompt_sensitivity(self.pipeline.clip, self.current.image, prompt,
+                                     METHODS[cfg.saliency], task=self.task, warn=False,
+                                     **cfg.saliency_kwargs)
+            self._sensitivity_cache[key] = float(rep.sensitivity)
+        return self._sensitivity_cache[key]
+
+    def compare(self, prompts: Sequence[str]) -> list[dict]:
+        """Run each prompt on the current image with the current settings (hand-made clicks are
+        not used) and show them side by side with Dice and prompt-sensitivity. Returns the rows."""
+        prompts = [p for p in prompts if p]
+        if not prompts:
+            raise ValueError("type at least one prompt to compare (one per line)")
+        cfg = self.config()
+        session = self._session()
+        self._embed(session)
+        rows, columns = [], []
+        for i, prompt in enumerate(prompts):
+            self._show_progress("compare", min(len(STAGES) - 1, i))
+            sal = self._saliency_for(prompt, cfg)
+            pr = self._prompts_for(self._saliency_key(cfg, prompt), sal, cfg)
+            res = session.predict_prompts(pr, multimask=cfg.multimask, union=True)
+            self.counts["sam_decode"] += 1
+            gt = self.current.gt
+            row = {"prompt": prompt, "dice": None if gt is None else dice_score(res.mask, gt),
+                   "sam_score": res.score, "sensitivity": self.sensitivity(prompt),
+                   "flags": list(pr.flags)}
+            rows.append(row)
+            caption = [f"<b>{html.escape(prompt)}</b>"]
+            if row["dice"] is not None:
+                caption.append(f"Dice {row['dice']:.3f}")
+            if row["sensitivity"] is not None:
+                caption.append(f"sensitivity {row['sensitivity']:.2f}")
+            layout = W.Layout(width="200px", height="auto")
+            columns.append(W.VBox([
+                W.HTML("<br>".join(caption)),
+                W.Image(value=_png(overlay(self.current.image, saliency=sal)), format="png", layout=layout),
+                W.Image(value=_png(overlay(self.current.image, res.mask, outline=gt,
+                                           boxes=None if pr.boxes is None else list(pr.boxes))),
+                        format="png", layout=layout),
+            ]))
+        self._show_progress(None)
+        note = W.HTML(
+            "<small>sensitivity: 1 - Pearson r between the prompt's map and the closest control "
+            "prompt's map (empty, nonsense, another organ ...); below 0.1 the map barely depends "
+            "on the prompt.</small>")
+        self.compare_out.children = [W.HBox(columns), note]
+        self.comparison = rows
+        self.status.value = f"compared {len(rows)} prompts"
+        return rows

@@ -1,0 +1,281 @@
+"""The prompt explorer, driven without a browser through its ordinary methods and widget values.
+
+Real toy models (toy CLIP, toy SAM), real phantom images; the ``counts`` of the stages that ran
+show what a change recomputed, and the displayed values (panels, read-out) are checked against
+independent computations.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medclipsam.data.phantom import PhantomDataset
+from medclipsam.metrics import dice
+from medclipsam.models import load_sam
+from medclipsam.widgets import ExplorerImage, PromptExplorer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    # a second SAM (the same toy weights, another instance) loaded only when first chosen
+    return PromptExplorer.toy(per_task=1, sam_models={"toy SAM (copy)": lambda: load_sam("toy")})
+
+
+def _png_shape(data: bytes) -> tuple[int, ...]:
+    return np.asarray(Image.open(io.BytesIO(data))).shape
+
+
+def _delta(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in before}
+
+
+def _reset(ex: PromptExplorer, image: str = "breast 1") -> None:
+    name = next(n for n in ex.images if n.startswith(image))
+    ex.select(name)
+    ex.set_prompt(ex.images[name].prompt)
+    ex.method.value = "gscorecam"
+    ex.k.value = 24
+    ex.postprocess.value = "crf"
+    ex.mode.value = "box+points"
+    ex.preset.value = "auto"
+    ex.sam_picker.value = "toy SAM"
+    ex.clear_clicks()
+    assert ex.last_error is None, ex.last_error
+
+
+def test_first_view_shows_every_stage_and_the_dice_against_the_ground_truth(explorer):
+    ex = explorer
+    _reset(ex)
+    img = ex.current
+    assert img.gt is not None and img.task == "breast"
+    s = ex.state
+    assert s["prompt"] == "breast tumor" and s["error"] is None
+    for name, panel in ex.panels.items():
+        assert _png_shape(panel.value) == (*img.image.shape[:2], 3), name
+    assert s["dice"] == pytest.approx(dice(ex.mask, img.gt))
+    assert s["dice"] > 0.6  # the toy pipeline finds this lesion
+    assert f"{s['dice']:.3f}" in ex.readout.value
+    assert s["mask_area"] == int(ex.mask.sum()) > 0
+    # the progress bar went through the stages in order and is hidden when done
+    stages = [st for st, _ in ex.progress_log]
+    assert stages.index("saliency") < stages.index("sam_decode")
+    assert ex.progress.layout.visibility == "hidden"
+    assert "done in" in ex.status.value
+
+
+def test_threshold_reruns_only_the_prompts_and_the_coarse_mask_shrinks(explorer):
+    ex = explorer
+    _reset(ex)
+    ex.postprocess.value = "threshold"
+    assert not ex.threshold.disabled and ex.k.disabled is False
+    before = dict(ex.counts)
+    areas = []
+    for t in np.arange(ex.threshold.min, ex.threshold.max + 1e-9, 0.15):
+        ex.threshold.value = float(t)
+        assert ex.last_error is None, ex.last_error
+        areas.append(int(ex.prompts.mask.sum()))
+        # independent check: the kept component lies inside {saliency >= t}
+        assert not np.any(ex.prompts.mask & (ex.saliency < t - 1e-6))
+    d = _delta(before, ex.counts)
+    assert d["saliency"] == 0 and d["sam_embed"] == 0
+    assert d["prompts"] >= len(areas) - 1 and d["sam_decode"] >= len(areas) - 1
+    assert all(a >= b for a, b in zip(areas, areas[1:])), areas  # monotone in the threshold
+    assert areas[0] > areas[-1]
+    # with another rule the threshold is not read: moving it recomputes nothing new
+    ex.postprocess.value = "kmeans"
+    assert ex.threshold.disabled
+    before = dict(ex.counts)
+    ex.threshold.value = 0.5
+    ex.threshold.value = 0.35
+    assert _delta(before, ex.counts)["prompts"] == 0
+
+
+def test_every_control_across_its_range(explorer):
+    ex = explorer
+    _reset(ex)
+    seen = {}
+    for method in ("gradcam", "random", "uniform", "gscorecam"):
+        before = dict(ex.counts)
+        ex.method.value = method
+        assert ex.last_error is None, ex.last_error
+        d = _delta(before, ex.counts)
+        assert d["sam_embed"] == 0
+        seen[method] = ex.saliency.copy()
+        assert ex.k.disabled == (method != "gscorecam")
+    assert np.ptp(seen["uniform"]) == 0 and np.ptp(seen["gradcam"]) > 0.5
+    assert not np.allclose(seen["gradcam"], seen["gscorecam"])
+    for k in (1, 64, ex.k.max):
+        ex.k.value = k
+        assert ex.state["k"] == k and ex.last_error is None
+    for post in ("crf", "kmeans", "threshold", "otsu"):
+        ex.postprocess.value = post
+        assert ex.last_error is None and ex.prompts.mask.any()
+    for mode, boxes in (("points", 0), ("box", 1), ("box+points", 1)):
+        ex.mode.value = mode
+        assert ex.state["n_boxes"] == boxes and ex.last_error is None
+        assert (ex.prompts.points is None) == (mode == "box")
+    # the x-ray preset asks for two lung boxes
+    _reset(ex, "xray")
+    assert ex.state["task"] == "xray" and ex.state["n_boxes"] == 2
+    ex.preset.value = "none"
+    assert ex.state["task"] is None and ex.state["n_boxes"] == 1
+    ex.preset.value = "auto"
+
+
+def test_prompts_and_methods_already_seen_come_from_the_cache(explorer):
+    ex = explorer
+    _reset(ex)
+    before = dict(ex.counts)
+    ex.set_prompt("a dark round lesion")
+    ex.set_prompt("breast tumor")
+    ex.method.value = "gradcam"
+    ex.method.value = "gscorecam"
+    d = _delta(before, ex.counts)
+    assert d["saliency"] <= 2 and d["sam_embed"] == 0  # "breast tumor" with gScoreCAM was cached
+    before = dict(ex.counts)
+    ex.set_prompt("a dark round lesion")
+    ex.set_prompt("breast tumor")
+    ex.method.value = "gradcam"
+    ex.method.value = "gscorecam"
+    assert _delta(before, ex.counts)["saliency"] == 0
+
+
+def test_switching_images_reembeds_once_and_follows_the_suggested_prompt(explorer):
+    ex = explorer
+    _reset(ex)
+    before = dict(ex.counts)
+    brain = next(n for n in ex.images if n.startswith("brain"))
+    ex.select(brain)
+    assert ex.state["prompt"] == "brain tumor"  # the suggestion follows the image
+    assert _delta(before, ex.counts)["sam_embed"] == 1
+    assert ex.state["dice"] == pytest.approx(dice(ex.mask, ex.current.gt))
+    ex.set_prompt("my own words")
+    ex.select(next(n for n in ex.images if n.startswith("breast")))
+    assert ex.state["prompt"] == "my own words"  # a typed prompt is kept
+
+
+def test_a_second_sam_model_is_loaded_on_demand_and_each_keeps_its_embedding(explorer):
+    ex = explorer
+    _reset(ex)
+    mask = ex.mask.copy()
+    before = dict(ex.counts)
+    ex.sam_picker.value = "toy SAM (copy)"
+    assert ex.last_error is None, ex.last_error
+    d = _delta(before, ex.counts)
+    assert d["sam_embed"] == 1 and d["saliency"] == 0 and d["prompts"] == 0
+    assert np.array_equal(ex.mask, mask)  # same weights, same prompts: same mask
+    before = dict(ex.counts)
+    ex.sam_picker.value = "toy SAM"
+    ex.sam_picker.value = "toy SAM (copy)"
+    assert _delta(before, ex.counts)["sam_embed"] == 0
+
+
+def test_clicks_and_drags_rerun_only_the_sam_decoder(explorer):
+    ex = explorer
+    _reset(ex)
+    ex.mode.value = "box"
+    auto = ex.mask.copy()
+    gt = ex.current.gt
+    before = dict(ex.counts)
+    # a negative click in the middle of the found lesion carves it
+    ys, xs = np.nonzero(auto)
+    cy, cx = float(np.median(ys)), float(np.median(xs))
+    ex.click_mode.value = "negative"
+    ex.on_mouse({"type": "mousedown", "dataX": cx, "dataY": cy})
+    ex.on_mouse({"type": "mouseup", "dataX": cx, "dataY": cy})
+    assert ex.state["user_points"] == [(cx, cy, 0)]
+    assert ex.mask.sum() < auto.sum()
+    assert "1 point(s)" in ex.readout.value
+    # a box dragged around the ground truth (bottom-right to top-left) replaces the automatic box
+    rs, cs = np.nonzero(gt)
+    ex.clear_clicks()
+    ex.click_mode.value = "box"
+    ex.on_mouse({"type": "mousedown", "dataX": cs.max() + 2, "dataY": rs.max() + 2})
+    ex.on_mouse({"type": "mouseup", "dataX": cs.min() - 2, "dataY": rs.min() - 2})
+    assert ex.state["user_box"] == [cs.min() - 2, rs.min() - 2, cs.max() + 2, rs.max() + 2]
+    assert ex.state["dice"] > 0.8  # the toy SAM follows a good box
+    d = _delta(before, ex.counts)
+    assert d["saliency"] == 0 and d["prompts"] == 0 and d["sam_embed"] == 0
+    assert d["sam_decode"] == 3
+    # the drawn box is what the first panel shows, in the user-box colour
+    panel = np.asarray(Image.open(io.BytesIO(ex.panels["prompts"].value)).convert("RGB"))
+    assert np.all(panel[rs.min() - 2, cs.min() - 2 + 3] == (255, 215, 0))
+    ex.clear_clicks()
+    assert np.array_equal(ex.mask, auto)
+    with pytest.raises(ValueError, match="outside"):
+        ex.add_point(-5, 3)
+
+
+def test_uploads_are_read_and_bad_ones_are_reported_by_name(explorer, tmp_path):
+    ex = explorer
+    _reset(ex)
+    sample = PhantomDataset("brain", 1, seed=5, size=200, split="test")[0]
+    buf = io.BytesIO()
+    Image.fromarray(sample.image).save(buf, format="PNG")
+    name = ex.add_upload("my scan.png", buf.getvalue())
+    assert ex.state["image"] == name and ex.current.gt is None
+    assert ex.state["dice"] is None and "Dice" not in ex.readout.value
+    ex.set_prompt("brain tumor")
+    assert _png_shape(ex.panels["mask"].value) == (200, 200, 3)
+    # a broken file through the upload widget's callback: shown, not raised
+    ex.upload.value = ({"name": "broken.png", "type": "image/png", "size": 7,
+                        "content": memoryview(b"not png"),
+                        "last_modified": datetime.now(timezone.utc)},)
+    assert ex.last_error and "broken.png" in ex.last_error
+    assert "broken.png" in ex.status.value
+    assert ex.state["image"] == name  # still showing the last good image
+
+
+def test_compare_view_puts_prompts_side_by_side_with_their_sensitivity(explorer):
+    ex = explorer
+    _reset(ex)
+    rows = ex.compare(["breast tumor", "normal tissue"])
+    assert [r["prompt"] for r in rows] == ["breast tumor", "normal tissue"]
+    assert rows[0]["dice"] > rows[1]["dice"] + 0.5  # the right prompt segments the lesion
+    # "normal tissue" is itself one of the controls: its map is the control's, sensitivity ~ 0
+    assert rows[1]["sensitivity"] < 0.1 < rows[0]["sensitivity"] <= 1.0
+    cols = ex.compare_out.children[0].children
+    assert len(cols) == 2 and "sensitivity" in cols[0].children[0].value
+    # independent: the number is prompt_sensitivity's for this image and method
+    from medclipsam.saliency import METHODS, prompt_sensitivity
+
+    rep = prompt_sensitivity(ex.pipeline.clip, ex.current.image, "breast tumor",
+                             METHODS["gscorecam"], task="breast", warn=False, k=24)
+    assert rows[0]["sensitivity"] == pytest.approx(rep.sensitivity, abs=1e-6)
+    before = dict(ex.counts)
+    ex.compare_text.value = "breast tumor\n\nnormal tissue\n"
+    ex.on_compare()
+    assert _delta(before, ex.counts)["sensitivity"] == 0 and _delta(before, ex.counts)["saliency"] == 0
+    with pytest.raises(ValueError, match="at least one prompt"):
+        ex.compare([])
+
+
+def test_bad_construction_is_refused(explorer):
+    with pytest.raises(ValueError, match="at least one image"):
+        PromptExplorer(explorer.pipeline, {})
+    img = np.zeros((32, 32), np.uint8)
+    with pytest.raises(ValueError, match="does not match"):
+        PromptExplorer(explorer.pipeline, {"a": ExplorerImage(img, np.zeros((8, 8), bool))})
+    with pytest.raises(ValueError, match="unknown task"):
+        PromptExplorer(explorer.pipeline, {"a": ExplorerImage(img, task="liver")})
+
+
+def test_an_explorer_over_a_folder_of_images_and_masks(explorer, tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(2):
+        sample = PhantomDataset("breast", 4, seed=9, size=160, split="test", normal_fraction=0.0)[i]
+        Image.fromarray(sample.image).save(tmp_path / "images" / f"case{i}.png")
+        Image.fromarray(sample.mask.astype(np.uint8) * 255).save(tmp_path / "masks" / f"case{i}.png")
+    ex = PromptExplorer.from_folder(explorer.pipeline, tmp_path, prompt="breast tumor", task="breast")
+    assert list(ex.images) == ["case0", "case1"]
+    assert ex.state["prompt"] == "breast tumor" and ex.state["task"] == "breast"
+    gt = np.asarray(Image.open(tmp_path / "masks" / "case0.png")) > 0
+    assert ex.state["dice"] == pytest.approx(dice(ex.mask, gt))
