@@ -664,8 +664,10 @@ class PromptExplorer:
         if s["flags"]:
             parts.append("flags: " + ", ".join(s["flags"]))
         if self.user_points or self.user_box is not None:
-            parts.append(f"hand-made prompts: {len(self.user_points)} point(s)"
-                         + (", 1 box" if self.user_box is not None else ""))
+            made = [f"{'+' if lab == 1 else '-'}({x:.0f}, {y:.0f})" for x, y, lab in self.user_points]
+            if self.user_box is not None:
+                made.append("box ({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*self.user_box))
+            parts.append("hand-made prompts: " + " ".join(made))
         self.readout.value = " &middot; ".join(parts)
         ran = ", ".join(f"{k} {v}" for k, v in self.counts.items())
         self.status.value = f"done in {seconds:.2f} s &middot; <small>stages run so far: {ran}</small>"
