@@ -1,6 +1,6 @@
 """Train the toy models of the phantom world from their seeds and write them into the package.
 
-    python scripts/train_toy_models.py [--only clip|sam] [--threads N]
+    python scripts/train_toy_models.py [--only clip|sam] [--threads N] [--out-dir DIR]
 
 Writes ``medclipsam/weights/toy_clip.pt`` and ``medclipsam/weights/toy_sam.pt`` (half precision,
 together well under 20 MB), then prints their quality with the benchmark scripts' measures. Nothing is
@@ -12,6 +12,8 @@ not needed.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out-dir", default=str(WEIGHTS))
     p.add_argument("--steps", type=int, default=None, help="override the step count (a quick check)")
+    p.add_argument("--no-quality", dest="quality", action="store_false",
+                   help="skip measuring the new weights with the benchmark scripts")
     a = p.parse_args(argv)
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,6 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         sam_settings = dict(SAM_DEFAULTS, **({"steps": a.steps} if a.steps else {}))
         train_toy_sam(out / "toy_sam.pt", threads=a.threads or 1, **sam_settings)
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
+    if a.quality:
+        bench = Path(__file__).resolve().parents[1] / "benchmarks"
+        threads = ["--threads", str(a.threads)] if a.threads else []
+        if a.only in (None, "clip"):
+            subprocess.run([sys.executable, str(bench / "toy_clip_quality.py"), "--clip",
+                            str(out / "toy_clip.pt")], check=True)
+        if a.only in (None, "sam"):
+            subprocess.run([sys.executable, str(bench / "toy_sam_quality.py"), "--weights",
+                            str(out / "toy_sam.pt"), *threads], check=True)
     return 0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,16 +326,6 @@ def test_open_clip_names_offline_give_clear_errors(tmp_path, monkeypatch):
         load_clip("ViT-B-16:openai", device="cpu")
     with pytest.raises(ValueError, match="unknown CLIP model 'NoSuchModel'"):
         load_clip("NoSuchModel")
-
-
-def test_toy_hooks_are_explicit_until_the_weights_ship():
-    weights = Path(clip_mod.__file__).resolve().parent.parent / "weights"
-    if not (weights / "toy_clip.pt").is_file():
-        with pytest.raises(NotImplementedError, match="not shipped yet"):
-            load_clip("toy")
-    if not (weights / "toy_sam.pt").is_file():
-        with pytest.raises(NotImplementedError, match="not shipped yet"):
-            load_sam("toy")
 
 
 # --------------------------------------------------------------------------------------------

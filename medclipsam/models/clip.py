@@ -741,9 +741,9 @@ def load_clip(
     if text == "toy":
         toy = _WEIGHTS_DIR / "toy_clip.pt"
         if not toy.is_file():
-            raise NotImplementedError(
-                f"the toy CLIP weights are not shipped yet (expected {toy}); use 'biomedclip' "
-                "or an open_clip model name"
+            raise FileNotFoundError(
+                f"the toy CLIP weights are missing from this installation (expected {toy}); "
+                "reinstall medclipsam, or train them again with scripts/train_toy_models.py"
             )
         return _load_file(toy, device, True, arch, preprocess_mode, name="toy")
     path = Path(text).expanduser()

@@ -381,9 +381,9 @@ def load_sam(
     if text == "toy":
         toy = _WEIGHTS_DIR / "toy_sam.pt"
         if not toy.is_file():
-            raise NotImplementedError(
-                f"the toy SAM weights are not shipped yet (expected {toy}); use 'vit_b', "
-                "'medsam' or a checkpoint path"
+            raise FileNotFoundError(
+                f"the toy SAM weights are missing from this installation (expected {toy}); "
+                "reinstall medclipsam, or train them again with scripts/train_toy_models.py"
             )
         sam = _from_file(toy, arch)
     elif text in SAM_ARCHS or medsam:
