@@ -4,8 +4,9 @@
     pip install playwright            # only the Python driver; no browser download is needed
     python scripts/browser_check.py --out browser_check/
 
-It serves the repository with JupyterLab on a free local port, opens
-``notebooks/06_interactive_explorer.ipynb``, runs all cells (the real kernel, the real widget
+It serves a copy of ``notebooks/06_interactive_explorer.ipynb`` (JupyterLab saves what it runs;
+the committed notebook stays without outputs) with JupyterLab on a free local port, opens it, runs
+all cells (the real kernel, the real widget
 front end), waits until the explorer has drawn its panels, takes a screenshot, then clicks on the
 explorer's first panel (a real mouse event through ipyevents to the kernel) and waits until the
 read-out says a hand-made point was added, and takes a second screenshot. Exit status 0 when both
@@ -18,6 +19,7 @@ import argparse
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,7 +52,7 @@ def _wait_for_server(url: str, timeout: float) -> None:
 
 def _drive(page, base: str, token: str, out: Path, timeout: float) -> bool:
     """Open the notebook, run it, wait for the explorer, screenshot, click, screenshot."""
-    page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}&reset")
+    page.goto(f"{base}/lab/tree/{Path(NOTEBOOK).name}?token={token}&reset")
     page.wait_for_selector(".jp-Notebook", timeout=60_000)
     select = page.locator(".jp-Dialog button", has_text="Select")
     try:  # JupyterLab may ask which kernel to start: the notebook's own (Python 3)
@@ -97,12 +99,16 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    # JupyterLab saves what it runs: serve a copy, never the committed notebook
+    lab_root = out / "lab"
+    lab_root.mkdir(exist_ok=True)
+    shutil.copy2(ROOT / NOTEBOOK, lab_root / Path(NOTEBOOK).name)
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, HF_HUB_OFFLINE="1", MEDCLIPSAM_OFFLINE="1")
     log = open(out / "jupyterlab.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--ServerApp.token={token}", f"--ServerApp.root_dir={ROOT}", "--allow-root",
+         f"--ServerApp.token={token}", f"--ServerApp.root_dir={lab_root.resolve()}", "--allow-root",
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     ok = False
