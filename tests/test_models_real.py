@@ -444,3 +444,20 @@ def test_crop_mode_matches_open_clip_and_fills_what_it_never_saw():
     back = geom.to_image(np.ones((100, 100)), fill=-1.0)
     assert (back[:, :100] == -1).all() and (back[:, 100:200] == 1).all()
     assert (back[:, 200:] == -1).all()
+
+
+def test_an_open_clip_model_by_name_builds_offline_with_random_weights():
+    """Other open_clip architectures by name (here CLIP RN50, the gScoreCAM paper's family): with
+    ``pretrained=False`` nothing is downloaded, and the bundle prepares and encodes."""
+    torch.manual_seed(0)
+    bundle = load_clip("RN50", pretrained=False, device="cpu")
+    assert type(bundle.model.visual).__name__ == "ModifiedResNet"
+    assert bundle.pretrained is False
+    image = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    x, geom = bundle.prepare(image)
+    assert tuple(x.shape) == (3, 224, 224)
+    with torch.no_grad():
+        img_f = bundle.model.encode_image(x[None])
+        txt_f = bundle.model.encode_text(bundle.tokenize(["a chest x-ray", "lungs"]))
+    assert img_f.shape == (1, 1024) and txt_f.shape == (2, 1024)
+    assert torch.isfinite(img_f).all() and not torch.allclose(txt_f[0], txt_f[1])
