@@ -1,0 +1,148 @@
+"""Reference answers of the exercises, with the simple signatures the student notebooks use.
+
+Each one is, or is built only from, the package's own implementation, so what students are graded
+against is what the package computes:
+
+* :func:`hard_negative_weights`, :func:`dhn_nce`: :mod:`medclipsam.losses`;
+* :func:`select_channels`, :func:`channel_masks`, :func:`gscorecam_weights`,
+  :func:`combine_maps`: the steps of :func:`medclipsam.saliency.gscorecam.gscorecam` (there they
+  are inline, so they are written out here; the tests check that chaining them on the toy CLIP
+  gives the package's maps, channels and weights exactly);
+* :func:`saliency_to_mask`, :func:`mask_to_boxes`: :func:`medclipsam.prompting.coarse_mask` with
+  ``"kmeans"`` and :func:`medclipsam.prompting.boxes_from_mask` with ``"per_component"``;
+* :func:`mean_dice`: the mean of :func:`medclipsam.metrics.dice`;
+* :func:`interpret`: reading a zero-shot / weak / full table (exercise 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..losses import dhn_nce as _dhn_nce
+from ..losses import hard_negative_weights as _hard_negative_weights
+from ..metrics import dice as _dice
+from ..prompting import boxes_from_mask, coarse_mask
+from ..saliency.gradcam import normalize_maps
+
+__all__ = [
+    "channel_masks",
+    "combine_maps",
+    "dhn_nce",
+    "gscorecam_weights",
+    "hard_negative_weights",
+    "interpret",
+    "mask_to_boxes",
+    "mean_dice",
+    "saliency_to_mask",
+    "select_channels",
+]
+
+#: The rows exercise 4's table must have (the uncertainty-filtered run is optional).
+ZERO_SHOT, WEAK, FULL = "zero-shot", "weakly supervised", "fully supervised"
+
+
+# -- exercise 1 --------------------------------------------------------------------------------
+
+
+def hard_negative_weights(sim: torch.Tensor, beta: float) -> torch.Tensor:
+    """``w_ij = (B-1) exp(beta s_ij) / sum_{k != i} exp(beta s_ik)``, zero on the diagonal:
+    :func:`medclipsam.losses.hard_negative_weights`."""
+    return _hard_negative_weights(sim, beta)
+
+
+def dhn_nce(
+    img: torch.Tensor, txt: torch.Tensor, tau: float = 0.6, beta1: float = 0.15, beta2: float = 0.15
+) -> torch.Tensor:
+    """DHN-NCE of B image/text embedding pairs (rows), ``L_v2t(beta1) + L_t2v(beta2)``."""
+    return _dhn_nce(img, txt, tau=tau, beta1=beta1, beta2=beta2)
+
+
+# -- exercise 2 --------------------------------------------------------------------------------
+
+
+def _kept(k: int, c: int) -> int:
+    return min(int(k), c)
+
+
+def select_channels(grads: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` channels of largest signed mean gradient, largest first: ``[B, C, h, w]`` ->
+    ``[B, min(k, C)]`` (int64). Ties may come in any order."""
+    importance = grads.float().mean(dim=(2, 3))
+    return importance.topk(_kept(k, grads.shape[1]), dim=1).indices
+
+
+def channel_masks(act: torch.Tensor, channels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each kept channel upsampled to ``size`` (bilinear, ``align_corners=False``) and min-max
+    normalised to [0, 1] (a constant channel gives zeros): ``[B, k, H, W]``."""
+    b, _, h, w = act.shape
+    k = channels.shape[1]
+    kept = act.gather(1, channels[:, :, None, None].expand(-1, -1, h, w))
+    up = F.interpolate(kept.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return normalize_maps(up.reshape(b * k, *up.shape[-2:])).reshape(b, k, *up.shape[-2:])
+
+
+def gscorecam_weights(cosines: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """Softmax over the k kept channels of their masked-image logits ``logit_scale * cosine``:
+    ``[B, k]`` -> ``[B, k]`` (``weighting="selected"``)."""
+    return torch.softmax(logit_scale * cosines, dim=-1)
+
+
+def combine_maps(
+    act: torch.Tensor, channels: torch.Tensor, weights: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """``ReLU(sum_j w_j A_{c_j})`` upsampled to ``size`` (bilinear, ``align_corners=False``) and
+    min-max normalised: ``[B, H, W]`` in [0, 1]."""
+    _, _, h, w = act.shape
+    kept = act.gather(1, channels[:, :, None, None].expand(-1, -1, h, w))
+    cam = (weights[:, :, None, None] * kept).sum(1)
+    cam = F.interpolate(
+        F.relu(cam)[:, None], size=tuple(size), mode="bilinear", align_corners=False
+    )
+    return normalize_maps(cam[:, 0])
+
+
+# -- exercise 3 --------------------------------------------------------------------------------
+
+
+def saliency_to_mask(saliency: np.ndarray) -> np.ndarray:
+    """Foreground of a saliency map in [0, 1] by 1-D k-means with two clusters (started from the
+    minimum and the maximum): ``s > t`` for the midpoint ``t`` of the two centres at
+    convergence; a constant map gives an empty mask."""
+    return coarse_mask(saliency, "kmeans")
+
+
+def mask_to_boxes(mask: np.ndarray, n_components: int | None = 1) -> np.ndarray:
+    """One box ``[x0, y0, x1, y1]`` (x = column, inclusive corners) per 8-connected component,
+    the ``n_components`` largest (all when None), sorted by ``(x0, y0)``: ``(N, 4)`` float."""
+    return boxes_from_mask(mask, mode="per_component", n_components=n_components, connectivity=2)
+
+
+# -- exercise 4 --------------------------------------------------------------------------------
+
+
+def mean_dice(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> float:
+    """Mean over images of the Dice of each (prediction, ground truth) pair; a pair of empty
+    masks has Dice 1 (a correct "nothing here")."""
+    return float(np.mean([_dice(p, g) for p, g in zip(preds, gts)]))
+
+
+def interpret(table: Mapping[str, Mapping]) -> dict:
+    """Answers read off a table ``{setting: {"dice": float, "ci": (low, high)}}``:
+
+    ``best_method``: the setting with the highest Dice; ``weak_helped``: weak supervision has a
+    higher Dice than zero-shot; ``weak_gain``: weak minus zero-shot Dice; ``clear_gain``: the
+    weak run's interval lies entirely above the zero-shot one (``weak low > zero-shot high``).
+    """
+    best = max(table, key=lambda s: float(table[s]["dice"]))
+    zs, weak = table[ZERO_SHOT], table[WEAK]
+    gain = float(weak["dice"]) - float(zs["dice"])
+    return {
+        "best_method": best,
+        "weak_helped": bool(gain > 0),
+        "weak_gain": gain,
+        "clear_gain": bool(float(weak["ci"][0]) > float(zs["ci"][1])),
+    }

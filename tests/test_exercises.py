@@ -1,0 +1,599 @@
+"""The course exercises: the autograder accepts right answers, rejects the usual wrong ones with a
+message naming the mistake, its references are the package's own computations, the committed
+student notebooks are the blanked solutions, and a folder of submissions can be graded."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from medclipsam import exercises as ex
+from medclipsam import losses
+from medclipsam.exercises import reference as R
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDENTS = ROOT / "notebooks" / "exercises"
+SOLUTIONS = STUDENTS / "solutions"
+NAMES = ["ex01_dhn_nce", "ex02_gscorecam", "ex03_boxes", "ex04_weak"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# check -> (its reference, the name of the student's function in the notebooks)
+CHECKS = {
+    "check_hard_negative_weights": (R.hard_negative_weights, "hard_negative_weights"),
+    "check_dhn_nce": (R.dhn_nce, "dhn_nce"),
+    "check_channel_selection": (R.select_channels, "select_channels"),
+    "check_channel_masks": (R.channel_masks, "channel_masks"),
+    "check_gscorecam_weights": (R.gscorecam_weights, "gscorecam_weights"),
+    "check_combine_maps": (R.combine_maps, "combine_maps"),
+    "check_saliency_to_mask": (R.saliency_to_mask, "saliency_to_mask"),
+    "check_boxes": (R.mask_to_boxes, "mask_to_boxes"),
+    "check_mean_dice": (R.mean_dice, "mean_dice"),
+    "check_interpretation": (R.interpret, "interpret"),
+}
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location(
+        "make_student_notebooks", ROOT / "scripts" / "make_student_notebooks.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def solutions() -> dict:
+    """The functions written in the solution notebooks' solution cells."""
+    ns: dict = {"math": math, "np": np, "ndi": ndi, "torch": torch, "F": F}
+    for name in NAMES:
+        nb = nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code" and "solution" in cell.metadata.get("tags", []):
+                exec(compile(cell.source, f"{name}.ipynb", "exec"), ns)
+    return ns
+
+
+def _report(check, fn, **kw) -> str:
+    res = getattr(ex, check)(fn, verbose=False, **kw)
+    assert not res.passed, f"{check} accepted a wrong answer"
+    assert res.messages[0].startswith(f"[FAIL] {check}")
+    return res.report()
+
+
+# --------------------------------------------------------------------------------------------
+# right answers pass
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_each_check_accepts_the_reference_and_the_notebook_solution(check, solutions, capsys):
+    ref, name = CHECKS[check]
+    res = getattr(ex, check)(ref, seed=3)
+    assert res.passed and res.n_failed == 0 and res.n_cases >= 8, res.report()
+    assert capsys.readouterr().out.startswith(f"[PASS] {check}: all {res.n_cases} cases agree")
+    res = getattr(ex, check)(solutions[name], verbose=False, seed=5)
+    assert res.passed, res.report()
+
+
+def test_the_checks_each_notebook_calls_are_the_ones_listed(solutions):
+    from medclipsam.exercises.grading import parse_checks
+
+    for name in NAMES:
+        status, _ = parse_checks(nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4))
+        assert tuple(status) == ex.EXERCISES[name]
+
+
+# --------------------------------------------------------------------------------------------
+# wrong answers are rejected, the mistake named
+
+
+def _sim(img, txt, tau):
+    return F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T / tau
+
+
+def _dhn(
+    img, txt, tau=0.6, beta1=0.15, beta2=0.15, *, alpha=0.0, weights="row", sign=1.0, detach=False
+):
+    """DHN-NCE written out, with the knobs of the usual mistakes."""
+    s = _sim(img, txt, tau)
+
+    def one(m, beta):
+        b = m.shape[0]
+        eye = torch.eye(b, dtype=torch.bool)
+        if weights == "none":
+            logw = torch.zeros_like(m)
+        else:
+            logw = math.log(b - 1) + torch.log_softmax(
+                (sign * beta * m).masked_fill(eye, -math.inf), dim=0 if weights == "col" else 1
+            )
+        if detach:
+            logw = logw.detach()
+        terms = (logw + m).masked_fill(eye, -math.inf)
+        if alpha:
+            terms = torch.cat([terms, m.diagonal()[:, None]], dim=1)
+        return (torch.logsumexp(terms, dim=1) - m.diagonal()).mean()
+
+    return one(s, beta1) + one(s.T, beta2)
+
+
+@pytest.mark.parametrize(
+    "wrong, named",
+    [
+        (
+            lambda i, t, tau=0.6, beta1=0.15, beta2=0.15: _dhn(i, t, tau, beta1, beta2, alpha=1.0),
+            "KEPT in the denominator",
+        ),
+        (
+            lambda i, t, tau=0.6, beta1=0.15, beta2=0.15: (
+                F.cross_entropy(_sim(i, t, tau), torch.arange(len(i)))
+                + F.cross_entropy(_sim(i, t, tau).T, torch.arange(len(i)))
+            ),
+            "plain InfoNCE",
+        ),
+        (
+            lambda i, t, tau=0.6, beta1=0.15, beta2=0.15: _dhn(
+                i, t, tau, beta1, beta2, weights="none"
+            ),
+            "DCL",
+        ),
+        (
+            lambda i, t, tau=0.6, beta1=0.15, beta2=0.15: _dhn(i, t, tau, beta1, beta2, sign=-1.0),
+            "sign of beta flipped",
+        ),
+        (lambda i, t, tau=0.6, beta1=0.15, beta2=0.15: _dhn(i, t, tau, beta2, beta1), "swapped"),
+        (
+            lambda i, t, tau=0.6, beta1=0.15, beta2=0.15: _dhn(
+                i, t, tau, beta1, beta2, weights="col"
+            ),
+            "wrong axis",
+        ),
+        (
+            lambda i, t, tau=0.6, beta1=0.15, beta2=0.15: _dhn(
+                i, t, tau, beta1, beta2, detach=True
+            ),
+            "do not .detach() them",
+        ),
+    ],
+)
+def test_dhn_nce_check_names_the_mistake(wrong, named):
+    report = _report("check_dhn_nce", wrong)
+    assert named in report, report
+
+
+def test_dhn_nce_check_catches_overflow_of_a_loss_written_with_exp():
+    def naive(img, txt, tau=0.6, beta1=0.15, beta2=0.15):
+        s = _sim(img, txt, tau)
+        eye = torch.eye(len(s), dtype=torch.bool)
+
+        def one(m, beta):
+            e = torch.exp(beta * m).masked_fill(eye, 0)
+            w = (len(m) - 1) * e / e.sum(1, keepdim=True)
+            return (torch.log((w * torch.exp(m)).sum(1)) - m.diagonal()).mean()
+
+        return one(s, beta1) + one(s.T, beta2)
+
+    res = ex.check_dhn_nce(naive, verbose=False)
+    assert res.n_failed == 1, res.report()  # right everywhere but at similarities near 100
+    assert "NaN/inf" in res.report() and "logsumexp" in res.report()
+
+
+@pytest.mark.parametrize(
+    "wrong, named",
+    [
+        (
+            lambda s, beta: torch.softmax(
+                (beta * s).masked_fill(torch.eye(len(s), dtype=torch.bool), -math.inf), 1
+            ),
+            "factor (B - 1)",
+        ),
+        (
+            lambda s, beta: (len(s) - 1) * torch.softmax(beta * s, 1),
+            "diagonal (the positive) must be 0",
+        ),
+    ],
+)
+def test_hard_negative_weights_check_names_the_mistake(wrong, named):
+    assert named in _report("check_hard_negative_weights", wrong)
+
+
+def test_channel_selection_by_absolute_gradient_is_named():
+    def by_abs(grads, k):
+        return grads.mean(dim=(2, 3)).abs().topk(min(k, grads.shape[1]), dim=1).indices
+
+    report = _report("check_channel_selection", by_abs)
+    assert "ABSOLUTE mean gradient" in report and "expected channels" in report
+
+
+def test_channel_selection_accepts_any_order_among_ties_and_explains_k_above_c():
+    def ties_reversed(grads, k):
+        imp = grads.mean(dim=(2, 3))
+        kk = min(k, grads.shape[1])
+        # stable sort of the reversed channels: tied channels come out in the other order
+        order = torch.argsort(imp.flip(1), dim=1, descending=True, stable=True)[:, :kk]
+        return grads.shape[1] - 1 - order
+
+    assert ex.check_channel_selection(ties_reversed, verbose=False).passed
+    report = _report(
+        "check_channel_selection", lambda grads, k: grads.mean(dim=(2, 3)).topk(k, dim=1).indices
+    )
+    assert "RuntimeError" in report and "keep all C channels" in report
+
+
+def _masks(act, channels, size, *, normalise=True, align_corners=False):
+    _, _, h, w = act.shape
+    kept = act.gather(1, channels[:, :, None, None].expand(-1, -1, h, w))
+    up = F.interpolate(kept, size=size, mode="bilinear", align_corners=align_corners)
+    if not normalise:
+        return up
+    lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
+    return (up - lo) / (hi - lo)  # NaN for a constant channel
+
+
+@pytest.mark.parametrize(
+    "wrong, named",
+    [
+        (lambda a, c, s: _masks(a, c, s, normalise=False), "masks are not normalised"),
+        (lambda a, c, s: _masks(a, c, s), "constant channel"),
+        (
+            lambda a, c, s: torch.nan_to_num(_masks(a, c, s, align_corners=True)),
+            "align_corners=True",
+        ),
+    ],
+)
+def test_channel_masks_check_names_the_mistake(wrong, named):
+    assert named in _report("check_channel_masks", wrong)
+
+
+@pytest.mark.parametrize(
+    "wrong, named",
+    [
+        (lambda cos, scale: scale * cos, "no softmax"),
+        (lambda cos, scale: torch.softmax(cos, -1), "wrong temperature"),
+        (lambda cos, scale: torch.softmax(cos / scale, -1), "wrong temperature"),
+    ],
+)
+def test_gscorecam_weights_check_names_the_mistake(wrong, named):
+    assert named in _report("check_gscorecam_weights", wrong)
+
+
+def test_combine_check_names_a_missing_relu():
+    def no_relu(act, channels, weights, size):
+        _, _, h, w = act.shape
+        kept = act.gather(1, channels[:, :, None, None].expand(-1, -1, h, w))
+        cam = (weights[:, :, None, None] * kept).sum(1)
+        up = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
+        return (up - lo) / (hi - lo)
+
+    assert "no ReLU" in _report("check_combine_maps", no_relu)
+
+
+def _boxes(mask, n_components=1, *, structure=None, swap=False, exclusive=False, merge=False):
+    lab, n = ndi.label(mask, structure=np.ones((3, 3)) if structure is None else structure)
+    if n == 0:
+        return np.zeros((0, 4))
+    sizes = np.bincount(lab.ravel())[1:]
+    keep = np.argsort(-sizes, kind="stable")[: n if n_components is None else n_components] + 1
+    regions = [np.isin(lab, keep)] if merge else [lab == k for k in keep]
+    out = []
+    for r in regions:
+        rows, cols = np.nonzero(r)
+        box = [cols.min(), rows.min(), cols.max() + exclusive, rows.max() + exclusive]
+        out.append(box[1::-1] + box[:1:-1] if swap else box)
+    return np.array(sorted(out, key=lambda b: (b[1], b[0]) if swap else (b[0], b[1])), float)
+
+
+@pytest.mark.parametrize(
+    "wrong, named",
+    [
+        (lambda m, n_components=1: _boxes(m, n_components, swap=True), "x and y are swapped"),
+        (lambda m, n_components=1: _boxes(m, n_components, exclusive=True), "INCLUSIVE"),
+        (lambda m, n_components=1: _boxes(m, n_components, merge=True), "merged into one box"),
+        (
+            lambda m, n_components=1: _boxes(
+                m, n_components, structure=ndi.generate_binary_structure(2, 1)
+            ),
+            "4-connectivity",
+        ),
+    ],
+)
+def test_boxes_check_names_the_mistake(wrong, named):
+    assert named in _report("check_boxes", wrong)
+
+
+def test_boxes_check_shows_the_two_box_case_and_the_empty_mask():
+    report = _report("check_boxes", lambda m, n_components=1: _boxes(m, n_components, merge=True))
+    assert "two blobs, two boxes" in report and "expected 2 box(es), got 1" in report
+    empty = _report("check_boxes", lambda m, n_components=1: np.array([]))
+    assert "an empty mask" in empty and "np.zeros((0, 4))" in empty
+
+
+def test_saliency_to_mask_check_names_a_fixed_threshold():
+    report = _report("check_saliency_to_mask", lambda s: np.asarray(s) > 0.5)
+    assert "fixed threshold" in report or "first step" in report
+
+
+@pytest.mark.parametrize(
+    "wrong, named",
+    [
+        (
+            lambda p, g: float(
+                np.mean(
+                    [
+                        2 * (a & b).sum() / (a.sum() + b.sum()) if a.any() or b.any() else 0.0
+                        for a, b in zip(p, g)
+                    ]
+                )
+            ),
+            "counted as Dice 0",
+        ),
+        (
+            lambda p, g: float(
+                2
+                * sum((a & b).sum() for a, b in zip(p, g))
+                / max(1, sum(a.sum() + b.sum() for a, b in zip(p, g)))
+            ),
+            "pooled",
+        ),
+    ],
+)
+def test_mean_dice_check_names_the_mistake(wrong, named):
+    assert named in _report("check_mean_dice", wrong)
+
+
+def test_interpretation_typed_in_instead_of_computed_is_caught():
+    def typed_in(table):
+        return {
+            "best_method": "fully supervised",
+            "weak_helped": True,
+            "weak_gain": 0.05,
+            "clear_gain": False,
+        }
+
+    report = _report("check_interpretation", typed_in)
+    assert "never change" in report and "compute the answers" in report
+
+
+def test_interpretation_clear_gain_from_the_means_is_named():
+    def by_means(table):
+        ans = R.interpret(table)
+        ans["clear_gain"] = ans["weak_helped"]
+        return ans
+
+    assert "INTERVALS" in _report("check_interpretation", by_means)
+
+
+# --------------------------------------------------------------------------------------------
+# feedback on errors, strict mode, inputs left alone
+
+
+def test_a_function_that_raises_gets_the_exception_as_feedback():
+    def broken(img, txt, tau=0.6, beta1=0.15, beta2=0.15):
+        raise ValueError("shapes do not match")
+
+    res = ex.check_dhn_nce(broken, verbose=False)
+    assert not res.passed and res.n_failed == res.n_cases
+    assert "your function raised ValueError: shapes do not match" in res.report()
+    assert "raise ValueError" in res.report()  # the line of the student's code
+
+    def blank(grads, k):
+        raise NotImplementedError()
+
+    assert "Not written yet" in _report("check_channel_selection", blank)
+
+
+def test_strict_raises_an_assertion_error_carrying_the_feedback(capsys):
+    with pytest.raises(AssertionError, match=r"\[FAIL\] check_gscorecam_weights") as info:
+        ex.check_gscorecam_weights(lambda cos, scale: torch.softmax(cos, -1), strict=True)
+    assert "wrong temperature" in str(info.value) and "First failing input" in str(info.value)
+    assert capsys.readouterr().out == ""  # the feedback is in the error, not printed twice
+
+
+def test_changing_an_input_in_place_is_reported():
+    def in_place(cos, scale):
+        cos.mul_(scale)
+        return torch.softmax(cos, -1)
+
+    assert "changed its input in place" in _report("check_gscorecam_weights", in_place)
+
+
+def test_wrong_shapes_and_types_are_described():
+    assert "0-d tensor" in _report("check_dhn_nce", lambda i, t, **kw: R.dhn_nce(i, t, **kw)[None])
+    assert "return a torch tensor" in _report(
+        "check_dhn_nce", lambda i, t, **kw: R.dhn_nce(i, t, **kw).detach().item()
+    )
+    assert "wrong shape" in _report(
+        "check_combine_maps", lambda a, c, w, s: R.combine_maps(a, c, w, s)[:, None]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the references are the package's computations
+
+
+def test_the_loss_family_of_the_hints_is_the_package_loss():
+    from medclipsam.exercises.dhn_nce import loss_family
+
+    img, txt = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    kw = dict(tau=0.3, beta1=0.4, beta2=1.1)
+    assert torch.allclose(loss_family(img, txt, **kw), losses.dhn_nce(img, txt, **kw))
+    assert torch.allclose(
+        loss_family(img, txt, 0.3, 0.4, 1.1, alpha=1.0), losses.hn_nce(img, txt, alpha=1.0, **kw)
+    )
+    assert torch.allclose(
+        loss_family(img, txt, 0.3, 0.0, 0.0, weights="none"), losses.dcl(img, txt, tau=0.3)
+    )
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
+    from medclipsam.models import load_clip
+
+    bundle = load_clip("toy")
+    xs, ts = [], []
+    for task in TASKS[:2]:
+        s = PhantomDataset(task, 1, seed=2, size=96, split="test", normal_fraction=0.0)[0]
+        xs.append(bundle.prepare(s.rgb)[0])
+        with torch.no_grad():
+            ts.append(bundle.model.encode_text(bundle.tokenize([PROMPTS[task]])).float()[0])
+    return bundle, torch.stack(xs), torch.stack(ts)
+
+
+@pytest.mark.parametrize("k", [8, 30])
+def test_the_reference_steps_chained_give_the_package_gscorecam(toy, k):
+    from medclipsam.saliency.gscorecam import gscorecam_details
+
+    bundle, x, txt = toy
+    d = gscorecam_details(bundle.model, x, txt, k=k)
+    maps = ex.gscorecam_with(bundle.model, x, txt, k=k)
+    assert torch.allclose(maps, d.maps, atol=1e-6)
+    act, grads, scale = ex.layer_activations(bundle.model, x, txt)
+    assert torch.equal(R.select_channels(grads, k), d.channels)
+    assert scale == pytest.approx(float(bundle.model.logit_scale.detach().exp()))
+
+
+def test_the_map_check_on_the_toy_clip_passes_the_solutions_and_fails_an_abs_sort(toy, solutions):
+    bundle = toy[0]
+    steps = [
+        solutions[n]
+        for n in ("select_channels", "channel_masks", "gscorecam_weights", "combine_maps")
+    ]
+    assert ex.check_gscorecam_map(*steps, k=8, n_images=1, bundle=bundle, verbose=False).passed
+
+    def by_abs(grads, k):
+        return grads.mean(dim=(2, 3)).abs().topk(min(k, grads.shape[1]), dim=1).indices
+
+    res = ex.check_gscorecam_map(by_abs, k=8, n_images=1, bundle=bundle, verbose=False)
+    assert not res.passed and "peaks at" in res.report()
+
+
+# --------------------------------------------------------------------------------------------
+# student notebooks
+
+
+def test_student_notebooks_are_in_sync_with_the_solutions_and_their_sources(capsys):
+    assert _load_script().main(["--check"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_student_notebooks_are_blank_where_the_solutions_are(name):
+    student = nbformat.read(STUDENTS / f"{name}.ipynb", as_version=4)
+    solution = nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4)
+    text = "\n".join(c.source for c in student.cells)
+    assert "### BEGIN SOLUTION" not in text and "### END SOLUTION" not in text
+    assert "# YOUR CODE HERE" in text and "raise NotImplementedError()" in text
+    assert [c.id for c in student.cells] == [c.id for c in solution.cells]
+    for s, t in zip(student.cells, solution.cells):
+        if "solution" in t.metadata.get("tags", []):
+            assert s.source != t.source
+            stub = (
+                "YOUR ANSWER HERE" if t.cell_type == "markdown" else "raise NotImplementedError()"
+            )
+            assert stub in s.source
+        else:
+            assert s.source == t.source.replace(
+                "notebooks/exercises/solutions/", "notebooks/exercises/"
+            )
+
+
+def test_the_generator_keeps_indentation_and_refuses_unbalanced_markers():
+    mod = _load_script()
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(
+        "def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION"
+    )
+    cell.metadata["tags"] = ["solution"]
+    nb.cells = [cell]
+    out = mod.student_notebook(nb)
+    assert out.cells[0].source == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+    cell.source = "def f(x):\n    ### BEGIN SOLUTION\n    return x"
+    with pytest.raises(mod.SolutionMarkupError, match="without a matching"):
+        mod.student_notebook(nb, "broken.ipynb")
+    cell.metadata["tags"] = []
+    cell.source = "x = 1  ### END SOLUTION"
+    with pytest.raises(mod.SolutionMarkupError, match="not tagged 'solution'"):
+        mod.student_notebook(nb, "untagged.ipynb")
+
+
+@pytest.mark.notebook
+def test_a_student_notebook_stops_at_its_first_exercise(tmp_path):
+    import papermill
+
+    path = STUDENTS / "ex01_dhn_nce.ipynb"
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        papermill.execute_notebook(
+            str(path),
+            str(out),
+            parameters={"SMOKE": True},
+            cwd=str(tmp_path),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    assert info.value.ename == "AssertionError"
+    assert "NotImplementedError" in info.value.evalue and "Not written yet" in info.value.evalue
+    code = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
+    tags = [c.metadata.get("tags", []) for c in code]
+    first_solution = next(i for i, t in enumerate(tags) if "solution" in t)
+    failed = next(i for i, c in enumerate(code) if any(o.output_type == "error" for o in c.outputs))
+    assert failed == first_solution + 1 and "check" in tags[failed]  # its check, right below it
+    assert all(not c.outputs for c in code[:failed])  # everything before ran cleanly
+    assert all(c.execution_count is None for c in code[failed + 1 :])
+
+
+# --------------------------------------------------------------------------------------------
+# grading a folder of submissions
+
+
+@pytest.mark.notebook
+def test_grading_a_folder_of_submissions(tmp_path):
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    nb = new_notebook()
+    params = new_code_cell('WORLD = "toy"\nSMOKE = False')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        new_markdown_cell("# A submission"),
+        params,
+        new_code_cell("import numpy as np\nfrom medclipsam import exercises as ex\nassert SMOKE"),
+        new_code_cell("ex.check_mean_dice(ex.reference.mean_dice, n_trials=1, strict=True)"),
+        new_code_cell(
+            "ex.check_boxes(lambda m, n_components=1: np.zeros((0, 4)), n_trials=1, strict=True)"
+        ),
+        new_code_cell(
+            "not_defined_yet\nex.check_interpretation(ex.reference.interpret, n_trials=1)"
+        ),
+    ]
+    subs = tmp_path / "submissions"
+    subs.mkdir()
+    nbformat.write(nb, subs / "alice.ipynb")
+    (subs / "bob.ipynb").write_text("this is not a notebook")
+    from medclipsam.exercises.__main__ import main
+
+    assert main(["grade", str(subs), "--out", str(tmp_path / "grades"), "--smoke"]) == 1
+    import csv
+
+    with open(tmp_path / "grades" / "grades.csv", newline="") as fh:
+        rows = {r["notebook"]: r for r in csv.DictReader(fh)}
+    alice = rows["alice.ipynb"]
+    assert (alice["passed"], alice["failed"], alice["not_run"]) == ("1", "1", "1")
+    assert float(alice["score"]) == pytest.approx(1 / 3, abs=1e-3)
+    assert alice["checks"] == "check_mean_dice:pass check_boxes:fail check_interpretation:not_run"
+    assert "NameError" in alice["errors"] and "AssertionError" in alice["errors"]
+    assert "not a readable notebook" in rows["bob.ipynb"]["errors"]
+    executed = nbformat.read(tmp_path / "grades" / "executed" / "alice.ipynb", as_version=4)
+    assert any(
+        "[FAIL] check_boxes" in str(o.get("evalue", ""))
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
