@@ -60,6 +60,7 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 from .metrics import dice as dice_score
 from .pipeline import CONTROL_SALIENCY, TASK_PRESETS, MedCLIPSAM, PipelineConfig, _image_array
 from .prompting import Prompts, make_prompts
+from .saliency.sensitivity import DEFAULT_THRESHOLD
 from .sam_prompting import SamSession
 from .viz import overlay
 
@@ -726,7 +727,9 @@ class PromptExplorer:
             if row["dice"] is not None:
                 caption.append(f"Dice {row['dice']:.3f}")
             if row["sensitivity"] is not None:
-                caption.append(f"sensitivity {row['sensitivity']:.2f}")
+                low = row["sensitivity"] < DEFAULT_THRESHOLD
+                caption.append(f"sensitivity {row['sensitivity']:.2f}" + (
+                    " <span style='color:#c00'>(barely depends on the prompt)</span>" if low else ""))
             layout = W.Layout(width="200px", height="auto")
             columns.append(W.VBox([
                 W.HTML("<br>".join(caption)),

@@ -101,7 +101,7 @@ def test_every_control_across_its_range(explorer):
     ex = explorer
     _reset(ex)
     seen = {}
-    for method in ("gradcam", "random", "uniform", "gscorecam"):
+    for method in ("gradcam", "m2ib", "random", "uniform", "gscorecam"):
         before = dict(ex.counts)
         ex.method.value = method
         assert ex.last_error is None, ex.last_error
@@ -243,6 +243,8 @@ def test_compare_view_puts_prompts_side_by_side_with_their_sensitivity(explorer)
     assert rows[1]["sensitivity"] < 0.1 < rows[0]["sensitivity"] <= 1.0
     cols = ex.compare_out.children[0].children
     assert len(cols) == 2 and "sensitivity" in cols[0].children[0].value
+    assert "barely depends" in cols[1].children[0].value
+    assert "barely depends" not in cols[0].children[0].value
     # independent: the number is prompt_sensitivity's for this image and method
     from medclipsam.saliency import METHODS, prompt_sensitivity
 
