@@ -89,6 +89,9 @@ explorer
    box yourself: that is SAM used interactively, the way it was designed.
 6. In **compare prompts**, press *compare*: "normal tissue" is one of the controls, so its
    sensitivity is near zero; a prompt naming the finding should be far from every control.
+7. Switch the saliency to **M2IB** and compare again. On the toy CLIP its maps hardly change with
+   the prompt (sensitivity near zero), yet SAM may still find the lesion: the map follows what the
+   image tower finds salient. A good Dice is not proof that the prompt did the work.
 """),
 ("md", """
 ## Driving the explorer from code
