@@ -144,6 +144,9 @@ class PromptExplorer:
             raise ValueError("give at least one image to explore")
         self.pipeline = pipeline
         self.images: dict[str, ExplorerImage] = {}
+        self._saliency_cache: dict[tuple, np.ndarray] = {}
+        self._prompts_cache: dict[tuple, Prompts] = {}
+        self._sensitivity_cache: dict[tuple, float] = {}
         for name, item in images.items():
             self._add_image(str(name), item)
         self._sam_sources: dict[str, Any] = {sam_name: pipeline.sam, **dict(sam_models or {})}
@@ -154,9 +157,6 @@ class PromptExplorer:
         self.user_points: list[tuple[float, float, int]] = []  # (x, y, label)
         self.user_box: np.ndarray | None = None
         self._drag_start: tuple[float, float] | None = None
-        self._saliency_cache: dict[tuple, np.ndarray] = {}
-        self._prompts_cache: dict[tuple, Prompts] = {}
-        self._sensitivity_cache: dict[tuple, float] = {}
         self.saliency: np.ndarray | None = None
         self.prompts: Prompts | None = None
         self.mask: np.ndarray | None = None
@@ -217,6 +217,10 @@ class PromptExplorer:
                 raise ValueError(f"image {name!r}: mask {gt.shape} does not match the image {rgb.shape[:2]}")
         if item.task is not None and item.task not in TASK_PRESETS:
             raise ValueError(f"image {name!r}: unknown task {item.task!r}; known: {sorted(TASK_PRESETS)}")
+        if name in self.images:  # replaced (e.g. a new upload of the same file name): forget it
+            self._saliency_cache = {k: v for k, v in self._saliency_cache.items() if k[0] != name}
+            self._prompts_cache = {k: v for k, v in self._prompts_cache.items() if k[0][0] != name}
+            self._sensitivity_cache = {k: v for k, v in self._sensitivity_cache.items() if k[0] != name}
         self.images[name] = ExplorerImage(rgb, gt, item.task, item.prompt)
 
     def _build_widgets(self, size: int, compare_prompts: Sequence[str] | None) -> None:
@@ -438,10 +442,16 @@ class PromptExplorer:
     def add_image(self, name: str, image: Any, gt: np.ndarray | None = None, *,
                   task: str | None = None, prompt: str | None = None, show: bool = True) -> None:
         """Add an image (array, PIL image or path) to the picker and, with ``show``, display it."""
+        shown = self.image_picker.value
         self._add_image(name, ExplorerImage(image, gt, task, prompt))
+        self._silent = True  # new options may move the selection: refresh once, below
         self.image_picker.options = list(self.images)
-        if show:
+        self.image_picker.value = shown
+        self._silent = False
+        if show and name != shown:
             self.select(name)
+        elif name == shown:  # the image on screen was replaced
+            self._guarded(self._image_changed)
 
     def add_upload(self, filename: str, content: bytes) -> str:
         """An uploaded file (any format the data layer reads: PNG, JPEG, TIFF, DICOM, NIfTI),

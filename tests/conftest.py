@@ -18,8 +18,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     if not NOTEBOOK_TIMES:
         return
     terminalreporter.section("notebook execution times (papermill)")
+    width = max(len(name) for name in NOTEBOOK_TIMES) + 2
     for name, seconds in sorted(NOTEBOOK_TIMES.items()):
-        terminalreporter.write_line(f"{name:<45s} {seconds:7.1f} s")
+        terminalreporter.write_line(f"{name:<{width}s} {seconds:7.1f} s")
 
 
 @pytest.fixture(scope="module")

@@ -216,14 +216,24 @@ def test_clicks_and_drags_rerun_only_the_sam_decoder(explorer):
 def test_uploads_are_read_and_bad_ones_are_reported_by_name(explorer, tmp_path):
     ex = explorer
     _reset(ex)
-    sample = PhantomDataset("brain", 1, seed=5, size=200, split="test")[0]
-    buf = io.BytesIO()
-    Image.fromarray(sample.image).save(buf, format="PNG")
-    name = ex.add_upload("my scan.png", buf.getvalue())
+    def png(sample) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(sample.image).save(buf, format="PNG")
+        return buf.getvalue()
+
+    sample = PhantomDataset("brain", 2, seed=5, size=(160, 200), split="test")[0]
+    name = ex.add_upload("my scan.png", png(sample))
     assert ex.state["image"] == name and ex.current.gt is None
     assert ex.state["dice"] is None and "Dice" not in ex.readout.value
     ex.set_prompt("brain tumor")
-    assert _png_shape(ex.panels["mask"].value) == (200, 200, 3)
+    assert _png_shape(ex.panels["mask"].value) == (160, 200, 3)  # non-square stays as it is
+    first = ex.saliency.copy()
+    # another file under the same name: nothing cached for the old one may be shown
+    before = dict(ex.counts)
+    other = PhantomDataset("brain", 2, seed=5, size=(160, 200), split="test")[1]
+    assert ex.add_upload("my scan.png", png(other)) == name
+    assert _delta(before, ex.counts)["saliency"] == 1 and _delta(before, ex.counts)["sam_embed"] == 1
+    assert not np.allclose(ex.saliency, first)
     # a broken file through the upload widget's callback: shown, not raised
     ex.upload.value = ({"name": "broken.png", "type": "image/png", "size": 7,
                         "content": memoryview(b"not png"),
