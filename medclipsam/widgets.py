@@ -319,7 +319,7 @@ class PromptExplorer:
 
     def _default_method(self) -> str:
         name = self._cfg().saliency
-        return name if name in dict((v, v) for _, v in METHOD_CHOICES) else "gscorecam"
+        return name if name in {v for _, v in METHOD_CHOICES} else "gscorecam"
 
     def _channels(self) -> int:
         from .saliency.gscorecam import resolve_target
@@ -406,7 +406,11 @@ class PromptExplorer:
         self._guarded(lambda: self.compare(prompts))
 
     def on_upload(self, change: Any = None) -> None:
-        for f in self.upload.value or ():
+        files = list(self.upload.value or ())
+        if not files:
+            return
+        self.upload.value = ()  # so that choosing the same file again is a new upload
+        for f in files:
             content = f["content"]
             self._guarded(lambda f=f, content=content: self.add_upload(f["name"], bytes(content)))
 
@@ -416,6 +420,8 @@ class PromptExplorer:
         x, y = event.get("dataX"), event.get("dataY")
         if x is None or y is None:
             return
+        h, w = self.current.image.shape[:2]  # the panel's edge can report x = w: keep it inside
+        x, y = min(max(float(x), 0.0), w - 1.0), min(max(float(y), 0.0), h - 1.0)
         kind = event.get("type")
         if kind == "mousedown":
             self._drag_start = (float(x), float(y))

@@ -211,6 +211,13 @@ def test_clicks_and_drags_rerun_only_the_sam_decoder(explorer):
     assert np.array_equal(ex.mask, auto)
     with pytest.raises(ValueError, match="outside"):
         ex.add_point(-5, 3)
+    # a click on the panel's very edge (the browser may report x = width) lands on the last pixel
+    w = ex.current.image.shape[1]
+    ex.click_mode.value = "positive"
+    ex.on_mouse({"type": "mousedown", "dataX": w, "dataY": 10})
+    ex.on_mouse({"type": "mouseup", "dataX": w, "dataY": 10})
+    assert ex.state["user_points"] == [(w - 1.0, 10.0, 1)] and ex.last_error is None
+    ex.clear_clicks()
 
 
 def test_uploads_are_read_and_bad_ones_are_reported_by_name(explorer, tmp_path):
@@ -240,6 +247,7 @@ def test_uploads_are_read_and_bad_ones_are_reported_by_name(explorer, tmp_path):
                         "last_modified": datetime.now(timezone.utc)},)
     assert ex.last_error and "broken.png" in ex.last_error
     assert "broken.png" in ex.status.value
+    assert ex.upload.value == ()  # emptied, so the same file can be chosen again
     assert ex.state["image"] == name  # still showing the last good image
 
 
