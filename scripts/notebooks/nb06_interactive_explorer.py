@@ -65,7 +65,13 @@ if WORLD == "real":
         if not DATA_DIR:
             raise ValueError("set DATA_DIR to a folder with images/ (and masks/)")
         pipe = MedCLIPSAM.from_pretrained(clip="biomedclip", sam="vit_b", device=DEVICE)
-        explorer = PromptExplorer.from_folder(pipe, DATA_DIR, prompt=PROMPT, compare_prompts=COMPARE)
+        from medclipsam.models import load_sam
+
+        # more SAMs to choose from, loaded (downloaded once) the first time they are picked
+        more_sams = {"MedSAM": lambda: load_sam("medsam", device=DEVICE),
+                     "SAM ViT-H": lambda: load_sam("vit_h", device=DEVICE)}
+        explorer = PromptExplorer.from_folder(pipe, DATA_DIR, prompt=PROMPT, compare_prompts=COMPARE,
+                                              sam_name="SAM ViT-B", sam_models=more_sams)
     except Exception as err:  # offline, no weights, no data: the toy world instead
         print(f"real world not available ({type(err).__name__}: {str(err)[:200]})\\n-> using the toy world")
 if explorer is None:
