@@ -9,13 +9,15 @@ the committed notebook stays without outputs) with JupyterLab on a free local po
 all cells (the real kernel, the real widget
 front end), waits until the explorer has drawn its panels, takes a screenshot, then clicks on the
 explorer's first panel (a real mouse event through ipyevents to the kernel) and waits until the
-read-out says a hand-made point was added, and takes a second screenshot. Exit status 0 when both
-happened. Not part of the test suite: CI has no browser, and this needs a few minutes.
+read-out says a hand-made point was added, and takes a second screenshot; then opens the
+"compare prompts" tab and waits for the notebook's comparison (with a prompt flagged as barely
+changing the map) and takes a third. Exit status 0 when all of it happened. Not part of the test suite: CI has no browser, and this needs a few minutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -63,12 +65,16 @@ def _drive(page, base: str, token: str, out: Path, timeout: float) -> bool:
     t0 = time.time()
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=30_000)
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click(timeout=30_000)
-    done = page.locator(".widget-tab >> text=done in")
-    done.first.wait_for(timeout=timeout * 1000)
+    page.locator(".widget-tab >> text=SAM score").first.wait_for(timeout=timeout * 1000)
     print(f"explorer drawn {time.time() - t0:.1f} s after Run All")
-    # let the notebook's own walk-through finish, so that what follows is the browser's doing
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                           timeout=timeout * 1000)
+    # let the notebook's own walk-through finish, so that what follows is the browser's doing:
+    # every code cell has an execution count and none is running ([*])
+    page.wait_for_function(
+        r"""() => {
+            const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]
+                .map(e => e.textContent);
+            return p.length > 0 && p.every(t => /\[\d+\]/.test(t));
+        }""", timeout=timeout * 1000)
     print(f"notebook finished {time.time() - t0:.1f} s after Run All")
     page.screenshot(path=str(out / "notebook_end.png"), full_page=True)
     widget = page.locator(".widget-tab").first
@@ -86,6 +92,11 @@ def _drive(page, base: str, token: str, out: Path, timeout: float) -> bool:
     if not got or abs(int(got[1]) - x) > 3 or abs(int(got[2]) - y) > 3:
         raise AssertionError(f"the click did not add a point near ({x}, {y}): {readout!r}")
     widget.screenshot(path=str(out / "explorer_after_click.png"))
+    # the second tab shows the comparison the notebook ran, with each prompt's sensitivity
+    widget.locator(".lm-TabBar-tab", has_text="compare prompts").first.click()
+    widget.locator("text=barely depends on the prompt").first.wait_for(timeout=30_000)
+    print("the compare tab shows the prompts side by side, flagging the prompt-insensitive one")
+    widget.screenshot(path=str(out / "explorer_compare.png"))
     return True
 
 
@@ -104,7 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     lab_root.mkdir(exist_ok=True)
     shutil.copy2(ROOT / NOTEBOOK, lab_root / Path(NOTEBOOK).name)
     port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MEDCLIPSAM_OFFLINE="1")
+    # JupyterLab settings for this run: every cell kept in the page (no windowing), no news
+    settings = out / "lab-settings"
+    for plugin, values in {
+        "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/notification": {"fetchNews": "false"},
+    }.items():
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MEDCLIPSAM_OFFLINE="1",
+               JUPYTERLAB_SETTINGS_DIR=str(settings.resolve()))
     log = open(out / "jupyterlab.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
