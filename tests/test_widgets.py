@@ -299,3 +299,29 @@ def test_an_explorer_over_a_folder_of_images_and_masks(explorer, tmp_path):
     assert ex.state["prompt"] == "breast tumor" and ex.state["task"] == "breast"
     gt = np.asarray(Image.open(tmp_path / "masks" / "case0.png")) > 0
     assert ex.state["dice"] == pytest.approx(dice(ex.mask, gt))
+
+
+def test_the_explorer_over_the_real_biomedclip_architecture(explorer, tmp_path, monkeypatch):
+    """BiomedCLIP's real ViT-B/16 tower (random weights, from a hub cache written here) with the
+    toy SAM: the k slider spans its 768 channels and maps come back on a non-square image."""
+    from hf_cache import use_hf_cache, write_biomedclip_cache
+
+    from medclipsam import MedCLIPSAM
+    from medclipsam.models import load_clip
+
+    use_hf_cache(monkeypatch, write_biomedclip_cache(tmp_path / "hf"))
+    pipe = MedCLIPSAM(load_clip("biomedclip", device="cpu"), explorer.pipeline.sam,
+                      saliency_kwargs={"k": 4}, postprocess="threshold")
+    image = PhantomDataset("breast", 1, seed=2, size=(150, 210), split="test")[0]
+    try:
+        ex = PromptExplorer(pipe, {"scan": ExplorerImage(image.rgb, image.mask, "breast", "breast tumor")})
+        assert ex.last_error is None, ex.last_error
+        assert ex.k.max == 768 and ex.state["k"] == 4
+        assert ex.saliency.shape == (150, 210)
+        before = dict(ex.counts)
+        ex.threshold.value = 0.6
+        ex.k.value = 6
+        d = _delta(before, ex.counts)
+        assert d["saliency"] == 1 and d["sam_embed"] == 0 and ex.last_error is None
+    finally:
+        pipe.close()  # its SAM session's hook on the shared toy SAM
