@@ -545,6 +545,7 @@ class PromptExplorer:
         self.progress.layout.visibility = "visible"
         self.progress.value = step
         self.progress_log.append((stage, step))
+        del self.progress_log[:-200]  # the recent stages are enough (tests read them)
         label = {"saliency": f"running {self.method.label} on {self.prompt_box.value!r} ...",
                  "prompts": "making prompts ...", "sam_embed": "SAM: embedding the image ...",
                  "sam_decode": "SAM: decoding ...", "compare": "comparing prompts ..."}[stage]
