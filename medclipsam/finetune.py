@@ -75,6 +75,8 @@ from torch import nn
 from ._utils import (
     atomic_path,
     atomic_write_text,
+    autocast,
+    autocast_dtype,
     get_device,
     rng_state,
     seed_everything,
@@ -426,11 +428,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model, nn.Module) else model
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
 
 @torch.no_grad()
 def evaluate_retrieval(
@@ -462,7 +459,7 @@ def evaluate_retrieval(
     img_list, txt_list = [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for images, texts in loader:
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             img_list.append(core.encode_image(images.to(device), normalize=True).float().cpu())
             txt_list.append(core.encode_text(texts.to(device), normalize=True).float().cpu())
     core.train(was_training)
@@ -505,13 +502,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": no_decay, "weight_decay": 0.0},
     ]
 
-
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _features(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -602,7 +592,7 @@ def finetune(
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, partial(warmup_cosine, warmup=cfg.warmup_steps, total=total_steps)
         )
-        amp_dtype = _amp_dtype(cfg.precision, device)
+        amp_dtype = autocast_dtype(cfg.precision, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
         # ---- start or resume
@@ -743,7 +733,7 @@ def finetune(
                     sync = dist_info.world == 1 or j == group - 1
                     ctx = contextlib.nullcontext() if sync else train_model.no_sync()
                     with ctx:
-                        with _autocast(device, amp_dtype):
+                        with autocast(device, amp_dtype):
                             img_f, txt_f, scale = _features(train_model(images, texts))
                         loss = criterion(img_f, txt_f,
                                          logit_scale=scale if cfg.learn_logit_scale else None)

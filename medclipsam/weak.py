@@ -35,7 +35,6 @@ network, which then segments unseen images. Choices:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -53,7 +52,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import atomic_path, atomic_write_text, get_device, rng_state, set_rng_state
+from ._utils import (
+    atomic_path,
+    atomic_write_text,
+    autocast,
+    autocast_dtype,
+    get_device,
+    rng_state,
+    set_rng_state,
+)
 
 __all__ = [
     "WeakConfig",
@@ -242,18 +249,6 @@ def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torc
     return x + sigma * noise, y
 
 
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,7 +452,7 @@ def train_segmenter(
         raise FileExistsError(f"{out_dir} already holds training checkpoints ({ckpt_path.name}); "
                               "pass resume=True to continue, or use another out_dir")
     device = get_device(cfg.device)
-    amp_dtype = _amp_dtype(cfg.precision, device)
+    amp_dtype = autocast_dtype(cfg.precision, device)
 
     tr_imgs, tr_masks = _read_pairs(train_pairs)
     x_train = torch.stack([_resize_image(_to_unit_grey(im), cfg.size) for im in tr_imgs])
@@ -528,7 +523,7 @@ def train_segmenter(
                     x, y = _augment(x, y, g)
                 x = _zscore(x)
                 optimizer.zero_grad(set_to_none=True)
-                with _autocast(device, amp_dtype):
+                with autocast(device, amp_dtype):
                     logits = model(x)
                 logits = logits.float()
                 loss = dice_loss(logits, y) + bce(logits, y)
@@ -613,14 +608,14 @@ def predict_probabilities(model: nn.Module, images: Sequence[np.ndarray],
     try:
         param = next(model.parameters())
         device = param.device
-        amp_dtype = _amp_dtype(config.precision, device)
+        amp_dtype = autocast_dtype(config.precision, device)
         out: list[np.ndarray] = []
         batch = max(1, int(config.batch_size))
         for start in range(0, len(images), batch):
             chunk = [_to_unit_grey(im, f"images[{start + i}]")
                      for i, im in enumerate(images[start : start + batch])]
             x = torch.stack([_resize_image(a, config.size) for a in chunk]).to(device)
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 logits = model(_zscore(x))
             probs = torch.sigmoid(logits.float())
             for a, p in zip(chunk, probs):
