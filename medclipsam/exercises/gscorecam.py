@@ -614,23 +614,15 @@ def layer_activations(
     (exponentiated) logit scale. The layer is the package's default
     (:func:`medclipsam.saliency.gscorecam.resolve_target`)."""
     from ..saliency.gscorecam import (
-        _activations_and_image_features,
-        _gradients,
         _logit_scale,
         _text,
+        layer_activations_and_gradients,
         resolve_target,
     )
 
-    target = resolve_target(model, None)
     txt = _text(text_features, images.shape[0], images.device)
-    act_raw, feats = _activations_and_image_features(model, images, target)
-    scale = _logit_scale(model)
-    logits = scale * (F.normalize(feats.float(), dim=-1) * txt).sum(-1)
-    # the images are independent: the gradient of the summed logits holds each image's own
-    (grad_raw,) = _gradients(logits.sum()[None], act_raw)
-    act = target.to_grid(act_raw.detach()).float().contiguous()
-    grads = target.to_grid(grad_raw).float().contiguous()
-    return act, grads, scale
+    act, grads = layer_activations_and_gradients(model, images, txt, resolve_target(model, None))
+    return act, grads, _logit_scale(model)
 
 
 def gscorecam_with(

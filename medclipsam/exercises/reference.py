@@ -5,9 +5,9 @@ against is what the package computes:
 
 * :func:`hard_negative_weights`, :func:`dhn_nce`: :mod:`medclipsam.losses`;
 * :func:`select_channels`, :func:`channel_masks`, :func:`gscorecam_weights`,
-  :func:`combine_maps`: the steps of :func:`medclipsam.saliency.gscorecam.gscorecam` (there they
-  are inline, so they are written out here; the tests check that chaining them on the toy CLIP
-  gives the package's maps, channels and weights exactly);
+  :func:`combine_maps`: the steps of :func:`medclipsam.saliency.gscorecam.gscorecam` with the
+  student's signatures, built on its ``channel_masks`` and ``cam_to_map`` (the tests check that
+  chaining them on the toy CLIP gives the package's maps, channels and weights exactly);
 * :func:`saliency_to_mask`, :func:`mask_to_boxes`: :func:`medclipsam.prompting.coarse_mask` with
   ``"kmeans"`` and :func:`medclipsam.prompting.boxes_from_mask` with ``"per_component"``;
 * :func:`mean_dice`: the mean of :func:`medclipsam.metrics.dice`;
@@ -20,13 +20,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..losses import dhn_nce as _dhn_nce
 from ..losses import hard_negative_weights as _hard_negative_weights
 from ..metrics import dice as _dice
 from ..prompting import boxes_from_mask, coarse_mask
-from ..saliency.gradcam import normalize_maps
+from ..saliency.gscorecam import cam_to_map
+from ..saliency.gscorecam import channel_masks as _channel_masks
 
 __all__ = [
     "channel_masks",
@@ -78,11 +78,10 @@ def select_channels(grads: torch.Tensor, k: int) -> torch.Tensor:
 def channel_masks(act: torch.Tensor, channels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Each kept channel upsampled to ``size`` (bilinear, ``align_corners=False``) and min-max
     normalised to [0, 1] (a constant channel gives zeros): ``[B, k, H, W]``."""
-    b, _, h, w = act.shape
-    k = channels.shape[1]
-    kept = act.gather(1, channels[:, :, None, None].expand(-1, -1, h, w))
-    up = F.interpolate(kept.float(), size=tuple(size), mode="bilinear", align_corners=False)
-    return normalize_maps(up.reshape(b * k, *up.shape[-2:])).reshape(b, k, *up.shape[-2:])
+    b, k = channels.shape
+    image_idx = torch.arange(b, device=act.device).repeat_interleave(k)
+    masks = _channel_masks(act[image_idx, channels.reshape(-1)].float(), tuple(size))
+    return masks.reshape(b, k, *masks.shape[-2:])
 
 
 def gscorecam_weights(cosines: torch.Tensor, logit_scale: float) -> torch.Tensor:
@@ -98,11 +97,7 @@ def combine_maps(
     min-max normalised: ``[B, H, W]`` in [0, 1]."""
     _, _, h, w = act.shape
     kept = act.gather(1, channels[:, :, None, None].expand(-1, -1, h, w))
-    cam = (weights[:, :, None, None] * kept).sum(1)
-    cam = F.interpolate(
-        F.relu(cam)[:, None], size=tuple(size), mode="bilinear", align_corners=False
-    )
-    return normalize_maps(cam[:, 0])
+    return cam_to_map((weights[:, :, None, None] * kept).sum(1), tuple(size))
 
 
 # -- exercise 3 --------------------------------------------------------------------------------

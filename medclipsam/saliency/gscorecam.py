@@ -39,12 +39,15 @@ from .targets import TargetLayer, resolve_target_layer
 
 __all__ = [
     "GScoreCamDetails",
+    "cam_to_map",
+    "channel_masks",
     "clear_cast_cache",
     "default_batch_size",
     "fast_dtype",
     "gscorecam",
     "gscorecam_details",
     "gscorecam_multi",
+    "layer_activations_and_gradients",
     "resolve_target",
 ]
 
@@ -232,6 +235,34 @@ def _activations_and_image_features(
     return store["act"], feats
 
 
+def layer_activations_and_gradients(
+    model: torch.nn.Module, images: torch.Tensor, txt: torch.Tensor, target: TargetLayer
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target layer's activations ``A`` and the gradients ``d logit / d A`` of each image's
+    logit with its (normalised) text feature row of ``txt``, both ``[B, C, h, w]`` float32: what
+    gScoreCAM starts from (one forward and one backward pass)."""
+    act_raw, feats = _activations_and_image_features(model, images, target)
+    logits = _logit_scale(model) * (F.normalize(feats.float(), dim=-1) * txt).sum(-1)
+    # The images are independent, so the gradient of the summed logits holds each image's own.
+    (grad_raw,) = _gradients(logits.sum()[None], act_raw)
+    act = target.to_grid(act_raw.detach()).float().contiguous()
+    return act, target.to_grid(grad_raw).float().contiguous()
+
+
+def channel_masks(maps: torch.Tensor, size) -> torch.Tensor:
+    """Channel maps ``[N, h, w]`` as masks over the image: upsampled to ``size`` (bilinear,
+    half-pixel centres) and min-max normalised each to [0, 1] (a flat map gives zeros)."""
+    up = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)
+    return normalize_maps(up[:, 0])
+
+
+def cam_to_map(cam: torch.Tensor, size) -> torch.Tensor:
+    """A weighted sum of channels ``[Q, h, w]`` as the final map: ReLU, upsampled to ``size``
+    (bilinear, half-pixel centres), min-max normalised to [0, 1]."""
+    up = F.interpolate(F.relu(cam)[:, None], size=size, mode="bilinear", align_corners=False)
+    return normalize_maps(up[:, 0])
+
+
 def _gradients(logits: torch.Tensor, act: torch.Tensor) -> list[torch.Tensor]:
     """Gradient of each logit (one per row of ``logits``) with respect to ``act``."""
     grads = []
@@ -259,8 +290,7 @@ def _masked_features(
     with torch.inference_mode():
         for s in range(0, image_idx.numel(), batch_size):
             b, c = image_idx[s : s + batch_size], channel_idx[s : s + batch_size]
-            up = F.interpolate(act[b, c][:, None], size=size, mode="bilinear", align_corners=False)
-            masks = normalize_maps(up[:, 0])
+            masks = channel_masks(act[b, c], size)
             x = (images[b] * masks[:, None]).to(dtype)
             out.append(F.normalize(encode(x).float(), dim=-1))
     return torch.cat(out)
@@ -279,8 +309,7 @@ def _combine(
         full = torch.zeros(q, c, dtype=scores.dtype, device=scores.device)
         weights = torch.softmax(full.scatter(1, channels, scores), dim=-1)
         cam = (weights[:, :, None, None] * act).sum(1)
-    cam = F.interpolate(F.relu(cam)[:, None], size=size, mode="bilinear", align_corners=False)
-    return weights, normalize_maps(cam[:, 0])
+    return weights, cam_to_map(cam, size)
 
 
 def _check_options(weighting: str, k: int | float | None, batch_size: int | None) -> None:
@@ -323,12 +352,8 @@ def gscorecam_details(
     n = images.shape[0]
     txt = _text(text_features, n, device)
 
-    act_raw, feats = _activations_and_image_features(model, images, target)
-    logits = _logit_scale(model) * (F.normalize(feats.float(), dim=-1) * txt).sum(-1)
-    # The images are independent, so the gradient of the summed logits holds each image's own.
-    (grad_raw,) = _gradients(logits.sum()[None], act_raw)
-    act = target.to_grid(act_raw.detach()).float().contiguous()
-    importance = target.to_grid(grad_raw).float().mean(dim=(2, 3))
+    act, grads = layer_activations_and_gradients(model, images, txt, target)
+    importance = grads.mean(dim=(2, 3))
     c = act.shape[1]
     kk = _channels_kept(k, c)
     channels = importance.topk(kk, dim=1).indices  # [B, k], largest first
