@@ -33,3 +33,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy_pipe(one_thread):
+    """The toy-world pipeline (``MedCLIPSAM.toy()``) for a test module, on one torch thread."""
+    from medclipsam import MedCLIPSAM
+
+    p = MedCLIPSAM.toy()
+    yield p
+    p.close()
