@@ -29,11 +29,14 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._utils import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    from .prompting import Prompts
 
 __all__ = [
     "CONTROL_SALIENCY",
@@ -275,10 +278,26 @@ class MedCLIPSAM:
             out.append(self._one(im, pr, cfg, name, seed=cfg.seed + i, saliency=sal))
         return out[0] if single else out
 
-    def _one(self, image: Any, prompt: str, cfg: PipelineConfig, name: str, seed: int,
-             saliency: np.ndarray | None = None) -> SegmentationResult:
+    def prompts_from(self, saliency: np.ndarray, image: np.ndarray,
+                     config: PipelineConfig | None = None, seed: int | None = None) -> Prompts:
+        """SAM prompts from a saliency map of ``image`` (uint8 RGB) with ``config``'s
+        post-processing and prompt settings. Without the ``crf`` extra, ``"crf"`` falls back to
+        k-means and says so in the flags (``"crf_unavailable_used_kmeans"``)."""
         from .prompting import make_prompts
 
+        cfg = config or self.config
+        post, extra_flags = cfg.postprocess, ()
+        if post == "crf" and not _crf_available():
+            post, extra_flags = "kmeans", ("crf_unavailable_used_kmeans",)
+        pr = make_prompts(
+            saliency, image=image, postprocess=post, threshold=cfg.threshold,
+            box_mode=cfg.box_mode, n_components=cfg.n_components, mode=cfg.prompt_mode,
+            points=cfg.points, negatives=cfg.negatives, seed=cfg.seed if seed is None else seed,
+        )
+        return replace(pr, flags=tuple(pr.flags) + extra_flags) if extra_flags else pr
+
+    def _one(self, image: Any, prompt: str, cfg: PipelineConfig, name: str, seed: int,
+             saliency: np.ndarray | None = None) -> SegmentationResult:
         t: dict[str, float] = {}
         t0 = time.perf_counter()
         rgb = _image_array(image)
@@ -290,14 +309,7 @@ class MedCLIPSAM:
                 raise ValueError(f"saliency map {sal.shape} does not match the image {rgb.shape[:2]}")
         t["saliency"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        post, extra_flags = cfg.postprocess, ()
-        if post == "crf" and not _crf_available():
-            post, extra_flags = "kmeans", ("crf_unavailable_used_kmeans",)
-        pr = make_prompts(
-            sal, image=rgb, postprocess=post, threshold=cfg.threshold,
-            box_mode=cfg.box_mode, n_components=cfg.n_components, mode=cfg.prompt_mode,
-            points=cfg.points, negatives=cfg.negatives, seed=seed,
-        )
+        pr = self.prompts_from(sal, rgb, cfg, seed=seed)
         t["prompts"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         self.session.set_image(rgb)
@@ -309,7 +321,7 @@ class MedCLIPSAM:
         return SegmentationResult(
             prompt=prompt, saliency=sal, coarse_mask=pr.mask, boxes=pr.boxes, points=pr.points,
             point_labels=pr.point_labels, mask=res.mask, sam_score=res.score,
-            flags=tuple(pr.flags) + extra_flags,
+            flags=tuple(pr.flags),
             timings=t, id=name,
         )
 

@@ -59,7 +59,7 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 
 from .metrics import dice as dice_score
 from .pipeline import CONTROL_SALIENCY, TASK_PRESETS, MedCLIPSAM, PipelineConfig, _image_array
-from .prompting import Prompts, make_prompts
+from .prompting import Prompts
 from .saliency.sensitivity import DEFAULT_THRESHOLD
 from .sam_prompting import SamSession
 from .viz import overlay
@@ -563,20 +563,13 @@ class PromptExplorer:
         return self._saliency_cache[key]
 
     def _prompts_for(self, sal_key: tuple, sal: np.ndarray, cfg: PipelineConfig) -> Prompts:
-        from .pipeline import _crf_available
-
         post = cfg.postprocess
-        if post == "crf" and not _crf_available():
-            post = "kmeans"
         thr = cfg.threshold if post == "threshold" else None  # only the threshold rule reads it
         key = (sal_key, post, thr, cfg.prompt_mode, cfg.n_components, cfg.box_mode,
                cfg.points, cfg.negatives, cfg.seed)
         if key not in self._prompts_cache:
             self.counts["prompts"] += 1
-            self._prompts_cache[key] = make_prompts(
-                sal, image=self.current.image, postprocess=post, threshold=cfg.threshold,
-                box_mode=cfg.box_mode, n_components=cfg.n_components, mode=cfg.prompt_mode,
-                points=cfg.points, negatives=cfg.negatives, seed=cfg.seed)
+            self._prompts_cache[key] = self.pipeline.prompts_from(sal, self.current.image, cfg)
         return self._prompts_cache[key]
 
     def _session(self) -> SamSession:
@@ -593,7 +586,7 @@ class PromptExplorer:
         session.set_image(self.current.image)
         self.counts["sam_embed"] += session.encoder_calls - before
 
-    def _sam_prompts(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    def _sam_prompts(self) -> Prompts:
         """The automatic prompts with the hand-made ones: a drawn box replaces the automatic
         boxes (one prompt); clicked points join every prompt's point group."""
         pr = self.prompts
@@ -614,7 +607,7 @@ class PromptExplorer:
                 pts, lbl = up, ul
             else:
                 pts, lbl = np.concatenate([pts, up], 1), np.concatenate([lbl, ul], 1)
-        return boxes, pts, lbl
+        return replace(pr, boxes=boxes, points=pts, point_labels=lbl)
 
     def _refresh(self, stage: str) -> None:
         """Recompute from ``stage`` on (earlier stages come from the caches) and redraw."""
@@ -633,9 +626,7 @@ class PromptExplorer:
         self._show_progress("sam_embed", 2)
         self._embed(session)  # free when this SAM already holds this image
         self._show_progress("sam_decode", 3)
-        boxes, pts, lbl = self._sam_prompts()
-        multimask = cfg.multimask if cfg.multimask is not None else boxes is None
-        res = session.predict(boxes, pts, lbl, multimask=multimask, union=True)
+        res = session.predict_prompts(self._sam_prompts(), multimask=cfg.multimask, union=True)
         self.counts["sam_decode"] += 1
         self.mask, self.sam_score = res.mask, res.score
         gt = self.current.gt
@@ -654,9 +645,9 @@ class PromptExplorer:
         if self.user_box is not None:
             out = overlay(out, boxes=[self.user_box], box_color=USER_BOX)
         r = max(2, min(img.shape[:2]) // 64)
-        _, pts, lbl = self._sam_prompts() if pr is not None else (None, None, None)
-        if pts is not None:
-            for (x, y), lab in zip(pts[0], lbl[0]):
+        shown = self._sam_prompts() if pr is not None else None
+        if shown is not None and shown.points is not None:
+            for (x, y), lab in zip(shown.points[0], shown.point_labels[0]):
                 if lab >= 0:
                     _dot(out, x, y, POSITIVE if lab == 1 else NEGATIVE, r)
         return out
