@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.clear_clicks()
     order = iter(names[1:] + names[:1] + names[1:])
     timed("another image", lambda: ex.select(next(order)))
-    sams = iter(["second SAM", "pipeline SAM" if "pipeline SAM" in ex._sam_sources else "toy SAM"] * 4)
+    sams = iter(["second SAM", "toy SAM"] * 4)
     timed("another SAM model (then back)", lambda: setattr(ex.sam_picker, "value", next(sams)))
     ex.sam_picker.value = "toy SAM"
     ex.select(names[0])
