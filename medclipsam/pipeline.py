@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._utils import atomic_path, atomic_write_text
+from .data.io import load_rgb
 
 if TYPE_CHECKING:
     from .prompting import Prompts
@@ -153,16 +154,9 @@ def _control_map(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
 
 
 def _image_array(image: Any) -> np.ndarray:
-    """A path (any format the data layer reads), PIL image or array -> uint8 RGB (H, W, 3)."""
-    from .prompting import to_uint8_rgb
-
-    if isinstance(image, (str, Path)):
-        from .data.io import read_image
-
-        return read_image(image, mode="rgb")
-    if hasattr(image, "convert") and not isinstance(image, np.ndarray):  # PIL
-        return np.array(image.convert("RGB"))
-    return to_uint8_rgb(np.asarray(image))
+    """A path, array, PIL image or tensor -> the uint8 RGB picture (H, W, 3): see
+    :func:`medclipsam.data.io.load_rgb`."""
+    return load_rgb(image)
 
 
 class MedCLIPSAM:
@@ -224,8 +218,11 @@ class MedCLIPSAM:
                  seed: int = 0) -> np.ndarray:
         """Saliency maps ``(P, H, W)`` float32 in [0, 1] of ``prompts`` over ``image``, in the
         image's own coordinates (text features computed once for all prompts)."""
-        cfg = config or self.config
-        rgb = _image_array(image)
+        return self._saliency(load_rgb(image), prompts, config or self.config, seed)
+
+    def _saliency(self, rgb: np.ndarray, prompts: str | Sequence[str], cfg: PipelineConfig,
+                  seed: int) -> np.ndarray:
+        """:meth:`saliency` of a picture already converted by :func:`~medclipsam.data.io.load_rgb`."""
         plist = [prompts] if isinstance(prompts, str) else list(prompts)
         if cfg.saliency in CONTROL_SALIENCY:
             return np.stack([_control_map(cfg.saliency, rgb.shape[:2], seed + i) for i in range(len(plist))])
@@ -300,9 +297,9 @@ class MedCLIPSAM:
              saliency: np.ndarray | None = None) -> SegmentationResult:
         t: dict[str, float] = {}
         t0 = time.perf_counter()
-        rgb = _image_array(image)
+        rgb = load_rgb(image)  # the one conversion: CLIP, the CRF and SAM all take this picture
         if saliency is None:
-            sal = self.saliency(rgb, [prompt], cfg, seed=seed)[0]
+            sal = self._saliency(rgb, [prompt], cfg, seed)[0]
         else:
             sal = np.asarray(saliency, dtype=np.float32)
             if sal.shape != rgb.shape[:2]:
@@ -540,4 +537,4 @@ def _save_overlay(path: Path, res: SegmentationResult, image: Any) -> None:
     from .viz import result_figure, save_figure
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(result_figure(_image_array(image), res), path)
+    save_figure(result_figure(load_rgb(image), res), path)

@@ -29,6 +29,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from .data.convert import to_uint8
+
 __all__ = [
     "BOX_MODES",
     "COARSE_METHODS",
@@ -42,7 +44,6 @@ __all__ = [
     "kmeans_threshold",
     "make_prompts",
     "sample_points",
-    "to_uint8_rgb",
 ]
 
 COARSE_METHODS = ("crf", "kmeans", "threshold", "otsu")
@@ -82,41 +83,6 @@ def _as_saliency(saliency: np.ndarray) -> np.ndarray:
             "the map first (e.g. medclipsam.saliency.normalize_maps)"
         )
     return np.clip(s, 0.0, 1.0)
-
-
-def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
-    """An image as contiguous ``(H, W, 3)`` uint8 RGB (what SAM and the CRF's bilateral term take).
-
-    Grey ``(H, W)``/``(H, W, 1)`` is replicated; an alpha channel is dropped; uint8 is kept;
-    bool becomes 0/255; floats within [0, 1] are scaled by 255; anything else (uint16, floats
-    in other ranges) is min-max scaled to 0..255 (a constant image becomes 0).
-    """
-    a = np.asarray(image)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 3 and a.shape[-1] == 4:
-        a = a[..., :3]
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3)) or a.size == 0:
-        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {a.shape}")
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype != np.uint8:
-        if not np.issubdtype(a.dtype, np.number):
-            raise ValueError(f"image must be numeric, got dtype {a.dtype}")
-        f = a.astype(np.float64)
-        if not np.all(np.isfinite(f)):
-            raise ValueError("image contains NaN or infinite values")
-        lo, hi = float(f.min()), float(f.max())
-        if np.issubdtype(a.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-            f = f * 255.0
-        elif hi > lo:
-            f = (f - lo) / (hi - lo) * 255.0
-        else:
-            f = np.zeros_like(f)
-        a = np.round(f).clip(0, 255).astype(np.uint8)
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(a)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,7 +127,7 @@ def crf_mask(
     """
     p = params or CrfParams()
     s = _as_saliency(saliency)
-    rgb = to_uint8_rgb(image)
+    rgb = to_uint8(image, "rgb")
     if rgb.shape[:2] != s.shape:
         raise ValueError(f"image is {rgb.shape[:2]} but the saliency map is {s.shape} (H, W)")
     dcrf = _import_densecrf()

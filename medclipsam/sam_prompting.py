@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .prompting import Prompts, to_uint8_rgb
+from .data.convert import to_uint8
+from .prompting import Prompts
 
 __all__ = ["SamResult", "SamSession"]
 
@@ -104,10 +105,10 @@ class SamSession:
         return self._shape
 
     def set_image(self, image: np.ndarray) -> bool:
-        """Compute and store the embedding of ``image`` (grey or RGB, uint8 or float: see
-        :func:`medclipsam.prompting.to_uint8_rgb`). Returns False, computing nothing, when the
-        predictor already holds these exact pixels from this session."""
-        rgb = to_uint8_rgb(image)
+        """Compute and store the embedding of ``image`` (any array, PIL image or tensor, made
+        the uint8 RGB picture by :func:`medclipsam.data.convert.to_uint8`). Returns False,
+        computing nothing, when the predictor already holds these exact pixels from this session."""
+        rgb = to_uint8(image, "rgb")
         digest = hashlib.blake2b(rgb.tobytes(), digest_size=16)
         digest.update(repr(rgb.shape).encode())
         key = digest.hexdigest()

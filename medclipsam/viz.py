@@ -13,19 +13,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .data.convert import to_unit_float
+
 __all__ = ["mask_outline", "overlay", "result_figure", "result_panels", "sample_grid", "save_figure"]
-
-
-def _as_rgb_float(image: np.ndarray) -> np.ndarray:
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.shape[2] == 4:
-        img = img[..., :3]
-    img = img.astype(np.float32)
-    if img.max(initial=0) > 1.0:
-        img = img / (65535.0 if img.max() > 255 else 255.0)
-    return np.clip(img, 0.0, 1.0)
 
 
 def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
@@ -52,11 +42,13 @@ def overlay(
 ) -> np.ndarray:
     """Draw a filled mask, a saliency heat map, a second mask's outline and boxes onto an image.
 
-    ``image`` is (H, W) or (H, W, C), uint8/uint16/float; ``mask`` and ``outline`` are (H, W) bool;
+    ``image``: any array, PIL image or tensor, drawn as the picture every model sees
+    (:func:`medclipsam.data.convert.to_unit_float`: a 16-bit scan from its percentile range, not
+    divided by 65535); ``mask`` and ``outline`` are (H, W) bool;
     ``saliency`` is (H, W) float in [0, 1] (drawn with matplotlib's ``jet``); boxes are
     ``(x0, y0, x1, y1)`` in pixel coordinates. Returns an (H, W, 3) uint8 image.
     """
-    out = _as_rgb_float(image)
+    out = to_unit_float(image, "rgb")
     h, w = out.shape[:2]
     if saliency is not None:
         from matplotlib import colormaps

@@ -6,7 +6,9 @@ network, which then segments unseen images. Choices:
 * **Network.** :func:`build_unet`: MONAI ``UNet`` with residual units (``num_res_units``),
   instance norm and PReLU, one input channel (grey) and one output logit (foreground).
 * **Input.** Images are read grey (``read_image(mode="grey")``: colour is reduced with the
-  ITU-R 601 luma weights), scaled to [0, 1], resized to ``size x size`` (bilinear, antialiased;
+  ITU-R 601 luma weights) and made a [0, 1] picture by the package's one rule
+  (:mod:`medclipsam.data.convert`, the rule CLIP, SAM and the figures use too: uint8 / 255, a
+  16-bit array from its percentile range), resized to ``size x size`` (bilinear, antialiased;
   masks nearest), then **z-score normalised per image** (mean 0, std 1; a constant image becomes
   0). Z-scoring makes the network indifferent to each scanner's gain and offset. Predictions are
   resized back to every image's original size bilinearly.
@@ -61,6 +63,7 @@ from ._utils import (
     rng_state,
     set_rng_state,
 )
+from .data.convert import to_unit_float
 
 __all__ = [
     "WeakConfig",
@@ -171,26 +174,13 @@ def build_unet(config: WeakConfig) -> nn.Module:
 # preprocessing
 
 
-def _to_unit_grey(image: np.ndarray, where: str = "image") -> np.ndarray:
-    """(H, W) float32 in [0, 1] (integers divided by their maximum; floats kept) from grey/RGB(A)."""
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        if np.asarray(image).dtype.kind in "ui":
-            arr = arr / np.iinfo(np.asarray(image).dtype).max
-    elif arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise ValueError(f"{where}: expected a grey (H, W) or colour (H, W, 3) image, "
-                         f"got shape {np.asarray(image).shape}")
-    if arr.dtype == bool:
-        arr = arr.astype(np.float32)
-    elif arr.dtype.kind in "ui":
-        arr = arr.astype(np.float32) / np.iinfo(arr.dtype).max
-    arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"{where}: empty image of shape {arr.shape}")
-    return arr
+def _to_unit_grey(image: Any, where: str = "image") -> np.ndarray:
+    """(H, W) float32 in [0, 1]: the package's one picture rule, reduced to grey
+    (:func:`medclipsam.data.convert.to_unit_float`); errors name ``where``."""
+    try:
+        return to_unit_float(image, "grey")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _resize_image(arr: np.ndarray, size: int) -> torch.Tensor:

@@ -57,8 +57,9 @@ except ImportError as e:  # pragma: no cover - depends on the installation
         "medclipsam.widgets needs ipywidgets: pip install 'medclipsam[notebooks]'"
     ) from e
 
+from .data.io import load_rgb
 from .metrics import dice as dice_score
-from .pipeline import CONTROL_SALIENCY, TASK_PRESETS, MedCLIPSAM, PipelineConfig, _image_array
+from .pipeline import CONTROL_SALIENCY, TASK_PRESETS, MedCLIPSAM, PipelineConfig
 from .prompting import Prompts
 from .saliency.sensitivity import DEFAULT_THRESHOLD
 from .sam_prompting import SamSession
@@ -209,7 +210,7 @@ class PromptExplorer:
     def _add_image(self, name: str, item: ExplorerImage | np.ndarray) -> None:
         if not isinstance(item, ExplorerImage):
             item = ExplorerImage(np.asarray(item))
-        rgb = _image_array(item.image)
+        rgb = load_rgb(item.image)
         gt = None
         if item.gt is not None:
             gt = np.asarray(item.gt).astype(bool)

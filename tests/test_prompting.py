@@ -19,7 +19,6 @@ from medclipsam.prompting import (
     kmeans_threshold,
     make_prompts,
     sample_points,
-    to_uint8_rgb,
 )
 
 
@@ -232,17 +231,6 @@ def test_make_prompts_is_deterministic_by_seed(blob_case):
     assert np.array_equal(a.points, b.points)
     assert not np.array_equal(a.points, make_prompts(s, seed=4, **kw).points)
     assert a.to_dict()["point_labels"] == [[1, 1, 1, 1, 0, 0, 0]]
-
-
-def test_to_uint8_rgb_conversions():
-    g = np.array([[0, 128], [255, 7]], np.uint8)
-    assert to_uint8_rgb(g).shape == (2, 2, 3) and to_uint8_rgb(g)[1, 0].tolist() == [255] * 3
-    assert np.array_equal(to_uint8_rgb(g / 255.0), to_uint8_rgb(g))
-    assert to_uint8_rgb(np.array([[100, 300]], np.uint16))[0, :, 0].tolist() == [0, 255]
-    assert to_uint8_rgb(np.zeros((2, 2, 4), np.uint8)).shape == (2, 2, 3)
-    assert to_uint8_rgb(np.array([[True, False]]))[0, :, 1].tolist() == [255, 0]
-    with pytest.raises(ValueError, match="image must be"):
-        to_uint8_rgb(np.zeros((2, 2, 5)))
 
 
 def test_crf_accepts_a_read_only_image():

@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from medclipsam._utils import atomic_path
+from .._utils import atomic_path
+from .convert import apply_window, as_array, pil_to_array, to_uint8
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
@@ -29,6 +30,7 @@ __all__ = [
     "image_suffix",
     "is_dicom_file",
     "load_array",
+    "load_rgb",
     "read_image",
     "read_mask",
     "write_image",
@@ -57,9 +59,6 @@ _PIL_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _LOSSY_SUFFIXES = (".jpg", ".jpeg")
-
-# Percentile range used by read_image when neither a window nor DICOM window tags are available.
-_PERCENTILES = (0.5, 99.5)
 
 
 class ImageReadError(ValueError):
@@ -161,29 +160,6 @@ def _load(path: PathLike, slice_index: int | None, axis: int, frame: int) -> _Lo
     return _Loaded(_load_nifti(path, slice_index, axis, frame), kind)
 
 
-def _pil_to_array(img, path: Path) -> np.ndarray:
-    mode = img.mode
-    if mode == "1":
-        img = img.convert("L")
-    elif mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode == "PA":
-        img = img.convert("RGBA")
-    elif mode == "La":
-        img = img.convert("LA")
-    elif mode == "RGBa":
-        img = img.convert("RGBA")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-        img = img.convert("RGB")
-    arr = np.asarray(img)
-    if arr.dtype.byteorder not in ("=", "|"):
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    # Old Pillow opens 16-bit grey PNGs as 32-bit mode "I"; they hold uint16 values by definition.
-    if img.mode == "I" and getattr(img, "format", None) == "PNG":
-        arr = arr.astype(np.uint16)
-    return np.ascontiguousarray(arr)
-
-
 def _load_pil(path: Path, frame: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -195,7 +171,7 @@ def _load_pil(path: Path, frame: int) -> np.ndarray:
             if frame:
                 img.seek(frame)
             img.load()
-            return _pil_to_array(img, path)
+            return pil_to_array(img)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -418,55 +394,6 @@ def load_array(
 # conversion to uint8
 
 
-def _to_float(arr: np.ndarray) -> np.ndarray:
-    out = arr.astype(np.float64)
-    out[~np.isfinite(out)] = 0.0
-    return out
-
-
-def _apply_window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
-    if width <= 0:
-        raise ValueError(f"window width must be > 0, got {width}")
-    lo = center - width / 2.0
-    scaled = (_to_float(arr) - lo) / width
-    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _auto_range(arr: np.ndarray) -> np.ndarray:
-    values = _to_float(arr)
-    lo, hi = np.percentile(values, _PERCENTILES)
-    if hi <= lo:  # almost constant image: fall back to the full range
-        lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    scaled = (values - lo) / (hi - lo)
-    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _alpha_max(dtype: np.dtype) -> float:
-    if np.issubdtype(dtype, np.integer):
-        return float(np.iinfo(dtype).max)
-    return 1.0
-
-
-def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
-    """(H, W, 2|4) -> colour composited on black; (H, W, 1|3) unchanged; others refused."""
-    if arr.ndim == 2:
-        return arr
-    channels = arr.shape[-1]
-    if channels in (1, 3):
-        return arr[..., 0] if channels == 1 else arr
-    if channels in (2, 4):
-        alpha = np.clip(_to_float(arr[..., -1:]) / _alpha_max(arr.dtype), 0.0, 1.0)
-        colour = _to_float(arr[..., :-1]) * alpha
-        if np.issubdtype(arr.dtype, np.integer):
-            colour = np.round(colour).astype(arr.dtype)
-        else:
-            colour = colour.astype(arr.dtype)
-        return colour[..., 0] if channels == 2 else colour
-    raise ImageReadError(path, f"image has {channels} channels; expected 1, 2, 3 or 4")
-
-
 def read_image(
     path: PathLike,
     *,
@@ -478,18 +405,15 @@ def read_image(
 ) -> np.ndarray:
     """Read an image as ``uint8``: ``(H, W, 3)`` for ``mode="rgb"``, ``(H, W)`` for ``"grey"``.
 
-    Conversion rule:
-
-    1. Alpha: RGBA / grey+alpha is composited on black (colour times alpha / max alpha).
-    2. Intensities: if ``window=(center, width)`` is given it is always applied:
-       ``v -> round(clip((v - (center - width/2)) / width, 0, 1) * 255)``.
-       Otherwise 8-bit PNG/JPEG/BMP/TIFF pixels (and 8-bit colour DICOM/NIfTI) are kept as they
-       are, while 16-bit, float, grey DICOM and NIfTI data are mapped with the same linear formula onto the DICOM
-       ``WindowCenter``/``WindowWidth`` tags when present (first value if several), else onto
-       the 0.5..99.5 percentile range of the image (all channels together; non-finite values
-       count as 0; a constant image becomes 0).
-    3. Colour: grey is replicated into three channels for ``"rgb"``; colour is reduced to grey
-       with the ITU-R 601 luma weights ``0.299 R + 0.587 G + 0.114 B`` for ``"grey"``.
+    The file's native values (:func:`load_array`) become a picture by the package's one rule
+    (:mod:`medclipsam.data.convert`, the same for arrays, PIL images and tensors): alpha is
+    composited on black; uint8 is kept; anything else (16-bit, float, DICOM, NIfTI) is mapped
+    linearly from its 0.5 .. 99.5 percentile range onto 0..255 (floats already in [0, 1] are
+    scaled by 255). A window replaces the percentile range when one is known: ``window=(center,
+    width)`` if given (always applied), else the DICOM ``WindowCenter``/``WindowWidth`` tags
+    (first value if several): ``v -> round(clip((v - (center - width/2)) / width, 0, 1) * 255)``.
+    Colour: grey is replicated into three channels for ``"rgb"``; colour is reduced to grey with
+    the ITU-R 601 luma weights ``0.299 R + 0.587 G + 0.114 B`` for ``"grey"``.
 
     ``slice_index``, ``axis`` and ``frame`` are passed to :func:`load_array`.
     """
@@ -497,25 +421,25 @@ def read_image(
         raise ValueError(f"mode must be 'rgb' or 'grey', got {mode!r}")
     path = Path(path)
     loaded = _load(path, slice_index, axis, frame)
-    arr = _drop_alpha(loaded.array, path)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
+    try:
+        arr = as_array(loaded.array)
+    except ValueError as exc:
+        raise ImageReadError(path, str(exc)) from None
+    if window is None and arr.dtype != np.uint8 and arr.dtype != bool:
+        window = loaded.window
     if window is not None:
-        out = _apply_window(arr, float(window[0]), float(window[1]))
-    elif arr.dtype == np.uint8 and (loaded.kind in ("pil", "tiff") or arr.ndim == 3):
-        out = arr
-    elif loaded.window is not None:
-        out = _apply_window(arr, *loaded.window)
-    else:
-        out = _auto_range(arr)
+        arr = apply_window(arr.astype(np.uint8) * 255 if arr.dtype == bool else arr,
+                           float(window[0]), float(window[1]))
+    return to_uint8(arr, mode)
 
-    if mode == "rgb":
-        if out.ndim == 2:
-            out = np.repeat(out[:, :, None], 3, axis=2)
-    elif out.ndim == 3:
-        luma = out[..., 0] * 0.299 + out[..., 1] * 0.587 + out[..., 2] * 0.114
-        out = np.round(luma).clip(0, 255).astype(np.uint8)
-    return np.ascontiguousarray(out)
+
+def load_rgb(image: Any) -> np.ndarray:
+    """The uint8 ``(H, W, 3)`` picture of ``image``: a path is read with :func:`read_image`; an
+    array, PIL image or tensor is converted by the same rule
+    (:func:`medclipsam.data.convert.to_uint8`). What the pipeline and the explorer start from."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, mode="rgb")
+    return to_uint8(image, "rgb")
 
 
 def read_mask(

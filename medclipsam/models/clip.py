@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .._utils import atomic_path, get_device
+from ..data.convert import to_unit_float
 from ._state import state_mismatch
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "load_clip",
     "prepare_image",
     "save_clip_checkpoint",
-    "to_rgb_float",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,50 +82,6 @@ class HubFilesMissingError(FileNotFoundError):
 
 # --------------------------------------------------------------------------------------------
 # images and geometry
-
-
-def to_rgb_float(image: Any) -> torch.Tensor:
-    """Any image -> float tensor (3, H, W) in [0, 1].
-
-    Accepts a PIL image, a NumPy array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha dropped),
-    or a torch tensor (3, H, W)/(1, H, W)/(H, W). uint8 is divided by 255; floats already in
-    [0, 1] are kept; anything else (16-bit, CT units, floats outside [0, 1]) is min-max scaled.
-    Grey images are repeated to three channels. Intensity windowing is the data module's job.
-    """
-    if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL, without importing it here
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
-            arr = arr[..., :3] if arr.shape[-1] != 1 else arr[..., 0]
-        if arr.ndim not in (2, 3):
-            raise ValueError(f"expected an image of shape (H, W) or (H, W, C), got {arr.shape}")
-        if arr.dtype == np.uint8:
-            t = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
-        else:
-            t = _minmax_unless_unit(torch.from_numpy(arr.astype(np.float32, copy=False)))
-        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
-    elif isinstance(image, torch.Tensor):
-        t = image.detach()
-        if t.ndim == 2:
-            t = t[None]
-        if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(
-                f"expected a tensor of shape (3, H, W), (1, H, W) or (H, W), got {tuple(t.shape)}"
-            )
-        t = t.float() / 255.0 if t.dtype == torch.uint8 else _minmax_unless_unit(t.float())
-    else:
-        raise TypeError(f"expected a PIL image, NumPy array or torch tensor, got {type(image)}")
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
-    return t.contiguous()
-
-
-def _minmax_unless_unit(t: torch.Tensor) -> torch.Tensor:
-    lo, hi = float(t.min()), float(t.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return t
-    return (t - lo) / max(hi - lo, 1e-8)
 
 
 @dataclass(frozen=True)
@@ -250,10 +206,13 @@ def prepare_image(
     ``mode``: ``"pad"`` (default) scales the longer side to ``size`` and centres the image on
     black, so nothing is cut or distorted; ``"resize"`` stretches to a square; ``"crop"`` is
     open_clip's resize-short-side-then-centre-crop (parts of the image are not seen).
+    ``image``: an array, PIL image or tensor, made a [0, 1] RGB picture by the package's one rule
+    (:func:`medclipsam.data.convert.to_unit_float`: uint8 / 255, other types from their
+    percentile range).
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    rgb = to_rgb_float(image)
+    rgb = torch.from_numpy(to_unit_float(image, "rgb")).permute(2, 0, 1).contiguous()
     _, height, width = rgb.shape
     geom, new_h, new_w = _geometry(height, width, int(size), mode)
     x = rgb[None]
@@ -349,7 +308,7 @@ class ClipBundle:
 
     def encode_image(self, images: Any, normalize: bool = True) -> torch.Tensor:
         """Image features (B, D). ``images``: a preprocessed (B, 3, S, S) tensor, or one image or
-        a list of images in any form :func:`to_rgb_float` accepts."""
+        a list of images in any form :func:`medclipsam.data.convert.as_array` accepts."""
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             batch = images
         else:

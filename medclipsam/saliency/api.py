@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.io import read_image
 from .gradcam import grad_cam
 from .gscorecam import gscorecam, gscorecam_multi, resolve_target
 from .targets import TargetLayer
@@ -80,8 +81,6 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
 
 def _load_if_path(image: Any) -> Any:
     if isinstance(image, (str, os.PathLike)):
-        from ..data.io import read_image
-
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"saliency_maps: image file not found: {path}")
