@@ -23,8 +23,6 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
-    "autocast",
-    "autocast_dtype",
     "cache_dir",
     "get_device",
     "safe_extract",
@@ -252,24 +250,3 @@ def cpu_has_bf16() -> bool:
         except OSError:
             return False
         return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device) -> object:
-    """The autocast dtype for ``precision`` on ``device``: ``"auto"`` is bf16 on a GPU that has it
-    (else fp16) and none (full precision) off the GPU; ``"fp32"``, ``"bf16"``, ``"fp16"`` as named."""
-    import torch
-
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device, dtype):
-    """``torch.autocast`` on ``device`` with ``dtype``, or a no-op context when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.autocast(device_type=device.type, dtype=dtype)
