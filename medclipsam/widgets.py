@@ -323,7 +323,7 @@ class PromptExplorer:
         return name if name in {v for _, v in METHOD_CHOICES} else "gscorecam"
 
     def _channels(self) -> int:
-        from .saliency.gscorecam import resolve_target
+        from .saliency.cam import resolve_target
 
         try:
             module = resolve_target(self.pipeline.clip.model, None).module

@@ -13,7 +13,7 @@ import torch
 from medclipsam.data.phantom import PROMPTS, PhantomDataset
 from medclipsam.models import load_clip
 from medclipsam.saliency import grad_cam
-from medclipsam.saliency.gradcam import normalize_maps
+from medclipsam.saliency.cam import normalize_maps
 from medclipsam.saliency.m2ib import m2ib
 from medclipsam.saliency.sensitivity import (
     DEFAULT_THRESHOLD,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..saliency.gradcam import normalize_maps
+from ..saliency.cam import normalize_maps
 from . import reference
 from ._core import Case, CheckResult, compare_arrays, run_check, same_values, seeds, to_numpy
 
@@ -612,17 +612,17 @@ def layer_activations(
     """What gScoreCAM starts from: the hooked layer's activations ``A [B, C, h, w]``, the
     gradients ``dlogit/dA [B, C, h, w]`` of each image's image-text logit, and the model's
     (exponentiated) logit scale. The layer is the package's default
-    (:func:`medclipsam.saliency.gscorecam.resolve_target`)."""
-    from ..saliency.gscorecam import (
-        _logit_scale,
-        _text,
+    (:func:`medclipsam.saliency.cam.resolve_target`)."""
+    from ..saliency.cam import (
+        exp_logit_scale,
         layer_activations_and_gradients,
+        normalized_text,
         resolve_target,
     )
 
-    txt = _text(text_features, images.shape[0], images.device)
+    txt = normalized_text(text_features, images.shape[0], images.device)
     act, grads = layer_activations_and_gradients(model, images, txt, resolve_target(model, None))
-    return act, grads, _logit_scale(model)
+    return act, grads, exp_logit_scale(model)
 
 
 def gscorecam_with(
@@ -644,14 +644,14 @@ def gscorecam_with(
     (``cos(encode_image(image * mask), text)``) are the package's, in float32; with every step
     None the result equals ``gscorecam(model, images, text_features, k=k)``.
     """
-    from ..saliency.gscorecam import _text
+    from ..saliency.cam import normalized_text
 
     select = select_channels or reference.select_channels
     masks_fn = channel_masks or reference.channel_masks
     weights_fn = gscorecam_weights or reference.gscorecam_weights
     combine = combine_maps or reference.combine_maps
     act, grads, scale = layer_activations(model, images, text_features)
-    txt = _text(text_features, images.shape[0], images.device)
+    txt = normalized_text(text_features, images.shape[0], images.device)
     size = tuple(images.shape[-2:])
     channels = torch.as_tensor(select(grads.clone(), k)).long()
     masks = torch.as_tensor(masks_fn(act.clone(), channels.clone(), size)).float()
