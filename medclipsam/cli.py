@@ -23,7 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-SOURCES = ("busi", "udiat", "brain_figshare", "covidqu", "roco")
+from .vocab import (
+    BOX_MODES,
+    DATA_SOURCES,
+    POSTPROCESS_METHODS,
+    SALIENCY_METHODS,
+    SALIENCY_PRECISIONS,
+    SAM_PROMPT_MODES,
+    TASKS,
+)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -216,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n", type=int, default=6, help="images per task (default: %(default)s)")
     d.add_argument("--size", type=int, default=256, help="image size in pixels (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="phantom seed (default: %(default)s)")
-    d.add_argument("--saliency", default="gscorecam", choices=("gscorecam", "gradcam", "m2ib"))
+    d.add_argument("--saliency", default="gscorecam", choices=SALIENCY_METHODS)
     d.set_defaults(func=_cmd_demo)
 
     sg = sub.add_parser(
@@ -231,15 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--out", required=True, help="output folder")
     sg.add_argument("--clip", default="toy", help="toy | biomedclip | open_clip name | checkpoint path")
     sg.add_argument("--sam", default="toy", help="toy | vit_b | vit_l | vit_h | medsam | checkpoint path")
-    sg.add_argument("--task", choices=("breast", "brain", "xray"), help="apply the task's preset (xray: two lungs)")
-    sg.add_argument("--saliency", default="gscorecam", choices=("gscorecam", "gradcam", "m2ib"))
+    sg.add_argument("--task", choices=TASKS, help="apply the task's preset (xray: two lungs)")
+    sg.add_argument("--saliency", default="gscorecam", choices=SALIENCY_METHODS)
     sg.add_argument("--k", type=int, help="gScoreCAM channels (default: the method's)")
-    sg.add_argument("--precision", choices=("fp32", "fast"), help="gScoreCAM precision")
-    sg.add_argument("--postprocess", default="kmeans", choices=("crf", "kmeans", "threshold", "otsu"))
+    sg.add_argument("--precision", choices=SALIENCY_PRECISIONS, help="gScoreCAM precision")
+    sg.add_argument("--postprocess", default="kmeans", choices=POSTPROCESS_METHODS)
     sg.add_argument("--threshold", type=float, default=0.3, help="for --postprocess threshold")
     sg.add_argument("--components", type=int, default=1, help="largest connected components kept")
-    sg.add_argument("--box-mode", default="largest", choices=("largest", "per_component", "union"))
-    sg.add_argument("--prompt-mode", choices=("box", "points", "box+points"),
+    sg.add_argument("--box-mode", default="largest", choices=BOX_MODES)
+    sg.add_argument("--prompt-mode", choices=SAM_PROMPT_MODES,
                     help="default: box+points in the toy world, box (paper v1) otherwise")
     sg.add_argument("--points", type=int, default=1, help="positive points per region")
     sg.add_argument("--negatives", type=int, default=0, help="negative points per region")
@@ -266,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_evaluate)
 
     ph = sub.add_parser("phantom", help="write a phantom data set (images/, masks/, captions.csv, splits.json)")
-    ph.add_argument("--task", choices=("breast", "brain", "xray", "all"), default="all")
+    ph.add_argument("--task", choices=(*TASKS, "all"), default="all")
     ph.add_argument("--n", type=int, default=100, help="images per task (default: %(default)s)")
     ph.add_argument("--size", type=int, default=256)
     ph.add_argument("--seed", type=int, default=0)
@@ -279,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a public data set. Arguments after the data set name go to its "
         "converter: `medclipsam prepare busi --help`.",
     )
-    pr.add_argument("dataset", choices=SOURCES)
+    pr.add_argument("dataset", choices=DATA_SOURCES)
     pr.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the converter")
     pr.set_defaults(func=_cmd_prepare)
 
@@ -299,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--images", required=True, help="images folder of a prepared data set")
     pl.add_argument("--prompt", required=True)
     pl.add_argument("--out", required=True, help="writes OUT/masks, OUT/results.csv (manifest), OUT/run.json")
-    pl.add_argument("--task", choices=("breast", "brain", "xray"))
+    pl.add_argument("--task", choices=TASKS)
     pl.add_argument("--split", help="only this split's stems (e.g. train)")
     pl.add_argument("--splits", help="split file (default: splits.json beside the images folder)")
     pl.add_argument("--clip", default="toy")
@@ -336,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         "them, the same network on the real labels, all scored on the test split beside the paper's "
         "numbers. DATA holds images/, masks/ and splits.json (medclipsam phantom / prepare write it).",
     )
-    rp.add_argument("--task", required=True, choices=("breast", "brain", "xray"))
+    rp.add_argument("--task", required=True, choices=TASKS)
     rp.add_argument("--data", required=True)
     rp.add_argument("--out", required=True)
     rp.add_argument("--prompt", help="default: the task's prompt")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ._utils import atomic_path
+from .vocab import TASKS
 
 __all__ = ["run_demo"]
 
@@ -38,7 +39,7 @@ def run_demo(
     n: int = 6,
     size: int = 256,
     seed: int = 0,
-    tasks: tuple[str, ...] = ("breast", "brain", "xray"),
+    tasks: tuple[str, ...] = TASKS,
     saliency: str = "gscorecam",
     control: bool = True,
 ) -> list[dict]:

@@ -83,11 +83,10 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ._utils import get_device, rng_state, seed_everything, set_rng_state
 from .data import CaptionDataset
-from .losses import LOSSES, ContrastiveLoss
+from .losses import ContrastiveLoss
 from .models import load_clip, save_clip_checkpoint
 from .retrieval import retrieval_protocol, topk_accuracy
 from .training import (
-    PRECISIONS,
     Checkpoints,
     autocast,
     autocast_dtype,
@@ -101,6 +100,7 @@ from .training import (
     write_json,
     write_table,
 )
+from .vocab import FREEZE_MODES, LOSS_NAMES, TRAINING_PRECISIONS
 
 __all__ = [
     "FinetuneConfig",
@@ -116,7 +116,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "medclipsam-finetune/1"
-FREEZE_CHOICES = ("none", "text", "image")
 EPOCH_COLUMNS = (
     "epoch", "step", "train_loss", "val_loss", "lr",
     "i2t_top1", "i2t_top2", "t2i_top1", "t2i_top2",
@@ -172,12 +171,12 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
-        if self.freeze not in FREEZE_CHOICES:
-            raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"loss must be one of {sorted(LOSS_NAMES)}, got {self.loss!r}")
+        if self.freeze not in FREEZE_MODES:
+            raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {self.freeze!r}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ValueError(f"precision must be one of {TRAINING_PRECISIONS}, got {self.precision!r}")
         positive = {"batch_size": self.batch_size, "epochs": self.epochs,
                     "grad_accum_steps": self.grad_accum_steps}
         for name, value in positive.items():
@@ -250,8 +249,8 @@ def apply_freezing(
     input-side parameters outside the stack (patch, token, class and position embeddings, pre-norm)
     are frozen; the output side (final norm, pooling, projection) stays trainable.
     """
-    if freeze not in FREEZE_CHOICES:
-        raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {freeze!r}")
+    if freeze not in FREEZE_MODES:
+        raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}")
     names = dict(model.named_parameters())
     for name, p in names.items():
         tower = _tower_of(name)
@@ -840,8 +839,8 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     p.add_argument("--grad-accum-steps", type=int, default=d.grad_accum_steps)
     p.add_argument("--max-grad-norm", type=float, default=None)
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
-    p.add_argument("--freeze", choices=FREEZE_CHOICES, default=d.freeze,
+    p.add_argument("--precision", choices=TRAINING_PRECISIONS, default=d.precision)
+    p.add_argument("--freeze", choices=FREEZE_MODES, default=d.freeze,
                    help="freeze a whole tower (default: %(default)s)")
     p.add_argument("--trainable-blocks", type=int, default=None,
                    help="train only the last N blocks of each unfrozen tower")

@@ -35,12 +35,19 @@ import numpy as np
 
 from ._utils import atomic_path, atomic_write_text
 from .data.io import load_rgb
+from .vocab import (
+    BOX_MODES,
+    CONTROL_SALIENCY,
+    POSTPROCESS_METHODS,
+    SALIENCY_METHODS,
+    SAM_PROMPT_MODES,
+    TASKS,
+)
 
 if TYPE_CHECKING:
     from .prompting import Prompts
 
 __all__ = [
-    "CONTROL_SALIENCY",
     "MedCLIPSAM",
     "PipelineConfig",
     "SegmentationResult",
@@ -49,9 +56,6 @@ __all__ = [
     "evaluate_phantom",
     "evaluate_predictions",
 ]
-
-#: Saliency "methods" that ignore the prompt, for control experiments.
-CONTROL_SALIENCY = ("random", "uniform")
 
 #: The settings :meth:`MedCLIPSAM.toy` starts from (see there).
 TOY_DEFAULTS: dict[str, Any] = {"saliency_kwargs": lambda: {"k": 24}, "prompt_mode": "box+points"}
@@ -426,7 +430,7 @@ def evaluate_predictions(
 
 def evaluate_phantom(
     pipe: MedCLIPSAM,
-    tasks: Sequence[str] = ("breast", "brain", "xray"),
+    tasks: Sequence[str] = TASKS,
     *,
     n: int = 20,
     seed: int = 0,
@@ -474,14 +478,11 @@ def evaluate_phantom(
 
 
 def _check_config(cfg: PipelineConfig) -> None:
-    from .prompting import BOX_MODES, COARSE_METHODS, PROMPT_MODES
-
-    methods = ("gscorecam", "gradcam", "m2ib", *CONTROL_SALIENCY)
     for name, value, allowed in (
-        ("saliency", cfg.saliency, methods),
-        ("postprocess", cfg.postprocess, COARSE_METHODS),
+        ("saliency", cfg.saliency, (*SALIENCY_METHODS, *CONTROL_SALIENCY)),
+        ("postprocess", cfg.postprocess, POSTPROCESS_METHODS),
         ("box_mode", cfg.box_mode, BOX_MODES),
-        ("prompt_mode", cfg.prompt_mode, PROMPT_MODES),
+        ("prompt_mode", cfg.prompt_mode, SAM_PROMPT_MODES),
     ):
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")

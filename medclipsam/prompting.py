@@ -30,12 +30,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .data.convert import to_uint8
+from .vocab import BOX_MODES, POSTPROCESS_METHODS, SAM_PROMPT_MODES
 
 __all__ = [
-    "BOX_MODES",
-    "COARSE_METHODS",
     "CrfParams",
-    "PROMPT_MODES",
     "Prompts",
     "boxes_from_mask",
     "coarse_mask",
@@ -46,9 +44,6 @@ __all__ = [
     "sample_points",
 ]
 
-COARSE_METHODS = ("crf", "kmeans", "threshold", "otsu")
-BOX_MODES = ("largest", "per_component", "union")
-PROMPT_MODES = ("box", "points", "box+points")
 #: A map whose max - min is at most this has no contrast: nothing to segment.
 MIN_CONTRAST = 1e-6
 
@@ -210,7 +205,7 @@ def coarse_mask(
         if image is None:
             raise ValueError("method='crf' needs the image (its bilateral term follows edges)")
         return crf_mask(s, image, crf)
-    raise ValueError(f"unknown method {method!r}; choose one of {COARSE_METHODS}")
+    raise ValueError(f"unknown method {method!r}; choose one of {POSTPROCESS_METHODS}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,8 +485,8 @@ def make_prompts(
     every kept component; :func:`sample_points` with ``point_strategy`` and ``seed``).
     Fallbacks are flagged in :attr:`Prompts.flags`, never silent.
     """
-    if mode not in PROMPT_MODES:
-        raise ValueError(f"unknown prompt mode {mode!r}; choose one of {PROMPT_MODES}")
+    if mode not in SAM_PROMPT_MODES:
+        raise ValueError(f"unknown prompt mode {mode!r}; choose one of {SAM_PROMPT_MODES}")
     if box_mode not in BOX_MODES:
         raise ValueError(f"unknown box mode {box_mode!r}; choose one of {BOX_MODES}")
     if mode == "points" and points < 1:

@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 from ._utils import atomic_path, atomic_write_text, warmup_cosine
 
 __all__ = [
-    "PRECISIONS",
     "Checkpoints",
     "autocast",
     "autocast_dtype",
@@ -58,9 +57,6 @@ __all__ = [
     "write_json",
     "write_table",
 ]
-
-#: Mixed-precision settings of both loops (see :func:`medclipsam._utils.autocast_dtype`).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class Checkpoints:

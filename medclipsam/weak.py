@@ -63,7 +63,6 @@ from .data.datasets import PairingError, list_image_files, pair_by_stem
 from .data.io import file_stem, read_image, read_mask
 from .metrics import dice
 from .training import (
-    PRECISIONS,
     Checkpoints,
     autocast,
     autocast_dtype,
@@ -78,6 +77,7 @@ from .training import (
     write_json,
     write_table,
 )
+from .vocab import TRAINING_PRECISIONS
 
 __all__ = [
     "WeakConfig",
@@ -149,8 +149,8 @@ class WeakConfig:
         if self.size < 1 or self.size % factor:
             raise ValueError(f"size must be a positive multiple of {factor} "
                              f"(the product of strides {self.strides}), got {self.size}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ValueError(f"precision must be one of {TRAINING_PRECISIONS}, got {self.precision!r}")
         for name in ("keep_checkpoints", "stop_after_epochs"):
             v = getattr(self, name)
             if v is not None and v < 1:

@@ -59,25 +59,26 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 
 from .data.io import load_rgb
 from .metrics import dice as dice_score
-from .pipeline import CONTROL_SALIENCY, TASK_PRESETS, MedCLIPSAM, PipelineConfig
+from .pipeline import TASK_PRESETS, MedCLIPSAM, PipelineConfig
 from .prompting import Prompts
 from .saliency.sensitivity import DEFAULT_THRESHOLD
 from .sam_prompting import SamSession
 from .viz import overlay
+from .vocab import CONTROL_SALIENCY, POSTPROCESS_METHODS, SALIENCY_METHODS, SAM_PROMPT_MODES
 
 __all__ = ["ExplorerImage", "PromptExplorer"]
 
 #: Saliency methods offered (label, name); the controls ignore the prompt (for experiments).
-METHOD_CHOICES = [
-    ("gScoreCAM", "gscorecam"),
-    ("GradCAM", "gradcam"),
-    ("M2IB", "m2ib"),
-    ("random map (control)", "random"),
-    ("uniform map (control)", "uniform"),
-]
-POSTPROCESS_CHOICES = [("dense CRF", "crf"), ("k-means", "kmeans"), ("threshold", "threshold"),
-                       ("Otsu", "otsu")]
-MODE_CHOICES = [("box", "box"), ("points", "points"), ("box + points", "box+points")]
+# What each of the package's names (medclipsam.vocab) is called on screen.
+LABELS = {
+    "gscorecam": "gScoreCAM", "gradcam": "GradCAM", "m2ib": "M2IB",
+    "random": "random map (control)", "uniform": "uniform map (control)",
+    "crf": "dense CRF", "kmeans": "k-means", "threshold": "threshold", "otsu": "Otsu",
+    "box": "box", "points": "points", "box+points": "box + points",
+}
+METHOD_CHOICES = [(LABELS[m], m) for m in (*SALIENCY_METHODS, *CONTROL_SALIENCY)]
+POSTPROCESS_CHOICES = [(LABELS[m], m) for m in POSTPROCESS_METHODS]
+MODE_CHOICES = [(LABELS[m], m) for m in SAM_PROMPT_MODES]
 CLICK_CHOICES = [("+ point", "positive"), ("- point", "negative"), ("box (drag)", "box")]
 STAGES = ("saliency", "prompts", "sam_embed", "sam_decode")
 

@@ -10,7 +10,6 @@ from scipy import ndimage as ndi
 
 from medclipsam.metrics import dice
 from medclipsam.prompting import (
-    COARSE_METHODS,
     CrfParams,
     boxes_from_mask,
     coarse_mask,
@@ -20,6 +19,7 @@ from medclipsam.prompting import (
     make_prompts,
     sample_points,
 )
+from medclipsam.vocab import POSTPROCESS_METHODS
 
 
 def _disc(h, w, cy, cx, r):
@@ -42,7 +42,7 @@ def blob_case():
     return blob, _saliency_of(blob), image
 
 
-@pytest.mark.parametrize("method", COARSE_METHODS)
+@pytest.mark.parametrize("method", POSTPROCESS_METHODS)
 def test_every_coarse_method_recovers_a_salient_blob(method, blob_case):
     blob, s, image = blob_case
     m = coarse_mask(s, method, image=image)

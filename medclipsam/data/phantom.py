@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from medclipsam._utils import atomic_path, atomic_write_text
+from .._utils import atomic_path, atomic_write_text
+from ..vocab import TASKS
 
 __all__ = [
     "ALT_PROMPTS",
@@ -64,7 +65,6 @@ __all__ = [
     "write_phantom_folder",
 ]
 
-TASKS: tuple[str, ...] = ("breast", "brain", "xray")
 CLASSES: dict[str, tuple[str, ...]] = {
     "breast": ("normal", "benign", "malignant"),
     "brain": ("normal", "glioma", "meningioma", "pituitary"),

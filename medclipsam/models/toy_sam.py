@@ -53,6 +53,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from .._utils import warmup_cosine
 from ..data.phantom import TASKS, PhantomDataset
 from ..metrics import dice
+from ..vocab import SAM_PROMPT_MODES
 from .sam import build_sam, save_sam_checkpoint
 
 __all__ = [
@@ -523,7 +524,7 @@ def train_toy_sam(
             emb = sam.image_encoder(x)
             total = torch.zeros(())
             ious = []
-            for kind in ("box", "points", "box+points"):
+            for kind in SAM_PROMPT_MODES:
                 sel = [j for j, p in enumerate(prompts) if p.kind == kind]
                 if not sel:
                     continue

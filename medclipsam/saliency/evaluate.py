@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..metrics import dice, pointing_game, saliency_auc
+from ..vocab import TASKS
 from .gradcam import grad_cam
 
 __all__ = ["localisation_table", "saliency_dice"]
@@ -56,7 +57,7 @@ def _as_callable(method: Callable | str) -> Callable:
 
 def localisation_table(
     bundle,
-    tasks: Sequence[str] = ("breast", "brain", "xray"),
+    tasks: Sequence[str] = TASKS,
     *,
     n_per_task: int = 40,
     seed: int = 0,

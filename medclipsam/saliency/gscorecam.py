@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .._utils import cpu_has_bf16
+from ..vocab import SALIENCY_PRECISIONS
 from .cam import (
     cam_to_map,
     channel_masks,
@@ -62,7 +63,6 @@ __all__ = [
 ]
 
 _WEIGHTINGS = ("selected", "reference")
-_PRECISIONS = ("fp32", "fast", "bf16", "fp16")
 
 
 @dataclass
@@ -112,8 +112,8 @@ def fast_dtype(device: torch.device | str) -> torch.dtype:
 
 
 def _scoring_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    if precision not in SALIENCY_PRECISIONS:
+        raise ValueError(f"precision must be one of {SALIENCY_PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return torch.float32
     if precision == "fast":
