@@ -12,8 +12,12 @@ __all__ = ["MedCLIPSAM", "PipelineConfig", "__version__"]
 
 def __getattr__(name: str):
     # Lazy: ``import medclipsam`` stays cheap (no torch) until the pipeline is asked for.
-    if name in ("MedCLIPSAM", "PipelineConfig"):
-        from . import pipeline
+    if name == "MedCLIPSAM":
+        from .pipeline import MedCLIPSAM
 
-        return getattr(pipeline, name)
+        return MedCLIPSAM
+    if name == "PipelineConfig":
+        from .config import PipelineConfig
+
+        return PipelineConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,8 +12,13 @@ Sub-commands:
   finetune  contrastive fine-tuning of a CLIP model (InfoNCE, DCL, HN-NCE, DHN-NCE)
   info      versions, device and where weights are cached
 
-Heavy imports happen inside each command (``finetune`` builds its options from
-``medclipsam.finetune``, which imports torch: about 2 s for ``--help``).
+Design notes. Every option says its default in ``--help``, and that default is the Python API's:
+the settings come from :mod:`medclipsam.config` (the same dataclasses the API uses), the choices
+from :mod:`medclipsam.vocab`, and an option the user leaves out is not passed at all, so the API's
+own default applies (``segment`` and ``MedCLIPSAM.toy().predict`` give the same masks). Building the
+parser imports neither torch nor the models (``medclipsam SUB --help`` answers at once): each
+command imports what it needs when it runs, the one place in the package where imports sit inside
+functions on purpose. Heavy commands take ``--threads N`` (torch's CPU threads).
 """
 
 from __future__ import annotations
@@ -22,16 +27,32 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from .config import TOY_DEFAULTS, FinetuneConfig, PipelineConfig, WeakConfig
 from .vocab import (
     BOX_MODES,
     DATA_SOURCES,
+    FREEZE_MODES,
+    LOSS_NAMES,
     POSTPROCESS_METHODS,
     SALIENCY_METHODS,
     SALIENCY_PRECISIONS,
     SAM_PROMPT_MODES,
     TASKS,
+    TRAINING_PRECISIONS,
 )
+
+__all__ = ["build_parser", "main"]
+
+_PIPE = PipelineConfig()
+_WEAK = WeakConfig()
+_FT = FinetuneConfig()
+_TOY_K = TOY_DEFAULTS["saliency_kwargs"]()["k"]
+
+
+# --------------------------------------------------------------------------------------------
+# commands
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -41,7 +62,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline(args: argparse.Namespace, **overrides):
+def _pipeline(args: argparse.Namespace, **overrides: Any):
     """The toy world when both models are "toy", else the named real models (downloaded)."""
     from .pipeline import MedCLIPSAM
 
@@ -50,26 +71,24 @@ def _pipeline(args: argparse.Namespace, **overrides):
     return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device, **overrides)
 
 
-def _cmd_segment(args: argparse.Namespace) -> int:
-    from .pipeline import PipelineConfig
+def _segment_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~medclipsam.config.PipelineConfig` fields the user set (others keep the API's
+    defaults, and the toy world's where it has its own)."""
+    saliency_kwargs = {k: v for k, v in (("k", args.k), ("precision", args.precision)) if v is not None}
+    names = {"saliency": "saliency", "postprocess": "postprocess", "threshold": "threshold",
+             "components": "n_components", "box_mode": "box_mode", "prompt_mode": "prompt_mode",
+             "points": "points", "negatives": "negatives", "seed": "seed"}
+    over = {field: getattr(args, opt) for opt, field in names.items() if getattr(args, opt) is not None}
+    if args.multimask:
+        over["multimask"] = True
+    if saliency_kwargs:
+        over["saliency_kwargs"] = saliency_kwargs
+    return over
 
-    kwargs = {}
-    if args.k is not None:
-        kwargs["k"] = args.k
-    if args.precision:
-        kwargs["precision"] = args.precision
-    over = dict(
-        saliency=args.saliency, postprocess=args.postprocess,
-        threshold=args.threshold, n_components=args.components, box_mode=args.box_mode,
-        points=args.points, negatives=args.negatives,
-        multimask=True if args.multimask else None, seed=args.seed,
-    )
-    # Options left unset keep the world's defaults (the toy world's k and box+points prompts).
-    if kwargs:
-        over["saliency_kwargs"] = kwargs
-    if args.prompt_mode:
-        over["prompt_mode"] = args.prompt_mode
-    PipelineConfig(**over)  # validates the combination early
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    over = _segment_overrides(args)
+    PipelineConfig(**over).validate()  # refuse a bad combination before loading any model
     t0 = time.perf_counter()
     pipe = _pipeline(args, **over)
     rows = pipe.run_folder(
@@ -102,7 +121,8 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_weak(args: argparse.Namespace) -> int:
-    from .weak import WeakConfig, train_segmenter
+    from .data.datasets import load_split
+    from .weak import train_segmenter
 
     stems = None
     split_file = Path(args.splits) if args.splits else Path(args.images).parent / "splits.json"
@@ -112,14 +132,11 @@ def _cmd_train_weak(args: argparse.Namespace) -> int:
             print("error: give --val-images and --val-masks, or a split file (--splits, or "
                   f"splits.json beside the images folder: {split_file} not found)", file=sys.stderr)
             return 2
-        from .data.datasets import load_split
-
         sp = load_split(split_file)
-        stems = {"train": sp[args.train_split or "train"], "val": sp[args.val_split]}
+        stems = {"train": sp[args.train_split], "val": sp[args.val_split]}
     cfg = WeakConfig(out_dir=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      size=args.size, patience=args.patience, min_epochs=args.min_epochs,
-                     seed=args.seed, device=args.device,
-                     progress=not args.quiet)
+                     seed=args.seed, device=args.device, progress=not args.quiet)
     res = train_segmenter(args.images, args.masks, args.val_images or args.images,
                           args.val_masks or args.masks, cfg, stems=stems, resume=args.resume)
     print(f"best epoch {res['best_epoch']} (validation Dice {res['best_val_dice']:.3f}); "
@@ -129,7 +146,6 @@ def _cmd_train_weak(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
-    from .weak import WeakConfig
 
     cfg = WeakConfig(epochs=args.epochs, size=args.size, batch_size=args.batch_size, device=args.device)
     reproduce(args.data, args.out, task=args.task, prompt=args.prompt, config=cfg,
@@ -172,7 +188,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
-    from .data.phantom import TASKS, write_phantom_folder
+    from .data.phantom import write_phantom_folder
 
     tasks = TASKS if args.task == "all" else (args.task,)
     for task in tasks:
@@ -184,10 +200,63 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    import importlib
+    from .data.sources import get_source
 
-    module = importlib.import_module(f"medclipsam.data.sources.{args.dataset}")
-    return int(module.main(args.rest) or 0)
+    return int(get_source(args.dataset).main(args.rest) or 0)
+
+
+def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
+    cfg = FinetuneConfig(
+        out_dir=args.out, loss=args.loss, tau=args.tau, learn_logit_scale=args.learn_logit_scale,
+        beta1=args.beta1, beta2=args.beta2, alpha=args.alpha, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        epochs=args.epochs, grad_accum_steps=args.grad_accum_steps,
+        max_grad_norm=args.max_grad_norm, precision=args.precision, freeze=args.freeze,
+        trainable_blocks=args.trainable_blocks, seed=args.seed, num_workers=args.num_workers,
+        device=args.device, eval_every=args.eval_every, eval_before=not args.no_eval_before,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
+        progress=not args.no_progress,
+    )
+    cfg.validate()
+    return cfg
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from .data.datasets import CaptionDataset
+    from .finetune import finetune
+    from .models import load_clip
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = _finetune_config(args)
+    captions = Path(args.captions)
+    if not captions.is_file():
+        raise FileNotFoundError(f"{captions}: caption CSV not found")
+    has_split = CaptionDataset.has_split_column(captions)
+    common = {"image_root": args.image_root, "min_caption_chars": args.min_caption_chars}
+    train = CaptionDataset(captions, split=args.train_split if has_split else None, **common)
+    if len(train) == 0:
+        raise ValueError(f"{captions}: no training pairs (split {args.train_split!r})")
+    val = None
+    if args.val_captions:
+        val = CaptionDataset(args.val_captions, **common)
+    elif has_split:
+        val = CaptionDataset(captions, split=args.val_split, **common)
+        val = val if len(val) else None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    clip = load_clip(args.clip, device="cpu" if world > 1 else cfg.device)
+    result = finetune(clip, train, val, cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        final = result["final_metrics"]
+        shown = {k: round(v, 3) for k, v in final.items()
+                 if k in ("train_loss", "val_loss", "i2t_top1", "t2i_top1") and isinstance(v, float)}
+        what = "stopped (resumable)" if result["interrupted"] else "done"
+        print(f"{what}: step {result['global_step']}, {shown}; "
+              f"model: {result['model_path'] or '-'}; logs: {Path(args.out) / 'log.csv'}")
+    return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:  # noqa: ARG001
@@ -212,131 +281,237 @@ def _cmd_info(args: argparse.Namespace) -> int:  # noqa: ARG001
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="medclipsam",
-        description="MedCLIP-SAM: text-prompted medical image segmentation.",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+# --------------------------------------------------------------------------------------------
+# options
 
+
+def _threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads torch may use (default: torch's own choice, usually one per core)")
+
+
+def _models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clip", default="toy",
+                   help="toy | biomedclip | an open_clip name | a checkpoint path (default: %(default)s)")
+    p.add_argument("--sam", default="toy",
+                   help="toy | vit_b | vit_l | vit_h | medsam | a checkpoint path (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+
+
+def _add_demo(sub: Any) -> None:
     d = sub.add_parser("demo", help="run the main job on the built-in phantom world")
     d.add_argument("--out", default="medclipsam-demo", help="output folder (default: %(default)s)")
     d.add_argument("--n", type=int, default=6, help="images per task (default: %(default)s)")
     d.add_argument("--size", type=int, default=256, help="image size in pixels (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="phantom seed (default: %(default)s)")
-    d.add_argument("--saliency", default="gscorecam", choices=SALIENCY_METHODS)
+    d.add_argument("--saliency", default=_PIPE.saliency, choices=SALIENCY_METHODS,
+                   help="saliency method (default: %(default)s)")
+    _threads(d)
     d.set_defaults(func=_cmd_demo)
 
+
+def _add_segment(sub: Any) -> None:
     sg = sub.add_parser(
         "segment",
         help="segment what a text prompt names in every image of a folder",
         description="Zero-shot MedCLIP-SAM over a folder: CLIP saliency of the prompt -> coarse mask "
         "-> box/point prompts -> SAM. Writes OUT/masks/<stem>.png, OUT/results.csv (one row per "
-        "image, written as it goes) and OUT/run.json; an interrupted run resumes.",
+        "image, written as it goes) and OUT/run.json; an interrupted run resumes. Options left out "
+        "keep the Python API's defaults (MedCLIPSAM / PipelineConfig), so the CLI and "
+        "MedCLIPSAM.toy().predict give the same masks.",
     )
     sg.add_argument("--images", required=True, help="folder of images (PNG/JPEG/TIFF/DICOM/NIfTI)")
     sg.add_argument("--prompt", required=True, help='what to segment, e.g. "breast tumor"')
     sg.add_argument("--out", required=True, help="output folder")
-    sg.add_argument("--clip", default="toy", help="toy | biomedclip | open_clip name | checkpoint path")
-    sg.add_argument("--sam", default="toy", help="toy | vit_b | vit_l | vit_h | medsam | checkpoint path")
-    sg.add_argument("--task", choices=TASKS, help="apply the task's preset (xray: two lungs)")
-    sg.add_argument("--saliency", default="gscorecam", choices=SALIENCY_METHODS)
-    sg.add_argument("--k", type=int, help="gScoreCAM channels (default: the method's)")
-    sg.add_argument("--precision", choices=SALIENCY_PRECISIONS, help="gScoreCAM precision")
-    sg.add_argument("--postprocess", default="kmeans", choices=POSTPROCESS_METHODS)
-    sg.add_argument("--threshold", type=float, default=0.3, help="for --postprocess threshold")
-    sg.add_argument("--components", type=int, default=1, help="largest connected components kept")
-    sg.add_argument("--box-mode", default="largest", choices=BOX_MODES)
+    _models(sg)
+    sg.add_argument("--task", choices=TASKS,
+                    help="apply the task's preset, e.g. xray: two lungs, one box each (default: none)")
+    sg.add_argument("--saliency", choices=SALIENCY_METHODS,
+                    help=f"saliency method (default: {_PIPE.saliency})")
+    sg.add_argument("--k", type=int,
+                    help=f"gScoreCAM channels (default: the method's, 300; {_TOY_K} in the toy world)")
+    sg.add_argument("--precision", choices=SALIENCY_PRECISIONS, help="gScoreCAM scoring precision (default: fp32)")
+    sg.add_argument("--postprocess", choices=POSTPROCESS_METHODS,
+                    help=f"saliency -> coarse mask (default: {_PIPE.postprocess}; without the crf extra "
+                    "the pipeline uses kmeans and flags each result)")
+    sg.add_argument("--threshold", type=float,
+                    help=f"for --postprocess threshold (default: {_PIPE.threshold})")
+    sg.add_argument("--components", type=int,
+                    help=f"largest connected components kept (default: {_PIPE.n_components}; the task's preset with --task)")
+    sg.add_argument("--box-mode", choices=BOX_MODES,
+                    help=f"boxes from the kept components (default: {_PIPE.box_mode}; the task's preset with --task)")
     sg.add_argument("--prompt-mode", choices=SAM_PROMPT_MODES,
-                    help="default: box+points in the toy world, box (paper v1) otherwise")
-    sg.add_argument("--points", type=int, default=1, help="positive points per region")
-    sg.add_argument("--negatives", type=int, default=0, help="negative points per region")
-    sg.add_argument("--multimask", action="store_true", help="best of SAM's three masks by predicted IoU")
-    sg.add_argument("--overlays", action="store_true", help="also write OUT/overlays/<stem>.png")
-    sg.add_argument("--limit", type=int, help="only the first N images (sorted by name)")
-    sg.add_argument("--restart", action="store_true", help="recompute images already done")
-    sg.add_argument("--device", default="auto")
-    sg.add_argument("--seed", type=int, default=0)
-    sg.add_argument("--quiet", action="store_true", help="no progress bar")
+                    help=f"what SAM is given (default: {TOY_DEFAULTS['prompt_mode']} in the toy world, "
+                    f"{_PIPE.prompt_mode} otherwise)")
+    sg.add_argument("--points", type=int, help=f"positive points per region (default: {_PIPE.points})")
+    sg.add_argument("--negatives", type=int, help=f"negative points per region (default: {_PIPE.negatives})")
+    sg.add_argument("--multimask", action="store_true",
+                    help="best of SAM's three masks by predicted IoU for every prompt (default: only for "
+                    "points without a box)")
+    sg.add_argument("--overlays", action="store_true", help="also write OUT/overlays/<stem>.png (default: off)")
+    sg.add_argument("--limit", type=int, help="only the first N images, sorted by name (default: all)")
+    sg.add_argument("--restart", action="store_true",
+                    help="recompute images already done (default: off, an interrupted run resumes)")
+    sg.add_argument("--seed", type=int, help=f"seed of point sampling and control maps (default: {_PIPE.seed})")
+    sg.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    _threads(sg)
     sg.set_defaults(func=_cmd_segment)
 
+
+def _add_evaluate(sub: Any) -> None:
     ev = sub.add_parser(
         "evaluate",
         help="Dice, IoU, HD95 and NSD of predicted masks against ground truth (paired by file stem)",
     )
     ev.add_argument("--pred", required=True, help="folder of predicted masks (e.g. OUT/masks)")
     ev.add_argument("--gt", required=True, help="folder of ground-truth masks (<stem>.png or <stem>_mask.png)")
-    ev.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in pixels (default: 2)")
-    ev.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
-    ev.add_argument("--csv", help="write the per-image table here")
+    ev.add_argument("--nsd-tolerance", type=float, default=2.0,
+                    help="NSD tolerance in pixels (default: %(default)s)")
+    ev.add_argument("--n-boot", type=int, default=1000,
+                    help="bootstrap resamples for the CIs (default: %(default)s)")
+    ev.add_argument("--csv", help="write the per-image table here (default: not written)")
     ev.add_argument("--allow-missing", action="store_true",
-                    help="score the pairs that exist instead of refusing missing/extra files")
+                    help="score the pairs that exist instead of refusing missing/extra files (default: off)")
     ev.set_defaults(func=_cmd_evaluate)
 
+
+def _add_phantom(sub: Any) -> None:
     ph = sub.add_parser("phantom", help="write a phantom data set (images/, masks/, captions.csv, splits.json)")
-    ph.add_argument("--task", choices=(*TASKS, "all"), default="all")
+    ph.add_argument("--task", choices=(*TASKS, "all"), default="all", help="which task (default: %(default)s)")
     ph.add_argument("--n", type=int, default=100, help="images per task (default: %(default)s)")
-    ph.add_argument("--size", type=int, default=256)
-    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--size", type=int, default=256, help="image size in pixels (default: %(default)s)")
+    ph.add_argument("--seed", type=int, default=0, help="phantom seed (default: %(default)s)")
     ph.add_argument("--out", required=True, help="output folder (one sub-folder per task with --task all)")
     ph.set_defaults(func=_cmd_phantom)
 
+
+def _add_prepare(sub: Any) -> None:
     pr = sub.add_parser(
         "prepare",
         help="convert a public data set to the folder layout (see data_scripts/README.md)",
         description="Convert a public data set. Arguments after the data set name go to its "
         "converter: `medclipsam prepare busi --help`.",
     )
-    pr.add_argument("dataset", choices=DATA_SOURCES)
+    pr.add_argument("dataset", choices=DATA_SOURCES, help="which data set")
     pr.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the converter")
     pr.set_defaults(func=_cmd_prepare)
 
-    from .finetune import add_finetune_arguments, run_from_args
 
-    f = sub.add_parser(
+def _add_finetune(sub: Any) -> None:
+    d = _FT
+    p = sub.add_parser(
         "finetune",
         help="contrastive fine-tuning of a CLIP model on image-caption pairs (DHN-NCE by default)",
         description="Fine-tune a CLIP model (toy, biomedclip, an open_clip name or a checkpoint) on a "
         "captions CSV with InfoNCE, DCL, HN-NCE or DHN-NCE; checkpoints every epoch, --resume "
-        "continues exactly; torchrun --nproc_per_node N -m medclipsam.finetune ... for several GPUs.",
+        "continues exactly; `torchrun --nproc_per_node N -m medclipsam finetune ...` for several GPUs.",
     )
-    add_finetune_arguments(f)
-    f.set_defaults(func=run_from_args)
+    p.add_argument("--clip", default="biomedclip",
+                   help="CLIP to fine-tune: biomedclip, toy, an open_clip name or a checkpoint "
+                   "(default: %(default)s)")
+    p.add_argument("--captions", required=True,
+                   help="CSV with columns image,caption[,split] (paths relative to the CSV)")
+    p.add_argument("--image-root", default=None,
+                   help="folder the CSV's image paths are under (default: the CSV's folder)")
+    p.add_argument("--val-captions", default=None,
+                   help="separate validation CSV (default: the --val-split split of --captions)")
+    p.add_argument("--train-split", default="train",
+                   help="split used for training when the CSV has a split column (default: %(default)s)")
+    p.add_argument("--val-split", default="val", help="validation split name (default: %(default)s)")
+    p.add_argument("--min-caption-chars", type=int, default=0,
+                   help="drop captions shorter than this; the MedPix recipe uses 20 (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, logs, model.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (default: off)")
+    p.add_argument("--loss", default=d.loss, choices=LOSS_NAMES, help="contrastive loss (default: %(default)s)")
+    p.add_argument("--tau", type=float, default=d.tau, help="fixed temperature (default: %(default)s)")
+    p.add_argument("--learn-logit-scale", action="store_true",
+                   help="use and train the model's logit scale instead of a fixed --tau (default: off)")
+    p.add_argument("--beta1", type=float, default=d.beta1,
+                   help="hard-negative weighting, image -> text (default: %(default)s)")
+    p.add_argument("--beta2", type=float, default=d.beta2,
+                   help="hard-negative weighting, text -> image (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=d.alpha,
+                   help="weight of the positive, hn_nce only (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per process (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help="peak learning rate; v2 script 1e-3, paper 1e-6 (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="AdamW weight decay on matrices (default: %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="optimiser steps of linear warm-up before the cosine decay (default: %(default)s)")
+    p.add_argument("--grad-accum-steps", type=int, default=d.grad_accum_steps,
+                   help="batches per optimiser step (default: %(default)s)")
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm,
+                   help="gradient clipping (default: none)")
+    p.add_argument("--precision", choices=TRAINING_PRECISIONS, default=d.precision,
+                   help="mixed precision; auto is bf16/fp16 on a GPU, fp32 on the CPU (default: %(default)s)")
+    p.add_argument("--freeze", choices=FREEZE_MODES, default=d.freeze,
+                   help="freeze a whole tower (default: %(default)s)")
+    p.add_argument("--trainable-blocks", type=int, default=d.trainable_blocks,
+                   help="train only the last N blocks of each unfrozen tower (default: all)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (default: %(default)s)")
+    p.add_argument("--num-workers", type=int, default=d.num_workers,
+                   help="data-loading processes (default: %(default)s)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, mps (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="epochs between validation passes, 0: never (default: %(default)s)")
+    p.add_argument("--no-eval-before", action="store_true",
+                   help="skip evaluating the starting model (default: evaluated)")
+    p.add_argument("--checkpoint-every-steps", type=int, default=d.checkpoint_every_steps,
+                   help="extra mid-epoch checkpoints (default: one per epoch only)")
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help="checkpoints kept (default: %(default)s)")
+    p.add_argument("--stop-after-steps", type=int, default=d.stop_after_steps,
+                   help="stop cleanly after N optimiser steps, resumable (default: run to the end)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    _threads(p)
+    p.set_defaults(func=_cmd_finetune)
 
+
+def _add_pseudo_label(sub: Any) -> None:
     pl = sub.add_parser("pseudo-label", help="zero-shot masks of a split as pseudo-labels (resumable)")
     pl.add_argument("--images", required=True, help="images folder of a prepared data set")
-    pl.add_argument("--prompt", required=True)
+    pl.add_argument("--prompt", required=True, help='what to segment, e.g. "breast tumor"')
     pl.add_argument("--out", required=True, help="writes OUT/masks, OUT/results.csv (manifest), OUT/run.json")
-    pl.add_argument("--task", choices=TASKS)
-    pl.add_argument("--split", help="only this split's stems (e.g. train)")
+    pl.add_argument("--task", choices=TASKS, help="apply the task's preset (default: none)")
+    pl.add_argument("--split", help="only this split's stems, e.g. train (default: every image)")
     pl.add_argument("--splits", help="split file (default: splits.json beside the images folder)")
-    pl.add_argument("--clip", default="toy")
-    pl.add_argument("--sam", default="toy")
-    pl.add_argument("--device", default="auto")
-    pl.add_argument("--quiet", action="store_true")
+    _models(pl)
+    pl.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    _threads(pl)
     pl.set_defaults(func=_cmd_pseudo_label)
 
+
+def _add_train_weak(sub: Any) -> None:
+    w = _WEAK
     tw = sub.add_parser("train-weak", help="train a Residual UNet (MONAI) on pseudo-labels or labels")
-    tw.add_argument("--images", required=True)
+    tw.add_argument("--images", required=True, help="training images folder")
     tw.add_argument("--masks", required=True, help="training masks (pseudo-labels for weak training)")
     tw.add_argument("--val-images", help="validation images (default: --images with --val-split)")
-    tw.add_argument("--val-masks", help="validation masks (default: --masks): pseudo-labels, never ground truth")
-    tw.add_argument("--splits", help="split file restricting train/val stems")
-    tw.add_argument("--train-split", help="split name for training (default: train)")
-    tw.add_argument("--val-split", default="val")
-    tw.add_argument("--out", required=True)
-    tw.add_argument("--epochs", type=int, default=100)
-    tw.add_argument("--batch-size", type=int, default=8)
-    tw.add_argument("--lr", type=float, default=3e-3)
-    tw.add_argument("--size", type=int, default=96)
-    tw.add_argument("--patience", type=int, default=20, help="early stopping (after --min-epochs)")
-    tw.add_argument("--min-epochs", type=int, default=50)
-    tw.add_argument("--seed", type=int, default=0)
-    tw.add_argument("--device", default="auto")
-    tw.add_argument("--resume", action="store_true")
-    tw.add_argument("--quiet", action="store_true")
+    tw.add_argument("--val-masks", help="validation masks, pseudo-labels, never ground truth (default: --masks)")
+    tw.add_argument("--splits", help="split file restricting train/val stems (default: splits.json beside --images)")
+    tw.add_argument("--train-split", default="train", help="split name for training (default: %(default)s)")
+    tw.add_argument("--val-split", default="val", help="split name for validation (default: %(default)s)")
+    tw.add_argument("--out", required=True, help="output folder (checkpoints, logs, model.pt)")
+    tw.add_argument("--epochs", type=int, default=w.epochs, help="epochs at most (default: %(default)s)")
+    tw.add_argument("--batch-size", type=int, default=w.batch_size, help="images per batch (default: %(default)s)")
+    tw.add_argument("--lr", type=float, default=w.lr, help="learning rate (default: %(default)s)")
+    tw.add_argument("--size", type=int, default=w.size, help="training resolution (default: %(default)s)")
+    tw.add_argument("--patience", type=int, default=w.patience,
+                    help="early stopping after --min-epochs (default: %(default)s)")
+    tw.add_argument("--min-epochs", type=int, default=w.min_epochs,
+                    help="epochs before early stopping may stop (default: %(default)s)")
+    tw.add_argument("--seed", type=int, default=w.seed, help="seed (default: %(default)s)")
+    tw.add_argument("--device", default=w.device, help="auto, cpu, cuda, mps (default: %(default)s)")
+    tw.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (default: off)")
+    tw.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    _threads(tw)
     tw.set_defaults(func=_cmd_train_weak)
 
+
+def _add_reproduce(sub: Any) -> None:
+    w = _WEAK
     rp = sub.add_parser(
         "reproduce",
         help="the whole method on a prepared data set: zero-shot, weakly and fully supervised",
@@ -344,19 +519,31 @@ def build_parser() -> argparse.ArgumentParser:
         "them, the same network on the real labels, all scored on the test split beside the paper's "
         "numbers. DATA holds images/, masks/ and splits.json (medclipsam phantom / prepare write it).",
     )
-    rp.add_argument("--task", required=True, choices=TASKS)
-    rp.add_argument("--data", required=True)
-    rp.add_argument("--out", required=True)
-    rp.add_argument("--prompt", help="default: the task's prompt")
-    rp.add_argument("--epochs", type=int, default=100)
-    rp.add_argument("--size", type=int, default=96)
-    rp.add_argument("--batch-size", type=int, default=8)
+    rp.add_argument("--task", required=True, choices=TASKS, help="which task")
+    rp.add_argument("--data", required=True, help="prepared data set folder")
+    rp.add_argument("--out", required=True, help="output folder")
+    rp.add_argument("--prompt", help="text prompt (default: the task's prompt)")
+    rp.add_argument("--epochs", type=int, default=w.epochs, help="UNet epochs at most (default: %(default)s)")
+    rp.add_argument("--size", type=int, default=w.size, help="UNet resolution (default: %(default)s)")
+    rp.add_argument("--batch-size", type=int, default=w.batch_size, help="UNet batch size (default: %(default)s)")
     rp.add_argument("--drop-uncertain", type=float, default=0.0,
-                    help="also retrain without this share of the most uncertain pseudo-labels")
-    rp.add_argument("--device", default="auto")
-    rp.add_argument("--quiet", action="store_true")
+                    help="also retrain without this share of the most uncertain pseudo-labels (default: %(default)s)")
+    rp.add_argument("--device", default=w.device, help="auto, cpu, cuda, mps (default: %(default)s)")
+    rp.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
+    _threads(rp)
     rp.set_defaults(func=_cmd_reproduce)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``medclipsam`` parser (imports neither torch nor the models)."""
+    p = argparse.ArgumentParser(
+        prog="medclipsam",
+        description="MedCLIP-SAM: text-prompted medical image segmentation.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_segment, _add_evaluate, _add_phantom, _add_prepare, _add_finetune,
+                _add_pseudo_label, _add_train_weak, _add_reproduce):
+        add(sub)
     i = sub.add_parser("info", help="versions, device and cache folder")
     i.set_defaults(func=_cmd_info)
     return p
@@ -364,6 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     return args.func(args)
 
 

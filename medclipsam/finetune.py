@@ -53,24 +53,22 @@ precision and the schedule come from the scaffold weak supervision uses too
 (:mod:`medclipsam.training`).
 
 Command line: ``medclipsam finetune --clip biomedclip --captions pairs.csv --out runs/dhn``
-(or ``python -m medclipsam.finetune ...``); see :func:`add_finetune_arguments`.
+(``torchrun --nproc_per_node N -m medclipsam finetune ...`` on several GPUs); its options are the
+fields of :class:`~medclipsam.config.FinetuneConfig` (``medclipsam finetune --help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
 import json
 import logging
 import math
 import os
 import re
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +80,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ._utils import get_device, rng_state, seed_everything, set_rng_state
-from .data import CaptionDataset
+from .config import FinetuneConfig
 from .losses import ContrastiveLoss
-from .models import load_clip, save_clip_checkpoint
+from .models import save_clip_checkpoint
 from .retrieval import retrieval_protocol, topk_accuracy
 from .training import (
     Checkpoints,
@@ -100,17 +98,13 @@ from .training import (
     write_json,
     write_table,
 )
-from .vocab import FREEZE_MODES, LOSS_NAMES, TRAINING_PRECISIONS
+from .vocab import FREEZE_MODES
 
 __all__ = [
-    "FinetuneConfig",
-    "add_finetune_arguments",
     "apply_freezing",
     "evaluate_retrieval",
     "finetune",
     "latest_checkpoint",
-    "main",
-    "run_from_args",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,82 +126,6 @@ _FREE_FIELDS = {
 _INPUT_SIDE = re.compile(
     r"embed|conv1|ln_pre|norm_pre|cls_token|class_embedding|cls_emb|pos_|positional|reg_token"
 )
-
-
-@dataclass
-class FinetuneConfig:
-    """Settings of :func:`finetune` (defaults: the MedCLIP-SAMv2 recipe, except ``lr``)."""
-
-    out_dir: str = "finetune_out"
-    loss: str = "dhn_nce"
-    tau: float = 0.6  # fixed temperature (ignored when learn_logit_scale)
-    learn_logit_scale: bool = False  # use and train the model's logit scale instead of tau
-    beta1: float = 0.15  # hard-negative weighting, image -> text
-    beta2: float = 0.15  # hard-negative weighting, text -> image
-    alpha: float = 1.0  # weight of the positive in hn_nce only (dhn_nce is hn_nce with alpha 0)
-    batch_size: int = 16  # per process
-    lr: float = 1e-5  # v2 script: 1e-3; paper: 1e-6 (see the module docstring)
-    weight_decay: float = 0.1
-    adam_betas: tuple[float, float] = (0.9, 0.98)
-    adam_eps: float = 1e-6
-    warmup_steps: int = 1000  # optimiser steps of linear warm-up, then cosine decay
-    epochs: int = 32
-    grad_accum_steps: int = 1
-    max_grad_norm: float | None = None
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    freeze: str = "none"  # none | text | image
-    trainable_blocks: int | None = None  # only the last N blocks of each unfrozen tower train
-    seed: int = 0
-    num_workers: int = 4
-    device: str = "auto"
-    drop_last: bool = True
-    eval_every: int = 1  # epochs between validation passes (0: never)
-    eval_before: bool = True  # evaluate the starting model too (epoch 0 row)
-    group_identical_captions: bool = True
-    checkpoint_every_steps: int | None = None  # extra mid-epoch checkpoints
-    keep_checkpoints: int | None = 2  # None keeps all
-    stop_after_steps: int | None = None  # stop cleanly (with a checkpoint) after N optimiser steps
-    progress: bool = True
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad setting."""
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"loss must be one of {sorted(LOSS_NAMES)}, got {self.loss!r}")
-        if self.freeze not in FREEZE_MODES:
-            raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {self.freeze!r}")
-        if self.precision not in TRAINING_PRECISIONS:
-            raise ValueError(f"precision must be one of {TRAINING_PRECISIONS}, got {self.precision!r}")
-        positive = {"batch_size": self.batch_size, "epochs": self.epochs,
-                    "grad_accum_steps": self.grad_accum_steps}
-        for name, value in positive.items():
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if not self.learn_logit_scale and not (self.tau > 0):
-            raise ValueError(f"tau must be > 0, got {self.tau}")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError("lr must be > 0, warmup_steps and weight_decay >= 0")
-        if self.trainable_blocks is not None and self.trainable_blocks < 0:
-            raise ValueError(f"trainable_blocks must be >= 0 or None, got {self.trainable_blocks}")
-        if self.stop_after_steps is not None and self.stop_after_steps < 1:
-            raise ValueError(f"stop_after_steps must be >= 1, got {self.stop_after_steps}")
-        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1 or None, got {self.keep_checkpoints}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-compatible dict (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FinetuneConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown FinetuneConfig field(s): {unknown}")
-        d = dict(d)
-        if "adam_betas" in d:
-            d["adam_betas"] = tuple(d["adam_betas"])
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -799,124 +717,3 @@ def finetune(
     finally:
         if dist_info.owns_group:
             torch.distributed.destroy_process_group()
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-
-
-def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``finetune`` options to ``parser`` (used by ``medclipsam finetune``)."""
-    d = FinetuneConfig()
-    p = parser
-    p.add_argument("--clip", default="biomedclip",
-                   help="CLIP to fine-tune: biomedclip, toy, an open_clip name or a checkpoint "
-                   "(default: %(default)s)")
-    p.add_argument("--captions", required=True,
-                   help="CSV with columns image,caption[,split] (paths relative to the CSV)")
-    p.add_argument("--image-root", default=None, help="folder the CSV's image paths are under")
-    p.add_argument("--val-captions", default=None,
-                   help="separate validation CSV (default: the 'val' split of --captions)")
-    p.add_argument("--train-split", default="train",
-                   help="split used for training when the CSV has a split column (default: train)")
-    p.add_argument("--val-split", default="val", help="validation split name (default: val)")
-    p.add_argument("--min-caption-chars", type=int, default=0,
-                   help="drop captions shorter than this (the MedPix recipe uses 20)")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, logs, model.pt)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--loss", default=d.loss, help="dhn_nce, hn_nce, dcl or infonce (default: %(default)s)")
-    p.add_argument("--tau", type=float, default=d.tau, help="temperature (default: %(default)s)")
-    p.add_argument("--learn-logit-scale", action="store_true",
-                   help="use and train the model's logit scale instead of a fixed --tau")
-    p.add_argument("--beta1", type=float, default=d.beta1)
-    p.add_argument("--beta2", type=float, default=d.beta2)
-    p.add_argument("--alpha", type=float, default=d.alpha, help="hn_nce only")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    p.add_argument("--lr", type=float, default=d.lr,
-                   help="peak learning rate (default: %(default)s; v2 script 1e-3, paper 1e-6)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--grad-accum-steps", type=int, default=d.grad_accum_steps)
-    p.add_argument("--max-grad-norm", type=float, default=None)
-    p.add_argument("--precision", choices=TRAINING_PRECISIONS, default=d.precision)
-    p.add_argument("--freeze", choices=FREEZE_MODES, default=d.freeze,
-                   help="freeze a whole tower (default: %(default)s)")
-    p.add_argument("--trainable-blocks", type=int, default=None,
-                   help="train only the last N blocks of each unfrozen tower")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs (0: never)")
-    p.add_argument("--no-eval-before", action="store_true", help="skip evaluating the start model")
-    p.add_argument("--checkpoint-every-steps", type=int, default=None)
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    p.add_argument("--stop-after-steps", type=int, default=None,
-                   help="stop cleanly after N optimiser steps (resumable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def _csv_has_split(path: Path) -> bool:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh), None) or []
-    return "split" in [h.strip().lower() for h in header]
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run :func:`finetune` from parsed :func:`add_finetune_arguments` options."""
-    cfg = FinetuneConfig(
-        out_dir=args.out, loss=args.loss, tau=args.tau, learn_logit_scale=args.learn_logit_scale,
-        beta1=args.beta1, beta2=args.beta2, alpha=args.alpha, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        epochs=args.epochs, grad_accum_steps=args.grad_accum_steps,
-        max_grad_norm=args.max_grad_norm, precision=args.precision, freeze=args.freeze,
-        trainable_blocks=args.trainable_blocks, seed=args.seed, num_workers=args.num_workers,
-        device=args.device, eval_every=args.eval_every, eval_before=not args.no_eval_before,
-        checkpoint_every_steps=args.checkpoint_every_steps,
-        keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
-        progress=not args.no_progress,
-    )
-    cfg.validate()
-    captions = Path(args.captions)
-    if not captions.is_file():
-        raise FileNotFoundError(f"{captions}: caption CSV not found")
-    has_split = _csv_has_split(captions)
-    common = {"image_root": args.image_root, "min_caption_chars": args.min_caption_chars}
-    train = CaptionDataset(captions, split=args.train_split if has_split else None, **common)
-    if len(train) == 0:
-        raise ValueError(f"{captions}: no training pairs (split {args.train_split!r})")
-    val = None
-    if args.val_captions:
-        val = CaptionDataset(args.val_captions, **common)
-    elif has_split:
-        val = CaptionDataset(captions, split=args.val_split, **common)
-        val = val if len(val) else None
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    bundle = load_clip(args.clip, device="cpu" if world > 1 else cfg.device)
-    result = finetune(bundle, train, val, cfg, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        final = result["final_metrics"]
-        shown = {k: round(v, 3) for k, v in final.items()
-                 if k in ("train_loss", "val_loss", "i2t_top1", "t2i_top1")
-                 and isinstance(v, float)}
-        what = "stopped (resumable)" if result["interrupted"] else "done"
-        print(f"{what}: step {result['global_step']}, {shown}; "
-              f"model: {result['model_path'] or '-'}; logs: {Path(args.out) / 'log.csv'}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m medclipsam.finetune ...`` (the same options as ``medclipsam finetune``)."""
-    parser = argparse.ArgumentParser(
-        prog="medclipsam finetune",
-        description="Contrastive (DHN-NCE) fine-tuning of a CLIP model on image-caption pairs.",
-    )
-    add_finetune_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run_from_args(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -27,20 +27,17 @@ import json
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._utils import atomic_path, atomic_write_text
+from .config import TOY_DEFAULTS, PipelineConfig
 from .data.io import load_rgb
 from .vocab import (
-    BOX_MODES,
     CONTROL_SALIENCY,
-    POSTPROCESS_METHODS,
-    SALIENCY_METHODS,
-    SAM_PROMPT_MODES,
     TASKS,
 )
 
@@ -49,67 +46,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MedCLIPSAM",
-    "PipelineConfig",
     "SegmentationResult",
-    "TASK_PRESETS",
-    "TOY_DEFAULTS",
     "evaluate_phantom",
     "evaluate_predictions",
 ]
-
-#: The settings :meth:`MedCLIPSAM.toy` starts from (see there).
-TOY_DEFAULTS: dict[str, Any] = {"saliency_kwargs": lambda: {"k": 24}, "prompt_mode": "box+points"}
-
-#: What the paper changes per task (everything else stays at the :class:`PipelineConfig` default).
-TASK_PRESETS: dict[str, dict[str, Any]] = {
-    "breast": {"n_components": 1, "box_mode": "largest"},
-    "brain": {"n_components": 1, "box_mode": "largest"},
-    "xray": {"n_components": 2, "box_mode": "per_component"},
-}
 
 RESULTS_COLUMNS = (
     "id", "prompt", "mask_file", "sam_score", "mask_area", "n_boxes", "boxes", "flags",
     "height", "width", "t_saliency", "t_prompts", "t_sam_embed", "t_sam_decode", "t_total",
 )
-
-
-@dataclass
-class PipelineConfig:
-    """Settings of :class:`MedCLIPSAM` (defaults: MedCLIP-SAM v1: gScoreCAM, dense CRF, one box).
-
-    * ``saliency``: ``"gscorecam"`` (paper), ``"gradcam"``, ``"m2ib"`` (v2), or a control
-      (``"random"``, ``"uniform"``); ``saliency_kwargs`` go to the method (e.g. ``k``,
-      ``precision``, ``weighting``).
-    * ``postprocess``: ``"crf"`` (v1, default; needs the ``crf`` extra: without it the pipeline
-      uses k-means and says so in each result's flags, ``"crf_unavailable_used_kmeans"``),
-      ``"kmeans"`` (v2), ``"threshold"`` (at ``threshold``), ``"otsu"``.
-    * ``n_components`` largest components are kept; ``box_mode``: ``"largest"`` (one box),
-      ``"per_component"`` (one per kept component, masks unioned) or ``"union"`` (one box
-      around all kept).
-    * ``prompt_mode``: ``"box"`` (paper v1), ``"points"`` or ``"box+points"`` (v2) with
-      ``points`` positives and ``negatives`` negatives per region.
-    * ``multimask``: let SAM propose three masks per prompt and keep the best by predicted IoU
-      (``None``: only for point prompts without a box).
-    """
-
-    saliency: str = "gscorecam"
-    saliency_kwargs: dict = field(default_factory=dict)
-    postprocess: str = "crf"
-    threshold: float = 0.3
-    n_components: int = 1
-    box_mode: str = "largest"
-    prompt_mode: str = "box"
-    points: int = 1
-    negatives: int = 0
-    multimask: bool | None = None
-    seed: int = 0
-
-    def for_task(self, task: str | None) -> PipelineConfig:
-        """This configuration with the task's preset applied (unknown task: unchanged)."""
-        return replace(self, **TASK_PRESETS.get(task or "", {}))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -177,7 +122,7 @@ class MedCLIPSAM:
         self.clip = clip
         self.sam = sam
         self.config = replace(config or PipelineConfig(), **overrides)
-        _check_config(self.config)
+        self.config.validate()
         self.session = SamSession(sam)
 
     # -- construction --------------------------------------------------------------------------
@@ -271,7 +216,7 @@ class MedCLIPSAM:
         if overrides.get("saliency", self.config.saliency) != self.config.saliency:
             overrides.setdefault("saliency_kwargs", {})  # another method: its own defaults
         cfg = replace(self.config.for_task(task), **overrides)
-        _check_config(cfg)
+        cfg.validate()
         out = []
         for i, (im, pr, name, sal) in enumerate(
             _progress(zip(items, plist, ids, given), len(items), progress)
@@ -475,19 +420,6 @@ def evaluate_phantom(
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _check_config(cfg: PipelineConfig) -> None:
-    for name, value, allowed in (
-        ("saliency", cfg.saliency, (*SALIENCY_METHODS, *CONTROL_SALIENCY)),
-        ("postprocess", cfg.postprocess, POSTPROCESS_METHODS),
-        ("box_mode", cfg.box_mode, BOX_MODES),
-        ("prompt_mode", cfg.prompt_mode, SAM_PROMPT_MODES),
-    ):
-        if value not in allowed:
-            raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-    if cfg.n_components < 1:
-        raise ValueError(f"n_components must be >= 1, got {cfg.n_components}")
 
 
 _CRF: list[bool] = []

@@ -46,7 +46,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from ._utils import atomic_path, get_device, rng_state, set_rng_state
+from .config import WeakConfig
 from .data.convert import to_unit_float
 from .data.datasets import PairingError, list_image_files, pair_by_stem
 from .data.io import file_stem, read_image, read_mask
@@ -77,10 +78,8 @@ from .training import (
     write_json,
     write_table,
 )
-from .vocab import TRAINING_PRECISIONS
 
 __all__ = [
-    "WeakConfig",
     "build_unet",
     "ensemble_uncertainty",
     "latest_checkpoint",
@@ -101,72 +100,6 @@ _FREE_FIELDS = {"out_dir", "progress", "stop_after_epochs", "device", "keep_chec
                 "min_epochs"}
 
 PathLike = str | Path
-
-
-@dataclass
-class WeakConfig:
-    """Settings of :func:`train_segmenter` (and of prediction with a trained network)."""
-
-    out_dir: str = "weak_out"
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
-    patience: int | None = 20  # early stopping: epochs without a better validation Dice (None: off)
-    min_epochs: int = 50  # patience counts from here at the earliest (small-target Dice stays flat at first)
-    size: int = 96  # training/inference resolution (images resized, square; masks nearest)
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2)
-    num_res_units: int = 2
-    augment: bool = True
-    precision: str = "auto"  # auto: bf16/fp16 autocast on CUDA, fp32 on CPU
-    seed: int = 0
-    device: str = "auto"
-    keep_checkpoints: int | None = None  # None keeps every epoch's weights (the ensemble needs them)
-    stop_after_epochs: int | None = None  # stop cleanly after N epochs (to test/emulate interruption)
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        self.strides = tuple(int(s) for s in self.strides)
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first setting that cannot work."""
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
-        if len(self.channels) < 2 or len(self.strides) != len(self.channels) - 1:
-            raise ValueError(
-                f"need len(strides) == len(channels) - 1 >= 1, got channels {self.channels}, "
-                f"strides {self.strides}"
-            )
-        factor = math.prod(self.strides)
-        if self.size < 1 or self.size % factor:
-            raise ValueError(f"size must be a positive multiple of {factor} "
-                             f"(the product of strides {self.strides}), got {self.size}")
-        if self.precision not in TRAINING_PRECISIONS:
-            raise ValueError(f"precision must be one of {TRAINING_PRECISIONS}, got {self.precision!r}")
-        for name in ("keep_checkpoints", "stop_after_epochs"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {v}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able values (tuples become lists)."""
-        d = asdict(self)
-        d["channels"], d["strides"] = list(self.channels), list(self.strides)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WeakConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored (newer files load in older code)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def build_unet(config: WeakConfig) -> nn.Module:

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from medclipsam.cli import main
+from medclipsam.config import FinetuneConfig
 from medclipsam.data import CaptionDataset
 from medclipsam.data.phantom import write_phantom_folder
-from medclipsam.finetune import FinetuneConfig, finetune, latest_checkpoint, main
+from medclipsam.finetune import finetune, latest_checkpoint
 from medclipsam.models import load_clip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,7 +185,7 @@ def test_freezing_options_freeze_what_they_say(pairs, tmp_path, option):
 
 def test_command_line_runs_and_writes_model(pairs, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(["--clip", "toy", "--captions", str(pairs), "--out", str(out), "--epochs", "1",
+    rc = main(["finetune", "--clip", "toy", "--captions", str(pairs), "--out", str(out), "--epochs", "1",
                "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--no-progress",
                "--loss", "infonce", "--warmup-steps", "1"])
     assert rc == 0
@@ -197,7 +199,8 @@ def test_command_line_runs_and_writes_model(pairs, tmp_path, capsys):
 _DDP_SCRIPT = """
 import os, sys, torch
 from medclipsam.data import CaptionDataset
-from medclipsam.finetune import FinetuneConfig, finetune
+from medclipsam.config import FinetuneConfig
+from medclipsam.finetune import finetune
 from medclipsam.models import load_clip
 csv_path, out = sys.argv[1], sys.argv[2]
 bundle = load_clip("toy", device="cpu")

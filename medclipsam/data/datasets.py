@@ -403,6 +403,13 @@ class CaptionDataset:
             )
         self._rows = rows
 
+    @staticmethod
+    def has_split_column(csv_path: PathLike) -> bool:
+        """Whether the CSV's header names a ``split`` column (read without checking the rows)."""
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), None) or []
+        return "split" in [h.strip().lower() for h in header]
+
     @property
     def image_paths(self) -> list[Path]:
         return [p for p, _ in self._rows]
