@@ -23,8 +23,8 @@ from _common import hardware_header, print_table  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from medclipsam.config import FinetuneConfig
     from medclipsam.data import PhantomPairs
-    from medclipsam.finetune import FinetuneConfig
     from medclipsam.loss_comparison import LOSS_ORDER, PAPER_RETRIEVAL, compare_losses
     from medclipsam.models import load_clip
 

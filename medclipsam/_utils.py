@@ -1,6 +1,8 @@
 """Small shared helpers: atomic writes, safe archive extraction, device choice, seeding.
 
-Everything here is upstream of every other module, so it imports nothing from the package.
+Everything here is upstream of every other module, so it imports nothing from the package. The
+module is imported by torch-free paths (the data layer, downloads, the weight registry), so the few
+helpers that need torch import it themselves.
 """
 
 from __future__ import annotations
@@ -191,9 +193,6 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict:
     """The Python, NumPy (global) and torch (CPU, and CUDA once initialised) random states, as
     tensors and plain values, so a checkpoint holding them loads with ``weights_only=True``."""
-    import random
-
-    import numpy as np
     import torch
 
     np_state = np.random.get_state()  # noqa: NPY002 - the global generator is what we restore
@@ -218,10 +217,6 @@ def _as_tuples(x):
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned (CUDA states only where CUDA is available)."""
-    import contextlib
-    import random
-
-    import numpy as np
     import torch
 
     random.setstate(_as_tuples(state["python"]))

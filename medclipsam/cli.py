@@ -24,6 +24,10 @@ functions on purpose. Heavy commands take ``--threads N`` (torch's CPU threads).
 from __future__ import annotations
 
 import argparse
+import csv
+import logging
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -155,8 +159,6 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import csv
-
     from ._utils import atomic_path
     from .data.datasets import PairingError
     from .metrics import evaluate_folders, summarize
@@ -223,9 +225,6 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    import logging
-    import os
-
     from .data.datasets import CaptionDataset
     from .finetune import finetune
     from .models import load_clip
@@ -260,8 +259,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:  # noqa: ARG001
-    import platform
-
     import torch
 
     from . import __version__

@@ -22,6 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ._utils import atomic_path
+from .data.phantom import PROMPTS, PhantomDataset
+from .metrics import evaluate_masks, summarize
+from .pipeline import MedCLIPSAM
+from .viz import result_panels, sample_grid, save_figure
 from .vocab import TASKS
 
 __all__ = ["run_demo"]
@@ -47,11 +51,6 @@ def run_demo(
 
     Returns the summary rows (one per task) that are also printed.
     """
-    from .data.phantom import PROMPTS, PhantomDataset
-    from .metrics import evaluate_masks, summarize
-    from .pipeline import MedCLIPSAM
-    from .viz import result_panels, sample_grid, save_figure
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -14,6 +14,7 @@ of notebook 02 and of ``benchmarks/dhn_nce_toy.py``.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from .finetune import FinetuneConfig, finetune
+from .models import load_clip
 from .retrieval import retrieval_protocol, topk_accuracy
 
 __all__ = ["LOSS_ORDER", "PAPER_RETRIEVAL", "compare_losses", "embed_pairs", "retrieval_scores"]
@@ -100,8 +102,6 @@ def compare_losses(
     Resumable: a loss whose run already finished (``out_dir/<loss>/model.pt``) is scored from
     that file instead of being trained again.
     """
-    from .models import load_clip
-
     base = config or FinetuneConfig()
     out_dir = Path(out_dir)
     bundle = load_clip(clip, device=device)
@@ -128,8 +128,6 @@ def compare_losses(
 
 
 def _steps_in_log(run_dir: Path) -> int:
-    import json
-
     try:
         history = json.loads((run_dir / "log.json").read_text())
         steps = history.get("steps") or []

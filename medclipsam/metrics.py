@@ -43,6 +43,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy import stats
 
+from .data.datasets import PairingError, pair_by_stem
+from .data.io import file_stem, read_mask
+
 __all__ = [
     "MaskFolderPairs",
     "dice",
@@ -359,15 +362,12 @@ def pair_mask_folders(
     unpaired or duplicated file raises :class:`medclipsam.data.PairingError` naming them, as do
     folders without a single pair; otherwise the clean pairs are kept and the rest reported.
     """
-    from .data.datasets import PairingError, pair_by_stem
-
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"{pred_dir}: prediction folder not found")
     if not gt_dir.is_dir():
         raise FileNotFoundError(f"{gt_dir}: ground-truth folder not found")
     pairs, report = pair_by_stem(pred_dir, gt_dir, mask_suffixes=tuple(gt_suffixes), strict=False)
-    from .data.io import file_stem
 
     out = MaskFolderPairs(
         ids=[file_stem(p) for p, _ in pairs],
@@ -389,8 +389,6 @@ def pair_mask_folders(
 
 
 def _iter_folder_masks(pairs: MaskFolderPairs) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    from .data.io import read_mask
-
     for name, pp, gp in zip(pairs.ids, pairs.pred_paths, pairs.gt_paths):
         p, g = read_mask(pp), read_mask(gp)
         if p.shape != g.shape:

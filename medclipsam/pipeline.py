@@ -11,9 +11,15 @@
     pipe.run_folder("images/", "breast tumor", "out/")                # masks/*.png + results.csv
 
 Every intermediate is kept in the :class:`SegmentationResult`. Settings live in
-:class:`PipelineConfig`; per-task presets (:data:`TASK_PRESETS`) say what the paper changes per task
-(two lungs: the two largest components, one box each, masks unioned). Nothing in the pipeline looks
-at a ground-truth mask.
+:class:`~medclipsam.config.PipelineConfig`; per-task presets (:data:`~medclipsam.config.TASK_PRESETS`)
+say what the paper changes per task (two lungs: the two largest components, one box each, masks
+unioned). Nothing in the pipeline looks at a ground-truth mask.
+
+One call, step by step (:meth:`MedCLIPSAM._one`): the image becomes the uint8 RGB picture once
+(:func:`~medclipsam.data.io.load_rgb`, the package's one image rule); CLIP's saliency maps of the
+prompt (:func:`~medclipsam.saliency.saliency_maps`); the coarse mask and SAM's boxes and points
+(:func:`~medclipsam.prompting.make_prompts`); SAM's embedding of the picture, once per image, and its
+masks (:class:`~medclipsam.sam_prompting.SamSession`).
 
 Two saliency *controls* exist for experiments: ``saliency="random"`` (a smooth random map,
 seeded per image) and ``saliency="uniform"`` (a constant map). With them the text prompt cannot
@@ -25,24 +31,29 @@ from __future__ import annotations
 import csv
 import json
 import time
+import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from scipy import ndimage
+from tqdm.auto import tqdm
 
 from ._utils import atomic_path, atomic_write_text
 from .config import TOY_DEFAULTS, PipelineConfig
-from .data.io import load_rgb
-from .vocab import (
-    CONTROL_SALIENCY,
-    TASKS,
-)
-
-if TYPE_CHECKING:
-    from .prompting import Prompts
+from .data.datasets import list_image_files
+from .data.io import load_rgb, write_mask
+from .data.phantom import PROMPTS, PhantomDataset
+from .metrics import evaluate_masks, summarize
+from .models import load_clip, load_sam
+from .prompting import Prompts, make_prompts
+from .saliency.api import saliency_maps
+from .sam_prompting import SamSession
+from .viz import result_figure, save_figure
+from .vocab import CONTROL_SALIENCY, TASKS
 
 __all__ = [
     "MedCLIPSAM",
@@ -94,7 +105,6 @@ class SegmentationResult:
 def _control_map(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
     if kind == "uniform":
         return np.full(shape, 0.5, dtype=np.float32)
-    from scipy import ndimage
 
     rng = np.random.default_rng(seed)
     noise = ndimage.gaussian_filter(rng.random(shape), sigma=max(2.0, 0.05 * min(shape)))
@@ -117,8 +127,6 @@ class MedCLIPSAM:
     """
 
     def __init__(self, clip: Any, sam: Any, config: PipelineConfig | None = None, **overrides: Any) -> None:
-        from .sam_prompting import SamSession
-
         self.clip = clip
         self.sam = sam
         self.config = replace(config or PipelineConfig(), **overrides)
@@ -136,8 +144,6 @@ class MedCLIPSAM:
         paper's k = 300 would be all of them (plain ScoreCAM), whose maps localise poorly on this
         model; prompts are a box plus one positive point (v2's box+points), which beat a box
         alone on every task there. Keyword arguments override them."""
-        from .models import load_clip, load_sam
-
         for key, value in TOY_DEFAULTS.items():
             if key == "saliency_kwargs" and overrides.get("saliency", "gscorecam") != "gscorecam":
                 continue
@@ -150,8 +156,6 @@ class MedCLIPSAM:
     ) -> MedCLIPSAM:
         """The real world: BiomedCLIP (or a fine-tuned checkpoint path) and SAM/MedSAM weights,
         downloaded and verified on first use (see :mod:`medclipsam.models`)."""
-        from .models import load_clip, load_sam
-
         return cls(load_clip(clip, device=device), load_sam(sam, device=device), **overrides)
 
     def close(self) -> None:
@@ -175,7 +179,6 @@ class MedCLIPSAM:
         plist = [prompts] if isinstance(prompts, str) else list(prompts)
         if cfg.saliency in CONTROL_SALIENCY:
             return np.stack([_control_map(cfg.saliency, rgb.shape[:2], seed + i) for i in range(len(plist))])
-        from .saliency.api import saliency_maps
 
         maps = saliency_maps(self.clip, rgb, plist, method=cfg.saliency, **cfg.saliency_kwargs)
         return np.asarray(maps, dtype=np.float32)
@@ -229,8 +232,6 @@ class MedCLIPSAM:
         """SAM prompts from a saliency map of ``image`` (uint8 RGB) with ``config``'s
         post-processing and prompt settings. Without the ``crf`` extra, ``"crf"`` falls back to
         k-means and says so in the flags (``"crf_unavailable_used_kmeans"``)."""
-        from .prompting import make_prompts
-
         cfg = config or self.config
         post, extra_flags = cfg.postprocess, ()
         if post == "crf" and not _crf_available():
@@ -292,9 +293,6 @@ class MedCLIPSAM:
         have a row and a mask are skipped, so an interrupted run continues where it stopped;
         a run with other settings in the same ``out_dir`` is refused. ``stems`` restricts the run
         to those file stems (e.g. one split). Returns all rows."""
-        from .data.datasets import list_image_files
-        from .data.io import write_mask
-
         images_dir, out_dir = Path(images_dir), Path(out_dir)
         by_stem, _ = list_image_files(images_dir)
         dup = sorted(s for s, paths in by_stem.items() if len(paths) > 1)
@@ -363,8 +361,6 @@ def evaluate_predictions(
 
     Returns per-image rows (id, dice, iou, hd95, nsd, areas, SAM score, flags, seconds) and the
     results themselves."""
-    from .metrics import evaluate_masks
-
     results = pipe.predict(list(images), prompt, task=task, ids=ids, **overrides)
     rows = evaluate_masks([r.mask for r in results], list(masks), ids=[r.id for r in results],
                           nsd_tolerance=nsd_tolerance)
@@ -392,9 +388,6 @@ def evaluate_phantom(
     All ``n`` images have a finding unless ``with_normals`` (the data set's usual share of normal
     images is then included; a prompt for a finding that is not there has no right box). Each task uses its :data:`TASK_PRESETS`;
     ``overrides`` change :class:`PipelineConfig` fields (e.g. ``saliency="random"``)."""
-    from .data.phantom import PROMPTS, PhantomDataset
-    from .metrics import summarize
-
     out = []
     for task in tasks:
         ds = PhantomDataset(task, n, seed=seed, size=size, split=split,
@@ -433,8 +426,6 @@ def _crf_available() -> bool:
 
             _CRF.append(True)
         except ImportError:
-            import warnings
-
             warnings.warn(
                 "postprocess='crf' needs the crf extra (pip install \"medclipsam[crf]\"); using "
                 "k-means instead (flag 'crf_unavailable_used_kmeans' in each result)",
@@ -448,7 +439,6 @@ def _crf_available() -> bool:
 def _progress(it: Iterable, total: int, show: bool) -> Iterable:
     if not show:
         return it
-    from tqdm.auto import tqdm
 
     return tqdm(it, total=total, unit="image")
 
@@ -467,7 +457,5 @@ def _append_row(path: Path, row: dict) -> None:
 
 
 def _save_overlay(path: Path, res: SegmentationResult, image: Any) -> None:
-    from .viz import result_figure, save_figure
-
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(result_figure(load_rgb(image), res), path)

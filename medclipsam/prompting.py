@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
 
 from .data.convert import to_uint8
 from .vocab import BOX_MODES, POSTPROCESS_METHODS, SAM_PROMPT_MODES
@@ -198,8 +199,6 @@ def coarse_mask(
     if method == "otsu":
         if float(s.max() - s.min()) <= 0:
             return np.zeros(s.shape, bool)
-        from skimage.filters import threshold_otsu
-
         return s > float(threshold_otsu(s))
     if method == "crf":
         if image is None:

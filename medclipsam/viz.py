@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ._utils import atomic_path
 from .data.convert import to_unit_float
 
 __all__ = ["mask_outline", "overlay", "result_figure", "result_panels", "sample_grid", "save_figure"]
@@ -118,7 +119,6 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Save a figure atomically (PNG by suffix) and close it."""
     import matplotlib.pyplot as plt
 
-    from ._utils import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

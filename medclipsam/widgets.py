@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from .saliency import METHODS, prompt_sensitivity
+
 try:
     import ipywidgets as W
 except ImportError as e:  # pragma: no cover - depends on the installation
@@ -57,13 +59,21 @@ except ImportError as e:  # pragma: no cover - depends on the installation
         "medclipsam.widgets needs ipywidgets: pip install 'medclipsam[notebooks]'"
     ) from e
 
-from .data.io import load_rgb
+import tempfile
+
+from PIL import Image
+
+from .config import TASK_PRESETS, PipelineConfig
+from .data import FolderDataset
+from .data.io import load_rgb, read_image
+from .data.phantom import PROMPTS, TASKS, PhantomDataset
 from .metrics import dice as dice_score
-from .pipeline import TASK_PRESETS, MedCLIPSAM, PipelineConfig
+from .pipeline import MedCLIPSAM
 from .prompting import Prompts
+from .saliency.cam import resolve_target
 from .saliency.sensitivity import DEFAULT_THRESHOLD
 from .sam_prompting import SamSession
-from .viz import overlay
+from .viz import overlay, sample_grid
 from .vocab import CONTROL_SALIENCY, POSTPROCESS_METHODS, SALIENCY_METHODS, SAM_PROMPT_MODES
 
 __all__ = ["ExplorerImage", "PromptExplorer"]
@@ -101,8 +111,6 @@ class ExplorerImage:
 
 
 def _png(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
@@ -181,8 +189,6 @@ class PromptExplorer:
             **kwargs: Any) -> PromptExplorer:
         """The toy world: :meth:`MedCLIPSAM.toy` over ``per_task`` held-out phantom images (with
         a finding) of each task, with their ground truth and each task's prompt."""
-        from .data.phantom import PROMPTS, TASKS, PhantomDataset
-
         images: dict[str, ExplorerImage] = {}
         for task in TASKS:
             ds = PhantomDataset(task, 8 * per_task, seed=seed, size=size, split="test")
@@ -199,8 +205,6 @@ class PromptExplorer:
         """The first ``limit`` images of a folder data set (``root/images``, masks from
         ``root/masks`` when present: see :class:`~medclipsam.data.FolderDataset`), all with the
         same suggested ``prompt`` and ``task`` preset."""
-        from .data import FolderDataset
-
         ds = FolderDataset(root, split=split, strict=False)
         images = {}
         for i in range(min(limit, len(ds))):
@@ -324,8 +328,6 @@ class PromptExplorer:
         return name if name in {v for _, v in METHOD_CHOICES} else "gscorecam"
 
     def _channels(self) -> int:
-        from .saliency.cam import resolve_target
-
         try:
             module = resolve_target(self.pipeline.clip.model, None).module
         except Exception:  # noqa: BLE001 - an unknown tower: a generous slider
@@ -464,10 +466,6 @@ class PromptExplorer:
     def add_upload(self, filename: str, content: bytes) -> str:
         """An uploaded file (any format the data layer reads: PNG, JPEG, TIFF, DICOM, NIfTI),
         added as ``"upload: <filename>"`` and shown. Unreadable files raise an error naming them."""
-        import tempfile
-
-        from .data.io import read_image
-
         suffix = "".join(Path(filename).suffixes[-2:]) if filename.endswith(".gz") else Path(filename).suffix
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"upload{suffix}"
@@ -685,8 +683,6 @@ class PromptExplorer:
 
     def figure(self, cell_size: float = 3.0):
         """A matplotlib figure of the four panels (for static notebooks and reports)."""
-        from .viz import sample_grid
-
         s = self.state
         extra = f", Dice {s['dice']:.3f}" if s["dice"] is not None else ""
         titles = [f"{s['image']}: prompts", f"saliency: {s['prompt']!r}", "coarse mask",
@@ -703,8 +699,6 @@ class PromptExplorer:
             return None
         key = self._saliency_key(cfg, prompt) + (self.task,)
         if key not in self._sensitivity_cache:
-            from .saliency import METHODS, prompt_sensitivity
-
             self.counts["sensitivity"] += 1
             rep = prompt_sensitivity(self.pipeline.clip, self.current.image, prompt,
                                      METHODS[cfg.saliency], task=self.task, warn=False,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from medclipsam.config import FinetuneConfig
 from medclipsam.data import PhantomDataset, PhantomPairs
-from medclipsam.finetune import FinetuneConfig
 from medclipsam.loss_comparison import PAPER_RETRIEVAL, compare_losses, retrieval_scores
 from medclipsam.models import load_clip
 

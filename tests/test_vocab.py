@@ -18,10 +18,10 @@ def _choices(parser: argparse.ArgumentParser, command: str, option: str):
 
 
 def test_modules_use_the_vocabulary():
+    from medclipsam.config import TASK_PRESETS
     from medclipsam.data import sources
     from medclipsam.data.phantom import CLASSES, PROMPTS, TASKS
     from medclipsam.losses import LOSSES
-    from medclipsam.pipeline import TASK_PRESETS
     from medclipsam.saliency import METHODS
     from medclipsam.widgets import LABELS
 

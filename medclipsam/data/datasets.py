@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from medclipsam._utils import atomic_write_text
 from medclipsam.data.io import (
@@ -425,8 +426,6 @@ class CaptionDataset:
         path, caption = self._rows[index]
         image: Any = read_image(path, mode="rgb")
         if self.transform is not None:
-            from PIL import Image
-
             image = self.transform(Image.fromarray(image))
         text: Any = caption
         if self.tokenizer is not None:

@@ -7,17 +7,21 @@ Three readers, one rule each, so every data set in the package sees pixels the s
 * :func:`read_mask` turns them into a ``bool`` foreground mask.
 
 Every failure is an :class:`ImageReadError` whose message names the file and the problem.
+The format decoders (tifffile, pydicom, nibabel) are imported by the readers of those formats only,
+so reading a PNG (or importing the data layer) does not load them.
 Writers (:func:`write_image`, :func:`write_mask`) are atomic: a failed write leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from .._utils import atomic_path
 from .convert import apply_window, as_array, pil_to_array, to_uint8
@@ -161,8 +165,6 @@ def _load(path: PathLike, slice_index: int | None, axis: int, frame: int) -> _Lo
 
 
 def _load_pil(path: Path, frame: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             n_frames = getattr(img, "n_frames", 1)
@@ -183,8 +185,6 @@ def _load_pil(path: Path, frame: int) -> np.ndarray:
 
 
 def _load_tiff(path: Path, frame: int) -> np.ndarray:
-    import logging
-
     import tifffile
 
     logger = logging.getLogger("tifffile")
@@ -506,7 +506,6 @@ def write_image(path: PathLike, image: np.ndarray) -> Path:
             tifffile.imwrite(tmp, arr, photometric=photometric, compression="zlib")
         return path
 
-    from PIL import Image
 
     fmt = _PIL_SUFFIXES[suffix]
     if arr.dtype == np.uint16 and arr.ndim == 2 and fmt == "PNG":

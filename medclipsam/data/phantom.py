@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 
 from .._utils import atomic_path, atomic_write_text
@@ -1252,8 +1253,6 @@ class PhantomPairs:
 
 
 def _png_ok(path: Path, size_wh: tuple[int, int]) -> bool:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             if im.size != size_wh or im.mode != "L":
@@ -1265,8 +1264,6 @@ def _png_ok(path: Path, size_wh: tuple[int, int]) -> bool:
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
     with atomic_path(path) as tmp:
         Image.fromarray(array, mode="L").save(tmp, format="PNG")
 

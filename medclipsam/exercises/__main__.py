@@ -6,6 +6,8 @@ import argparse
 import ast
 import sys
 
+from .grading import grade_notebooks
+
 
 def _value(text: str):
     try:
@@ -36,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     args = parser.parse_args(argv)
 
-    from .grading import grade_notebooks
 
     params: dict = {"SMOKE": True} if args.smoke else {}
     for item in args.parameter:

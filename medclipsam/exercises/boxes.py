@@ -14,7 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
 
 from ..prompting import boxes_from_mask, kmeans_threshold
 from . import reference
@@ -89,13 +91,8 @@ def _mask_cases(n_trials: int, seed: int) -> list[Case]:
 
 
 def _as_mask(x: Any, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
         return None, f"returned a {type(x).__name__}; return a NumPy array of booleans"
     if x.shape != shape:
@@ -157,13 +154,11 @@ def _diagnose_mask(got: Any, case: Case, expected: np.ndarray) -> str | None:
     if np.array_equal(m, ~(sal > t)):
         return "foreground and background are swapped: the foreground is the HIGH-saliency cluster."
     try:
-        from skimage.filters import threshold_otsu
-
         if np.array_equal(m, sal > threshold_otsu(sal)):
             return (
                 "your mask is Otsu's threshold; the exercise asks for 1-D k-means (two clusters)."
             )
-    except (ImportError, ValueError):  # pragma: no cover
+    except ValueError:  # pragma: no cover
         pass
     return None
 
@@ -281,13 +276,8 @@ def _box_cases(n_trials: int, seed: int) -> list[Case]:
 
 
 def _as_boxes(x: Any) -> tuple[np.ndarray | None, str | None]:
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
     try:
         a = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..metrics import dice, iou
 from . import reference
@@ -97,15 +98,10 @@ def _dice_cases(n_trials: int, seed: int) -> list[Case]:
 
 
 def _as_float(x: Any) -> tuple[float | None, str | None]:
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            if x.numel() != 1:
-                return None, f"returned a tensor of shape {tuple(x.shape)}; return one number"
-            x = x.item()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            return None, f"returned a tensor of shape {tuple(x.shape)}; return one number"
+        x = x.item()
     if isinstance(x, np.ndarray):
         if x.size != 1:
             return None, (

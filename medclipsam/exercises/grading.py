@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,6 @@ def _grade_one(
     kernel_name: str,
     out_dir: Path | None,
 ) -> dict:
-    import time
-
     try:
         import nbformat
         from nbclient import NotebookClient

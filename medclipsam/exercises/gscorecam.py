@@ -24,7 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..saliency.cam import normalize_maps
+from ..data.phantom import PROMPTS, TASKS, PhantomDataset
+from ..models import load_clip
+from ..saliency.cam import (
+    exp_logit_scale,
+    layer_activations_and_gradients,
+    normalize_maps,
+    normalized_text,
+    resolve_target,
+)
+from ..saliency.gscorecam import gscorecam
 from . import reference
 from ._core import Case, CheckResult, compare_arrays, run_check, same_values, seeds, to_numpy
 
@@ -613,13 +622,6 @@ def layer_activations(
     gradients ``dlogit/dA [B, C, h, w]`` of each image's image-text logit, and the model's
     (exponentiated) logit scale. The layer is the package's default
     (:func:`medclipsam.saliency.cam.resolve_target`)."""
-    from ..saliency.cam import (
-        exp_logit_scale,
-        layer_activations_and_gradients,
-        normalized_text,
-        resolve_target,
-    )
-
     txt = normalized_text(text_features, images.shape[0], images.device)
     act, grads = layer_activations_and_gradients(model, images, txt, resolve_target(model, None))
     return act, grads, exp_logit_scale(model)
@@ -644,8 +646,6 @@ def gscorecam_with(
     (``cos(encode_image(image * mask), text)``) are the package's, in float32; with every step
     None the result equals ``gscorecam(model, images, text_features, k=k)``.
     """
-    from ..saliency.cam import normalized_text
-
     select = select_channels or reference.select_channels
     masks_fn = channel_masks or reference.channel_masks
     weights_fn = gscorecam_weights or reference.gscorecam_weights
@@ -676,10 +676,6 @@ def check_gscorecam_map(
     """Chain your steps on the toy CLIP and compare the maps with the package's ``gscorecam`` on
     ``n_images`` phantom images (one per task in turn). ``bundle``: a loaded
     :class:`~medclipsam.models.clip.ClipBundle` (default: ``load_clip("toy")``)."""
-    from ..data.phantom import PROMPTS, TASKS, PhantomDataset
-    from ..models import load_clip
-    from ..saliency.gscorecam import gscorecam
-
     bundle = bundle or load_clip("toy")
     cases = []
     for i in range(n_images):

@@ -35,12 +35,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_download
+from open_clip import get_model_preprocess_cfg
+from open_clip.coca_model import CoCa
+from open_clip.model import CLIP, CustomTextCLIP
+from open_clip.tokenizer import HFTokenizer
 
 from .._utils import atomic_path, get_device
 from ..data.convert import to_unit_float
 from ._state import state_mismatch
+from .tokenizer import WordTokenizer
 
 __all__ = [
     "BIOMEDCLIP_HUB_ID",
@@ -326,28 +334,16 @@ class ClipBundle:
 
 
 def _hub_cache_folder() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except Exception:  # pragma: no cover - huggingface_hub comes with open_clip
-        return "the Hugging Face cache"
+    return str(hf_constants.HF_HUB_CACHE)
 
 
 def _hub_offline() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover
-        return False
+    return bool(hf_constants.HF_HUB_OFFLINE)
 
 
 def _hub_file(repo_id: str, filename: str) -> str | None:
     """Local path of ``filename`` of hub repo ``repo_id`` (from the cache, or downloaded); None if
     it cannot be had (offline and not cached, missing upstream, no network)."""
-    from huggingface_hub import hf_hub_download
-
     try:
         return hf_hub_download(repo_id=repo_id, filename=filename)
     except Exception as e:  # offline, not found, network: all mean "not available here"
@@ -387,9 +383,6 @@ def _check_text_tower_files(model_cfg: dict, model_label: str) -> None:
 
 def _make_tokenizer(model_cfg: dict, fallback_name: str | None = None) -> Callable:
     """The tokenizer a model config asks for (HF tokenizer or open_clip's SimpleTokenizer)."""
-    import open_clip
-    from open_clip.tokenizer import HFTokenizer
-
     text_cfg = model_cfg.get("text_cfg", {})
     context_length = int(text_cfg.get("context_length", 77))
     hf_name = text_cfg.get("hf_tokenizer_name")
@@ -415,9 +408,6 @@ def _make_tokenizer(model_cfg: dict, fallback_name: str | None = None) -> Callab
 
 def _build_from_config(model_cfg: dict) -> torch.nn.Module:
     """Instantiate an open_clip model (random weights) from a model config dict."""
-    from open_clip.coca_model import CoCa
-    from open_clip.model import CLIP, CustomTextCLIP
-
     cfg = deepcopy(model_cfg)
     vision_cfg = cfg.setdefault("vision_cfg", {})
     text_cfg = cfg.setdefault("text_cfg", {})
@@ -475,8 +465,6 @@ def _read_checkpoint(path: Path) -> Any:
 
 
 def _preprocess_values(model: torch.nn.Module, preprocess_cfg: dict | None) -> dict:
-    from open_clip import get_model_preprocess_cfg
-
     cfg = dict(get_model_preprocess_cfg(model))
     cfg.update(preprocess_cfg or {})
     size = cfg.get("size", getattr(getattr(model, "visual", None), "image_size", 224))
@@ -529,8 +517,6 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _load_hub(repo_id: str, name: str, device: Any, pretrained: bool, mode: str) -> ClipBundle:
-    import open_clip
-
     label = f"CLIP model {name!r}" if name != repo_id else f"hf-hub:{repo_id}"
     config_path = _hub_file(repo_id, "open_clip_config.json")
     if config_path is None:
@@ -572,8 +558,6 @@ def _load_hub(repo_id: str, name: str, device: Any, pretrained: bool, mode: str)
 
 
 def _load_builtin(spec: str, name: str, device: Any, pretrained: bool, mode: str) -> ClipBundle:
-    import open_clip
-
     model_name, _, tag = spec.partition(":")
     model_cfg = open_clip.get_model_config(model_name)
     if model_cfg is None:
@@ -631,8 +615,6 @@ def _load_file(
             _check_text_tower_files(model_cfg, f"the checkpoint {path}")
             model = _build_from_config(model_cfg)
         else:
-            import open_clip
-
             model = open_clip.create_model(
                 source, pretrained=None, load_weights=False, pretrained_text=False
             )
@@ -643,8 +625,6 @@ def _load_file(
             raise CheckpointError(f"{path}: 'state_dict' entry is {e}") from e
         _load_state(model, sd, path, f"the architecture saved in {path.name}")
         if isinstance(obj.get("tokenizer"), dict):
-            from .tokenizer import WordTokenizer
-
             tokenizer = WordTokenizer.from_config(obj["tokenizer"])
         else:
             tokenizer = _make_tokenizer(model_cfg or {}, fallback_name=source)
@@ -746,8 +726,6 @@ def save_clip_checkpoint(
     elif isinstance(bundle_or_model, torch.nn.Module):
         model = bundle_or_model
         if model_config is None and model_name is not None:
-            import open_clip
-
             if not model_name.startswith("hf-hub:"):
                 model_config = open_clip.get_model_config(model_name)
     else:

@@ -14,9 +14,18 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
+from ..data.phantom import (
+    INTENSITY_RULE,
+    PROMPTS,
+    PhantomDataset,
+    intensity_rule_point,
+    pointing_hit,
+)
 from ..metrics import dice, pointing_game, saliency_auc
 from ..vocab import TASKS
+from .api import METHODS
 from .gradcam import grad_cam
 
 __all__ = ["localisation_table", "saliency_dice"]
@@ -39,16 +48,12 @@ def saliency_dice(saliency: np.ndarray, gt: np.ndarray, threshold: float = 0.5) 
 
 
 def _intensity_map(image: np.ndarray, rule: str, sigma: float) -> np.ndarray:
-    from scipy import ndimage
-
     s = ndimage.gaussian_filter(image.astype(np.float32), sigma)
     return -s if rule == "darkest" else s
 
 
 def _as_callable(method: Callable | str) -> Callable:
     if isinstance(method, str):
-        from .api import METHODS
-
         if method not in METHODS:
             raise ValueError(f"unknown saliency method {method!r}; known: {sorted(METHODS)}")
         return METHODS[method]
@@ -79,14 +84,6 @@ def localisation_table(
     :func:`saliency_dice` at ``threshold``. Images without a finding are skipped (nothing to point
     at). Returns one row per task.
     """
-    from ..data.phantom import (
-        INTENSITY_RULE,
-        PROMPTS,
-        PhantomDataset,
-        intensity_rule_point,
-        pointing_hit,
-    )
-
     if method is not None and methods is not None:
         raise ValueError("pass either method= or methods=, not both")
     if methods is None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIP, CustomTextCLIP
 
 from .._utils import cpu_has_bf16
 from ..vocab import SALIENCY_PRECISIONS
@@ -128,10 +129,6 @@ def _scoring_dtype(precision: str, device: torch.device) -> torch.dtype:
 def _visual_only(model: torch.nn.Module) -> bool:
     """True when ``model.encode_image`` is open_clip's plain ``visual(x)`` (so a copy of the image
     tower alone scores the same)."""
-    try:
-        from open_clip.model import CLIP, CustomTextCLIP
-    except ImportError:  # pragma: no cover - open_clip is a dependency
-        return False
     fn = getattr(type(model), "encode_image", None)
     return hasattr(model, "visual") and fn in (CLIP.encode_image, CustomTextCLIP.encode_image)
 

@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import tarfile
+import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..._utils import UnsafeArchiveError, atomic_write_text, cache_dir, safe_extract
+from ...download import DownloadError, sha256sum
+from ...download import download as fetch
+from ..datasets import write_split
+from ..io import ImageReadError, load_array, read_mask, write_image, write_mask
 
 __all__ = [
     "Item",
@@ -194,7 +200,6 @@ def obtain_source(
         where = f"{path} does not exist" if path is not None else "no source given"
         extra = "" if urls else " (it cannot be downloaded automatically)"
         raise FileNotFoundError(f"{dataset}: {where}{extra}.\n{how_to_get}")
-    from ...download import download as fetch
 
     dest = path if path is not None else cache_dir() / "datasets" / default_name
     return fetch(list(urls), dest, sha256=sha256, progress=progress)
@@ -208,7 +213,6 @@ def check_archive_hash(path: Path, sha256: str | None, known: str | None, report
     """
     if not path.is_file():
         return
-    from ...download import sha256sum
 
     actual = sha256sum(path)
     expected = (sha256 or known or "").strip().lower() or None
@@ -318,8 +322,6 @@ def outputs_exist(out_dir: Path, stem: str, *, mask: bool = True) -> bool:
 
 def store_image(path: Path, array: np.ndarray) -> Path:
     """Write an image losslessly, storing grey images that come as RGB(A) as one channel."""
-    from ..io import write_image
-
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -350,8 +352,6 @@ def image_mask_loader(image: Path, mask: Path) -> Callable[[], tuple[np.ndarray,
     """A deferred read of one image (native values) and its mask, for an :class:`Item`."""
 
     def load() -> tuple[np.ndarray, np.ndarray]:
-        from ..io import load_array, read_mask
-
         return load_array(image), read_mask(mask)
 
     return load
@@ -365,8 +365,6 @@ def convert_items(
     An item that cannot be read (or whose mask does not match the image) is skipped and
     reported. Returns the meta.csv rows of the items now present in ``out_dir``.
     """
-    from ..io import ImageReadError, write_mask
-
     rows: list[dict[str, Any]] = []
     written = resumed = failed = 0
     for item in progress_bar(items, desc=desc, enabled=progress):
@@ -438,8 +436,6 @@ def finish_output(
 ) -> None:
     """The last steps of every converter: ``splits.json``, the table (``meta.csv`` or
     ``captions.csv``), then the ``DONE`` marker, so a folder with DONE is complete."""
-    from ..datasets import write_split
-
     write_split(out / "splits.json", splits, name=name, seed=seed, rule=rule)
     write_csv(out / table, rows, columns)
     write_done(out, report, complete=complete, limit=limit)
@@ -494,8 +490,6 @@ def check_against_split(
 
 def _xlsx_rows(path: Path) -> list[list[str]]:
     """Rows of the first worksheet of an .xlsx file, as strings (no openpyxl needed)."""
-    import xml.etree.ElementTree as ET
-
     ns = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main"}
     try:
         zf = zipfile.ZipFile(path)
@@ -568,7 +562,6 @@ def progress_bar(items: Sequence[Any], *, desc: str, enabled: bool) -> Iterable[
     """Wrap ``items`` in a tqdm bar (a widget in notebooks) when ``enabled``."""
     if not enabled:
         return items
-    from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, leave=False)
 
@@ -621,8 +614,6 @@ def add_common_arguments(
 
 def run_main(prepare_call: Callable[[], Path], *, strict: bool, name: str) -> int:
     """Run a converter for a command line: clear one-line errors instead of tracebacks."""
-    from ...download import DownloadError
-
     try:
         out = prepare_call()
     except (SourceFormatError, UnsafeArchiveError, FileNotFoundError, DownloadError) as e:

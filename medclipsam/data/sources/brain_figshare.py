@@ -25,9 +25,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+import scipy.io
 
 from ..._utils import atomic_write_text
+from ..datasets import make_split
 from ._common import (
     SPLITS_DIR,
     Item,
@@ -117,8 +120,6 @@ def write_brain_split_rule(path: str | Path = SPLITS_DIR / "brain_figshare.json"
 
 
 def _is_hdf5(path: Path) -> bool:
-    import h5py
-
     return bool(h5py.is_hdf5(path))
 
 
@@ -141,8 +142,6 @@ def read_cjdata(path: str | Path, *, pixels: bool = True) -> dict[str, Any]:
     path = Path(path)
     try:
         if _is_hdf5(path):
-            import h5py
-
             with h5py.File(path, "r") as f:
                 if "cjdata" not in f:
                     raise SourceFormatError(f"{path}: no 'cjdata' struct in this .mat file")
@@ -155,8 +154,6 @@ def read_cjdata(path: str | Path, *, pixels: bool = True) -> dict[str, Any]:
                     out["image"] = np.ascontiguousarray(np.asarray(cj["image"]).T)
                     out["mask"] = np.ascontiguousarray(np.asarray(cj["tumorMask"]).T) != 0
                 return out
-        import scipy.io
-
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
         if "cjdata" not in mat:
             raise SourceFormatError(f"{path}: no 'cjdata' struct in this .mat file")
@@ -179,8 +176,6 @@ def read_cvind(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         if _is_hdf5(path):
-            import h5py
-
             with h5py.File(path, "r") as f:
                 key = (
                     "cvind" if "cvind" in f else next((k for k in f if not k.startswith("#")), None)
@@ -189,8 +184,6 @@ def read_cvind(path: str | Path) -> np.ndarray:
                     raise SourceFormatError(f"{path}: no variable in this .mat file")
                 arr = np.asarray(f[key]).ravel()
         else:
-            import scipy.io
-
             mat = scipy.io.loadmat(path)
             keys = [k for k in mat if not k.startswith("__")]
             key = "cvind" if "cvind" in mat else (keys[0] if keys else None)
@@ -246,8 +239,6 @@ def prepare(
     folder of ``.mat`` files. ``download=True`` fetches the zip from ``urls`` when ``source`` is
     missing. Re-running resumes. Returns ``out_dir``.
     """
-    from ..datasets import make_split
-
     out = Path(out_dir).expanduser()
     report = Report(NAME, log=log)
     src = obtain_source(

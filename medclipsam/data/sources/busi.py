@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets import make_split, write_split
+from ..io import load_array, read_mask
 from ._common import (
     SPLITS_DIR,
     Item,
@@ -89,8 +91,6 @@ def known_stems() -> list[str]:
 
 def build_busi_split(seed: int = SPLIT_SEED) -> dict[str, list[str]]:
     """The committed BUSI split: 70/10/20 within each class, so every split has all classes."""
-    from ..datasets import make_split
-
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for label in CLASSES:
         stems = [busi_stem(label, i) for i in range(1, EXPECTED_COUNTS[label] + 1)]
@@ -101,8 +101,6 @@ def build_busi_split(seed: int = SPLIT_SEED) -> dict[str, list[str]]:
 
 def write_busi_split(path: str | Path = SPLITS_DIR / "busi.json") -> Path:
     """(Re)write the committed split file from :func:`build_busi_split`."""
-    from ..datasets import write_split
-
     return Path(
         write_split(Path(path), build_busi_split(), name="busi", seed=SPLIT_SEED, rule=SPLIT_RULE)
     )
@@ -125,8 +123,6 @@ def _find_class_dirs(roots: Sequence[Path]) -> dict[str, Path]:
 
 
 def _union_masks(paths: Sequence[Path]) -> np.ndarray:
-    from ..io import read_mask
-
     masks = [read_mask(p) for p in paths]
     for p, m in zip(paths[1:], masks[1:]):
         if m.shape != masks[0].shape:
@@ -139,8 +135,6 @@ def _union_masks(paths: Sequence[Path]) -> np.ndarray:
 
 def _loader(image: Path, masks: Sequence[Path]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     def load() -> tuple[np.ndarray, np.ndarray]:
-        from ..io import load_array
-
         return load_array(image), _union_masks(masks)
 
     return load

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets import make_split, write_split
 from ._common import (
     SPLITS_DIR,
     Item,
@@ -90,15 +91,11 @@ def known_stems() -> list[str]:
 
 def build_udiat_split(seed: int = SPLIT_SEED) -> dict[str, list[str]]:
     """The committed UDIAT split (70/10/20, seed 0)."""
-    from ..datasets import make_split
-
     return make_split(known_stems(), seed=seed)
 
 
 def write_udiat_split(path: str | Path = SPLITS_DIR / "udiat.json") -> Path:
     """(Re)write the committed split file from :func:`build_udiat_split`."""
-    from ..datasets import write_split
-
     return Path(
         write_split(Path(path), build_udiat_split(), name="udiat", seed=SPLIT_SEED, rule=SPLIT_RULE)
     )
