@@ -10,7 +10,10 @@ Every converter turns one public data set into the project's folder layout::
 
 This module holds what they share: getting the source (an archive, an extracted folder, or a
 download), extracting archives safely and only once, resuming, checking counts, writing the
-metadata files and the command line.
+metadata files and the command line. A converter describes its data set once (:class:`Source`);
+its ``prepare()`` starts with :func:`begin`, converts inside :func:`conversion`, ends with
+:func:`finish`, and its ``main()`` is :func:`converter_main`. What stays in each converter is what
+differs: where the files are, how an image and its mask are read, and what counts to expect.
 """
 
 from __future__ import annotations
@@ -44,10 +47,14 @@ from ..io import ImageReadError, load_array, read_mask, write_image, write_mask
 __all__ = [
     "Item",
     "Report",
+    "Source",
     "SourceFormatError",
     "add_common_arguments",
+    "begin",
     "committed_split",
     "convert_items",
+    "converter_main",
+    "finish",
     "find_dirs",
     "obtain_source",
     "open_source",
@@ -70,6 +77,29 @@ SPLITS_DIR = Path(__file__).resolve().parent.parent / "splits"
 
 class SourceFormatError(ValueError):
     """The given source is not the expected data set (or is damaged); the message says why."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the shared steps need to know about one data set.
+
+    ``key``: module, split-file and command name (``"busi"``: ``prepare_busi``,
+    ``splits/busi.json``); ``name``: shown in messages; ``how_to_get``: where a user gets it (in
+    errors and ``--help``); ``archive_name``: the file a download is saved as in the cache;
+    ``urls``: official downloads (empty: it cannot be downloaded); ``nested``: zips inside the
+    archive are extracted too.
+    """
+
+    key: str
+    name: str
+    how_to_get: str
+    archive_name: str = ""
+    urls: tuple[str, ...] = ()
+    nested: bool = False
+
+    @property
+    def command(self) -> str:
+        return f"prepare_{self.key}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,6 +339,41 @@ def conversion(out_dir: Path, keep_extracted: bool) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def begin(
+    info: Source,
+    source: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    *,
+    download: bool = False,
+    urls: Sequence[str] | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> tuple[Path, Path, Report]:
+    """The common start of ``prepare()``: the source (downloaded first when asked and possible;
+    see :func:`obtain_source`) with its SHA-256 checked or printed, the output folder and the
+    :class:`Report`. Returns ``(source path, output folder, report)``."""
+    out = Path(out_dir).expanduser()
+    report = Report(info.name, log=log)
+    src = obtain_source(
+        source,
+        dataset=info.name,
+        default_name=info.archive_name,
+        urls=info.urls if urls is None else urls,
+        download=download,
+        how_to_get=info.how_to_get,
+        progress=progress,
+    )
+    check_archive_hash(src, sha256, None, report)
+    return src, out, report
+
+
+def take(items: Sequence[Any], limit: int | None) -> tuple[list[Any], bool]:
+    """The first ``limit`` items (all when None), and whether that is all of them."""
+    complete = limit is None or limit >= len(items)
+    return list(items if limit is None else items[:limit]), complete
+
+
 # --------------------------------------------------------------------------------------------
 # writing outputs
 
@@ -441,6 +506,33 @@ def finish_output(
     write_done(out, report, complete=complete, limit=limit)
 
 
+def finish(
+    info: Source,
+    out: Path,
+    rows: Sequence[dict[str, Any]],
+    report: Report,
+    *,
+    complete: bool,
+    limit: int | None,
+    columns: Sequence[str],
+    rule: str,
+    seed: int | None = None,
+    splits: dict[str, list[str]] | None = None,
+    table: str = "meta.csv",
+) -> None:
+    """The common end of ``prepare()``. ``splits`` defaults to the committed split file of the
+    data set restricted to the stems converted (stems it does not know, and for a complete run
+    split stems without data, are reported); then :func:`finish_output`."""
+    if splits is None:
+        stems = [r["stem"] for r in rows]
+        assignment = check_against_split(
+            stems, committed_split(info.key)["splits"], report, complete=complete
+        )
+        splits = splits_from_assignment(assignment, stems)
+    finish_output(out, name=info.key, splits=splits, seed=seed, rule=rule, rows=rows,
+                  columns=columns, report=report, complete=complete, limit=limit, table=table)
+
+
 def committed_split(name: str) -> dict[str, Any]:
     """The committed split file ``medclipsam/data/splits/<name>.json`` as a dict."""
     path = SPLITS_DIR / f"{name}.json"
@@ -567,9 +659,15 @@ def progress_bar(items: Sequence[Any], *, desc: str, enabled: bool) -> Iterable[
 
 
 def add_common_arguments(
-    parser: argparse.ArgumentParser, *, source_help: str, can_download: bool
+    parser: argparse.ArgumentParser,
+    *,
+    source_help: str,
+    can_download: bool,
+    archive: bool = True,
+    limit_help: str = "convert only the first N items (a quick try; DONE says so)",
 ) -> None:
-    """The arguments every converter shares."""
+    """The arguments every converter shares (``archive=False``: a source that is a folder, with
+    no checksum to check and nothing to extract)."""
     parser.add_argument("source", nargs="?" if can_download else None, help=source_help)
     parser.add_argument(
         "out",
@@ -589,23 +687,20 @@ def add_common_arguments(
             default=None,
             help="download from this URL instead of the official one (repeat for mirrors)",
         )
-    parser.add_argument(
-        "--sha256",
-        default=None,
-        help="check the source archive against this SHA-256 (none is published; "
-        "by default its hash is only printed)",
-    )
-    parser.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="convert only the first N items (a quick try; DONE says so)",
-    )
-    parser.add_argument(
-        "--keep-extracted",
-        action="store_true",
-        help=f"keep the extracted archive in OUT/{WORK_DIR_NAME} afterwards",
-    )
+    if archive:
+        parser.add_argument(
+            "--sha256",
+            default=None,
+            help="check the source archive against this SHA-256 (none is published; "
+            "by default its hash is only printed)",
+        )
+    parser.add_argument("--limit", type=int, default=None, help=limit_help)
+    if archive:
+        parser.add_argument(
+            "--keep-extracted",
+            action="store_true",
+            help=f"keep the extracted archive in OUT/{WORK_DIR_NAME} afterwards",
+        )
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when any anomaly was found"
     )
@@ -629,3 +724,35 @@ def run_main(prepare_call: Callable[[], Path], *, strict: bool, name: str) -> in
         f"anomal{'y' if n_anomalies == 1 else 'ies'} (listed in {out / 'DONE'})"
     )
     return 1 if strict and n_anomalies else 0
+
+
+def converter_main(
+    info: Source,
+    prepare: Callable[..., Path],
+    argv: Sequence[str] | None,
+    *,
+    description: str,
+    source_help: str,
+    archive: bool = True,
+    limit_help: str | None = None,
+    extend: Callable[[argparse.ArgumentParser], None] | None = None,
+    options: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+) -> int:
+    """A converter's whole command line: the shared options (plus ``extend``'s), then
+    ``prepare(source, out, ...)`` with them (plus ``options(args)``) under :func:`run_main`."""
+    parser = argparse.ArgumentParser(prog=info.command, description=f"{description} {info.how_to_get}")
+    add_common_arguments(parser, source_help=source_help, can_download=bool(info.urls),
+                         archive=archive, **({"limit_help": limit_help} if limit_help else {}))
+    if extend is not None:
+        extend(parser)
+    args = parser.parse_args(argv)
+    kwargs: dict[str, Any] = {"limit": args.limit, "progress": not args.quiet,
+                              "log": None if args.quiet else print}
+    if archive:
+        kwargs.update(sha256=args.sha256, keep_extracted=args.keep_extracted)
+    if info.urls:
+        kwargs.update(download=args.download, urls=args.url or info.urls)
+    if options is not None:
+        kwargs.update(options(args))
+    return run_main(lambda: prepare(args.source, args.out, **kwargs), strict=args.strict,
+                    name=info.command)
