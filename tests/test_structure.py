@@ -150,3 +150,15 @@ def test_dependencies_are_imported_at_the_top_of_modules():
             hidden.append(f"medclipsam/{name.replace('.', '/')}.py:{node.lineno} in {fn.name}(): "
                           f"{ast.unparse(node)}")
     assert not hidden, "imports hidden inside functions:\n" + "\n".join(hidden)
+
+
+def test_no_function_is_longer_than_a_reader_can_follow():
+    long = []
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"medclipsam/{name.replace('.', '/')}.py:{node.lineno} "
+                                f"{node.name}(): {n} lines")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
