@@ -77,7 +77,9 @@ from ._utils import (
     atomic_write_text,
     autocast,
     autocast_dtype,
+    checkpoint_error_detail,
     get_device,
+    remove_stale_temporaries,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -378,9 +380,9 @@ def _read_training_checkpoint(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(
-            f"{path}: cannot read this training checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+            f"{path}: cannot read this training checkpoint ({checkpoint_error_detail(e)}); "
             "delete it to resume from the previous one"
-        ) from e
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a medclipsam fine-tuning checkpoint ({CHECKPOINT_FORMAT})")
     return ckpt
@@ -598,6 +600,8 @@ def finetune(
         # ---- start or resume
         epoch, batch_in_epoch, global_step = 0, 0, 0
         history: dict[str, list] = {"epochs": [], "steps": []}
+        if dist_info.main:
+            remove_stale_temporaries(out_dir, out_dir / "checkpoints")  # left by a kill mid-write
         ckpt_path = latest_checkpoint(out_dir)
         if ckpt_path is not None and not resume:
             raise FileExistsError(

@@ -57,7 +57,9 @@ from ._utils import (
     atomic_write_text,
     autocast,
     autocast_dtype,
+    checkpoint_error_detail,
     get_device,
+    remove_stale_temporaries,
     rng_state,
     set_rng_state,
 )
@@ -337,7 +339,7 @@ def _load(path: PathLike, formats: tuple[str, ...]) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: cannot read this file ({type(e).__name__}: {str(e)[:200]})") from e
+        raise ValueError(f"{path}: cannot read this file ({checkpoint_error_detail(e)})") from None
     if not isinstance(obj, dict) or obj.get("format") not in formats:
         raise ValueError(f"{path}: not a medclipsam weak-supervision file ({' or '.join(formats)})")
     return obj
@@ -447,6 +449,7 @@ def train_segmenter(
         "n_train": len(train_pairs), "n_val": 0 if val_pairs is None else len(val_pairs),
     }
     out_dir = Path(cfg.out_dir)
+    remove_stale_temporaries(out_dir, out_dir / "checkpoints")  # left by a kill mid-write
     ckpt_path = latest_checkpoint(out_dir)
     if ckpt_path is not None and not resume:
         raise FileExistsError(f"{out_dir} already holds training checkpoints ({ckpt_path.name}); "

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._utils import atomic_path, get_device
+from .._utils import atomic_path, checkpoint_error_detail, get_device
 from ._state import state_mismatch
 
 __all__ = [
@@ -508,8 +508,11 @@ def _read_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        detail = checkpoint_error_detail(e)
+        if detail.startswith("it holds pickled"):
+            raise CheckpointError(f"{path}: refused: {detail}.") from None
         raise CheckpointError(
-            f"{path}: cannot read this checkpoint ({type(e).__name__}: {str(e)[:300]}). "
+            f"{path}: cannot read this checkpoint ({detail}). "
             "The file may be truncated or corrupt, or not a PyTorch checkpoint; checkpoints are "
             "loaded with torch.load(weights_only=True), which refuses pickled code."
         ) from e

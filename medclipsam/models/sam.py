@@ -42,7 +42,7 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 
-from .._utils import atomic_path, get_device
+from .._utils import atomic_path, checkpoint_error_detail, get_device
 from ._state import state_mismatch
 from .registry import weight_path
 
@@ -183,8 +183,11 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        detail = checkpoint_error_detail(e)
+        if detail.startswith("it holds pickled"):
+            raise SamCheckpointError(f"{path}: refused: {detail}.") from None
         raise SamCheckpointError(
-            f"{path}: cannot read this SAM checkpoint ({type(e).__name__}: {str(e)[:300]}). "
+            f"{path}: cannot read this SAM checkpoint ({detail}). "
             "The file may be truncated or corrupt (compare its size and checksum with the "
             "original), or not a PyTorch file; it is loaded with torch.load(weights_only=True)."
         ) from e
