@@ -14,11 +14,20 @@ Sub-commands:
 
 Heavy imports happen inside each command (``finetune`` builds its options from
 ``medclipsam.finetune``, which imports torch: about 2 s for ``--help``).
+
+Errors and exit codes: a wrong argument, a missing folder or file, an unreadable checkpoint or a
+bad input file ends in one line ``error: ...`` on stderr and exit code 2; arguments and paths are
+checked before any model loads. ``segment`` and ``pseudo-label`` record an image that cannot be
+read as a failed row of results.csv and go on (``--strict``: stop at the first); they exit with 1
+when any image failed (the failed files are named at the end), 0 when all succeeded. Ctrl-C
+exits with 130 (rerun the same command to resume). ``MEDCLIPSAM_DEBUG=1`` shows the traceback
+instead of the one-line error.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +38,7 @@ SOURCES = ("busi", "udiat", "brain_figshare", "covidqu", "roco")
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _need_positive(n=args.n, size=args.size)
     run_demo(out=Path(args.out), n=args.n, size=args.size, seed=args.seed, saliency=args.saliency)
     return 0
 
@@ -45,6 +55,7 @@ def _pipeline(args: argparse.Namespace, **overrides):
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .pipeline import PipelineConfig
 
+    _check_folder_run(args)
     kwargs = {}
     if args.k is not None:
         kwargs["k"] = args.k
@@ -64,14 +75,38 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     PipelineConfig(**over)  # validates the combination early
     t0 = time.perf_counter()
     pipe = _pipeline(args, **over)
-    rows = pipe.run_folder(
-        args.images, args.prompt, args.out, task=args.task, resume=not args.restart,
-        overlays=args.overlays, limit=args.limit, progress=not args.quiet,
+    rows = _run_quietly_failing(
+        lambda: pipe.run_folder(
+            args.images, args.prompt, args.out, task=args.task, resume=not args.restart,
+            overlays=args.overlays, limit=args.limit, progress=not args.quiet, strict=args.strict,
+        )
     )
-    flagged = sum(1 for r in rows if r.get("flags"))
-    print(f"{len(rows)} images segmented into {args.out}/masks ({flagged} flagged; see "
+    failed = [r for r in rows if r.get("status") == "failed"]
+    flagged = sum(1 for r in rows if r.get("flags") and r.get("status") != "failed")
+    print(f"{len(rows) - len(failed)} images segmented into {args.out}/masks ({flagged} flagged; see "
           f"{args.out}/results.csv) in {time.perf_counter() - t0:.1f} s")
-    return 0
+    return _report_failures(failed, Path(args.out) / "results.csv")
+
+
+def _run_quietly_failing(run):
+    """Run a folder job; its end-of-run warning about failed images is replaced by the CLI's own
+    summary (:func:`_report_failures`)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*image\(s\) failed and were skipped")
+        return run()
+
+
+def _report_failures(failed: list[dict], csv_path: Path) -> int:
+    """Name the failed images on stderr; exit code 1 if any, else 0."""
+    if not failed:
+        return 0
+    print(f"{len(failed)} image(s) failed (status 'failed' in {csv_path}; rerun to retry them, "
+          "--strict stops at the first):", file=sys.stderr)
+    for r in failed:
+        print(f"  {r['error']}", file=sys.stderr)
+    return 1
 
 
 def _split_stems(args: argparse.Namespace, name: str | None) -> list[str] | None:
@@ -80,22 +115,35 @@ def _split_stems(args: argparse.Namespace, name: str | None) -> list[str] | None
     from .data.datasets import load_split
 
     path = args.splits or str(Path(args.images).parent / "splits.json")
-    return load_split(path)[name]
+    splits = load_split(path)
+    if name not in splits:
+        raise ValueError(f"--split {name}: {path} has no split of that name; it has "
+                         f"{', '.join(sorted(splits))}")
+    return splits[name]
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     from .reproduce import pseudo_label
 
+    _check_folder_run(args)
+    stems = _split_stems(args, args.split)
     pipe = _pipeline(args)
-    rows = pseudo_label(pipe, args.images, args.out, args.prompt, task=args.task,
-                        stems=_split_stems(args, args.split), progress=not args.quiet)
-    print(f"{len(rows)} pseudo-labels in {args.out}/masks; manifest {args.out}/results.csv")
-    return 0
+    rows = _run_quietly_failing(
+        lambda: pseudo_label(pipe, args.images, args.out, args.prompt, task=args.task,
+                             stems=stems, progress=not args.quiet, strict=args.strict)
+    )
+    failed = [r for r in rows if r.get("status") == "failed"]
+    print(f"{len(rows) - len(failed)} pseudo-labels in {args.out}/masks; manifest "
+          f"{args.out}/results.csv")
+    return _report_failures(failed, Path(args.out) / "results.csv")
 
 
 def _cmd_train_weak(args: argparse.Namespace) -> int:
     from .weak import WeakConfig, train_segmenter
 
+    _need_dirs(images=args.images, masks=args.masks, val_images=args.val_images,
+               val_masks=args.val_masks)
+    _need_positive(epochs=args.epochs, batch_size=args.batch_size, size=args.size)
     stems = None
     split_file = Path(args.splits) if args.splits else Path(args.images).parent / "splits.json"
     if args.val_images is None:
@@ -123,6 +171,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
     from .weak import WeakConfig
 
+    data = Path(args.data)
+    _need_dirs(data=data, images=data / "images", masks=data / "masks")
+    if not (data / "splits.json").is_file():
+        raise FileNotFoundError(f"{data / 'splits.json'}: split file not found (train/val/test "
+                                "stems; medclipsam phantom and prepare write it)")
+    if args.prompt is not None:
+        _check_prompt(args.prompt)
+    _need_positive(epochs=args.epochs, batch_size=args.batch_size, size=args.size)
     cfg = WeakConfig(epochs=args.epochs, size=args.size, batch_size=args.batch_size, device=args.device)
     reproduce(args.data, args.out, task=args.task, prompt=args.prompt, config=cfg,
               drop_uncertain=args.drop_uncertain, progress=not args.quiet)
@@ -140,8 +196,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         rows, pairs = evaluate_folders(args.pred, args.gt, nsd_tolerance=args.nsd_tolerance,
                                        strict=not args.allow_missing)
-    except (PairingError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except PairingError as err:
+        hint = "" if args.allow_missing else " (--allow-missing scores the pairs that exist)"
+        print(f"error: {_one_line(err)}{hint}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     problem = pairs.problems()
     if problem:
@@ -166,6 +226,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from .data.phantom import TASKS, write_phantom_folder
 
+    _need_positive(n=args.n, size=args.size)
     tasks = TASKS if args.task == "all" else (args.task,)
     for task in tasks:
         root = Path(args.out) / task if len(tasks) > 1 else Path(args.out)
@@ -204,8 +265,106 @@ def _cmd_info(args: argparse.Namespace) -> int:  # noqa: ARG001
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# checks before anything heavy loads, and one-line errors
+
+# Model names the loaders know without a file (see medclipsam.models); anything else that looks
+# like a path must exist. Kept here so that checking them does not import torch.
+_SAM_NAMES = ("toy", "vit_b", "vit_l", "vit_h", "medsam")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise ValueError(f"--prompt {prompt!r} is empty; say what to segment, e.g. "
+                         "--prompt \"breast tumor\"")
+
+
+def _need_dirs(**folders) -> None:
+    """Each given folder (None: not given) must exist and be a folder."""
+    for name, folder in folders.items():
+        if folder is None:
+            continue
+        folder = Path(folder)
+        flag = "--" + name.replace("_", "-")
+        if not folder.exists():
+            raise FileNotFoundError(f"{flag} {folder}: folder not found")
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{flag} {folder}: not a folder")
+
+
+def _need_positive(**values) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    clip, sam = str(args.clip), str(args.sam)
+    if not clip.startswith("hf-hub:") and (
+        "/" in clip or os.sep in clip or clip.lower().endswith(_CHECKPOINT_SUFFIXES)
+    ) and not Path(clip).expanduser().is_file():
+        raise FileNotFoundError(f"--clip {clip}: checkpoint file not found")
+    if sam.lower() not in _SAM_NAMES and not Path(sam).expanduser().is_file():
+        raise FileNotFoundError(
+            f"--sam {sam}: neither a SAM model name ({', '.join(_SAM_NAMES)}) nor an existing "
+            "checkpoint file"
+        )
+
+
+def _check_folder_run(args: argparse.Namespace) -> None:
+    """segment / pseudo-label: prompt, folders, numbers and model files, before models load."""
+    from .data.datasets import broken_links, list_image_files
+
+    _check_prompt(args.prompt)
+    _need_dirs(images=args.images)
+    by_stem, _ = list_image_files(args.images)
+    if not by_stem and not broken_links(args.images):
+        from .data.io import SUPPORTED_SUFFIXES
+
+        raise FileNotFoundError(f"--images {args.images}: no image files in this folder "
+                                f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: exists and is not a folder")
+    _need_positive(limit=getattr(args, "limit", None), k=getattr(args, "k", None),
+                   components=getattr(args, "components", None),
+                   points=getattr(args, "points", None))
+    if getattr(args, "negatives", 0) < 0:
+        raise ValueError(f"--negatives must be 0 or more, got {args.negatives}")
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold must be between 0 and 1, got {threshold}")
+    if getattr(args, "split", None):
+        split_file = Path(args.splits) if args.splits else Path(args.images).parent / "splits.json"
+        if not split_file.is_file():
+            raise FileNotFoundError(f"--split {args.split}: split file {split_file} not found "
+                                    "(give --splits)")
+    _check_model_args(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """Warnings on the command line: one line each, ``warning: ...``, without source lines."""
+    print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``error: ...``, exit code 2) instead of the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+# Errors a user can fix (bad arguments, paths, files, checkpoints): one line, exit code 2.
+_USER_ERRORS = (ValueError, OSError, ImportError)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="medclipsam",
         description="MedCLIP-SAM: text-prompted medical image segmentation.",
     )
@@ -247,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--overlays", action="store_true", help="also write OUT/overlays/<stem>.png")
     sg.add_argument("--limit", type=int, help="only the first N images (sorted by name)")
     sg.add_argument("--restart", action="store_true", help="recompute images already done")
+    sg.add_argument("--strict", action="store_true",
+                    help="stop at the first image that cannot be read (default: record it as a "
+                    "failed row in results.csv and go on; exit code 1 if any failed)")
     sg.add_argument("--device", default="auto")
     sg.add_argument("--seed", type=int, default=0)
     sg.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -305,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--clip", default="toy")
     pl.add_argument("--sam", default="toy")
     pl.add_argument("--device", default="auto")
+    pl.add_argument("--strict", action="store_true",
+                    help="stop at the first image that cannot be read (default: record it as "
+                    "failed and go on; exit code 1 if any failed)")
     pl.add_argument("--quiet", action="store_true")
     pl.set_defaults(func=_cmd_pseudo_label)
 
@@ -355,8 +520,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as err:
+        if os.environ.get("MEDCLIPSAM_DEBUG"):
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
