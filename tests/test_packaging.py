@@ -30,7 +30,8 @@ def _norm(req: str) -> tuple[str, str]:
 
 def _pyproject_reqs() -> set[tuple[str, str]]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    reqs = data["project"]["dependencies"] + data["project"]["optional-dependencies"]["notebooks"]
+    extras = data["project"]["optional-dependencies"]
+    reqs = data["project"]["dependencies"] + extras["notebooks"] + extras["dicom"]
     return {_norm(r) for r in reqs}
 
 
