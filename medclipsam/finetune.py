@@ -891,7 +891,6 @@ def _csv_has_split(path: Path) -> bool:
 def run_from_args(args: argparse.Namespace) -> int:
     """Run :func:`finetune` from parsed :func:`add_finetune_arguments` options."""
     from .data import CaptionDataset
-    from .models import load_clip
 
     cfg = FinetuneConfig(
         out_dir=args.out, loss=args.loss, tau=args.tau, learn_logit_scale=args.learn_logit_scale,
@@ -921,6 +920,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         val = CaptionDataset(captions, split=args.val_split, **common)
         val = val if len(val) else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    from .models import load_clip  # after the checks above: a bad CSV fails before models load
+
     bundle = load_clip(args.clip, device="cpu" if world > 1 else cfg.device)
     result = finetune(bundle, train, val, cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:

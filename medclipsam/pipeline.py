@@ -531,8 +531,8 @@ def _working_image(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray,
 
     k = max_side / max(h, w)
     size = (max(1, round(w * k)), max(1, round(h * k)))  # PIL: (width, height)
-    small = np.asarray(Image.fromarray(image).resize(size, Image.BOX, reducing_gap=3.0))
-    return np.ascontiguousarray(small), (w / size[0], h / size[1])
+    small = np.array(Image.fromarray(image).resize(size, Image.BOX, reducing_gap=3.0))  # writable
+    return small, (w / size[0], h / size[1])
 
 
 def _resize_map(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
