@@ -11,10 +11,15 @@ from PIL import Image
 
 from medclipsam.cli import build_parser
 
+# Each run loads torch and the toy models; a loaded 2-core machine needs minutes for what takes
+# seconds on an idle one. The limit only catches a hang.
+TIMEOUT = 1800
+
 
 def _run(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "medclipsam", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "medclipsam", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=TIMEOUT,
     )
 
 
