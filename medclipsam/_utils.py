@@ -101,20 +101,31 @@ def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
 def checkpoint_error_detail(exc: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` refused or failed, for an error message.
 
-    For a file that holds pickled Python objects, torch's own text advises ``weights_only=False``
-    ("will likely succeed"): that runs the file's code, the wrong advice for a file one does not
-    trust. This says what to do instead; other errors are quoted (shortened)."""
+    torch's own text for a refused file advises ``weights_only=False`` ("will likely succeed"):
+    that runs whatever code the file holds, the wrong advice for a file one does not trust. This
+    says what to do instead and quotes only torch's diagnosis; other errors are quoted
+    (shortened). A file refused for holding pickled objects starts with ``"it holds pickled"``."""
     text = " ".join(str(exc).split())
-    pickled = type(exc).__name__ == "UnpicklingError" or "weights_only" in text
-    if pickled:
+    if type(exc).__name__ != "UnpicklingError" and "Weights only load failed" not in text:
+        return f"{type(exc).__name__}: {text[:300]}"
+    inner = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
+    for cut in (" Please use", " Check the documentation"):
+        inner = inner.split(cut, 1)[0]
+    inner = inner.strip()[:200]
+    advice = (
+        "Do not load a file you do not trust with weights_only=False (that runs its code); ask "
+        "its provider for a plain state_dict (tensors only) or a .safetensors file. If you made "
+        "the file yourself, re-save just its tensors (torch.save(model.state_dict(), path))"
+    )
+    if "Unsupported global" in inner:
         return (
             "it holds pickled Python objects, which torch.load(weights_only=True) refuses because "
-            "loading them can run arbitrary code. Do not load a file you do not trust with "
-            "weights_only=False; ask its provider for a plain state_dict (tensors only) or a "
-            ".safetensors file. If you made the file yourself, re-save just its tensors "
-            "(torch.save(model.state_dict(), path))"
+            f"loading them can run arbitrary code ({inner}). {advice}"
         )
-    return f"{type(exc).__name__}: {text[:300]}"
+    return (
+        f"torch.load(weights_only=True) cannot read it ({inner or 'not a weights file'}): it is "
+        f"corrupt, not a PyTorch file, or a pickle of Python objects. {advice}"
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -511,6 +511,8 @@ def _read_checkpoint(path: Path) -> Any:
         detail = checkpoint_error_detail(e)
         if detail.startswith("it holds pickled"):
             raise CheckpointError(f"{path}: refused: {detail}.") from None
+        if detail.startswith("torch.load(weights_only=True)"):
+            raise CheckpointError(f"{path}: cannot read this checkpoint: {detail}.") from None
         raise CheckpointError(
             f"{path}: cannot read this checkpoint ({detail}). "
             "The file may be truncated or corrupt, or not a PyTorch checkpoint; checkpoints are "

@@ -186,6 +186,8 @@ def _read(path: Path) -> Any:
         detail = checkpoint_error_detail(e)
         if detail.startswith("it holds pickled"):
             raise SamCheckpointError(f"{path}: refused: {detail}.") from None
+        if detail.startswith("torch.load(weights_only=True)"):
+            raise SamCheckpointError(f"{path}: cannot read this SAM checkpoint: {detail}.") from None
         raise SamCheckpointError(
             f"{path}: cannot read this SAM checkpoint ({detail}). "
             "The file may be truncated or corrupt (compare its size and checksum with the "
