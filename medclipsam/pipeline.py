@@ -556,22 +556,21 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int], smooth: bool = False)
 
 
 def _scale_boxes(boxes: np.ndarray, scale: tuple[float, float], shape: tuple[int, int]) -> np.ndarray:
-    """Inclusive-pixel xyxy boxes from working to full coordinates (pixel coverage kept)."""
+    """Inclusive-pixel xyxy boxes from working to full coordinates (the pixels they cover)."""
     sx, sy = scale
     b = np.asarray(boxes, dtype=np.float64)
     out = np.stack([b[:, 0] * sx, b[:, 1] * sy, (b[:, 2] + 1) * sx - 1, (b[:, 3] + 1) * sy - 1], 1)
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, shape[1] - 1)
     out[:, [1, 3]] = out[:, [1, 3]].clip(0, shape[0] - 1)
-    return np.round(out).astype(np.asarray(boxes).dtype) if np.asarray(boxes).dtype.kind in "iu" else out
+    return out
 
 
 def _scale_points(points: np.ndarray, scale: tuple[float, float], shape: tuple[int, int]) -> np.ndarray:
     """(x, y) points (pixel centres) from working to full coordinates."""
-    p = np.asarray(points, dtype=np.float64)
-    out = np.empty_like(p)
-    out[..., 0] = ((p[..., 0] + 0.5) * scale[0] - 0.5).clip(0, shape[1] - 1)
-    out[..., 1] = ((p[..., 1] + 0.5) * scale[1] - 0.5).clip(0, shape[0] - 1)
-    return out.astype(np.asarray(points).dtype) if np.asarray(points).dtype.kind == "f" else np.round(out).astype(np.asarray(points).dtype)
+    out = np.array(points, dtype=np.float64)
+    out[..., 0] = ((out[..., 0] + 0.5) * scale[0] - 0.5).clip(0, shape[1] - 1)
+    out[..., 1] = ((out[..., 1] + 0.5) * scale[1] - 0.5).clip(0, shape[0] - 1)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
