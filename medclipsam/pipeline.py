@@ -337,8 +337,10 @@ class MedCLIPSAM:
         t0 = time.perf_counter()
         full = _image_array(image, grey_ok=True)
         h, w = full.shape[:2]
-        if full.size and int(full.max()) == int(full.min()):
-            warnings.warn(f"{name or 'image'}: constant image (every pixel {int(full.flat[0])}): "
+        pixels = full.reshape(-1, full.shape[2]) if full.ndim == 3 else full.reshape(-1)
+        if full.size and bool((pixels == pixels[0]).all()):
+            value = pixels[0].tolist()
+            warnings.warn(f"{name or 'image'}: constant image (every pixel {value}): "
                           "nothing to segment; empty mask, flag 'constant_image'",
                           UserWarning, stacklevel=3)
             return _empty_result(prompt, (h, w), name, ("constant_image",), time.perf_counter() - t0)

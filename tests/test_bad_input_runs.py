@@ -61,6 +61,9 @@ def test_a_constant_image_is_flagged_not_segmented(toy_pipe):
     assert res.flags == ("constant_image",)
     assert res.mask.shape == (96, 128) and not res.mask.any() and res.boxes is None
     assert res.row()["flags"] == "constant_image"
+    teal = np.zeros((40, 50, 3), np.uint8) + np.array([0, 128, 128], np.uint8)  # one colour
+    with pytest.warns(UserWarning, match=r"constant image \(every pixel \[0, 128, 128\]\)"):
+        assert toy_pipe.predict(teal, "breast tumor").flags == ("constant_image",)
 
 
 def test_empty_prompts_are_refused(toy_pipe, tmp_path):
