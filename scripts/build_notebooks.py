@@ -18,8 +18,10 @@ a markdown cell (its lines commented with ``# ``), and cell tags are written on 
     # %% tags=["check"]           an exercise's check cell
 
 Being real Python, the sources are linted by ruff, understood by editors and diffed line by line,
-and LaTeX is written once (no doubled backslashes). The ``.ipynb`` files stay committed because they are what students open (GitHub,
-Colab badges, Binder, papermill in CI).
+and LaTeX is written once (no doubled backslashes). Jupytext comments IPython magics out in this
+format (``%pip`` would become a comment, and an empty ``if`` block a syntax error), so the sources
+use none: the Colab cell runs pip through ``subprocess``. The ``.ipynb`` files stay committed
+because they are what students open (GitHub, Colab badges, Binder, papermill in CI).
 
 Each notebook is a pure function of its source: no outputs, cell ids ``cell-00``, ``cell-01``, ...
 in order, only the ``tags`` cell metadata, the kernelspec ``python3`` and no jupytext metadata, so

@@ -21,10 +21,12 @@
 
 # %%
 # Colab only: install the package into the runtime (JupyterLab and Binder users have it already).
+import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-    # %pip install -q "medclipsam @ git+https://github.com/medclipsam/medclipsam.git"
+    url = "git+https://github.com/medclipsam/medclipsam.git"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam @ {url}"], check=True)
 
 # %% [markdown]
 # ## Parameters
@@ -49,8 +51,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from medclipsam.data import phantom
-from medclipsam.data import FolderDataset, PairingError, load_array, load_split, read_image, write_image
+from medclipsam.data import (
+    FolderDataset,
+    PairingError,
+    load_array,
+    load_split,
+    phantom,
+    read_image,
+    write_image,
+)
 from medclipsam.viz import overlay, sample_grid
 
 if SMOKE:
@@ -191,6 +200,7 @@ back = read_image(p16, mode="grey")
 print("16-bit file read as", back.dtype, back.shape, "range", back.min(), back.max())
 
 import nibabel as nib
+
 # NIfTI stores voxels as (x, y, z) with x towards the patient's left and y towards the front; the reader
 # shows a slice the way radiology software does (front at the top). So a picture img[row, col] is stored
 # as img[::-1].T to come back upright.
@@ -207,8 +217,12 @@ try:
 except Exception as err:
     print(type(err).__name__, ":", err)
 fig, axes = plt.subplots(1, 2, figsize=(6, 3))
-axes[0].imshow(back, cmap="gray"); axes[0].set_title("16-bit PNG, windowed"); axes[0].axis("off")
-axes[1].imshow(slice1, cmap="gray"); axes[1].set_title("NIfTI slice 1"); axes[1].axis("off")
+axes[0].imshow(back, cmap="gray")
+axes[0].set_title("16-bit PNG, windowed")
+axes[0].axis("off")
+axes[1].imshow(slice1, cmap="gray")
+axes[1].set_title("NIfTI slice 1")
+axes[1].axis("off")
 plt.show()
 
 # %% [markdown]

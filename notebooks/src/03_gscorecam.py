@@ -26,10 +26,12 @@
 
 # %%
 # Colab only: install the package into the runtime (JupyterLab and Binder users have it already).
+import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-    # %pip install -q "medclipsam @ git+https://github.com/medclipsam/medclipsam.git"
+    url = "git+https://github.com/medclipsam/medclipsam.git"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam @ {url}"], check=True)
 
 # %% [markdown]
 # ## Parameters
@@ -48,7 +50,6 @@ import functools
 import time
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
@@ -76,7 +77,8 @@ samples = {t: PhantomDataset(t, 2, seed=SEED, size=256, split="test", normal_fra
 panels, titles = [], []
 for t in TASKS:
     s = samples[t]
-    panels.append(overlay(s.rgb, outline=s.mask)); titles.append(f"{t}: {PROMPTS[t]!r}")
+    panels.append(overlay(s.rgb, outline=s.mask))
+    titles.append(f"{t}: {PROMPTS[t]!r}")
     for method, kw in (("gradcam", {}), ("gscorecam", {"k": K}), ("m2ib", {})):
         t0 = time.perf_counter()
         m = saliency_maps(bundle, s.rgb, PROMPTS[t], method=method, **kw)[0]

@@ -16,10 +16,12 @@
 
 # %%
 # Colab only: install the package into the runtime (JupyterLab and Binder users have it already).
+import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-    # %pip install -q "medclipsam @ git+https://github.com/medclipsam/medclipsam.git"
+    url = "git+https://github.com/medclipsam/medclipsam.git"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam @ {url}"], check=True)
 
 # %% [markdown]
 # ## Parameters
@@ -34,7 +36,6 @@ SEED = 0
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 
 from medclipsam import MedCLIPSAM
 from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
@@ -61,10 +62,12 @@ first = {t: pipe.predict(samples[t][0].rgb, PROMPTS[t], task=t) for t in TASKS}
 panels, titles = [], []
 for t in TASKS:
     s, res = samples[t][0], first[t]
-    panels.append(overlay(s.rgb, saliency=res.saliency)); titles.append(f"{t}: saliency")
+    panels.append(overlay(s.rgb, saliency=res.saliency))
+    titles.append(f"{t}: saliency")
     for method in ("crf", "kmeans", "threshold", "otsu"):
         m = coarse_mask(res.saliency, method, image=s.rgb)
-        panels.append(overlay(s.rgb, m, outline=s.mask)); titles.append(f"{method} ({m.mean():.0%} of the image)")
+        panels.append(overlay(s.rgb, m, outline=s.mask))
+        titles.append(f"{method} ({m.mean():.0%} of the image)")
 sample_grid(panels, titles, ncols=5, cell_size=2.4, suptitle="coarse masks (green outline: ground truth)")
 plt.show()
 

@@ -21,10 +21,12 @@
 
 # %%
 # Colab only: install the package into the runtime (JupyterLab and Binder users have it already).
+import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-    # %pip install -q "medclipsam @ git+https://github.com/medclipsam/medclipsam.git"
+    url = "git+https://github.com/medclipsam/medclipsam.git"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam @ {url}"], check=True)
 
 # %% [markdown]
 # ## Parameters
@@ -121,7 +123,8 @@ for name in ("weak", "full"):
     ax[1].plot([h["epoch"] for h in hist], [h["val_dice"] for h in hist], label=name)
 ax[0].set(xlabel="epoch", ylabel="training loss (Dice + CE)")
 ax[1].set(xlabel="epoch", ylabel="validation Dice (against its own labels)")
-ax[0].legend(); ax[1].legend()
+ax[0].legend()
+ax[1].legend()
 plt.tight_layout()
 plt.show()
 
@@ -142,7 +145,9 @@ if (out / "uncertainty.csv").exists():
     plt.figure(figsize=(4.5, 3.2))
     plt.scatter(u[kept], d[kept], label="kept")
     plt.scatter(u[~kept], d[~kept], label="dropped", marker="x")
-    plt.xlabel("ensemble uncertainty"); plt.ylabel("pseudo-label Dice vs real label"); plt.legend()
+    plt.xlabel("ensemble uncertainty")
+    plt.ylabel("pseudo-label Dice vs real label")
+    plt.legend()
     plt.show()
     if len(u) > 2:
         print(f"Spearman correlation (uncertainty vs pseudo-label Dice): "

@@ -18,10 +18,12 @@
 
 # %%
 # Colab only: install the package into the runtime (JupyterLab and Binder users have it already).
+import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-    # %pip install -q "medclipsam @ git+https://github.com/medclipsam/medclipsam.git"
+    url = "git+https://github.com/medclipsam/medclipsam.git"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam @ {url}"], check=True)
 
 # %% [markdown]
 # ## Parameters
