@@ -7,12 +7,16 @@ input: when the student's output equals one, the feedback names the mistake.
 
 Naming a mistake follows three rules, so that hints never contradict each other:
 
-* **exclusive**: a failing case gets at most one hint, the first named mistake (in the order the
-  check lists them, most specific first) that reproduces the student's output there;
-* **consistent**: a named mistake is ruled out as soon as one case shows that the code did not
-  make it: the variant's output differs from the right answer there, and the student's (finite,
-  usable) output differs from the variant's. A pooled Dice therefore never gets the hint "images
-  with two empty masks were left out", although the two agree on an input with one empty pair;
+* **exclusive**: a failing case gets at most one hint: of the named mistakes that reproduce the
+  student's output there, the one that explains the most failing cases (ties: the first in the
+  order the check lists them, most specific first);
+* **consistent**: a case *speaks against* a named mistake when the variant's output differs from
+  the right answer there and the student's (finite, usable) output differs from the variant's; a
+  mistake is ruled out when as many cases speak against it as failing cases it explains. A
+  pooled Dice therefore never gets the hint "images with two empty masks were left out",
+  although the two agree on an input with one empty pair (the inputs where they differ speak
+  against it), while a second slip on one input (say a near-constant channel) does not hide the
+  mistake that explains all the others;
 * only when no named mistake explains a failing case may the check's ``diagnose`` add one
   hint of another kind (an overflow, a NaN from 0 / 0, a right value with a wrong gradient).
 """
@@ -263,20 +267,24 @@ def name_mistakes(
     """The named mistake of each failing outcome (by its index in ``outcomes``), if any.
 
     ``outcomes``: ``(case, expected, got, failed)`` for every case the student's function ran on;
-    ``mistakes(case)``: the named wrong variants on that case, most specific first;
+    ``mistakes(case)``: the named wrong variants on that case, most specific first (the same
+    list, in the same order, on every case; None as the output where a variant is undefined);
     ``matches(output, variant, case)``: True/False, or None when ``output`` says nothing.
-    A variant counts on a case only where it differs from the right answer; it is ruled out by
-    any case where it counts and the student's output differs from it (module docstring).
+    A variant counts on a case only where it differs from the right answer; it is ruled out when
+    the cases where it counts and the student's output differs from it are at least as many as
+    the failing cases it explains (module docstring).
     """
     evidence: list[list[tuple[str, bool]]] = []
-    ruled_out: set[str] = set()
+    against: dict[str, int] = {}
+    order: dict[str, int] = {}  # a mistake's place in the check's list (most specific first)
     for case, expected, got, _ in outcomes:
         here: list[tuple[str, bool]] = []
         try:
             variants = list(mistakes(case))
         except Exception:  # noqa: BLE001 - a hint is a bonus, never a crash
             variants = []
-        for hint, variant in variants:
+        for place, (hint, variant) in enumerate(variants):
+            order.setdefault(hint, place)
             if variant is None:
                 continue
             try:
@@ -289,14 +297,22 @@ def name_mistakes(
                 continue
             here.append((hint, bool(verdict)))
             if not verdict:
-                ruled_out.add(hint)
+                against[hint] = against.get(hint, 0) + 1
         evidence.append(here)
+    # Among the mistakes not ruled out, the one that explains the most failing cases comes
+    # first (ties: the order the check lists them in, most specific first); each failing case
+    # gets the first of them that reproduces its output.
+    explains: dict[str, int] = {}
+    for (_, _, _, failed), here in zip(outcomes, evidence):
+        for h, ok in here:
+            if failed and ok:
+                explains[h] = explains.get(h, 0) + 1
+    rank = {h: (-n, order[h]) for h, n in explains.items() if n > against.get(h, 0)}
     named: dict[int, str] = {}
     for i, ((_, _, _, failed), here) in enumerate(zip(outcomes, evidence)):
-        if failed:
-            hint = next((h for h, ok in here if ok and h not in ruled_out), None)
-            if hint is not None:
-                named[i] = hint
+        fits = [h for h, ok in here if ok and h in rank]
+        if failed and fits:
+            named[i] = min(fits, key=rank.__getitem__)
     return named
 
 

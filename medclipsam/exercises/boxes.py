@@ -133,42 +133,38 @@ def _compare_mask(expected: np.ndarray, got: Any, case: Case) -> str | None:
 def _mask_mistakes(case: Case) -> list[tuple[str, np.ndarray]]:
     """Each named wrong coarse mask on this case's map, most specific first."""
     (sal,) = case.args
-    t = kmeans_threshold(sal)
-    if t is None:
-        return []  # a constant map: see _diagnose_mask
+    t = kmeans_threshold(sal)  # None for a constant map (see _diagnose_mask)
     mid = 0.5 * (float(sal.min()) + float(sal.max()))
-    out = [
+    try:
+        from skimage.filters import threshold_otsu
+
+        otsu = sal > threshold_otsu(sal) if t is not None else None
+    except (ImportError, ValueError):  # pragma: no cover
+        otsu = None
+    return [
         (
             "your mask is s > (min + max) / 2: k-means stopped after its first step. Iterate: "
             "assign each value to the nearer centre (s > threshold), move each centre to the "
             "mean of its values, threshold = midpoint of the centres, until nothing changes.",
-            sal > mid,
+            sal > mid if t is not None else None,
         ),
         (
             "your mask is s > 0.5, a fixed threshold; the threshold comes from 1-D k-means.",
-            sal > 0.5,
+            sal > 0.5 if t is not None else None,
         ),
         (
             "your mask is s > mean(s); the threshold comes from 1-D k-means (two clusters).",
-            sal > sal.mean(),
+            sal > sal.mean() if t is not None else None,
         ),
         (
             "foreground and background are swapped: the foreground is the HIGH-saliency cluster.",
-            ~(sal > t),
+            ~(sal > t) if t is not None else None,
+        ),
+        (
+            "your mask is Otsu's threshold; the exercise asks for 1-D k-means (two clusters).",
+            otsu,
         ),
     ]
-    try:
-        from skimage.filters import threshold_otsu
-
-        out.append(
-            (
-                "your mask is Otsu's threshold; the exercise asks for 1-D k-means (two clusters).",
-                sal > threshold_otsu(sal),
-            )
-        )
-    except (ImportError, ValueError):  # pragma: no cover
-        pass
-    return out
 
 
 def _mask_matches(output: Any, variant: np.ndarray, case: Case) -> bool | None:
@@ -350,37 +346,34 @@ def _box_mistakes(case: Case) -> list[tuple[str, np.ndarray]]:
     (mask,) = case.args
     n = case.kwargs["n_components"]
     ref = boxes_from_mask(mask, mode="per_component", n_components=n, connectivity=2)
-    out = []
-    if len(ref):
-        wh = ref.copy()
-        wh[:, 2:] = ref[:, 2:] - ref[:, :2] + 1
-        out += [
-            (
-                "x and y are swapped: a SAM box is [x0, y0, x1, y1] with x the COLUMN and y the "
-                "ROW (np.nonzero / np.where give rows first).",
-                ref[:, [1, 0, 3, 2]],
-            ),
-            (
-                "x1/y1 are one past the object (exclusive, like a Python slice); the package's "
-                "corners are INCLUSIVE: x1 is the last column of the object (rows[-1], not "
-                "rows[-1] + 1).",
-                ref + np.array([0, 0, 1, 1]),
-            ),
-            (
-                "off by one at the start: x0/y0 are the first column/row of the object.",
-                ref - np.array([1, 1, 0, 0]),
-            ),
-            (
-                "every corner is one too small: x0/y0 are the first column/row of the object and "
-                "x1/y1 the last (no - 1 anywhere).",
-                ref - np.array([1, 1, 1, 1]),
-            ),
-            (
-                "you returned [x, y, width, height]; SAM wants the two corners [x0, y0, x1, y1].",
-                wh,
-            ),
-        ]
-    out += [
+    some = len(ref) > 0  # an empty mask has no box to get wrong (variants None there)
+    wh = ref.copy()
+    wh[:, 2:] = ref[:, 2:] - ref[:, :2] + 1
+    return [
+        (
+            "x and y are swapped: a SAM box is [x0, y0, x1, y1] with x the COLUMN and y the "
+            "ROW (np.nonzero / np.where give rows first).",
+            ref[:, [1, 0, 3, 2]] if some else None,
+        ),
+        (
+            "x1/y1 are one past the object (exclusive, like a Python slice); the package's "
+            "corners are INCLUSIVE: x1 is the last column of the object (rows[-1], not "
+            "rows[-1] + 1).",
+            ref + np.array([0, 0, 1, 1]) if some else None,
+        ),
+        (
+            "off by one at the start: x0/y0 are the first column/row of the object.",
+            ref - np.array([1, 1, 0, 0]) if some else None,
+        ),
+        (
+            "every corner is one too small: x0/y0 are the first column/row of the object and "
+            "x1/y1 the last (no - 1 anywhere).",
+            ref - np.array([1, 1, 1, 1]) if some else None,
+        ),
+        (
+            "you returned [x, y, width, height]; SAM wants the two corners [x0, y0, x1, y1].",
+            wh if some else None,
+        ),
         (
             "the components are merged into one box; give each of the n_components largest "
             "components its own box (two lungs = two boxes).",
@@ -391,15 +384,13 @@ def _box_mistakes(case: Case) -> list[tuple[str, np.ndarray]]:
             "scipy.ndimage.label defaults to 4-neighbours; pass structure=np.ones((3, 3)).",
             boxes_from_mask(mask, mode="per_component", n_components=n, connectivity=1),
         ),
+        (
+            "you kept every component; keep only the n_components largest.",
+            boxes_from_mask(mask, mode="per_component", n_components=None)
+            if n is not None
+            else None,
+        ),
     ]
-    if n is not None:
-        out.append(
-            (
-                "you kept every component; keep only the n_components largest.",
-                boxes_from_mask(mask, mode="per_component", n_components=None),
-            )
-        )
-    return out
 
 
 def _box_matches(output: Any, variant: np.ndarray, case: Case) -> bool | None:

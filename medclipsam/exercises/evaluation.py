@@ -269,7 +269,7 @@ def _fixed_tables() -> list[Case]:
         ),
         Case(
             "weak clearly worse: its interval lies entirely below zero-shot's (a clear loss)",
-            (t(0.75, 0.55, (0.70, 0.80), (0.48, 0.62)),),
+            (t(0.75, 0.55, 0.85, (0.70, 0.80), (0.48, 0.62)),),
         ),
         Case(
             "weak better, but the intervals overlap (not a clear gain)",
