@@ -40,6 +40,12 @@ IMAGE = None           # a path to your own image, or None for a phantom image
 SEED = 3
 
 # %%
+# What this notebook runs on (versions, device, optional extras): quote it when you ask for help.
+from medclipsam import show_environment
+
+show_environment(world=WORLD, device=DEVICE)
+
+# %%
 import matplotlib.pyplot as plt
 
 from medclipsam import MedCLIPSAM

@@ -45,6 +45,12 @@ SIZE = 256           # phantom image size in pixels
 SEED = 0
 
 # %%
+# What this notebook runs on (versions, device, optional extras): quote it when you ask for help.
+from medclipsam import show_environment
+
+show_environment(world=WORLD)
+
+# %%
 import tempfile
 from pathlib import Path
 

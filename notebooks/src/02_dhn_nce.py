@@ -51,6 +51,12 @@ OUT_DIR = "runs/02_dhn_nce"
 SEED = 0
 
 # %%
+# What this notebook runs on (versions, device, optional extras): quote it when you ask for help.
+from medclipsam import show_environment
+
+show_environment(world=WORLD, device=DEVICE)
+
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 import torch

@@ -46,6 +46,12 @@ N_LOC = 20             # held-out images per task for the localisation table
 SEED = 0
 
 # %%
+# What this notebook runs on (versions, device, optional extras): quote it when you ask for help.
+from medclipsam import show_environment
+
+show_environment(world=WORLD, device=DEVICE)
+
+# %%
 import functools
 import time
 

@@ -35,6 +35,12 @@ SIZE = 256
 SEED = 0
 
 # %%
+# What this notebook runs on (versions, device, optional extras): quote it when you ask for help.
+from medclipsam import show_environment
+
+show_environment(world=WORLD, device=DEVICE)
+
+# %%
 import matplotlib.pyplot as plt
 
 from medclipsam import MedCLIPSAM

@@ -45,6 +45,12 @@ OUT_DIR = "runs/05_weak"
 SEED = 0
 
 # %%
+# What this notebook runs on (versions, device, optional extras): quote it when you ask for help.
+from medclipsam import show_environment
+
+show_environment(world=WORLD, device=DEVICE)
+
+# %%
 import csv
 import json
 from pathlib import Path

@@ -57,6 +57,12 @@ DRIVE = True           # run the programmatic walk-through below
 COMPARE = ["breast tumor", "benign breast lesion", "brain tumor", "normal tissue"]
 
 # %%
+# What this notebook runs on (versions, device, optional extras): quote it when you ask for help.
+from medclipsam import show_environment
+
+show_environment(world=WORLD, device=DEVICE)
+
+# %%
 import matplotlib.pyplot as plt
 
 from medclipsam.widgets import PromptExplorer
