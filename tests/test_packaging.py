@@ -28,9 +28,16 @@ def _norm(req: str) -> tuple[str, str]:
     return name, spec
 
 
-def _pyproject_reqs() -> set[tuple[str, str]]:
+#: The extras the conda files install besides the dependencies: what the lessons use (their
+#: notebook tools, the explorer's widgets, the dense CRF of lessons 00 and 04-06).
+CONDA_EXTRAS = ("notebooks", "crf")
+
+
+def _pyproject_reqs(extras: tuple[str, ...] = ("notebooks",)) -> set[tuple[str, str]]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    reqs = data["project"]["dependencies"] + data["project"]["optional-dependencies"]["notebooks"]
+    reqs = list(data["project"]["dependencies"])
+    for extra in extras:
+        reqs += data["project"]["optional-dependencies"][extra]
     return {_norm(r) for r in reqs}
 
 
@@ -43,7 +50,7 @@ def _conda_pip_reqs(path: Path) -> set[tuple[str, str]]:
 
 @pytest.mark.parametrize("path", ["environment.yml", "binder/environment.yml"])
 def test_conda_files_list_the_same_dependencies_as_pyproject(path):
-    py = _pyproject_reqs()
+    py = _pyproject_reqs(CONDA_EXTRAS)
     conda = _conda_pip_reqs(ROOT / path)
     assert conda == py, (
         f"{path} and pyproject.toml disagree: only in {path}: {sorted(conda - py)}; "
@@ -54,6 +61,14 @@ def test_conda_files_list_the_same_dependencies_as_pyproject(path):
 def test_binder_installs_the_package_itself():
     post = (ROOT / "binder" / "postBuild").read_text()
     assert "pip install" in post and "-e ." in post
+
+
+def test_the_widgets_extra_is_the_notebooks_extras_widgets():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = data["project"]["optional-dependencies"]
+    widgets = {_norm(r) for r in extras["widgets"]}
+    assert {n for n, _ in widgets} == {"ipywidgets", "ipyevents"}
+    assert widgets <= {_norm(r) for r in extras["notebooks"]}
 
 
 def test_jupyterlab_and_ipywidgets_are_pinned_together():

@@ -15,13 +15,14 @@
 # which run on any CPU in about a second per image. The other notebooks take each stage apart.
 
 # %%
-# Colab only: install the package into the runtime (JupyterLab and Binder users have it already).
+# Colab only: install the package into the runtime (JupyterLab and Binder users have it already),
+# with the extras this notebook uses: crf, the dense CRF of the coarse masks (builds in about a minute).
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
     url = "git+https://github.com/medclipsam/medclipsam.git"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam @ {url}"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam[crf] @ {url}"], check=True)
 
 # %% [markdown]
 # ## Parameters

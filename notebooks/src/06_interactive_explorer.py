@@ -27,13 +27,15 @@
 # a click does not re-run SAM's image encoder. The status line counts the stages that really ran.
 
 # %%
-# Colab only: install the package into the runtime (JupyterLab and Binder users have it already).
+# Colab only: install the package into the runtime (JupyterLab and Binder users have it already),
+# with the extras this notebook uses: crf (the dense CRF; builds in about a minute) and widgets
+# (ipywidgets 8 and ipyevents, for the explorer and its clicks).
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
     url = "git+https://github.com/medclipsam/medclipsam.git"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam @ {url}"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam[crf,widgets] @ {url}"], check=True)
     from google.colab import output
 
     output.enable_custom_widget_manager()  # Colab: let third-party widgets (ipyevents) render
