@@ -99,6 +99,15 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
     assert commands[1].strip() in ci.splitlines(), "CI must call the README's test command"
 
 
+def test_readme_says_how_to_get_cpu_only_torch_before_the_quick_start_commands():
+    quick = (ROOT / "README.md").read_text().split("## Quick start", 1)[1]
+    before_commands = quick.split("```bash", 1)[0]
+    assert (
+        "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+        in before_commands
+    )
+
+
 def test_package_source_is_ruff_clean():
     # notebooks/: the lesson and exercise sources (the .ipynb are excluded in pyproject.toml)
     folders = [
