@@ -100,6 +100,12 @@ def _has_module(name: str) -> bool:
         return False
 
 
+def _short(path: str | Path) -> str:
+    """``path`` with the home folder written ``~`` (a report gets pasted and committed)."""
+    text, home = str(path), str(Path.home())
+    return "~" + text[len(home) :] if home not in ("", "/") and text.startswith(home) else text
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -171,9 +177,9 @@ def environment_report(world: str | None = None, device: str | None = "auto") ->
         "cores": _cores(),
         "python": f"{platform.python_version()} on {platform.system()} {platform.machine()}",
         "offline": is_offline(),
-        "cache": str(cache_dir()),
+        "cache": _short(cache_dir()),
         "packages": packages,
-        "medclipsam_path": str(Path(__file__).resolve().parent),
+        "medclipsam_path": _short(Path(__file__).resolve().parent),
         "extras": extras,
     }
 
