@@ -39,12 +39,14 @@ __all__ = ["Sam3TextBaseline", "Sam3TextConfig"]
 class Sam3TextConfig:
     """Settings of :class:`Sam3TextBaseline`: instance score ``threshold`` (SAM 3's own 0.5),
     ``mask_threshold`` on mask probabilities, ``keep`` ``"all"`` (union of the instances above
-    the threshold) or ``"best"`` (the highest-scoring one)."""
+    the threshold) or ``"best"`` (the highest-scoring one). ``seed`` is there for the folder
+    runner's per-file seeds; SAM 3 itself is deterministic."""
 
     model: str = "facebook/sam3"
     threshold: float = 0.5
     mask_threshold: float = 0.5
     keep: str = "all"
+    seed: int = 0
 
     def for_task(self, task: str | None) -> Sam3TextConfig:  # noqa: ARG002
         """No per-task preset: SAM 3 returns every instance (both lungs) by itself."""
