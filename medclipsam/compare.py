@@ -36,7 +36,8 @@ import numpy as np
 from ._utils import atomic_path, atomic_write_text
 
 __all__ = [
-    "BACKEND_ALIASES", "compare_backends", "format_table", "is_text_backend", "resolve_backend",
+    "BACKEND_ALIASES", "backend_folder", "compare_backends", "comparison_figure", "example_panels",
+    "format_table", "is_text_backend", "resolve_backend",
 ]
 
 #: Short names accepted for backends (anything else goes to ``load_sam`` as it is).
@@ -184,7 +185,7 @@ def compare_backends(
         row["flagged"] = sum(bool(r.flags) for r in results)
         rows.append(row)
         if out is not None:
-            _write_masks(out / _folder_name(name) / "masks", stems, [r.mask for r in results])
+            _write_masks(out / backend_folder(name) / "masks", stems, [r.mask for r in results])
             _write_outputs(out, rows, per_image, prompt)
         if on_row is not None:
             on_row(row)
@@ -193,7 +194,8 @@ def compare_backends(
     return rows
 
 
-def _folder_name(name: str) -> str:
+def backend_folder(name: str) -> str:
+    """The folder under ``out_dir`` holding a backend's masks (its name, made file-safe)."""
     return re.sub(r"[^\w.+-]+", "_", name).strip("_") or "backend"
 
 
@@ -243,3 +245,52 @@ def format_table(rows: Sequence[dict]) -> str:
         )
     return "\n".join(lines)
 
+
+
+def comparison_figure(rows: Sequence[dict], title: str = ""):
+    """Two panels: mean Dice with its 95 % interval per backend, and seconds per image (log
+    scale; the MedCLIP-SAM bars split into the shared saliency and the segmenter)."""
+    import matplotlib.pyplot as plt
+
+    names = [r["backend"] for r in rows]
+    y = np.arange(len(rows))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 0.6 * len(rows) + 1.4), sharey=True)
+    dice = np.array([r["dice"] for r in rows])
+    lo = dice - np.array([r["dice_ci"][0] for r in rows])
+    hi = np.array([r["dice_ci"][1] for r in rows]) - dice
+    colors = ["tab:orange" if r["method"].startswith("SAM 3") else "tab:blue" for r in rows]
+    a.barh(y, dice, xerr=[lo, hi], color=colors, capsize=3)
+    a.set_yticks(y, names)
+    a.invert_yaxis()
+    a.set_xlim(0, 1)
+    a.set_xlabel("Dice (mean, 95 % CI)")
+    seg = np.array([r["s_segmenter"] for r in rows])
+    sal = np.array([r["s_per_image"] for r in rows]) - seg
+    b.barh(y, seg, color=colors, label="segmenter")
+    b.barh(y, sal, left=seg, color="lightgrey", label="CLIP saliency (shared)")
+    b.set_xscale("log")
+    b.set_xlabel("seconds per image (log)")
+    b.legend(loc="lower right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def example_panels(data: str | Path, out_dir: str | Path, rows: Sequence[dict], stem: str,
+                   *, split: str | None = None) -> tuple[list[np.ndarray], list[str]]:
+    """Panels for :func:`~medclipsam.viz.sample_grid`: image ``stem`` of ``data`` with its ground
+    truth (green outline), then each backend's mask from ``out_dir`` with its Dice."""
+    from .data.datasets import FolderDataset
+    from .data.io import read_mask
+    from .metrics import dice
+    from .viz import overlay
+
+    ds = FolderDataset(data, split=split)
+    sample = ds[ds.stems.index(stem)]
+    panels, titles = [overlay(sample["image"], outline=sample["mask"])], [f"{stem}: ground truth"]
+    for r in rows:
+        m = read_mask(Path(out_dir) / backend_folder(r["backend"]) / "masks" / f"{stem}.png")
+        panels.append(overlay(sample["image"], m, outline=sample["mask"]))
+        titles.append(f"{r['backend']}: Dice {dice(m, sample['mask']):.2f}")
+    return panels, titles
