@@ -269,6 +269,9 @@ def comparison_figure(rows: Sequence[dict], title: str = ""):
     b.barh(y, seg, color=colors, label="segmenter")
     b.barh(y, sal, left=seg, color="lightgrey", label="CLIP saliency (shared)")
     b.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    b.xaxis.set_minor_formatter(NullFormatter())
     b.set_xlabel("seconds per image (log)")
     b.legend(loc="lower right", fontsize=8)
     if title:
