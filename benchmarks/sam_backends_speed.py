@@ -9,7 +9,9 @@ timings are those of the real models while the masks mean nothing: SAM ViT-B/ViT
 base-plus / large (transformers' Sam2Model, the image part), SAM 3 (transformers' Sam3Model, the
 image detector with its text encoder). Per image: ``embed`` (the image encoder, once per image),
 ``decode`` (one box prompt for the SAMs; the text phrase for SAM 3: text encoder, DETR
-encoder/decoder and mask head) and their sum. Images are 256 x 320 phantoms (every model resizes
+encoder/decoder and mask head) and their sum, in wall-clock seconds, and ``cpu_s_per_image``: the
+process's CPU seconds for the same work (with one thread, what the wall time would be on an idle
+core: it does not grow when other jobs share the core). Images are 256 x 320 phantoms (every model resizes
 to its own input size, so the image size hardly matters). The MedCLIP-SAM rows of a comparison add
 the CLIP saliency time on top (``benchmarks/pipeline_speed.py``: gScoreCAM, k = 300, on BiomedCLIP).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import os
 import resource
 import sys
 import time
@@ -64,25 +67,28 @@ def _build(name: str, device: str):
     raise ValueError(f"unknown backend {name!r}; choose from {ALL}")
 
 
-def _time_one(model, image: np.ndarray, box: np.ndarray, sync) -> tuple[float, float]:
+def _time_one(model, image: np.ndarray, box: np.ndarray, sync) -> dict[str, float]:
+    """Wall and CPU seconds of the embedding and the decoding of one image."""
+    clocks = (time.perf_counter, time.process_time)
     if hasattr(model, "segment"):  # SAM 3: text alone
-        t0 = time.perf_counter()
-        model.set_image(image)
-        sync()
-        t1 = time.perf_counter()
-        model.segment("breast lesion")
-        sync()
-        return t1 - t0, time.perf_counter() - t1
-    from medclipsam.sam_prompting import SamSession
+        embed, decode = (lambda: model.set_image(image)), (lambda: model.segment("breast lesion"))
+        ctx = None
+    else:
+        from medclipsam.sam_prompting import SamSession
 
-    with SamSession(model) as s:
-        t0 = time.perf_counter()
-        s.set_image(image)
-        sync()
-        t1 = time.perf_counter()
-        s.predict(box)
-        sync()
-        return t1 - t0, time.perf_counter() - t1
+        ctx = SamSession(model)
+        embed, decode = (lambda: ctx.set_image(image)), (lambda: ctx.predict(box))
+    t0 = [c() for c in clocks]
+    embed()
+    sync()
+    t1 = [c() for c in clocks]
+    decode()
+    sync()
+    t2 = [c() for c in clocks]
+    if ctx is not None:
+        ctx.close()
+    return {"embed": t1[0] - t0[0], "decode": t2[0] - t1[0],
+            "embed_cpu": t1[1] - t0[1], "decode_cpu": t2[1] - t1[1]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     from medclipsam.data.phantom import PhantomDataset
 
     print(hardware_header())
+    print("load average (1, 5, 15 min):", os.getloadavg())
+    sys.stdout.flush()
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     samples = [PhantomDataset("breast", a.images, seed=0, size=256, normal_fraction=0.0)[i]
                for i in range(a.images)]
@@ -112,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         build = time.perf_counter() - t0
         with torch.no_grad():
             times = [_time_one(model, im, bx, sync) for im, bx in zip(images, boxes)]
-        embed = float(np.mean([t[0] for t in times]))
-        decode = float(np.mean([t[1] for t in times]))
+        mean = {k: float(np.mean([t[k] for t in times])) for k in times[0]}
         rows.append({
             "backend": name, "params_M": round(n_params / 1e6, 1), "build_s": round(build, 1),
-            "embed_s": round(embed, 2), "decode_s": round(decode, 3),
-            "s_per_image": round(embed + decode, 2),
+            "embed_s": round(mean["embed"], 2), "decode_s": round(mean["decode"], 3),
+            "s_per_image": round(mean["embed"] + mean["decode"], 2),
+            "cpu_s_per_image": round(mean["embed_cpu"] + mean["decode_cpu"], 2),
             "peak_rss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         })
         print_table(rows[-1:], "{}")
@@ -125,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         del model
         gc.collect()
     print()
+    print("load average (1, 5, 15 min):", os.getloadavg())
     print_table(rows, "{}")
     if a.csv:
         with open(a.csv, "w", newline="") as fh:
