@@ -371,3 +371,24 @@ def test_cli_segment_then_evaluate_with_sam3(tmp_path, sam3_folder, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "seg" / "masks"),
                  "--gt", str(tmp_path / "ph" / "masks"), "--n-boot", "20"]) == 0
     assert "dice" in capsys.readouterr().out
+
+
+def test_explorer_compare_tab_puts_sam3_beside_medclip_sam(sam3_baseline):
+    pytest.importorskip("ipywidgets")
+    from medclipsam.widgets import PromptExplorer
+
+    loads = []
+
+    def load():
+        loads.append(1)
+        return sam3_baseline
+
+    ex = PromptExplorer.toy(per_task=1, size=96, text_baseline=load)
+    ex.select(next(n for n in ex.images if n.startswith("breast")))
+    ex.method.value = "uniform"  # a control map: cheap, and no prompt-sensitivity runs
+    rows = ex.compare(["breast tumor", "lesion"])
+    assert loads == [1] and ex.counts["text_baseline"] == 2
+    assert all(0.0 <= r["text_dice"] <= 1.0 and "text_score" in r for r in rows)
+    column = ex.compare_out.children[0].children[0]
+    assert len(column.children) == 5  # caption, saliency, MedCLIP-SAM mask, label, SAM 3 mask
+    assert "text alone" in column.children[3].value
