@@ -170,6 +170,19 @@ plt.show()
 # checkpoint format, which the package does not convert: a folder converted to the transformers
 # format loads by its path.
 #
+# In the prompt explorer (lesson 06) SAM 2 joins the SAM picker, and SAM 3's mask from the text
+# alone appears beside each prompt in the *compare prompts* tab:
+#
+# ```python
+# from medclipsam.models import load_sam
+# from medclipsam.text_baselines import Sam3TextBaseline
+# from medclipsam.widgets import PromptExplorer
+#
+# explorer = PromptExplorer.from_folder(
+#     pipe, DATA_DIR, sam_models={"SAM 2.1 tiny": lambda: load_sam("sam2-hiera-tiny")},
+#     text_baseline=Sam3TextBaseline.from_pretrained)   # loaded when first needed
+# ```
+#
 # ### Things to try
 #
 # 1. Run the real comparison on BUSI with `PROMPT = "breast tumor"`, then again with SAM 3's usual
