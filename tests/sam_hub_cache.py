@@ -20,8 +20,6 @@ import json
 import os
 from pathlib import Path
 
-from transformers.models.clip import tokenization_clip  # noqa: F401  (CLIPTokenizer registered)
-
 
 def _blob_name(data: bytes, large: bool) -> str:
     if large:
