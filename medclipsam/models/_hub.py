@@ -38,6 +38,7 @@ __all__ = [
     "HubModelMissingError",
     "check_loading_info",
     "model_folder",
+    "transformers_class",
     "verify_weight_file",
 ]
 
@@ -247,3 +248,17 @@ def check_loading_info(info: dict[str, Any], label: str) -> None:
             + "; ".join(parts)
             + ". transformers would fill these with random values; refusing instead."
         )
+
+
+def transformers_class(name: str) -> Any:
+    """``transformers.<name>`` (e.g. ``"Sam2Model"``), or an ImportError saying to upgrade: SAM 2
+    and SAM 3 are in recent transformers releases only (this project's CI pins 5.24)."""
+    import transformers
+
+    try:
+        return getattr(transformers, name)
+    except AttributeError:
+        raise ImportError(
+            f"transformers {transformers.__version__} has no {name}; SAM 2 and SAM 3 need a recent "
+            "release: pip install -U transformers"
+        ) from None

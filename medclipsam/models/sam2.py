@@ -44,7 +44,13 @@ import torch
 import torch.nn.functional as F
 
 from .._utils import get_device
-from ._hub import check_loading_info, model_folder, verify_weight_file, weight_files
+from ._hub import (
+    check_loading_info,
+    model_folder,
+    transformers_class,
+    verify_weight_file,
+    weight_files,
+)
 
 __all__ = [
     "MEDSAM2_HELP",
@@ -111,7 +117,7 @@ SAM2_ARCHS: dict[str, dict[str, Any]] = {
 
 def sam2_config(arch: str | dict = "tiny"):
     """A transformers ``Sam2Config`` for one of :data:`SAM2_ARCHS` (or such a dict)."""
-    from transformers import Sam2Config
+    Sam2Config = transformers_class("Sam2Config")
 
     if isinstance(arch, str):
         if arch not in SAM2_ARCHS:
@@ -295,7 +301,7 @@ class Sam2Predictor:
 def build_sam2(arch: str | dict = "tiny", *, device: Any = "cpu", seed: int | None = 0) -> Sam2Predictor:
     """A SAM 2 predictor with **random** weights (tests, smoke runs, timing): ``arch`` is one of
     :data:`SAM2_ARCHS` (``"test"`` is a tiny 256 x 256 model) or such a dict."""
-    from transformers import Sam2Model
+    Sam2Model = transformers_class("Sam2Model")
 
     if seed is not None:
         torch.manual_seed(seed)
@@ -325,7 +331,7 @@ def is_sam2(name_or_path: str | os.PathLike) -> bool:
 def _read_config(folder: Path):
     """The folder's config as a ``Sam2Config``: a ``sam2_video`` config (Meta's repositories)
     contributes its image part (vision, prompt encoder, mask decoder)."""
-    from transformers import Sam2Config
+    Sam2Config = transformers_class("Sam2Config")
 
     from ._hub import HubModelError
 
@@ -368,7 +374,7 @@ def load_sam2(
     transformers-format folder), verified (see :mod:`medclipsam.models._hub`), as a
     :class:`Sam2Predictor`. ``download=False`` (or ``HF_HUB_OFFLINE`` / ``MEDCLIPSAM_OFFLINE``)
     uses only the local Hugging Face cache; the error then says what to fetch and where."""
-    from transformers import Sam2Model
+    Sam2Model = transformers_class("Sam2Model")
 
     text = os.fspath(name_or_path)
     if text.lower() == "medsam2":

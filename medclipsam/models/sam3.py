@@ -37,7 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from .._utils import get_device
-from ._hub import HubModelError, check_loading_info, model_folder, verify_weight_file, weight_files
+from ._hub import (
+    HubModelError,
+    check_loading_info,
+    model_folder,
+    transformers_class,
+    verify_weight_file,
+    weight_files,
+)
 
 __all__ = [
     "SAM3_ARCHS",
@@ -92,7 +99,7 @@ SAM3_ARCHS: dict[str, dict[str, Any]] = {
 
 def sam3_config(arch: str | dict = "full"):
     """A transformers ``Sam3Config`` for one of :data:`SAM3_ARCHS` (or a dict of its fields)."""
-    from transformers import Sam3Config
+    Sam3Config = transformers_class("Sam3Config")
 
     if isinstance(arch, str):
         if arch not in SAM3_ARCHS:
@@ -252,7 +259,7 @@ class Sam3TextModel:
 
 def build_sam3(arch: str | dict = "test", *, device: Any = "cpu", seed: int | None = 0) -> Sam3TextModel:
     """SAM 3 with **random** weights (tests, smoke runs, timing) and open_clip's CLIP tokenizer."""
-    from transformers import Sam3Model
+    Sam3Model = transformers_class("Sam3Model")
 
     if seed is not None:
         torch.manual_seed(seed)
@@ -263,7 +270,7 @@ def build_sam3(arch: str | dict = "test", *, device: Any = "cpu", seed: int | No
 def _read_config(folder: Path):
     """The folder's config as a ``Sam3Config``; a ``sam3_video`` config (the hub repository)
     contributes its detector part."""
-    from transformers import Sam3Config
+    Sam3Config = transformers_class("Sam3Config")
 
     raw = json.loads((folder / "config.json").read_text())
     kind = raw.get("model_type")
@@ -286,7 +293,9 @@ def load_sam3(
     """Load SAM 3 (``facebook/sam3`` on the hub by default, or a local transformers-format folder
     with its tokenizer files), verified (see :mod:`medclipsam.models._hub`). A missing or
     refused download raises an error with :data:`SAM3_GATED_HELP` and where to put the files."""
-    from transformers import AutoTokenizer, Sam3Model
+    from transformers import AutoTokenizer
+
+    Sam3Model = transformers_class("Sam3Model")
 
     text = os.fspath(name_or_path)
     repo = SAM3_REPO if text.lower() in ("sam3", "sam3-text") else text
