@@ -7,6 +7,7 @@ Sub-commands:
   pseudo-label  zero-shot masks of a data set's split as pseudo-labels (with a manifest)
   train-weak    train a Residual UNet on (pseudo-)labels, early stopping on a validation split
   reproduce     zero-shot vs weakly vs fully supervised on a prepared data set, beside the paper
+  compare   MedCLIP-SAM with SAM / MedSAM / SAM 2 beside SAM 3 from the text alone, one table
   phantom   write a phantom data set in the project's folder layout
   prepare   convert a public data set (BUSI, UDIAT, brain_figshare, covidqu, roco) to that layout
   finetune  contrastive fine-tuning of a CLIP model (InfoNCE, DCL, HN-NCE, DHN-NCE)
@@ -44,9 +45,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _pipeline(args: argparse.Namespace, **overrides):
-    """The toy world when both models are "toy", else the named real models (downloaded)."""
+    """The toy world when both models are "toy", else the named real models (downloaded);
+    ``--sam sam3-text[:FOLDER]`` is SAM 3 segmenting from the text alone."""
+    from .compare import is_text_backend
     from .pipeline import MedCLIPSAM
 
+    if is_text_backend(args.sam):  # SAM 3 from the text alone: no CLIP, no saliency settings
+        from .text_baselines import Sam3TextBaseline
+
+        return Sam3TextBaseline.from_pretrained(args.sam.partition(":")[2] or "facebook/sam3",
+                                                device=args.device)
     if args.clip == "toy" and args.sam == "toy":
         return MedCLIPSAM.toy(device=args.device, **overrides)
     return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device, **overrides)
@@ -180,9 +188,28 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         _check_prompt(args.prompt)
     _need_positive(epochs=args.epochs, batch_size=args.batch_size, size=args.size)
     cfg = WeakConfig(epochs=args.epochs, size=args.size, batch_size=args.batch_size, device=args.device)
-    reproduce(args.data, args.out, task=args.task, prompt=args.prompt, config=cfg,
+    pipe = None if args.clip == "toy" and args.sam == "toy" else _pipeline(args)
+    reproduce(args.data, args.out, task=args.task, prompt=args.prompt, config=cfg, pipe=pipe,
               drop_uncertain=args.drop_uncertain, progress=not args.quiet)
     print((Path(args.out) / "table.md").read_text())
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_backends, format_table
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends:
+        print("error: --backends lists no backend", file=sys.stderr)
+        return 2
+    rows = compare_backends(
+        args.data, args.prompt, backends, clip=args.clip, out_dir=args.out, split=args.split,
+        limit=args.limit, task=args.task, device=args.device, nsd_tolerance=args.nsd_tolerance,
+        n_boot=args.n_boot, progress=not args.quiet,
+    )
+    print(f"prompt {args.prompt!r}, {rows[0]['images']} images; mean [95 % bootstrap CI]")
+    print(format_table(rows))
+    print(f"tables: {args.out}/comparison.csv, {args.out}/per_image.csv; masks: {args.out}/<backend>/masks")
     return 0
 
 
@@ -389,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--prompt", required=True, help='what to segment, e.g. "breast tumor"')
     sg.add_argument("--out", required=True, help="output folder")
     sg.add_argument("--clip", default="toy", help="toy | biomedclip | open_clip name | checkpoint path")
-    sg.add_argument("--sam", default="toy", help="toy | vit_b | vit_l | vit_h | medsam | checkpoint path")
+    sg.add_argument("--sam", default="toy",
+                    help="toy | vit_b | vit_l | vit_h | medsam | sam2-hiera-tiny/small/base-plus/large | "
+                    "checkpoint or model folder | sam3-text[:FOLDER] (SAM 3 from the text alone)")
     sg.add_argument("--task", choices=("breast", "brain", "xray"), help="apply the task's preset (xray: two lungs)")
     sg.add_argument("--saliency", default="gscorecam", choices=("gscorecam", "gradcam", "m2ib"))
     sg.add_argument("--k", type=int, help="gScoreCAM channels (default: the method's)")
@@ -510,9 +539,38 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--batch-size", type=int, default=8)
     rp.add_argument("--drop-uncertain", type=float, default=0.0,
                     help="also retrain without this share of the most uncertain pseudo-labels")
+    rp.add_argument("--clip", default="toy", help="the zero-shot stage's CLIP (default: toy)")
+    rp.add_argument("--sam", default="toy",
+                    help="its segmenter: toy | vit_b | medsam | sam2-hiera-tiny | ... | sam3-text")
     rp.add_argument("--device", default="auto")
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(func=_cmd_reproduce)
+
+    cp = sub.add_parser(
+        "compare",
+        help="MedCLIP-SAM with several SAMs beside SAM 3 from the text alone, on one data set",
+        description="Score each backend on the same images: MedCLIP-SAM (CLIP saliency -> boxes) "
+        "with SAM / MedSAM / SAM 2 as the segmenter (the saliency maps are computed once and "
+        "shared), and SAM 3 segmenting from the text alone. Prints one table (Dice, IoU, NSD, "
+        "seconds per image) and writes OUT/comparison.csv, OUT/per_image.csv and each backend's "
+        "masks (OUT/<backend>/masks).",
+    )
+    cp.add_argument("--data", required=True, help="data set folder with images/ and masks/")
+    cp.add_argument("--prompt", required=True, help='the text prompt, e.g. "breast tumor"')
+    cp.add_argument("--backends", required=True,
+                    help="comma-separated: toy, sam (= vit_b), vit_l, vit_h, medsam, "
+                    "sam2-hiera-tiny/small/base-plus/large, a checkpoint or model folder, "
+                    "sam3-text (facebook/sam3) or sam3-text:FOLDER")
+    cp.add_argument("--out", required=True, help="output folder")
+    cp.add_argument("--clip", default="biomedclip", help="CLIP for the MedCLIP-SAM rows (default: %(default)s)")
+    cp.add_argument("--split", help="only this split of DATA/splits.json (e.g. test)")
+    cp.add_argument("--limit", type=int, help="only the first N images")
+    cp.add_argument("--task", choices=("breast", "brain", "xray"), help="the task's preset (xray: two lungs)")
+    cp.add_argument("--nsd-tolerance", type=float, default=2.0)
+    cp.add_argument("--n-boot", type=int, default=1000)
+    cp.add_argument("--device", default="auto")
+    cp.add_argument("--quiet", action="store_true")
+    cp.set_defaults(func=_cmd_compare)
 
     i = sub.add_parser("info", help="versions, device and cache folder")
     i.set_defaults(func=_cmd_info)

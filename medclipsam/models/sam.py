@@ -374,7 +374,9 @@ def load_sam(
     arch: str | dict | None = None,
     cache: str | os.PathLike | None = None,
 ) -> SamPredictor:
-    """Load SAM/MedSAM and wrap it in a predictor (``MedSamPredictor`` for ``"medsam"``).
+    """Load SAM/MedSAM and wrap it in a predictor (``MedSamPredictor`` for ``"medsam"``; a
+    :class:`~medclipsam.models.sam2.Sam2Predictor` for a SAM 2 name such as
+    ``"sam2-hiera-tiny"`` or a SAM 2 model folder).
 
     ``checkpoint`` replaces the registry's file for a named model. ``download=False`` never
     touches the network (a missing file raises an error telling where to put it). ``arch``
@@ -382,6 +384,10 @@ def load_sam(
     weight folder (default ``cache_dir() / "weights"``).
     """
     text = os.fspath(name_or_path)
+    from .sam2 import is_sam2, load_sam2
+
+    if is_sam2(text):  # SAM 2 (transformers format): a hub name or folder; see models/sam2.py
+        return load_sam2(text, device=device, download=download)
     medsam = text.lower() == "medsam"
     if text == "toy":
         toy = _WEIGHTS_DIR / "toy_sam.pt"
@@ -401,7 +407,7 @@ def load_sam(
         if not path.is_file():
             raise FileNotFoundError(
                 f"{text!r} is neither a SAM model name ({', '.join([*SAM_ARCHS, 'medsam'])}, "
-                f"'toy') nor an existing checkpoint file"
+                f"'toy', sam2-hiera-tiny/small/base-plus/large) nor an existing checkpoint file"
             )
         sam = _from_file(path, arch)
     sam = sam.to(get_device(device)).eval()

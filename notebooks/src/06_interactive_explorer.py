@@ -14,7 +14,8 @@
 # * **coarse mask**: how the map becomes a region (dense CRF, k-means, a fixed threshold, Otsu) and
 #   the **threshold** of the fixed rule;
 # * **SAM prompts**: a box, points, or both, made from that region;
-# * **SAM model**: the SAM that draws the mask (add your own, e.g. MedSAM, in the set-up cell);
+# * **SAM model**: the SAM that draws the mask (add your own, e.g. MedSAM, in the set-up cell; the
+#   real world offers MedSAM, SAM ViT-H and SAM 2, and lesson 07 compares them on a data set);
 # * **click adds**: click on the first panel to add a positive or negative point, or drag a box;
 #   this re-runs only SAM's decoder on the stored image embedding, so it answers at once.
 #
@@ -81,7 +82,8 @@ if WORLD == "real":
 
         # more SAMs to choose from, loaded (downloaded once) the first time they are picked
         more_sams = {"MedSAM": lambda: load_sam("medsam", device=DEVICE),
-                     "SAM ViT-H": lambda: load_sam("vit_h", device=DEVICE)}
+                     "SAM ViT-H": lambda: load_sam("vit_h", device=DEVICE),
+                     "SAM 2.1 tiny": lambda: load_sam("sam2-hiera-tiny", device=DEVICE)}
         explorer = PromptExplorer.from_folder(pipe, DATA_DIR, prompt=PROMPT, compare_prompts=COMPARE,
                                               sam_name="SAM ViT-B", sam_models=more_sams)
     except Exception as err:  # offline, no weights, no data: the toy world instead
