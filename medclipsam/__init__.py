@@ -7,7 +7,7 @@ The package is layered in one direction of flow (see the README's project layout
 
 __version__ = "0.1.0"
 
-__all__ = ["MedCLIPSAM", "PipelineConfig", "__version__"]
+__all__ = ["MedCLIPSAM", "PipelineConfig", "__version__", "show_environment"]
 
 
 def __getattr__(name: str):
@@ -20,4 +20,8 @@ def __getattr__(name: str):
         from .config import PipelineConfig
 
         return PipelineConfig
+    if name == "show_environment":
+        from .environment import show_environment
+
+        return show_environment
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ Sub-commands:
   pseudo-label  zero-shot masks of a data set's split as pseudo-labels (with a manifest)
   train-weak    train a Residual UNet on (pseudo-)labels, early stopping on a validation split
   reproduce     zero-shot vs weakly vs fully supervised on a prepared data set, beside the paper
+  compare   MedCLIP-SAM with SAM / MedSAM / SAM 2 beside SAM 3 from the text alone, one table
   phantom   write a phantom data set in the project's folder layout
   prepare   convert a public data set (BUSI, UDIAT, brain_figshare, covidqu, roco) to that layout
   finetune  contrastive fine-tuning of a CLIP model (InfoNCE, DCL, HN-NCE, DHN-NCE)
@@ -19,6 +20,14 @@ own default applies (``segment`` and ``MedCLIPSAM.toy().predict`` give the same 
 parser imports neither torch nor the models (``medclipsam SUB --help`` answers at once): each
 command imports what it needs when it runs, the one place in the package where imports sit inside
 functions on purpose. Heavy commands take ``--threads N`` (torch's CPU threads).
+
+Errors and exit codes: a wrong argument, a missing folder or file, an unreadable checkpoint or a
+bad input file ends in one line ``error: ...`` on stderr and exit code 2; arguments and paths are
+checked before any model loads. ``segment`` and ``pseudo-label`` record an image that cannot be
+read as a failed row of results.csv and go on (``--strict``: stop at the first); they exit with 1
+when any image failed (the failed files are named at the end), 0 when all succeeded. Ctrl-C
+exits with 130 (rerun the same command to resume). ``MEDCLIPSAM_DEBUG=1`` shows the traceback
+instead of the one-line error.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +52,11 @@ from .vocab import (
     POSTPROCESS_METHODS,
     SALIENCY_METHODS,
     SALIENCY_PRECISIONS,
+    SAM2_MODELS,
+    SAM_MODELS,
     SAM_PROMPT_MODES,
     TASKS,
+    TEXT_BACKENDS,
     TRAINING_PRECISIONS,
 )
 
@@ -62,14 +75,22 @@ _TOY_K = TOY_DEFAULTS["saliency_kwargs"]()["k"]
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _need_positive(n=args.n, size=args.size)
     run_demo(out=Path(args.out), n=args.n, size=args.size, seed=args.seed, saliency=args.saliency)
     return 0
 
 
 def _pipeline(args: argparse.Namespace, **overrides: Any):
-    """The toy world when both models are "toy", else the named real models (downloaded)."""
+    """The toy world when both models are "toy", else the named real models (downloaded);
+    ``--sam sam3-text[:FOLDER]`` is SAM 3 segmenting from the text alone."""
+    from .compare import is_text_backend
     from .pipeline import MedCLIPSAM
 
+    if is_text_backend(args.sam):  # SAM 3 from the text alone: no CLIP, no saliency settings
+        from .text_baselines import Sam3TextBaseline
+
+        return Sam3TextBaseline.from_pretrained(args.sam.partition(":")[2] or "facebook/sam3",
+                                                device=args.device)
     if args.clip == "toy" and args.sam == "toy":
         return MedCLIPSAM.toy(device=args.device, **overrides)
     return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device, **overrides)
@@ -91,18 +112,41 @@ def _segment_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    _check_folder_run(args)
     over = _segment_overrides(args)
     PipelineConfig(**over).validate()  # refuse a bad combination before loading any model
     t0 = time.perf_counter()
     pipe = _pipeline(args, **over)
-    rows = pipe.run_folder(
-        args.images, args.prompt, args.out, task=args.task, resume=not args.restart,
-        overlays=args.overlays, limit=args.limit, progress=not args.quiet,
+    rows = _run_quietly_failing(
+        lambda: pipe.run_folder(
+            args.images, args.prompt, args.out, task=args.task, resume=not args.restart,
+            overlays=args.overlays, limit=args.limit, progress=not args.quiet, strict=args.strict,
+        )
     )
-    flagged = sum(1 for r in rows if r.get("flags"))
-    print(f"{len(rows)} images segmented into {args.out}/masks ({flagged} flagged; see "
+    failed = [r for r in rows if r.get("status") == "failed"]
+    flagged = sum(1 for r in rows if r.get("flags") and r.get("status") != "failed")
+    print(f"{len(rows) - len(failed)} images segmented into {args.out}/masks ({flagged} flagged; see "
           f"{args.out}/results.csv) in {time.perf_counter() - t0:.1f} s")
-    return 0
+    return _report_failures(failed, Path(args.out) / "results.csv")
+
+
+def _run_quietly_failing(run):
+    """Run a folder job; its end-of-run warning about failed images is replaced by the CLI's own
+    summary (:func:`_report_failures`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*image\(s\) failed and were skipped")
+        return run()
+
+
+def _report_failures(failed: list[dict], csv_path: Path) -> int:
+    """Name the failed images on stderr; exit code 1 if any, else 0."""
+    if not failed:
+        return 0
+    print(f"{len(failed)} image(s) failed (status 'failed' in {csv_path}; rerun to retry them, "
+          "--strict stops at the first):", file=sys.stderr)
+    for r in failed:
+        print(f"  {r['error']}", file=sys.stderr)
+    return 1
 
 
 def _split_stems(args: argparse.Namespace, name: str | None) -> list[str] | None:
@@ -111,23 +155,36 @@ def _split_stems(args: argparse.Namespace, name: str | None) -> list[str] | None
     from .data.datasets import load_split
 
     path = args.splits or str(Path(args.images).parent / "splits.json")
-    return load_split(path)[name]
+    splits = load_split(path)
+    if name not in splits:
+        raise ValueError(f"--split {name}: {path} has no split of that name; it has "
+                         f"{', '.join(sorted(splits))}")
+    return splits[name]
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     from .reproduce import pseudo_label
 
+    _check_folder_run(args)
+    stems = _split_stems(args, args.split)
     pipe = _pipeline(args)
-    rows = pseudo_label(pipe, args.images, args.out, args.prompt, task=args.task,
-                        stems=_split_stems(args, args.split), progress=not args.quiet)
-    print(f"{len(rows)} pseudo-labels in {args.out}/masks; manifest {args.out}/results.csv")
-    return 0
+    rows = _run_quietly_failing(
+        lambda: pseudo_label(pipe, args.images, args.out, args.prompt, task=args.task,
+                             stems=stems, progress=not args.quiet, strict=args.strict)
+    )
+    failed = [r for r in rows if r.get("status") == "failed"]
+    print(f"{len(rows) - len(failed)} pseudo-labels in {args.out}/masks; manifest "
+          f"{args.out}/results.csv")
+    return _report_failures(failed, Path(args.out) / "results.csv")
 
 
 def _cmd_train_weak(args: argparse.Namespace) -> int:
     from .data.datasets import load_split
     from .weak import train_segmenter
 
+    _need_dirs(images=args.images, masks=args.masks, val_images=args.val_images,
+               val_masks=args.val_masks)
+    _need_positive(epochs=args.epochs, batch_size=args.batch_size, size=args.size)
     stems = None
     split_file = Path(args.splits) if args.splits else Path(args.images).parent / "splits.json"
     if args.val_images is None:
@@ -151,10 +208,37 @@ def _cmd_train_weak(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
+    data = Path(args.data)
+    _need_dirs(data=data, images=data / "images", masks=data / "masks")
+    if not (data / "splits.json").is_file():
+        raise FileNotFoundError(f"{data / 'splits.json'}: split file not found (train/val/test "
+                                "stems; medclipsam phantom and prepare write it)")
+    if args.prompt is not None:
+        _check_prompt(args.prompt)
+    _need_positive(epochs=args.epochs, batch_size=args.batch_size, size=args.size)
     cfg = WeakConfig(epochs=args.epochs, size=args.size, batch_size=args.batch_size, device=args.device)
-    reproduce(args.data, args.out, task=args.task, prompt=args.prompt, config=cfg,
+    pipe = None if args.clip == "toy" and args.sam == "toy" else _pipeline(args)
+    reproduce(args.data, args.out, task=args.task, prompt=args.prompt, config=cfg, pipe=pipe,
               drop_uncertain=args.drop_uncertain, progress=not args.quiet)
     print((Path(args.out) / "table.md").read_text())
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_backends, format_table
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends:
+        print("error: --backends lists no backend", file=sys.stderr)
+        return 2
+    rows = compare_backends(
+        args.data, args.prompt, backends, clip=args.clip, out_dir=args.out, split=args.split,
+        limit=args.limit, task=args.task, device=args.device, nsd_tolerance=args.nsd_tolerance,
+        n_boot=args.n_boot, progress=not args.quiet,
+    )
+    print(f"prompt {args.prompt!r}, {rows[0]['images']} images; mean [95 % bootstrap CI]")
+    print(format_table(rows))
+    print(f"tables: {args.out}/comparison.csv, {args.out}/per_image.csv; masks: {args.out}/<backend>/masks")
     return 0
 
 
@@ -166,8 +250,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         rows, pairs = evaluate_folders(args.pred, args.gt, nsd_tolerance=args.nsd_tolerance,
                                        strict=not args.allow_missing)
-    except (PairingError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except PairingError as err:
+        hint = "" if args.allow_missing else " (--allow-missing scores the pairs that exist)"
+        print(f"error: {_one_line(err)}{hint}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     problem = pairs.problems()
     if problem:
@@ -192,6 +280,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from .data.phantom import write_phantom_folder
 
+    _need_positive(n=args.n, size=args.size)
     tasks = TASKS if args.task == "all" else (args.task,)
     for task in tasks:
         root = Path(args.out) / task if len(tasks) > 1 else Path(args.out)
@@ -279,6 +368,106 @@ def _cmd_info(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 
 # --------------------------------------------------------------------------------------------
+# checks before anything heavy loads, and one-line errors
+
+# Model names the loaders know without a file (medclipsam.vocab); anything else that looks like a
+# path must exist. Checked here, so that checking them does not import torch.
+_SAM_NAMES = (*SAM_MODELS, *SAM2_MODELS)
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise ValueError(f"--prompt {prompt!r} is empty; say what to segment, e.g. "
+                         "--prompt \"breast tumor\"")
+
+
+def _need_dirs(**folders: Any) -> None:
+    """Each given folder (None: not given) must exist and be a folder."""
+    for name, folder in folders.items():
+        if folder is None:
+            continue
+        folder = Path(folder)
+        flag = "--" + name.replace("_", "-")
+        if not folder.exists():
+            raise FileNotFoundError(f"{flag} {folder}: folder not found")
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{flag} {folder}: not a folder")
+
+
+def _need_positive(**values: Any) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    clip, sam = str(args.clip), str(args.sam)
+    if not clip.startswith("hf-hub:") and (
+        "/" in clip or os.sep in clip or clip.lower().endswith(_CHECKPOINT_SUFFIXES)
+    ) and not Path(clip).expanduser().is_file():
+        raise FileNotFoundError(f"--clip {clip}: checkpoint file not found")
+    if sam.partition(":")[0].lower() in TEXT_BACKENDS:
+        return
+    if sam.lower() not in _SAM_NAMES and not Path(sam).expanduser().exists():
+        raise FileNotFoundError(
+            f"--sam {sam}: neither a SAM model name ({', '.join(_SAM_NAMES)}, "
+            f"{TEXT_BACKENDS[0]}) nor an existing checkpoint file or model folder"
+        )
+
+
+def _check_folder_run(args: argparse.Namespace) -> None:
+    """segment / pseudo-label: prompt, folders, numbers and model files, before models load."""
+    from .data.datasets import broken_links, list_image_files
+    from .data.io import SUPPORTED_SUFFIXES
+
+    _check_prompt(args.prompt)
+    _need_dirs(images=args.images)
+    by_stem, _ = list_image_files(args.images)
+    if not by_stem and not broken_links(args.images):
+        raise FileNotFoundError(f"--images {args.images}: no image files in this folder "
+                                f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: exists and is not a folder")
+    _need_positive(limit=getattr(args, "limit", None), k=getattr(args, "k", None),
+                   components=getattr(args, "components", None),
+                   points=getattr(args, "points", None))
+    negatives = getattr(args, "negatives", None)
+    if negatives is not None and negatives < 0:
+        raise ValueError(f"--negatives must be 0 or more, got {negatives}")
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold must be between 0 and 1, got {threshold}")
+    if getattr(args, "split", None):
+        split_file = Path(args.splits) if args.splits else Path(args.images).parent / "splits.json"
+        if not split_file.is_file():
+            raise FileNotFoundError(f"--split {args.split}: split file {split_file} not found "
+                                    "(give --splits)")
+    _check_model_args(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """Warnings on the command line: one line each, ``warning: ...``, without source lines."""
+    print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``error: ...``, exit code 2) instead of the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+# Errors a user can fix (bad arguments, paths, files, checkpoints): one line, exit code 2.
+_USER_ERRORS = (ValueError, OSError, ImportError)
+
+
+# --------------------------------------------------------------------------------------------
 # options
 
 
@@ -291,7 +480,9 @@ def _models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", default="toy",
                    help="toy | biomedclip | an open_clip name | a checkpoint path (default: %(default)s)")
     p.add_argument("--sam", default="toy",
-                   help="toy | vit_b | vit_l | vit_h | medsam | a checkpoint path (default: %(default)s)")
+                   help="toy | vit_b | vit_l | vit_h | medsam | sam2-hiera-tiny/small/base-plus/large | "
+                   "a checkpoint or model folder | sam3-text[:FOLDER] (SAM 3 from the text alone) "
+                   "(default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
 
 
@@ -349,6 +540,9 @@ def _add_segment(sub: Any) -> None:
     sg.add_argument("--limit", type=int, help="only the first N images, sorted by name (default: all)")
     sg.add_argument("--restart", action="store_true",
                     help="recompute images already done (default: off, an interrupted run resumes)")
+    sg.add_argument("--strict", action="store_true",
+                    help="stop at the first image that cannot be read (default: off: record it as a "
+                    "failed row in results.csv and go on; exit code 1 if any failed)")
     sg.add_argument("--seed", type=int, help=f"seed of point sampling and control maps (default: {_PIPE.seed})")
     sg.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     _threads(sg)
@@ -475,6 +669,9 @@ def _add_pseudo_label(sub: Any) -> None:
     pl.add_argument("--split", help="only this split's stems, e.g. train (default: every image)")
     pl.add_argument("--splits", help="split file (default: splits.json beside the images folder)")
     _models(pl)
+    pl.add_argument("--strict", action="store_true",
+                    help="stop at the first image that cannot be read (default: off: record it as "
+                    "failed and go on; exit code 1 if any failed)")
     pl.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     _threads(pl)
     pl.set_defaults(func=_cmd_pseudo_label)
@@ -525,21 +722,53 @@ def _add_reproduce(sub: Any) -> None:
     rp.add_argument("--batch-size", type=int, default=w.batch_size, help="UNet batch size (default: %(default)s)")
     rp.add_argument("--drop-uncertain", type=float, default=0.0,
                     help="also retrain without this share of the most uncertain pseudo-labels (default: %(default)s)")
-    rp.add_argument("--device", default=w.device, help="auto, cpu, cuda, mps (default: %(default)s)")
+    _models(rp)
     rp.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
     _threads(rp)
     rp.set_defaults(func=_cmd_reproduce)
 
 
+def _add_compare(sub: Any) -> None:
+    cp = sub.add_parser(
+        "compare",
+        help="MedCLIP-SAM with several SAMs beside SAM 3 from the text alone, on one data set",
+        description="Score each backend on the same images: MedCLIP-SAM (CLIP saliency -> boxes) "
+        "with SAM / MedSAM / SAM 2 as the segmenter (the saliency maps are computed once and "
+        "shared), and SAM 3 segmenting from the text alone. Prints one table (Dice, IoU, NSD, "
+        "seconds per image) and writes OUT/comparison.csv, OUT/per_image.csv and each backend's "
+        "masks (OUT/<backend>/masks).",
+    )
+    cp.add_argument("--data", required=True, help="data set folder with images/ and masks/")
+    cp.add_argument("--prompt", required=True, help='the text prompt, e.g. "breast tumor"')
+    cp.add_argument("--backends", required=True,
+                    help="comma-separated: toy, sam (= vit_b), vit_l, vit_h, medsam, "
+                    "sam2-hiera-tiny/small/base-plus/large, a checkpoint or model folder, "
+                    "sam3-text (facebook/sam3) or sam3-text:FOLDER")
+    cp.add_argument("--out", required=True, help="output folder")
+    cp.add_argument("--clip", default="biomedclip",
+                    help="CLIP for the MedCLIP-SAM rows (default: %(default)s)")
+    cp.add_argument("--split", help="only this split of DATA/splits.json, e.g. test (default: all images)")
+    cp.add_argument("--limit", type=int, help="only the first N images (default: all)")
+    cp.add_argument("--task", choices=TASKS, help="the task's preset, e.g. xray: two lungs (default: none)")
+    cp.add_argument("--nsd-tolerance", type=float, default=2.0,
+                    help="NSD tolerance in pixels (default: %(default)s)")
+    cp.add_argument("--n-boot", type=int, default=1000,
+                    help="bootstrap resamples for the CIs (default: %(default)s)")
+    cp.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+    cp.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
+    _threads(cp)
+    cp.set_defaults(func=_cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``medclipsam`` parser (imports neither torch nor the models)."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="medclipsam",
         description="MedCLIP-SAM: text-prompted medical image segmentation.",
     )
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_segment, _add_evaluate, _add_phantom, _add_prepare, _add_finetune,
-                _add_pseudo_label, _add_train_weak, _add_reproduce):
+                _add_pseudo_label, _add_train_weak, _add_reproduce, _add_compare):
         add(sub)
     i = sub.add_parser("info", help="versions, device and cache folder")
     i.set_defaults(func=_cmd_info)
@@ -548,11 +777,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", None):
-        import torch
+    try:
+        if getattr(args, "threads", None) is not None:
+            _need_positive(threads=args.threads)
+            import torch
 
-        torch.set_num_threads(args.threads)
-    return args.func(args)
+            torch.set_num_threads(args.threads)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as err:
+        if os.environ.get("MEDCLIPSAM_DEBUG"):
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

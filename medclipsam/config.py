@@ -30,7 +30,10 @@ from .vocab import (
     TRAINING_PRECISIONS,
 )
 
-__all__ = ["TASK_PRESETS", "TOY_DEFAULTS", "FinetuneConfig", "PipelineConfig", "WeakConfig"]
+__all__ = ["MAX_SIDE", "TASK_PRESETS", "TOY_DEFAULTS", "FinetuneConfig", "PipelineConfig", "WeakConfig"]
+
+#: Default working resolution of the pipeline (longer side, pixels): SAM's own input size.
+MAX_SIDE = 1024
 
 
 #: The settings :meth:`medclipsam.pipeline.MedCLIPSAM.toy` starts from (see there).
@@ -61,6 +64,8 @@ class PipelineConfig:
       ``points`` positives and ``negatives`` negatives per region.
     * ``multimask``: let SAM propose three masks per prompt and keep the best by predicted IoU
       (``None``: only for point prompts without a box).
+    * ``max_side``: images whose longer side exceeds it are processed at that size and the
+      results mapped back (flag ``large_image_downscaled``); ``None`` keeps full resolution.
     """
 
     saliency: str = "gscorecam"
@@ -74,6 +79,7 @@ class PipelineConfig:
     negatives: int = 0
     multimask: bool | None = None
     seed: int = 0
+    max_side: int | None = MAX_SIDE
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that is not one of the known words."""
@@ -87,6 +93,8 @@ class PipelineConfig:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if self.n_components < 1:
             raise ValueError(f"n_components must be >= 1, got {self.n_components}")
+        if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 16):
+            raise ValueError(f"max_side must be None or an integer >= 16, got {self.max_side!r}")
 
     def for_task(self, task: str | None) -> PipelineConfig:
         """This configuration with the task's preset applied (unknown task: unchanged)."""

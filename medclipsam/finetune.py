@@ -457,7 +457,8 @@ class _Run:
     def start_or_resume(self, resume: bool) -> None:
         """A fresh start (seeded per process), or the latest checkpoint's full state: weights,
         optimiser, schedule, scaler, counters, log history and random streams."""
-        path = start_or_resume(self.checkpoints, resume, self.out_dir)
+        # only rank 0 writes, so only it removes what a killed write left behind
+        path = start_or_resume(self.checkpoints, resume, self.out_dir, clean=self.dist.main)
         if path is None:
             seed_everything(self.cfg.seed + self.dist.rank)
             return

@@ -321,7 +321,8 @@ class MaskFolderPairs:
 
     ``missing_ground_truth``: prediction stems with no ground-truth file; ``missing_predictions``:
     ground-truth stems no prediction claimed; ``duplicates``: stems with several candidate files;
-    ``ignored``: names of non-image files.
+    ``ignored``: names of non-image files; ``broken_links``: symbolic links whose target does
+    not exist (``name -> target``; ground truth ones prefixed ``masks/``).
     """
 
     ids: list[str]
@@ -331,6 +332,7 @@ class MaskFolderPairs:
     missing_predictions: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    broken_links: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -346,6 +348,9 @@ class MaskFolderPairs:
                          f"prediction: {_names(self.missing_predictions)}")
         if self.duplicates:
             parts.append(f"several files for one stem: {_names(self.duplicates)}")
+        if self.broken_links:
+            parts.append(f"{len(self.broken_links)} broken symbolic link(s): "
+                         f"{_names(self.broken_links)}")
         return "; ".join(parts) or None
 
 
@@ -377,6 +382,7 @@ def pair_mask_folders(
         missing_predictions=list(report["extra_masks"]),
         duplicates=list(report["duplicates"]),
         ignored=list(report["ignored"]),
+        broken_links=list(report.get("broken_links", [])),
     )
     problem = out.problems()
     where = f"{pred_dir} (predictions) and {gt_dir} (ground truth)"

@@ -16,10 +16,26 @@ say what the paper changes per task (two lungs: the two largest components, one 
 unioned). Nothing in the pipeline looks at a ground-truth mask.
 
 One call, step by step (:meth:`MedCLIPSAM._one`): the image becomes the uint8 RGB picture once
-(:func:`~medclipsam.data.io.load_rgb`, the package's one image rule); CLIP's saliency maps of the
+(:func:`~medclipsam.data.io.load_picture`, the package's one image rule); CLIP's saliency maps of the
 prompt (:func:`~medclipsam.saliency.saliency_maps`); the coarse mask and SAM's boxes and points
 (:func:`~medclipsam.prompting.make_prompts`); SAM's embedding of the picture, once per image, and its
 masks (:class:`~medclipsam.sam_prompting.SamSession`).
+
+Bad or awkward input (see also :mod:`medclipsam.data.io`):
+
+* an image larger than ``PipelineConfig.max_side`` (default 1024, SAM's own input size) on its
+  longer side is processed at that working resolution and its saliency, coarse mask, boxes,
+  points and mask are mapped back to the full image: flag ``large_image_downscaled`` and a
+  warning (so an 8000x8000 image costs about what a 1024x1024 one does, not minutes);
+* a constant image (every pixel the same) has nothing to segment: empty mask, no prompts, flag
+  ``constant_image`` and a warning (models are not run on it);
+* empty or whitespace-only prompts are refused;
+* :meth:`MedCLIPSAM.run_folder` records an image that cannot be read or segmented as a failed
+  row of ``results.csv`` (``status`` ``failed``, the reason in ``error``), goes on, and warns
+  with a summary at the end; ``strict=True`` stops at the first failure instead. Rows are
+  appended with one write each and flushed to disk, so a crash leaves no half row; a torn last
+  row (power loss, full disk) is dropped on resume and its image redone; stale temporary files
+  of atomic writes are removed on resume. Failed images are retried when a run resumes.
 
 Two saliency *controls* exist for experiments: ``saliency="random"`` (a smooth random map,
 seeded per image) and ``saliency="uniform"`` (a constant map). With them the text prompt cannot
@@ -29,7 +45,9 @@ drive the result, so the Dice drop they cause measures how much the prompt does.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import time
 import warnings
 import zlib
@@ -39,13 +57,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from ._utils import atomic_path, atomic_write_text
+from ._utils import atomic_path, atomic_write_text, remove_stale_temporaries
 from .config import TOY_DEFAULTS, PipelineConfig
-from .data.datasets import list_image_files
-from .data.io import load_rgb, write_mask
+from .data.datasets import broken_links, list_image_files
+from .data.io import ImageReadError, file_stem, load_picture, write_mask
 from .data.phantom import PROMPTS, PhantomDataset
 from .metrics import evaluate_masks, summarize
 from .models import load_clip, load_sam
@@ -58,15 +79,17 @@ from .vocab import CONTROL_SALIENCY, TASKS
 __all__ = [
     "MedCLIPSAM",
     "SegmentationResult",
+    "check_prompt",
     "evaluate_phantom",
     "evaluate_predictions",
+    "read_results",
 ]
 
 RESULTS_COLUMNS = (
     "id", "prompt", "mask_file", "sam_score", "mask_area", "n_boxes", "boxes", "flags",
     "height", "width", "t_saliency", "t_prompts", "t_sam_embed", "t_sam_decode", "t_total",
+    "status", "error",
 )
-
 
 @dataclass
 class SegmentationResult:
@@ -99,6 +122,8 @@ class SegmentationResult:
             "height": h,
             "width": w,
             **{f"t_{k}": round(v, 4) for k, v in self.timings.items()},
+            "status": "ok",
+            "error": "",
         }
 
 
@@ -112,10 +137,6 @@ def _control_map(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
     return ((noise - lo) / (hi - lo + 1e-12)).astype(np.float32)
 
 
-def _image_array(image: Any) -> np.ndarray:
-    """A path, array, PIL image or tensor -> the uint8 RGB picture (H, W, 3): see
-    :func:`medclipsam.data.io.load_rgb`."""
-    return load_rgb(image)
 
 
 class MedCLIPSAM:
@@ -171,11 +192,11 @@ class MedCLIPSAM:
                  seed: int = 0) -> np.ndarray:
         """Saliency maps ``(P, H, W)`` float32 in [0, 1] of ``prompts`` over ``image``, in the
         image's own coordinates (text features computed once for all prompts)."""
-        return self._saliency(load_rgb(image), prompts, config or self.config, seed)
+        return self._saliency(load_picture(image), prompts, config or self.config, seed)
 
     def _saliency(self, rgb: np.ndarray, prompts: str | Sequence[str], cfg: PipelineConfig,
                   seed: int) -> np.ndarray:
-        """:meth:`saliency` of a picture already converted by :func:`~medclipsam.data.io.load_rgb`."""
+        """:meth:`saliency` of a picture already converted by :func:`~medclipsam.data.io.load_picture`."""
         plist = [prompts] if isinstance(prompts, str) else list(prompts)
         if cfg.saliency in CONTROL_SALIENCY:
             return np.stack([_control_map(cfg.saliency, rgb.shape[:2], seed + i) for i in range(len(plist))])
@@ -210,6 +231,8 @@ class MedCLIPSAM:
         plist = [prompts] * len(items) if isinstance(prompts, str) else list(prompts)
         if len(plist) != len(items):
             raise ValueError(f"{len(items)} images but {len(plist)} prompts; give one prompt or one per image")
+        for pr in plist:
+            check_prompt(pr)
         ids = list(ids) if ids is not None else [str(i) for i in range(len(items))]
         given = [None] * len(items)
         if maps is not None:
@@ -247,13 +270,33 @@ class MedCLIPSAM:
              saliency: np.ndarray | None = None) -> SegmentationResult:
         t: dict[str, float] = {}
         t0 = time.perf_counter()
-        rgb = load_rgb(image)  # the one conversion: CLIP, the CRF and SAM all take this picture
+        # The one conversion (medclipsam.data.convert): CLIP, the CRF and SAM all take this picture;
+        # a grey image stays grey until the size guard has shrunk it.
+        full = load_picture(image, "auto")
+        h, w = full.shape[:2]
+        pixels = full.reshape(-1, full.shape[2]) if full.ndim == 3 else full.reshape(-1)
+        if full.size and bool((pixels == pixels[0]).all()):
+            value = pixels[0].tolist()
+            warnings.warn(f"{name or 'image'}: constant image (every pixel {value}): "
+                          "nothing to segment; empty mask, flag 'constant_image'",
+                          UserWarning, stacklevel=3)
+            return _empty_result(prompt, (h, w), name, ("constant_image",), time.perf_counter() - t0)
+        rgb, scale = _working_image(full, cfg.max_side)
+        del full
+        if rgb.ndim == 2:
+            rgb = np.ascontiguousarray(np.repeat(rgb[:, :, None], 3, axis=2))
+        if scale is not None:
+            warnings.warn(f"{name or 'image'}: {w}x{h} is larger than max_side={cfg.max_side}: "
+                          f"processed at {rgb.shape[1]}x{rgb.shape[0]} and mapped back "
+                          "(flag 'large_image_downscaled')", UserWarning, stacklevel=3)
         if saliency is None:
             sal = self._saliency(rgb, [prompt], cfg, seed)[0]
         else:
             sal = np.asarray(saliency, dtype=np.float32)
-            if sal.shape != rgb.shape[:2]:
-                raise ValueError(f"saliency map {sal.shape} does not match the image {rgb.shape[:2]}")
+            if sal.shape != (h, w):
+                raise ValueError(f"saliency map {sal.shape} does not match the image {(h, w)}")
+            if scale is not None:
+                sal = _resize_map(sal, rgb.shape[:2])
         t["saliency"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         pr = self.prompts_from(sal, rgb, cfg, seed=seed)
@@ -264,11 +307,20 @@ class MedCLIPSAM:
         t3 = time.perf_counter()
         res = self.session.predict_prompts(pr, multimask=cfg.multimask, union=True)
         t["sam_decode"] = time.perf_counter() - t3
+        flags = tuple(pr.flags)
+        mask, coarse, boxes, points = res.mask, pr.mask, pr.boxes, pr.points
+        if scale is not None:
+            sal = _resize_map(sal, (h, w))
+            mask = _resize_mask(mask, (h, w), smooth=True)
+            coarse = _resize_mask(coarse, (h, w))
+            boxes = None if boxes is None else _scale_boxes(boxes, scale, (h, w))
+            points = None if points is None else _scale_points(points, scale, (h, w))
+            flags += ("large_image_downscaled",)
         t["total"] = time.perf_counter() - t0
         return SegmentationResult(
-            prompt=prompt, saliency=sal, coarse_mask=pr.mask, boxes=pr.boxes, points=pr.points,
-            point_labels=pr.point_labels, mask=res.mask, sam_score=res.score,
-            flags=tuple(pr.flags),
+            prompt=prompt, saliency=sal, coarse_mask=coarse, boxes=boxes, points=points,
+            point_labels=pr.point_labels, mask=mask, sam_score=res.score,
+            flags=flags,
             timings=t, id=name,
         )
 
@@ -286,15 +338,25 @@ class MedCLIPSAM:
         limit: int | None = None,
         stems: Sequence[str] | None = None,
         progress: bool = True,
+        strict: bool = False,
     ) -> list[dict]:
         """Segment every image of ``images_dir`` (not recursive), writing as it goes:
         ``out_dir/masks/<stem>.png`` (0/255), one row per image in ``out_dir/results.csv`` and
         ``out_dir/run.json`` (prompt and settings). With ``resume`` (default) images that already
         have a row and a mask are skipped, so an interrupted run continues where it stopped;
         a run with other settings in the same ``out_dir`` is refused. ``stems`` restricts the run
-        to those file stems (e.g. one split). Returns all rows."""
+        to those file stems (e.g. one split).
+
+        An image that cannot be read or segmented (a truncated or fake file, a broken link)
+        becomes a row with ``status`` ``"failed"`` and the reason in ``error``, and the run goes
+        on; a warning at the end names the failed files. ``strict=True`` stops at the first
+        failure instead (its row is written first). Failed images are retried on resume.
+        Returns all rows (``status`` ``"ok"`` or ``"failed"``), sorted by id."""
+        check_prompt(prompt)
         images_dir, out_dir = Path(images_dir), Path(out_dir)
         by_stem, _ = list_image_files(images_dir)
+        for link in broken_links(images_dir):  # a failed row each, not silently left out
+            by_stem.setdefault(file_stem(link), []).append(link)
         dup = sorted(s for s, paths in by_stem.items() if len(paths) > 1)
         if dup:
             raise ValueError(f"{images_dir}: several files share a stem ({', '.join(dup[:5])}); rename them")
@@ -310,10 +372,11 @@ class MedCLIPSAM:
             raise FileNotFoundError(f"{images_dir}: no image files found")
         cfg = self.config.for_task(task)
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir, out_dir / "masks", out_dir / "overlays")
         settings = {"prompt": prompt, "task": task, "config": cfg.to_dict()}
         run_file = out_dir / "run.json"
         csv_path = out_dir / "results.csv"
-        done: dict[str, dict] = {}
+        kept: dict[str, dict] = {}
         if run_file.exists() and csv_path.exists():
             previous = json.loads(run_file.read_text())
             if previous != json.loads(json.dumps(settings)):
@@ -322,24 +385,119 @@ class MedCLIPSAM:
                     "or delete it"
                 )
             if resume:
-                with open(csv_path, newline="") as fh:
-                    done = {r["id"]: r for r in csv.DictReader(fh)
-                            if (out_dir / r["mask_file"]).is_file()}
+                wanted = set(stems)
+                for r in read_results(csv_path):
+                    ok = r.get("status", "ok") in ("ok", "") and r.get("mask_file")
+                    if ok and (out_dir / r["mask_file"]).is_file():
+                        kept[r["id"]] = r
+                    elif not ok and r["id"] not in wanted:
+                        kept[r["id"]] = r  # another subset's failure: keep it on record
         atomic_write_text(run_file, json.dumps(settings, indent=1) + "\n")
-        _write_rows(csv_path, list(done.values()))  # every finished row, also of other stems
-        rows = [done[s] for s in stems if s in done]
-        todo = [s for s in stems if s not in done]
+        _write_rows(csv_path, list(kept.values()))  # every finished row, also of other stems
+        rows = [kept[s] for s in stems if s in kept]
+        todo = [s for s in stems if s not in kept]
+        failed: list[dict] = []
         for stem in _progress(todo, len(todo), progress):
+            path = by_stem[stem][0]
             # the seed depends on the file, not on its position, so subsets give the same masks
             seed = cfg.seed + zlib.crc32(stem.encode()) % 2**31
-            res = self._one(by_stem[stem][0], prompt, cfg, stem, seed=seed)
-            mask_file = f"masks/{stem}.png"
-            write_mask(out_dir / mask_file, res.mask)
-            if overlays:
-                _save_overlay(out_dir / "overlays" / f"{stem}.png", res, by_stem[stem][0])
-            rows.append(res.row(mask_file))
-            _append_row(csv_path, rows[-1])
+            try:
+                res = self._one(path, prompt, cfg, stem, seed=seed)
+                mask_file = f"masks/{stem}.png"
+                write_mask(out_dir / mask_file, res.mask)
+                if overlays:
+                    _save_overlay(out_dir / "overlays" / f"{stem}.png", res, path)
+                row = res.row(mask_file)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the folder
+                row = _failed_row(stem, prompt, path, exc)
+                failed.append(row)
+                rows.append(row)
+                _append_row(csv_path, row)
+                if strict:
+                    if isinstance(exc, (ImageReadError, OSError)):
+                        raise
+                    raise ValueError(f"{path}: {type(exc).__name__}: {exc}") from exc
+                continue
+            rows.append(row)
+            _append_row(csv_path, row)
+        if failed:
+            shown = "; ".join(f"{r['id']}: {r['error']}" for r in failed[:5])
+            more = f"; ... and {len(failed) - 5} more" if len(failed) > 5 else ""
+            warnings.warn(f"{len(failed)} of {len(todo)} image(s) failed and were skipped "
+                          f"(status 'failed' in {csv_path}): {shown}{more}", UserWarning, stacklevel=2)
         return sorted(rows, key=lambda r: r["id"])
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: prompts, constant and very large images
+
+
+def check_prompt(prompt: Any) -> str:
+    """``prompt`` if it is a non-empty string; an empty or whitespace-only prompt is refused
+    (it would still give a mask, driven by nothing)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError(f"empty prompt {prompt!r}: say what to segment, e.g. \"breast tumor\"")
+    return prompt
+
+
+def _empty_result(prompt: str, shape: tuple[int, int], name: str, flags: tuple[str, ...],
+                  seconds: float) -> SegmentationResult:
+    zeros = np.zeros(shape, dtype=bool)
+    return SegmentationResult(
+        prompt=prompt, saliency=np.zeros(shape, dtype=np.float32), coarse_mask=zeros,
+        boxes=None, points=None, point_labels=None, mask=zeros.copy(), sam_score=0.0,
+        flags=flags, id=name,
+        timings={"saliency": 0.0, "prompts": 0.0, "sam_embed": 0.0, "sam_decode": 0.0,
+                 "total": seconds},
+    )
+
+
+def _working_image(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """``image`` (uint8, grey or RGB) shrunk (area-averaged) so that its longer side is
+    ``max_side``, with the factors ``(sx, sy)`` from working to full coordinates; unchanged (and
+    ``None``) if it fits."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image, None
+    k = max_side / max(h, w)
+    size = (max(1, round(w * k)), max(1, round(h * k)))  # PIL: (width, height)
+    small = np.array(Image.fromarray(image).resize(size, Image.BOX, reducing_gap=3.0))  # writable
+    return small, (w / size[0], h / size[1])
+
+
+def _resize_map(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A 2D float map resized (bilinear) to ``shape`` = (H, W), as float32."""
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int], smooth: bool = False) -> np.ndarray:
+    """A bool mask resized to ``shape``: nearest neighbour, or (``smooth``) bilinear then
+    >= 0.5, which keeps diagonal edges from turning into steps."""
+    if smooth:
+        return _resize_map(mask.astype(np.float32), shape) >= 0.5
+    return np.asarray(Image.fromarray(np.ascontiguousarray(mask)).resize(
+        (shape[1], shape[0]), Image.NEAREST), dtype=bool)
+
+
+def _scale_boxes(boxes: np.ndarray, scale: tuple[float, float], shape: tuple[int, int]) -> np.ndarray:
+    """Inclusive-pixel xyxy boxes from working to full coordinates (the pixels they cover)."""
+    sx, sy = scale
+    b = np.asarray(boxes, dtype=np.float64)
+    out = np.stack([b[:, 0] * sx, b[:, 1] * sy, (b[:, 2] + 1) * sx - 1, (b[:, 3] + 1) * sy - 1], 1)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, shape[1] - 1)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, shape[0] - 1)
+    return out
+
+
+def _scale_points(points: np.ndarray, scale: tuple[float, float], shape: tuple[int, int]) -> np.ndarray:
+    """(x, y) points (pixel centres) from working to full coordinates."""
+    out = np.array(points, dtype=np.float64)
+    out[..., 0] = ((out[..., 0] + 0.5) * scale[0] - 0.5).clip(0, shape[1] - 1)
+    out[..., 1] = ((out[..., 1] + 0.5) * scale[1] - 0.5).clip(0, shape[0] - 1)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,11 +609,53 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def _append_row(path: Path, row: dict) -> None:
-    with open(path, "a", newline="") as fh:
-        csv.DictWriter(fh, fieldnames=RESULTS_COLUMNS, extrasaction="ignore").writerow(row)
-        fh.flush()
+    """Append one row with a single ``write`` and flush it to disk: a crash (or a kill) leaves
+    either the whole row or none of it; power loss may still tear it (see :func:`read_results`)."""
+    buf = io.StringIO()
+    csv.DictWriter(buf, fieldnames=RESULTS_COLUMNS, extrasaction="ignore").writerow(row)
+    data = buf.getvalue().encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _failed_row(stem: str, prompt: str, path: Path, exc: BaseException) -> dict:
+    reason = exc.problem if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+    return {"id": stem, "prompt": prompt, "mask_file": "", "flags": "", "status": "failed",
+            "error": " ".join(f"{path.name}: {reason}".split())}
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """The rows of a ``results.csv`` written by :meth:`MedCLIPSAM.run_folder`, dropping (with a
+    warning) a torn last row (no final newline: power loss, full disk) and any row whose field
+    count does not match the header; their images are then redone by a resumed run."""
+    path = Path(path)
+    # NUL bytes: the zero-filled tail some file systems leave after a power loss
+    text = path.read_bytes().decode("utf-8", errors="replace").replace("\x00", "")
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    if not records:
+        return []
+    header, body = records[0], records[1:]
+    dropped: list[str] = []
+    if body and not text.endswith(("\n", "\r")):
+        dropped.append(f"torn last row {body.pop()[:1]}")
+    rows = []
+    for rec in body:
+        if len(rec) != len(header) or not rec[0]:
+            dropped.append(f"row {rec[:1]} with {len(rec)} of {len(header)} fields")
+            continue
+        rows.append(dict(zip(header, rec)))
+    if dropped:
+        warnings.warn(f"{path}: dropped {'; '.join(dropped)}; those images are redone",
+                      UserWarning, stacklevel=3)
+    return rows
 
 
 def _save_overlay(path: Path, res: SegmentationResult, image: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(result_figure(load_rgb(image), res), path)
+    save_figure(result_figure(load_picture(image), res), path)

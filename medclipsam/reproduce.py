@@ -58,11 +58,14 @@ PAPER_V2: dict[str, dict[str, tuple[float, float]]] = {
 def pseudo_label(
     pipe: Any, images_dir: str | Path, out_dir: str | Path, prompt: str, *,
     task: str | None = None, stems: list[str] | None = None, progress: bool = True,
+    strict: bool = False,
 ) -> list[dict]:
     """Zero-shot masks of ``images_dir`` (optionally only ``stems``) as pseudo-labels in
     ``out_dir/masks``, with the manifest ``out_dir/results.csv`` (prompt, SAM score, flags per
-    image) and ``out_dir/run.json`` (settings). Resumable: finished images are skipped."""
-    return pipe.run_folder(images_dir, prompt, out_dir, task=task, stems=stems, progress=progress)
+    image) and ``out_dir/run.json`` (settings). Resumable: finished images are skipped. An
+    unreadable image is a failed row (``status``) and the run goes on, unless ``strict``."""
+    return pipe.run_folder(images_dir, prompt, out_dir, task=task, stems=stems, progress=progress,
+                           strict=strict)
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -106,10 +109,11 @@ def reproduce(
 
     # 1. zero-shot: pseudo-labels for train + val, masks for test
     t0 = time.perf_counter()
+    # strict: every later step needs every pseudo-label and test mask
     pseudo_label(pipe, images_dir, out_dir / "pseudo", prompt, task=task,
-                 stems=splits["train"] + splits["val"], progress=progress)
+                 stems=splits["train"] + splits["val"], progress=progress, strict=True)
     pseudo_label(pipe, images_dir, out_dir / "zeroshot_test", prompt, task=task,
-                 stems=splits["test"], progress=progress)
+                 stems=splits["test"], progress=progress, strict=True)
     timings["zero-shot (all splits)"] = time.perf_counter() - t0
 
     by_stem = {k: v[0] for k, v in list_image_files(images_dir)[0].items()}

@@ -8,7 +8,8 @@ they learn, not in how a run is kept:
   found by number (:meth:`Checkpoints.latest`), pruned to the last ``keep``, read back with
   ``torch.load(weights_only=True)`` and checked for their ``format`` entry.
 * :func:`start_or_resume`: a folder holding checkpoints is only continued when asked
-  (``resume=True``), and only with the settings that shape the run (:func:`check_same_settings`).
+  (``resume=True``), and only with the settings that shape the run (:func:`check_same_settings`);
+  temporaries left by a run killed mid-write are removed first.
 * :func:`training_state` / :func:`restore_training_state`: model, optimiser, schedule and gradient
   scaler in one dict and back; with the RNG states (:func:`medclipsam._utils.rng_state`) this is
   what makes an interrupted and resumed CPU run end bit-identical to an uninterrupted one.
@@ -38,7 +39,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._utils import atomic_path, atomic_write_text, warmup_cosine
+from ._utils import (
+    atomic_path,
+    atomic_write_text,
+    checkpoint_error_detail,
+    remove_stale_temporaries,
+    warmup_cosine,
+)
 
 __all__ = [
     "Checkpoints",
@@ -120,16 +127,21 @@ def read_checkpoint(path: str | Path, formats: Sequence[str], what: str, hint: s
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: cannot read this file ({type(e).__name__}: {str(e)[:200]}){hint}") from e
+        raise ValueError(f"{path}: cannot read this file ({checkpoint_error_detail(e)}){hint}") from None
     if not isinstance(obj, dict) or obj.get("format") not in formats:
         raise ValueError(f"{path}: not a medclipsam {what} file ({' or '.join(formats)})")
     return obj
 
 
-def start_or_resume(checkpoints: Checkpoints, resume: bool, out_dir: str | Path) -> Path | None:
+def start_or_resume(checkpoints: Checkpoints, resume: bool, out_dir: str | Path,
+                    clean: bool = True) -> Path | None:
     """The checkpoint to resume from (None: start fresh). A folder that holds checkpoints is
     refused unless ``resume`` (``FileExistsError``), so a finished or interrupted run is never
-    overwritten by accident."""
+    overwritten by accident. With ``clean`` the temporary files a run killed mid-write left in
+    ``out_dir`` and its checkpoint folder are removed first (only the process that writes should
+    clean)."""
+    if clean:
+        remove_stale_temporaries(out_dir, checkpoints.folder)
     latest = checkpoints.latest()
     if latest is not None and not resume:
         raise FileExistsError(

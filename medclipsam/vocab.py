@@ -16,8 +16,11 @@ __all__ = [
     "POSTPROCESS_METHODS",
     "SALIENCY_METHODS",
     "SALIENCY_PRECISIONS",
+    "SAM2_MODELS",
+    "SAM_MODELS",
     "SAM_PROMPT_MODES",
     "TASKS",
+    "TEXT_BACKENDS",
     "TRAINING_PRECISIONS",
 ]
 
@@ -40,6 +43,15 @@ POSTPROCESS_METHODS: tuple[str, ...] = ("crf", "kmeans", "threshold", "otsu")
 BOX_MODES: tuple[str, ...] = ("largest", "per_component", "union")
 #: What SAM is given (its prompts, not the text prompt): a box (v1), points, or both (v2).
 SAM_PROMPT_MODES: tuple[str, ...] = ("box", "points", "box+points")
+
+#: SAM checkpoints the weight registry knows by name (:func:`medclipsam.models.load_sam`).
+SAM_MODELS: tuple[str, ...] = ("toy", "vit_b", "vit_l", "vit_h", "medsam")
+#: SAM 2.1 models on the Hugging Face hub (:data:`medclipsam.models.sam2.SAM2_MODELS`).
+SAM2_MODELS: tuple[str, ...] = (
+    "sam2-hiera-tiny", "sam2-hiera-small", "sam2-hiera-base-plus", "sam2-hiera-large",
+)
+#: SAM 3 segmenting from the text alone, without CLIP (``"sam3-text"`` or ``"sam3-text:FOLDER"``).
+TEXT_BACKENDS: tuple[str, ...] = ("sam3-text", "sam3")
 
 #: Contrastive losses of :mod:`medclipsam.losses`.
 LOSS_NAMES: tuple[str, ...] = ("infonce", "dcl", "hn_nce", "dhn_nce")

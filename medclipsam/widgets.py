@@ -65,7 +65,7 @@ from PIL import Image
 
 from .config import TASK_PRESETS, PipelineConfig
 from .data import FolderDataset
-from .data.io import load_rgb, read_image
+from .data.io import load_picture, read_image
 from .data.phantom import PROMPTS, TASKS, PhantomDataset
 from .metrics import dice as dice_score
 from .pipeline import MedCLIPSAM
@@ -136,7 +136,10 @@ class PromptExplorer:
     from, by name (a predictor, or a no-argument callable that loads one on first use, e.g.
     ``lambda: load_sam("medsam")``); the pipeline's own SAM is always offered first as
     ``sam_name``. ``prompt``: the first prompt (default: the first image's suggested prompt).
-    ``display_size``: width in CSS pixels of each panel.
+    ``display_size``: width in CSS pixels of each panel. ``text_baseline``: a segmenter from the
+    text alone (a :class:`~medclipsam.text_baselines.Sam3TextBaseline`, or a no-argument callable
+    loading one on first use, e.g. ``Sam3TextBaseline.from_pretrained``): the *compare prompts* tab
+    then shows its mask and Dice for each prompt beside MedCLIP-SAM's.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class PromptExplorer:
         prompt: str | None = None,
         display_size: int = 256,
         compare_prompts: Sequence[str] | None = None,
+        text_baseline: Any = None,
     ) -> None:
         if not images:
             raise ValueError("give at least one image to explore")
@@ -162,6 +166,9 @@ class PromptExplorer:
         self._sam_sources: dict[str, Any] = {sam_name: pipeline.sam, **dict(sam_models or {})}
         self._sessions: dict[str, SamSession] = {sam_name: pipeline.session}
         self.counts = dict.fromkeys(STAGES, 0) | {"sensitivity": 0}
+        self._text_source = text_baseline
+        if text_baseline is not None:
+            self.counts["text_baseline"] = 0
         self.progress_log: list[tuple[str, int]] = []
         self.last_error: str | None = None
         self.user_points: list[tuple[float, float, int]] = []  # (x, y, label)
@@ -215,7 +222,7 @@ class PromptExplorer:
     def _add_image(self, name: str, item: ExplorerImage | np.ndarray) -> None:
         if not isinstance(item, ExplorerImage):
             item = ExplorerImage(np.asarray(item))
-        rgb = load_rgb(item.image)
+        rgb = load_picture(item.image)
         gt = None
         if item.gt is not None:
             gt = np.asarray(item.gt).astype(bool)
@@ -706,9 +713,21 @@ class PromptExplorer:
             self._sensitivity_cache[key] = float(rep.sensitivity)
         return self._sensitivity_cache[key]
 
+    def _text_baseline_result(self, prompt: str) -> Any:
+        """The text-alone segmenter's result for ``prompt`` on the current image (None without
+        one); a loader given as a callable runs on first use."""
+        src = self._text_source
+        if src is None:
+            return None
+        if callable(src) and not hasattr(src, "predict"):
+            src = self._text_source = src()
+        self.counts["text_baseline"] += 1
+        return src.predict(self.current.image, prompt)
+
     def compare(self, prompts: Sequence[str]) -> list[dict]:
         """Run each prompt on the current image with the current settings (hand-made clicks are
-        not used) and show them side by side with Dice and prompt-sensitivity. Returns the rows."""
+        not used) and show them side by side with Dice and prompt-sensitivity (and the text-alone
+        segmenter's mask and Dice, ``text_dice``, when there is one). Returns the rows."""
         prompts = [p for p in prompts if p]
         if not prompts:
             raise ValueError("type at least one prompt to compare (one per line)")
@@ -726,6 +745,10 @@ class PromptExplorer:
             row = {"prompt": prompt, "dice": None if gt is None else dice_score(res.mask, gt),
                    "sam_score": res.score, "sensitivity": self.sensitivity(prompt),
                    "flags": list(pr.flags)}
+            text_res = self._text_baseline_result(prompt)
+            if text_res is not None:
+                row["text_dice"] = None if gt is None else dice_score(text_res.mask, gt)
+                row["text_score"], row["text_flags"] = text_res.sam_score, list(text_res.flags)
             rows.append(row)
             caption = [f"<b>{html.escape(prompt)}</b>"]
             if row["dice"] is not None:
@@ -742,6 +765,14 @@ class PromptExplorer:
                                            boxes=None if pr.boxes is None else list(pr.boxes))),
                         format="png", layout=layout),
             ]))
+            if text_res is not None:
+                label = "text alone" + ("" if row["text_dice"] is None else f": Dice {row['text_dice']:.3f}")
+                columns[-1].children += (
+                    W.HTML(f"<small>{html.escape(label)}</small>"),
+                    W.Image(value=_png(overlay(self.current.image, text_res.mask, outline=gt,
+                                               boxes=None if text_res.boxes is None else list(text_res.boxes))),
+                            format="png", layout=layout),
+                )
         self._show_progress(None)
         note = W.HTML(
             "<small>sensitivity: 1 - Pearson r between the prompt's map and the closest control "

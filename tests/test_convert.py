@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from medclipsam.data.convert import apply_window, as_array, to_uint8, to_unit_float
-from medclipsam.data.io import load_rgb, read_image, write_image
+from medclipsam.data.io import load_picture, read_image, write_image
 from medclipsam.models.clip import prepare_image
 from medclipsam.viz import overlay
 from medclipsam.weak import WeakConfig, build_unet, predict_probabilities
@@ -166,7 +166,7 @@ def test_a_16bit_image_gives_the_same_picture_to_clip_sam_the_unet_and_the_figur
     std = float(picture.std() / 255.0)
 
     for name, image in forms.items():
-        np.testing.assert_array_equal(load_rgb(image), picture_rgb, err_msg=name)
+        np.testing.assert_array_equal(load_picture(image), picture_rgb, err_msg=name)
         # CLIP and SAM inside the pipeline: it converts once, so both see exactly the picture.
         run = lambda image=image: toy_pipe.predict(image, "a lesion", saliency="gradcam",  # noqa: E731
                                                    postprocess="kmeans")

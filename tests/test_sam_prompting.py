@@ -59,8 +59,11 @@ def test_two_boxes_in_one_call_equal_the_union_of_single_calls(session):
     both = session.predict(boxes)
     singles = [session.predict(b) for b in boxes]
     union = singles[0].mask | singles[1].mask
-    assert np.array_equal(both.mask, union)
-    assert np.array_equal(both.masks[0], singles[0].mask)
+    # One batched call and two single calls run differently shaped matrix products, whose
+    # rounding depends on the CPU's kernels: the masks agree up to pixels sitting on SAM's
+    # threshold, not necessarily bit for bit.
+    assert (both.mask != union).mean() < 1e-3
+    assert (both.masks[0] != singles[0].mask).mean() < 1e-3
     assert both.scores == pytest.approx([r.scores[0] for r in singles], abs=1e-5)
     assert dice(both.mask, s.mask) > 0.9
     best = session.predict(boxes, union=False)  # the best-scoring lung alone

@@ -11,30 +11,32 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medclipsam"
 
 #: The flow of DESIGN.md, upstream first. A module may import its own layer and the layers above.
 LAYERS: list[tuple[str, ...]] = [
-    ("vocab", "config", "_utils", "download"),  # words, settings, helpers
+    ("vocab", "config", "_utils", "download", "environment"),  # words, settings, helpers
     ("data", "metrics"),  # image rule, I/O, data sets, phantom world, converters; the measures
     ("models",),  # weights, CLIP and SAM loading, toy models
     ("losses", "retrieval", "training", "viz"),  # tools used by the stages below
     ("finetune", "loss_comparison"),  # stage 1
     ("saliency",),  # stage 2
     ("prompting", "sam_prompting"),  # stage 3
-    ("pipeline",),  # the zero-shot method
+    ("pipeline", "text_baselines"),  # the zero-shot method (and SAM 3 from the text alone)
     ("weak", "reproduce"),  # stage 4
-    ("demo", "widgets", "exercises", "cli", "__main__"),  # what users run
+    ("demo", "widgets", "exercises", "compare", "cli", "__main__"),  # what users run
 ]
 
 #: Function-local imports that are there on purpose: optional or heavy dependencies that only one
 #: path needs (the dense CRF, the widgets' event layer, image-format decoders, matplotlib in a
-#: torch-free module, the autograder's notebook runner) and torch in the torch-free helpers.
+#: torch-free module, the autograder's notebook runner, transformers for SAM 2 and SAM 3 only)
+#: and torch in the torch-free helpers.
 ALLOWED_LOCAL = {
     "pydensecrf", "ipyevents", "IPython", "tifffile", "pydicom", "nibabel", "matplotlib",
-    "nbformat", "nbclient",
+    "nbformat", "nbclient", "transformers",
 }
 #: Modules whose local imports are the design: the command line imports each command's modules when
-#: it runs (``--help`` stays torch-free); lazy ``__getattr__`` exports; torch in ``_utils`` (used by
-#: torch-free paths); the toy CLIP, which is being rewritten separately.
+#: it runs (``--help`` stays torch-free); lazy ``__getattr__`` exports; the toy CLIP, which is
+#: being rewritten separately. ``TORCH_FREE`` modules import torch only where they need it (the
+#: data layer, downloads, the registry and the environment report use them without torch).
 LOCAL_BY_DESIGN = {"cli", "__init__", "data.__init__", "models.__init__", "models.toy_clip"}
-TORCH_FREE = {"_utils"}
+TORCH_FREE = {"_utils", "environment"}
 
 MAX_FUNCTION_LINES = 120
 

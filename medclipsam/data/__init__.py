@@ -13,7 +13,7 @@ _EXPORTS = {
         "ImageReadError",
         "file_stem",
         "load_array",
-        "load_rgb",
+        "load_picture",
         "read_image",
         "read_mask",
         "write_image",

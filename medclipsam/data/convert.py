@@ -25,7 +25,8 @@ to all of them, whether it arrives as a file, an array, a PIL image or a tensor.
 
 The uint8 picture is ``round(255 * v)`` of that [0, 1] picture. Grey images are repeated into three
 channels for ``mode="rgb"``; colour is reduced to grey with the ITU-R 601 luma weights
-``0.299 R + 0.587 G + 0.114 B`` for ``mode="grey"``. Intensity windowing (a DICOM window, an explicit
+``0.299 R + 0.587 G + 0.114 B`` for ``mode="grey"``; ``mode="auto"`` keeps the channels (grey
+``(H, W)`` or colour ``(H, W, 3)``: a large grey image is not copied three times). Intensity windowing (a DICOM window, an explicit
 ``(center, width)``) is :func:`apply_window`, which the file reader applies when a file asks for it.
 """
 
@@ -50,7 +51,7 @@ PERCENTILES = (0.5, 99.5)
 #: ITU-R 601 luma weights (R, G, B) used to reduce colour to grey.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
-Mode = Literal["rgb", "grey"]
+Mode = Literal["rgb", "grey", "auto"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,6 +148,8 @@ def as_array(image: Any) -> np.ndarray:
 
 
 def _channels(arr: np.ndarray, mode: Mode) -> np.ndarray:
+    if mode == "auto":
+        return arr
     if mode == "rgb":
         return np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else arr
     if arr.ndim == 3:
@@ -155,8 +158,8 @@ def _channels(arr: np.ndarray, mode: Mode) -> np.ndarray:
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in ("rgb", "grey"):
-        raise ValueError(f"mode must be 'rgb' or 'grey', got {mode!r}")
+    if mode not in ("rgb", "grey", "auto"):
+        raise ValueError(f"mode must be 'rgb', 'grey' or 'auto', got {mode!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ def to_unit_float(image: Any, mode: Mode = "rgb") -> np.ndarray:
     ``"grey"`` (what CLIP and the Residual UNet take; not quantised to 256 levels)."""
     _check_mode(mode)
     arr = as_array(image)
-    if arr.dtype == np.uint8 and (mode == "rgb" or arr.ndim == 2):
+    if arr.dtype == np.uint8 and (mode != "grey" or arr.ndim == 2):
         unit = _channels(arr.astype(np.float32) / np.float32(255.0), mode)
     elif arr.dtype == np.uint8:  # luma of the 8-bit values, then scaled
         unit = _channels(arr.astype(np.float64), mode) / 255.0
@@ -196,12 +199,12 @@ def to_unit_float(image: Any, mode: Mode = "rgb") -> np.ndarray:
 
 def to_uint8(image: Any, mode: Mode = "rgb") -> np.ndarray:
     """The picture as uint8: ``(H, W, 3)`` for ``mode="rgb"`` (what SAM, the CRF and the figures
-    take), ``(H, W)`` for ``"grey"`` (luma rounded). A C-contiguous ``(H, W, 3)`` uint8 array is
-    returned as it is, so converting a picture again costs nothing."""
+    take), ``(H, W)`` for ``"grey"`` (luma rounded), either for ``"auto"``. A C-contiguous uint8
+    array that already is such a picture is returned as it is, so converting again costs nothing."""
     _check_mode(mode)
     if (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.flags.c_contiguous
-            and image.ndim == (3 if mode == "rgb" else 2) and (mode == "grey" or image.shape[-1] == 3)
-            and image.size):
+            and image.size and ((image.ndim == 3 and image.shape[-1] == 3 and mode != "grey")
+                                or (image.ndim == 2 and mode != "rgb"))):
         return image
     arr = as_array(image)
     if arr.dtype != np.uint8:

@@ -45,7 +45,7 @@ from open_clip.coca_model import CoCa
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.tokenizer import HFTokenizer
 
-from .._utils import atomic_path, get_device
+from .._utils import atomic_path, checkpoint_error_detail, get_device
 from ..data.convert import to_unit_float
 from ._state import state_mismatch
 from .tokenizer import WordTokenizer
@@ -457,8 +457,13 @@ def _read_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        detail = checkpoint_error_detail(e)
+        if detail.startswith("it holds pickled"):
+            raise CheckpointError(f"{path}: refused: {detail}.") from None
+        if detail.startswith("torch.load(weights_only=True)"):
+            raise CheckpointError(f"{path}: cannot read this checkpoint: {detail}.") from None
         raise CheckpointError(
-            f"{path}: cannot read this checkpoint ({type(e).__name__}: {str(e)[:300]}). "
+            f"{path}: cannot read this checkpoint ({detail}). "
             "The file may be truncated or corrupt, or not a PyTorch checkpoint; checkpoints are "
             "loaded with torch.load(weights_only=True), which refuses pickled code."
         ) from e

@@ -42,9 +42,11 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 
-from .._utils import atomic_path, get_device
+from .._utils import atomic_path, checkpoint_error_detail, get_device
 from ._state import state_mismatch
+from ._transforms import StretchTransform
 from .registry import weight_path
+from .sam2 import is_sam2, load_sam2
 
 __all__ = [
     "SAM_ARCHS",
@@ -183,8 +185,13 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        detail = checkpoint_error_detail(e)
+        if detail.startswith("it holds pickled"):
+            raise SamCheckpointError(f"{path}: refused: {detail}.") from None
+        if detail.startswith("torch.load(weights_only=True)"):
+            raise SamCheckpointError(f"{path}: cannot read this SAM checkpoint: {detail}.") from None
         raise SamCheckpointError(
-            f"{path}: cannot read this SAM checkpoint ({type(e).__name__}: {str(e)[:300]}). "
+            f"{path}: cannot read this SAM checkpoint ({detail}). "
             "The file may be truncated or corrupt (compare its size and checksum with the "
             "original), or not a PyTorch file; it is loaded with torch.load(weights_only=True)."
         ) from e
@@ -252,48 +259,6 @@ def _from_file(path: Path, arch: str | dict | None, default_arch: str | None = N
     return sam
 
 
-class _StretchTransform:
-    """Per-axis resize to a square (MedSAM's convention), with SAM's transform interface."""
-
-    def __init__(self, target_length: int) -> None:
-        self.target_length = target_length
-
-    def _scale(self, original_size: tuple[int, ...]) -> tuple[float, float]:
-        h, w = original_size
-        return self.target_length / w, self.target_length / h
-
-    def apply_image(self, image: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-        t = F.interpolate(
-            t, size=(self.target_length,) * 2, mode="bicubic", antialias=True, align_corners=False
-        )
-        return t[0].permute(1, 2, 0).clamp(0, 255).round().byte().numpy()
-
-    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
-        sx, sy = self._scale(original_size)
-        coords = np.array(coords, dtype=float, copy=True)
-        coords[..., 0] *= sx
-        coords[..., 1] *= sy
-        return coords
-
-    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
-        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
-
-    def apply_coords_torch(
-        self, coords: torch.Tensor, original_size: tuple[int, ...]
-    ) -> torch.Tensor:
-        sx, sy = self._scale(original_size)
-        coords = coords.clone().float()
-        coords[..., 0] *= sx
-        coords[..., 1] *= sy
-        return coords
-
-    def apply_boxes_torch(
-        self, boxes: torch.Tensor, original_size: tuple[int, ...]
-    ) -> torch.Tensor:
-        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
-
-
 class MedSamPredictor(SamPredictor):
     """A ``SamPredictor`` that feeds the model the way MedSAM was trained (see module docstring).
 
@@ -304,7 +269,7 @@ class MedSamPredictor(SamPredictor):
 
     def __init__(self, sam_model: Sam) -> None:
         super().__init__(sam_model)
-        self.transform = _StretchTransform(sam_model.image_encoder.img_size)
+        self.transform = StretchTransform(sam_model.image_encoder.img_size)
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
@@ -369,7 +334,9 @@ def load_sam(
     arch: str | dict | None = None,
     cache: str | os.PathLike | None = None,
 ) -> SamPredictor:
-    """Load SAM/MedSAM and wrap it in a predictor (``MedSamPredictor`` for ``"medsam"``).
+    """Load SAM/MedSAM and wrap it in a predictor (``MedSamPredictor`` for ``"medsam"``; a
+    :class:`~medclipsam.models.sam2.Sam2Predictor` for a SAM 2 name such as
+    ``"sam2-hiera-tiny"`` or a SAM 2 model folder).
 
     ``checkpoint`` replaces the registry's file for a named model. ``download=False`` never
     touches the network (a missing file raises an error telling where to put it). ``arch``
@@ -377,6 +344,8 @@ def load_sam(
     weight folder (default ``cache_dir() / "weights"``).
     """
     text = os.fspath(name_or_path)
+    if is_sam2(text):  # SAM 2 (transformers format): a hub name or folder; see models/sam2.py
+        return load_sam2(text, device=device, download=download)
     medsam = text.lower() == "medsam"
     if text == "toy":
         toy = _WEIGHTS_DIR / "toy_sam.pt"
@@ -396,7 +365,7 @@ def load_sam(
         if not path.is_file():
             raise FileNotFoundError(
                 f"{text!r} is neither a SAM model name ({', '.join([*SAM_ARCHS, 'medsam'])}, "
-                f"'toy') nor an existing checkpoint file"
+                f"'toy', sam2-hiera-tiny/small/base-plus/large) nor an existing checkpoint file"
             )
         sam = _from_file(path, arch)
     sam = sam.to(get_device(device)).eval()
