@@ -74,7 +74,7 @@ def _time_one(model, image: np.ndarray, box: np.ndarray, sync) -> dict[str, floa
         embed, decode = (lambda: model.set_image(image)), (lambda: model.segment("breast lesion"))
         ctx = None
     else:
-        from medclipsam.sam_prompting import SamSession
+        from medclipsam.sam_session import SamSession
 
         ctx = SamSession(model)
         embed, decode = (lambda: ctx.set_image(image)), (lambda: ctx.predict(box))

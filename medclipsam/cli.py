@@ -76,7 +76,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     _need_positive(n=args.n, size=args.size)
-    run_demo(out=Path(args.out), n=args.n, size=args.size, seed=args.seed, saliency=args.saliency)
+    run_demo(out_dir=Path(args.out), n=args.n, size=args.size, seed=args.seed, saliency=args.saliency)
     return 0
 
 
@@ -101,7 +101,7 @@ def _segment_overrides(args: argparse.Namespace) -> dict[str, Any]:
     defaults, and the toy world's where it has its own)."""
     saliency_kwargs = {k: v for k, v in (("k", args.k), ("precision", args.precision)) if v is not None}
     names = {"saliency": "saliency", "postprocess": "postprocess", "threshold": "threshold",
-             "components": "n_components", "box_mode": "box_mode", "prompt_mode": "prompt_mode",
+             "components": "n_components", "box_mode": "box_mode", "sam_prompt_mode": "sam_prompt_mode",
              "points": "points", "negatives": "negatives", "seed": "seed"}
     over = {field: getattr(args, opt) for opt, field in names.items() if getattr(args, opt) is not None}
     if args.multimask:
@@ -528,9 +528,9 @@ def _add_segment(sub: Any) -> None:
                     help=f"largest connected components kept (default: {_PIPE.n_components}; the task's preset with --task)")
     sg.add_argument("--box-mode", choices=BOX_MODES,
                     help=f"boxes from the kept components (default: {_PIPE.box_mode}; the task's preset with --task)")
-    sg.add_argument("--prompt-mode", choices=SAM_PROMPT_MODES,
-                    help=f"what SAM is given (default: {TOY_DEFAULTS['prompt_mode']} in the toy world, "
-                    f"{_PIPE.prompt_mode} otherwise)")
+    sg.add_argument("--sam-prompt-mode", choices=SAM_PROMPT_MODES,
+                    help=f"what SAM is given (default: {TOY_DEFAULTS['sam_prompt_mode']} in the toy world, "
+                    f"{_PIPE.sam_prompt_mode} otherwise)")
     sg.add_argument("--points", type=int, help=f"positive points per region (default: {_PIPE.points})")
     sg.add_argument("--negatives", type=int, help=f"negative points per region (default: {_PIPE.negatives})")
     sg.add_argument("--multimask", action="store_true",

@@ -128,7 +128,7 @@ def compare_backends(
     stems = [s["stem"] for s in samples]
     out = Path(out_dir) if out_dir is not None else None
 
-    bundle = None
+    toy = clip == "toy"
     maps: list[np.ndarray] | None = None
     t_saliency: list[float] = []
     rows: list[dict] = []
@@ -141,16 +141,12 @@ def compare_backends(
             seconds = [r.timings["total"] for r in results]
             own = seconds
         else:
-            if bundle is None:
-                if isinstance(clip, str):
-                    bundle = load_clip(clip, device=device)
-                else:
-                    bundle = clip
+            if isinstance(clip, str):  # loaded once, when the first MedCLIP-SAM row needs it
+                clip = load_clip(clip, device=device)
             if config is None:  # the toy world's defaults for the toy CLIP (see MedCLIPSAM.toy)
-                toy = clip == "toy"
                 config = PipelineConfig(**({k: v() if callable(v) else v for k, v in TOY_DEFAULTS.items()}
                                            if toy else {}))
-            pipe = MedCLIPSAM(bundle, backend, config)
+            pipe = MedCLIPSAM(clip, backend, config)
             try:
                 if maps is None:
                     results = pipe.predict(images, prompt, task=task, ids=stems, progress=progress)
@@ -206,7 +202,7 @@ def _csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _write_outputs(out: Path, rows: list[dict], per_image: list[dict], prompt: str) -> None:
+def _write_outputs(out_dir: Path, rows: list[dict], per_image: list[dict], prompt: str) -> None:
     flat = []
     for r in rows:
         d = {k: v for k, v in r.items() if not k.endswith("_ci")}
@@ -215,9 +211,9 @@ def _write_outputs(out: Path, rows: list[dict], per_image: list[dict], prompt: s
             d[f"{m}_ci_low"], d[f"{m}_ci_high"] = (round(x, 4) for x in r[f"{m}_ci"])
         d["s_per_image"], d["s_segmenter"] = round(r["s_per_image"], 3), round(r["s_segmenter"], 3)
         flat.append(d)
-    _csv(out / "comparison.csv", flat)
-    _csv(out / "per_image.csv", per_image)
-    atomic_write_text(out / "comparison.md", f"Prompt: {prompt!r}\n\n" + format_table(rows) + "\n")
+    _csv(out_dir / "comparison.csv", flat)
+    _csv(out_dir / "per_image.csv", per_image)
+    atomic_write_text(out_dir / "comparison.md", f"Prompt: {prompt!r}\n\n" + format_table(rows) + "\n")
 
 
 def format_table(rows: Sequence[dict]) -> str:

@@ -37,7 +37,7 @@ MAX_SIDE = 1024
 
 
 #: The settings :meth:`medclipsam.pipeline.MedCLIPSAM.toy` starts from (see there).
-TOY_DEFAULTS: dict[str, Any] = {"saliency_kwargs": lambda: {"k": 24}, "prompt_mode": "box+points"}
+TOY_DEFAULTS: dict[str, Any] = {"saliency_kwargs": lambda: {"k": 24}, "sam_prompt_mode": "box+points"}
 
 #: What the paper changes per task (everything else stays at the :class:`PipelineConfig` default).
 TASK_PRESETS: dict[str, dict[str, Any]] = {
@@ -60,7 +60,7 @@ class PipelineConfig:
     * ``n_components`` largest components are kept; ``box_mode``: ``"largest"`` (one box),
       ``"per_component"`` (one per kept component, masks unioned) or ``"union"`` (one box
       around all kept).
-    * ``prompt_mode``: ``"box"`` (paper v1), ``"points"`` or ``"box+points"`` (v2) with
+    * ``sam_prompt_mode``: ``"box"`` (paper v1), ``"points"`` or ``"box+points"`` (v2) with
       ``points`` positives and ``negatives`` negatives per region.
     * ``multimask``: let SAM propose three masks per prompt and keep the best by predicted IoU
       (``None``: only for point prompts without a box).
@@ -74,7 +74,7 @@ class PipelineConfig:
     threshold: float = 0.3
     n_components: int = 1
     box_mode: str = "largest"
-    prompt_mode: str = "box"
+    sam_prompt_mode: str = "box"
     points: int = 1
     negatives: int = 0
     multimask: bool | None = None
@@ -87,7 +87,7 @@ class PipelineConfig:
             ("saliency", self.saliency, (*SALIENCY_METHODS, *CONTROL_SALIENCY)),
             ("postprocess", self.postprocess, POSTPROCESS_METHODS),
             ("box_mode", self.box_mode, BOX_MODES),
-            ("prompt_mode", self.prompt_mode, SAM_PROMPT_MODES),
+            ("sam_prompt_mode", self.sam_prompt_mode, SAM_PROMPT_MODES),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")

@@ -685,7 +685,7 @@ def finetune(
     """Fine-tune ``clip.model`` (in place) contrastively on ``train_ds``; see the module doc.
 
     ``clip``: a :class:`~medclipsam.models.ClipBundle`. Datasets yield ``(image, caption)``
-    items: an image in any form the bundle's preprocess takes (or an already prepared (3, S, S)
+    items: an image in any form the clip's preprocess takes (or an already prepared (3, S, S)
     tensor) and a caption string (or token ids), e.g. :class:`~medclipsam.data.CaptionDataset`.
     ``resume=True`` continues from the latest checkpoint in ``config.out_dir`` (a fresh start if
     there is none); without it an ``out_dir`` holding checkpoints is refused.

@@ -18,8 +18,8 @@ unioned). Nothing in the pipeline looks at a ground-truth mask.
 One call, step by step (:meth:`MedCLIPSAM._one`): the image becomes the uint8 RGB picture once
 (:func:`~medclipsam.data.io.load_picture`, the package's one image rule); CLIP's saliency maps of the
 prompt (:func:`~medclipsam.saliency.saliency_maps`); the coarse mask and SAM's boxes and points
-(:func:`~medclipsam.prompting.make_prompts`); SAM's embedding of the picture, once per image, and its
-masks (:class:`~medclipsam.sam_prompting.SamSession`).
+(:func:`~medclipsam.prompting.make_sam_prompts`); SAM's embedding of the picture, once per image, and its
+masks (:class:`~medclipsam.sam_session.SamSession`).
 
 Bad or awkward input (see also :mod:`medclipsam.data.io`):
 
@@ -70,9 +70,9 @@ from .data.io import ImageReadError, file_stem, load_picture, write_mask
 from .data.phantom import PROMPTS, PhantomDataset
 from .metrics import evaluate_masks, summarize
 from .models import load_clip, load_sam
-from .prompting import Prompts, make_prompts
+from .prompting import SamPrompts, make_sam_prompts
 from .saliency.api import saliency_maps
-from .sam_prompting import SamSession
+from .sam_session import SamSession
 from .viz import result_figure, save_figure
 from .vocab import CONTROL_SALIENCY, TASKS
 
@@ -87,7 +87,7 @@ __all__ = [
 
 RESULTS_COLUMNS = (
     "id", "prompt", "mask_file", "sam_score", "mask_area", "n_boxes", "boxes", "flags",
-    "height", "width", "t_saliency", "t_prompts", "t_sam_embed", "t_sam_decode", "t_total",
+    "height", "width", "t_saliency", "t_sam_prompts", "t_sam_embed", "t_sam_decode", "t_total",
     "status", "error",
 )
 
@@ -250,8 +250,8 @@ class MedCLIPSAM:
             out.append(self._one(im, pr, cfg, name, seed=cfg.seed + i, saliency=sal))
         return out[0] if single else out
 
-    def prompts_from(self, saliency: np.ndarray, image: np.ndarray,
-                     config: PipelineConfig | None = None, seed: int | None = None) -> Prompts:
+    def sam_prompts_from(self, saliency: np.ndarray, image: np.ndarray,
+                     config: PipelineConfig | None = None, seed: int | None = None) -> SamPrompts:
         """SAM prompts from a saliency map of ``image`` (uint8 RGB) with ``config``'s
         post-processing and prompt settings. Without the ``crf`` extra, ``"crf"`` falls back to
         k-means and says so in the flags (``"crf_unavailable_used_kmeans"``)."""
@@ -259,9 +259,9 @@ class MedCLIPSAM:
         post, extra_flags = cfg.postprocess, ()
         if post == "crf" and not _crf_available():
             post, extra_flags = "kmeans", ("crf_unavailable_used_kmeans",)
-        pr = make_prompts(
+        pr = make_sam_prompts(
             saliency, image=image, postprocess=post, threshold=cfg.threshold,
-            box_mode=cfg.box_mode, n_components=cfg.n_components, mode=cfg.prompt_mode,
+            box_mode=cfg.box_mode, n_components=cfg.n_components, mode=cfg.sam_prompt_mode,
             points=cfg.points, negatives=cfg.negatives, seed=cfg.seed if seed is None else seed,
         )
         return replace(pr, flags=tuple(pr.flags) + extra_flags) if extra_flags else pr
@@ -299,13 +299,13 @@ class MedCLIPSAM:
                 sal = _resize_map(sal, rgb.shape[:2])
         t["saliency"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        pr = self.prompts_from(sal, rgb, cfg, seed=seed)
-        t["prompts"] = time.perf_counter() - t1
+        pr = self.sam_prompts_from(sal, rgb, cfg, seed=seed)
+        t["sam_prompts"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         self.session.set_image(rgb)
         t["sam_embed"] = time.perf_counter() - t2
         t3 = time.perf_counter()
-        res = self.session.predict_prompts(pr, multimask=cfg.multimask, union=True)
+        res = self.session.predict_sam_prompts(pr, multimask=cfg.multimask, union=True)
         t["sam_decode"] = time.perf_counter() - t3
         flags = tuple(pr.flags)
         mask, coarse, boxes, points = res.mask, pr.mask, pr.boxes, pr.points
@@ -449,7 +449,7 @@ def _empty_result(prompt: str, shape: tuple[int, int], name: str, flags: tuple[s
         prompt=prompt, saliency=np.zeros(shape, dtype=np.float32), coarse_mask=zeros,
         boxes=None, points=None, point_labels=None, mask=zeros.copy(), sam_score=0.0,
         flags=flags, id=name,
-        timings={"saliency": 0.0, "prompts": 0.0, "sam_embed": 0.0, "sam_decode": 0.0,
+        timings={"saliency": 0.0, "sam_prompts": 0.0, "sam_embed": 0.0, "sam_decode": 0.0,
                  "total": seconds},
     )
 

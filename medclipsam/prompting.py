@@ -8,7 +8,7 @@ overlay as if it were grey). Steps:
    v2) or Otsu's threshold;
 2. :func:`keep_largest_components`: the N largest connected components (N = 2 for two lungs);
 3. :func:`boxes_from_mask` and :func:`sample_points`: box and point prompts;
-4. :func:`make_prompts` does all of it and returns :class:`Prompts`, whose ``flags`` say when
+4. :func:`make_sam_prompts` does all of it and returns :class:`SamPrompts`, whose ``flags`` say when
    something fell back (no contrast in the map, no component: the box is then the whole image),
    never a silent success.
 
@@ -35,13 +35,13 @@ from .vocab import BOX_MODES, POSTPROCESS_METHODS, SAM_PROMPT_MODES
 
 __all__ = [
     "CrfParams",
-    "Prompts",
+    "SamPrompts",
     "boxes_from_mask",
     "coarse_mask",
     "crf_mask",
     "keep_largest_components",
     "kmeans_threshold",
-    "make_prompts",
+    "make_sam_prompts",
     "sample_points",
 ]
 
@@ -272,7 +272,7 @@ def boxes_from_mask(
     * ``"union"``: one box around the ``n_components`` largest components together.
 
     ``margin`` widens every box by that many pixels on each side, clipped to the image. An
-    empty mask gives an empty ``(0, 4)`` array (:func:`make_prompts` turns it into a flagged
+    empty mask gives an empty ``(0, 4)`` array (:func:`make_sam_prompts` turns it into a flagged
     whole-image box).
     """
     m = _check_mask(mask)
@@ -401,13 +401,13 @@ def sample_points(
 
 
 @dataclass
-class Prompts:
+class SamPrompts:
     """SAM prompts made from one saliency map.
 
     ``boxes``: ``(N, 4)`` float xyxy (inclusive pixels) or None (``mode="points"``);
     ``points``: ``(N, P, 2)`` float ``(x, y)`` or None (``mode="box"``), one group of points per
     box/region; ``point_labels``: ``(N, P)`` int, 1 positive, 0 negative, -1 padding;
-    ``mask``: the coarse mask after keeping components (what the prompts were made from);
+    ``mask``: the coarse mask after keeping components (what they were made from);
     ``flags``: what fell back or was missing (empty tuple when all went as asked):
 
     * ``"empty_saliency"``: the map has no contrast (max - min <= :data:`MIN_CONTRAST`);
@@ -426,8 +426,8 @@ class Prompts:
     flags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
-    def n_prompts(self) -> int:
-        """Number of prompts (boxes, or point groups): SAM returns one mask per prompt."""
+    def n_sam_prompts(self) -> int:
+        """Number of SAM prompts (boxes, or point groups): SAM returns one mask per SAM prompt."""
         if self.boxes is not None:
             return len(self.boxes)
         return 0 if self.points is None else len(self.points)
@@ -458,7 +458,7 @@ def _pad_groups(groups: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
     return pts, lbls
 
 
-def make_prompts(
+def make_sam_prompts(
     saliency: np.ndarray,
     *,
     image: np.ndarray | None = None,
@@ -475,14 +475,14 @@ def make_prompts(
     point_strategy: Literal["interior", "peak", "random"] = "interior",
     box_margin: float = 0.0,
     seed: int = 0,
-) -> Prompts:
+) -> SamPrompts:
     """Saliency map -> coarse mask -> the ``n_components`` largest components -> prompts.
 
     ``postprocess``/``threshold``/``crf``/``image``: :func:`coarse_mask`. ``box_mode`` picks the
     regions prompted (one box/point group each: :func:`boxes_from_mask`). ``mode``: boxes,
     points, or both (points per region: ``points`` positives inside it, ``negatives`` outside
     every kept component; :func:`sample_points` with ``point_strategy`` and ``seed``).
-    Fallbacks are flagged in :attr:`Prompts.flags`, never silent.
+    Fallbacks are flagged in :attr:`SamPrompts.flags`, never silent.
     """
     if mode not in SAM_PROMPT_MODES:
         raise ValueError(f"unknown prompt mode {mode!r}; choose one of {SAM_PROMPT_MODES}")
@@ -515,7 +515,7 @@ def make_prompts(
                 y, x = np.unravel_index(int(np.argmax(s)), s.shape)
             pts, lbls = np.array([[[float(x), float(y)]]]), np.array([[1]])
             flags.append("fallback_point")
-        return Prompts(boxes, pts, lbls, kept, mode, tuple(flags))
+        return SamPrompts(boxes, pts, lbls, kept, mode, tuple(flags))
     n_found = len(_components(kept, connectivity)[1])
     if n_components is not None and box_mode != "largest" and n_found < n_components:
         flags.append("fewer_components")
@@ -539,4 +539,4 @@ def make_prompts(
                     flags.append("fewer_points")
             groups.append((xy, lbl))
         pts, lbls = _pad_groups(groups)
-    return Prompts(boxes, pts, lbls, kept, mode, tuple(flags))
+    return SamPrompts(boxes, pts, lbls, kept, mode, tuple(flags))

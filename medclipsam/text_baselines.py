@@ -132,7 +132,7 @@ class Sam3TextBaseline:
         mask = masks.any(axis=0) if len(masks) else np.zeros(rgb.shape[:2], dtype=bool)
         flags = () if len(masks) else ("sam3_nothing_found",)
         total = time.perf_counter() - t0
-        timings = {"saliency": 0.0, "prompts": out.timings.get("text", 0.0), "sam_embed": t1 - t0,
+        timings = {"saliency": 0.0, "sam_prompts": out.timings.get("text", 0.0), "sam_embed": t1 - t0,
                    "sam_decode": out.timings.get("decode", 0.0), "total": total}
         return SegmentationResult(
             prompt=prompt, saliency=out.semantic, coarse_mask=out.semantic > 0.5,

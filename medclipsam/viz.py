@@ -129,12 +129,12 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
 
 def result_panels(image: np.ndarray, result, gt: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
     """The stages of one :class:`~medclipsam.pipeline.SegmentationResult` as titled panels:
-    image, saliency, coarse mask with the prompts, SAM's mask (with the ground truth's outline
+    image, saliency, coarse mask with SAM's boxes and points, SAM's mask (with the ground truth's outline
     when ``gt`` is given)."""
     boxes = None if result.boxes is None else list(result.boxes)
-    prompts = overlay(image, result.coarse_mask, boxes=boxes, mask_color=(64, 160, 255))
+    sam_prompts = overlay(image, result.coarse_mask, boxes=boxes, mask_color=(64, 160, 255))
     if result.points is not None:
-        h, w = prompts.shape[:2]
+        h, w = sam_prompts.shape[:2]
         r = max(1, min(h, w) // 80)
         for group, labels in zip(result.points, result.point_labels):
             for (x, y), lab in zip(group, labels):
@@ -142,13 +142,13 @@ def result_panels(image: np.ndarray, result, gt: np.ndarray | None = None) -> li
                     continue
                 col = (0, 255, 0) if lab == 1 else (255, 0, 255)
                 yi, xi = int(round(y)), int(round(x))
-                prompts[max(0, yi - r) : yi + r + 1, max(0, xi - r) : xi + r + 1] = col
+                sam_prompts[max(0, yi - r) : yi + r + 1, max(0, xi - r) : xi + r + 1] = col
     final = overlay(image, result.mask, outline=gt, boxes=boxes)
     flags = f" [{' '.join(result.flags)}]" if result.flags else ""
     return [
         ("image", overlay(image)),
         (f"saliency: {result.prompt!r}", overlay(image, saliency=result.saliency)),
-        ("coarse mask + prompts" + flags, prompts),
+        ("coarse mask + SAM prompts" + flags, sam_prompts),
         (f"SAM mask (score {result.sam_score:.2f})" + (" vs ground truth" if gt is not None else ""), final),
     ]
 

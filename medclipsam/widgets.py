@@ -7,8 +7,8 @@
     ex                                 # displays it (or display(ex.widget))
 
 Choose an image (or upload one), type a prompt, pick the saliency method, k, the post-processing,
-its threshold, the prompt mode and the SAM model: the four panels show the saliency map, the coarse
-mask with the automatic prompts, and SAM's mask (against the ground truth's outline when there is
+its threshold, the SAM prompt mode and the SAM model: the four panels show the saliency map, the
+coarse mask with the automatic SAM prompts (boxes, points), and SAM's mask (against the ground truth's outline when there is
 one, with its Dice). Click on the first panel to add a point (the "click adds" switch says
 positive, negative, or box) and drag to draw a box: that re-runs only SAM's decoder, on the stored
 image embedding. The "compare prompts" tab puts several prompts side by side on one image with each
@@ -20,9 +20,9 @@ Only what a change affects is recomputed, and results are cached:
 =====================================  ============================================================
 change                                 recomputed
 =====================================  ============================================================
-image                                  saliency (unless cached), prompts, SAM embedding, decoding
-prompt, method, k, task preset         saliency (unless cached), prompts, SAM decoding
-post-processing, threshold, mode       prompts, SAM decoding
+image                                  saliency (unless cached), SAM prompts, embedding, decoding
+prompt, method, k, task preset         saliency (unless cached), SAM prompts, SAM decoding
+post-processing, threshold, mode       SAM prompts, SAM decoding
 SAM model                              SAM embedding (one session per model), decoding
 a click or a dragged box               SAM decoding only
 =====================================  ============================================================
@@ -69,10 +69,10 @@ from .data.io import load_picture, read_image
 from .data.phantom import PROMPTS, TASKS, PhantomDataset
 from .metrics import dice as dice_score
 from .pipeline import MedCLIPSAM
-from .prompting import Prompts
+from .prompting import SamPrompts
 from .saliency.cam import resolve_target
 from .saliency.sensitivity import DEFAULT_THRESHOLD
-from .sam_prompting import SamSession
+from .sam_session import SamSession
 from .viz import overlay, sample_grid
 from .vocab import CONTROL_SALIENCY, POSTPROCESS_METHODS, SALIENCY_METHODS, SAM_PROMPT_MODES
 
@@ -90,7 +90,7 @@ METHOD_CHOICES = [(LABELS[m], m) for m in (*SALIENCY_METHODS, *CONTROL_SALIENCY)
 POSTPROCESS_CHOICES = [(LABELS[m], m) for m in POSTPROCESS_METHODS]
 MODE_CHOICES = [(LABELS[m], m) for m in SAM_PROMPT_MODES]
 CLICK_CHOICES = [("+ point", "positive"), ("- point", "negative"), ("box (drag)", "box")]
-STAGES = ("saliency", "prompts", "sam_embed", "sam_decode")
+STAGES = ("saliency", "sam_prompts", "sam_embed", "sam_decode")
 
 # colours of the drawings (RGB)
 AUTO_BOX = (64, 160, 255)
@@ -159,7 +159,7 @@ class PromptExplorer:
         self.pipeline = pipeline
         self.images: dict[str, ExplorerImage] = {}
         self._saliency_cache: dict[tuple, np.ndarray] = {}
-        self._prompts_cache: dict[tuple, Prompts] = {}
+        self._sam_prompts_cache: dict[tuple, SamPrompts] = {}
         self._sensitivity_cache: dict[tuple, float] = {}
         for name, item in images.items():
             self._add_image(str(name), item)
@@ -175,7 +175,7 @@ class PromptExplorer:
         self.user_box: np.ndarray | None = None
         self._drag_start: tuple[float, float] | None = None
         self.saliency: np.ndarray | None = None
-        self.prompts: Prompts | None = None
+        self.sam_prompts: SamPrompts | None = None
         self.mask: np.ndarray | None = None
         self.sam_score: float | None = None
         self.dice: float | None = None
@@ -232,7 +232,7 @@ class PromptExplorer:
             raise ValueError(f"image {name!r}: unknown task {item.task!r}; known: {sorted(TASK_PRESETS)}")
         if name in self.images:  # replaced (e.g. a new upload of the same file name): forget it
             self._saliency_cache = {k: v for k, v in self._saliency_cache.items() if k[0] != name}
-            self._prompts_cache = {k: v for k, v in self._prompts_cache.items() if k[0][0] != name}
+            self._sam_prompts_cache = {k: v for k, v in self._sam_prompts_cache.items() if k[0][0] != name}
             self._sensitivity_cache = {k: v for k, v in self._sensitivity_cache.items() if k[0] != name}
         self.images[name] = ExplorerImage(rgb, gt, item.task, item.prompt)
 
@@ -254,7 +254,7 @@ class PromptExplorer:
         self.threshold = W.FloatSlider(value=self._cfg().threshold, min=0.05, max=0.95, step=0.05,
                                        description="threshold", style=style,
                                        continuous_update=False)
-        self.mode = W.ToggleButtons(options=MODE_CHOICES, value=self._cfg().prompt_mode,
+        self.mode = W.ToggleButtons(options=MODE_CHOICES, value=self._cfg().sam_prompt_mode,
                                     description="SAM prompts", style=style)
         self.preset = W.Dropdown(options=[("from the image", "auto"), ("none", "none")]
                                  + [(t, t) for t in TASK_PRESETS], value="auto",
@@ -270,8 +270,8 @@ class PromptExplorer:
         self.readout = W.HTML()
         panel_layout = W.Layout(width=f"{size}px", height="auto")
         self.panels = {name: W.Image(format="png", layout=panel_layout)
-                       for name in ("prompts", "saliency", "coarse", "mask")}
-        titles = {"prompts": "image + prompts (click / drag)", "saliency": "saliency",
+                       for name in ("sam_prompts", "saliency", "coarse", "mask")}
+        titles = {"sam_prompts": "image + SAM prompts (click / drag)", "saliency": "saliency",
                   "coarse": "coarse mask", "mask": "SAM mask (green: ground truth)"}
         columns = [W.VBox([W.HTML(f"<b>{titles[n]}</b>"), p]) for n, p in self.panels.items()]
         try:
@@ -280,7 +280,7 @@ class PromptExplorer:
             self.events = None
             click_note = W.HTML("<i>pip install ipyevents to add points and boxes by clicking</i>")
         else:
-            self.events = Event(source=self.panels["prompts"],
+            self.events = Event(source=self.panels["sam_prompts"],
                                 watched_events=["mousedown", "mouseup"],
                                 prevent_default_action=True)
             self.events.on_dom_event(self.on_mouse)
@@ -370,7 +370,7 @@ class PromptExplorer:
         return replace(
             self._cfg().for_task(self.task), saliency=method, saliency_kwargs=kwargs,
             postprocess=self.postprocess.value, threshold=float(self.threshold.value),
-            prompt_mode=self.mode.value,
+            sam_prompt_mode=self.mode.value,
         )
 
     def _update_enabled(self) -> None:
@@ -404,7 +404,7 @@ class PromptExplorer:
 
     def on_prompt_option(self, change: Any = None) -> None:
         self._update_enabled()
-        self._guarded(lambda: self._refresh("prompts"))
+        self._guarded(lambda: self._refresh("sam_prompts"))
 
     def on_sam(self, change: Any = None) -> None:
         self._guarded(lambda: self._refresh("sam_embed"))
@@ -503,14 +503,14 @@ class PromptExplorer:
         self._guarded(lambda: self._refresh("sam_decode"))
 
     def clear_clicks(self) -> None:
-        """Forget the points and box added by hand (back to the automatic prompts)."""
+        """Forget the points and box added by hand (back to the automatic SAM prompts)."""
         self.user_points, self.user_box = [], None
         self._guarded(lambda: self._refresh("sam_decode"))
 
     @property
     def state(self) -> dict[str, Any]:
         """What is displayed now, as plain values (for tests and for printing)."""
-        pr = self.prompts
+        pr = self.sam_prompts
         return {
             "image": self.image_picker.value,
             "prompt": self.prompt_box.value,
@@ -518,7 +518,7 @@ class PromptExplorer:
             "k": int(self.k.value) if self.method.value == "gscorecam" else None,
             "postprocess": self.postprocess.value,
             "threshold": float(self.threshold.value),
-            "prompt_mode": self.mode.value,
+            "sam_prompt_mode": self.mode.value,
             "task": self.task,
             "sam": self.sam_picker.value,
             "n_boxes": 0 if pr is None or pr.boxes is None else len(pr.boxes),
@@ -554,7 +554,7 @@ class PromptExplorer:
         self.progress_log.append((stage, step))
         del self.progress_log[:-200]  # the recent stages are enough (tests read them)
         label = {"saliency": f"running {self.method.label} on {self.prompt_box.value!r} ...",
-                 "prompts": "making prompts ...", "sam_embed": "SAM: embedding the image ...",
+                 "sam_prompts": "making SAM prompts ...", "sam_embed": "SAM: embedding the image ...",
                  "sam_decode": "SAM: decoding ...", "compare": "comparing prompts ..."}[stage]
         self.status.value = f"<i>{html.escape(label)}</i>"
 
@@ -569,15 +569,15 @@ class PromptExplorer:
                                                                seed=cfg.seed)[0]
         return self._saliency_cache[key]
 
-    def _prompts_for(self, sal_key: tuple, sal: np.ndarray, cfg: PipelineConfig) -> Prompts:
+    def _sam_prompts_for(self, sal_key: tuple, sal: np.ndarray, cfg: PipelineConfig) -> SamPrompts:
         post = cfg.postprocess
         thr = cfg.threshold if post == "threshold" else None  # only the threshold rule reads it
-        key = (sal_key, post, thr, cfg.prompt_mode, cfg.n_components, cfg.box_mode,
+        key = (sal_key, post, thr, cfg.sam_prompt_mode, cfg.n_components, cfg.box_mode,
                cfg.points, cfg.negatives, cfg.seed)
-        if key not in self._prompts_cache:
-            self.counts["prompts"] += 1
-            self._prompts_cache[key] = self.pipeline.prompts_from(sal, self.current.image, cfg)
-        return self._prompts_cache[key]
+        if key not in self._sam_prompts_cache:
+            self.counts["sam_prompts"] += 1
+            self._sam_prompts_cache[key] = self.pipeline.sam_prompts_from(sal, self.current.image, cfg)
+        return self._sam_prompts_cache[key]
 
     def _session(self) -> SamSession:
         name = self.sam_picker.value
@@ -593,10 +593,10 @@ class PromptExplorer:
         session.set_image(self.current.image)
         self.counts["sam_embed"] += session.encoder_calls - before
 
-    def _sam_prompts(self) -> Prompts:
-        """The automatic prompts with the hand-made ones: a drawn box replaces the automatic
-        boxes (one prompt); clicked points join every prompt's point group."""
-        pr = self.prompts
+    def _final_sam_prompts(self) -> SamPrompts:
+        """The automatic SAM prompts with the hand-made ones: a drawn box replaces the automatic
+        boxes (one SAM prompt); clicked points join every SAM prompt's point group."""
+        pr = self.sam_prompts
         boxes = pr.boxes if self.user_box is None else self.user_box[None]
         if self.user_box is not None:
             pts = lbl = None
@@ -626,14 +626,14 @@ class PromptExplorer:
         if start <= 0 or self.saliency is None:
             self._show_progress("saliency", 0)
             self.saliency = self._saliency_for(prompt, cfg)
-        if start <= 1 or self.prompts is None:
-            self._show_progress("prompts", 1)
-            self.prompts = self._prompts_for(self._saliency_key(cfg, prompt), self.saliency, cfg)
+        if start <= 1 or self.sam_prompts is None:
+            self._show_progress("sam_prompts", 1)
+            self.sam_prompts = self._sam_prompts_for(self._saliency_key(cfg, prompt), self.saliency, cfg)
         session = self._session()
         self._show_progress("sam_embed", 2)
         self._embed(session)  # free when this SAM already holds this image
         self._show_progress("sam_decode", 3)
-        res = session.predict_prompts(self._sam_prompts(), multimask=cfg.multimask, union=True)
+        res = session.predict_sam_prompts(self._final_sam_prompts(), multimask=cfg.multimask, union=True)
         self.counts["sam_decode"] += 1
         self.mask, self.sam_score = res.mask, res.score
         gt = self.current.gt
@@ -644,15 +644,15 @@ class PromptExplorer:
 
     # -- drawing --------------------------------------------------------------------------------
 
-    def _prompt_panel(self) -> np.ndarray:
+    def _sam_prompt_panel(self) -> np.ndarray:
         img = self.current.image
-        pr = self.prompts
+        pr = self.sam_prompts
         auto_boxes = [] if pr is None or pr.boxes is None or self.user_box is not None else list(pr.boxes)
         out = overlay(img, boxes=auto_boxes, box_color=AUTO_BOX)
         if self.user_box is not None:
             out = overlay(out, boxes=[self.user_box], box_color=USER_BOX)
         r = max(2, min(img.shape[:2]) // 64)
-        shown = self._sam_prompts() if pr is not None else None
+        shown = self._final_sam_prompts() if pr is not None else None
         if shown is not None and shown.points is not None:
             for (x, y), lab in zip(shown.points[0], shown.point_labels[0]):
                 if lab >= 0:
@@ -662,9 +662,9 @@ class PromptExplorer:
     def panel_images(self) -> dict[str, np.ndarray]:
         """The four panels as RGB arrays (what the widget shows)."""
         img = self.current.image
-        pr = self.prompts
+        pr = self.sam_prompts
         return {
-            "prompts": self._prompt_panel(),
+            "sam_prompts": self._sam_prompt_panel(),
             "saliency": overlay(img, saliency=self.saliency),
             "coarse": overlay(img, None if pr is None else pr.mask, mask_color=AUTO_BOX),
             "mask": overlay(img, self.mask, outline=self.current.gt),
@@ -683,7 +683,7 @@ class PromptExplorer:
             made = [f"{'+' if lab == 1 else '-'}({x:.0f}, {y:.0f})" for x, y, lab in self.user_points]
             if self.user_box is not None:
                 made.append("box ({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*self.user_box))
-            parts.append("hand-made prompts: " + " ".join(made))
+            parts.append("hand-made SAM prompts: " + " ".join(made))
         self.readout.value = " &middot; ".join(parts)
         ran = ", ".join(f"{k} {v}" for k, v in self.counts.items())
         self.status.value = f"done in {seconds:.2f} s &middot; <small>stages run so far: {ran}</small>"
@@ -692,7 +692,7 @@ class PromptExplorer:
         """A matplotlib figure of the four panels (for static notebooks and reports)."""
         s = self.state
         extra = f", Dice {s['dice']:.3f}" if s["dice"] is not None else ""
-        titles = [f"{s['image']}: prompts", f"saliency: {s['prompt']!r}", "coarse mask",
+        titles = [f"{s['image']}: SAM prompts", f"saliency: {s['prompt']!r}", "coarse mask",
                   f"SAM mask (score {s['sam_score']:.2f}{extra})"]
         return sample_grid(list(self.panel_images().values()), titles, ncols=4, cell_size=cell_size)
 
@@ -738,8 +738,8 @@ class PromptExplorer:
         for i, prompt in enumerate(prompts):
             self._show_progress("compare", min(len(STAGES) - 1, i))
             sal = self._saliency_for(prompt, cfg)
-            pr = self._prompts_for(self._saliency_key(cfg, prompt), sal, cfg)
-            res = session.predict_prompts(pr, multimask=cfg.multimask, union=True)
+            pr = self._sam_prompts_for(self._saliency_key(cfg, prompt), sal, cfg)
+            res = session.predict_sam_prompts(pr, multimask=cfg.multimask, union=True)
             self.counts["sam_decode"] += 1
             gt = self.current.gt
             row = {"prompt": prompt, "dice": None if gt is None else dice_score(res.mask, gt),

@@ -607,41 +607,41 @@ def toy():
     from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
     from medclipsam.models import load_clip
 
-    bundle = load_clip("toy")
+    clip = load_clip("toy")
     xs, ts = [], []
     for task in TASKS[:2]:
         s = PhantomDataset(task, 1, seed=2, size=96, split="test", normal_fraction=0.0)[0]
-        xs.append(bundle.prepare(s.rgb)[0])
+        xs.append(clip.prepare(s.rgb)[0])
         with torch.no_grad():
-            ts.append(bundle.model.encode_text(bundle.tokenize([PROMPTS[task]])).float()[0])
-    return bundle, torch.stack(xs), torch.stack(ts)
+            ts.append(clip.model.encode_text(clip.tokenize([PROMPTS[task]])).float()[0])
+    return clip, torch.stack(xs), torch.stack(ts)
 
 
 @pytest.mark.parametrize("k", [8, 30])
 def test_the_reference_steps_chained_give_the_package_gscorecam(toy, k):
     from medclipsam.saliency.gscorecam import gscorecam_details
 
-    bundle, x, txt = toy
-    d = gscorecam_details(bundle.model, x, txt, k=k)
-    maps = ex.gscorecam_with(bundle.model, x, txt, k=k)
+    clip, x, txt = toy
+    d = gscorecam_details(clip.model, x, txt, k=k)
+    maps = ex.gscorecam_with(clip.model, x, txt, k=k)
     assert torch.allclose(maps, d.maps, atol=1e-6)
-    act, grads, scale = ex.layer_activations(bundle.model, x, txt)
+    act, grads, scale = ex.layer_activations(clip.model, x, txt)
     assert torch.equal(R.select_channels(grads, k), d.channels)
-    assert scale == pytest.approx(float(bundle.model.logit_scale.detach().exp()))
+    assert scale == pytest.approx(float(clip.model.logit_scale.detach().exp()))
 
 
 def test_the_map_check_on_the_toy_clip_passes_the_solutions_and_fails_an_abs_sort(toy, solutions):
-    bundle = toy[0]
+    clip = toy[0]
     steps = [
         solutions[n]
         for n in ("select_channels", "channel_masks", "gscorecam_weights", "combine_maps")
     ]
-    assert ex.check_gscorecam_map(*steps, k=8, n_images=1, bundle=bundle, verbose=False).passed
+    assert ex.check_gscorecam_map(*steps, k=8, n_images=1, clip=clip, verbose=False).passed
 
     def by_abs(grads, k):
         return grads.mean(dim=(2, 3)).abs().topk(min(k, grads.shape[1]), dim=1).indices
 
-    res = ex.check_gscorecam_map(by_abs, k=8, n_images=1, bundle=bundle, verbose=False)
+    res = ex.check_gscorecam_map(by_abs, k=8, n_images=1, clip=clip, verbose=False)
     assert not res.passed and "peaks at" in res.report()
 
 

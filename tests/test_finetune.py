@@ -64,10 +64,10 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def full_run(pairs, tmp_path_factory):
     """A completed 3-epoch run with a validation set (shared by several tests)."""
     train, val = _data(pairs)
-    bundle = load_clip("toy", device="cpu")
+    clip = load_clip("toy", device="cpu")
     out = tmp_path_factory.mktemp("run")
-    result = finetune(bundle, train, val, _cfg(out, epochs=3, eval_before=True))
-    return bundle, result, out
+    result = finetune(clip, train, val, _cfg(out, epochs=3, eval_before=True))
+    return clip, result, out
 
 
 def test_training_loss_decreases_on_tiny_overfit_run(full_run):
@@ -99,15 +99,15 @@ def test_logs_have_expected_columns(full_run):
 
 
 def test_saved_model_loads_and_matches_in_memory_model(full_run, pairs):
-    bundle, result, _ = full_run
+    clip, result, _ = full_run
     assert result["model_path"] == result["out_dir"] / "model.pt"
     loaded = load_clip(result["model_path"], device="cpu")
     train, _ = _data(pairs)
-    images = torch.stack([bundle.preprocess(train[i][0]) for i in range(3)])
+    images = torch.stack([clip.preprocess(train[i][0]) for i in range(3)])
     captions = train.captions[:3]
     with torch.no_grad():
-        assert torch.equal(bundle.encode_image(images), loaded.encode_image(images))
-        assert torch.equal(bundle.encode_text(captions), loaded.encode_text(captions))
+        assert torch.equal(clip.encode_image(images), loaded.encode_image(images))
+        assert torch.equal(clip.encode_text(captions), loaded.encode_text(captions))
     init = load_clip("toy", device="cpu")
     with torch.no_grad():
         assert not torch.equal(init.encode_image(images), loaded.encode_image(images))
@@ -145,14 +145,14 @@ def test_interrupted_then_resumed_equals_uninterrupted(pairs, tmp_path):
 @pytest.mark.parametrize("option", ["text", "image", "last_block"])
 def test_freezing_options_freeze_what_they_say(pairs, tmp_path, option):
     train, _ = _data(pairs)
-    bundle = load_clip("toy", device="cpu")
-    before = _params(bundle.model)
+    clip = load_clip("toy", device="cpu")
+    before = _params(clip.model)
     if option == "last_block":
         cfg = _cfg(tmp_path, epochs=1, trainable_blocks=1, lr=1e-3)
     else:
         cfg = _cfg(tmp_path, epochs=1, freeze=option, lr=1e-3)
-    finetune(bundle, train, None, cfg)
-    after = dict(bundle.model.named_parameters())
+    finetune(clip, train, None, cfg)
+    after = dict(clip.model.named_parameters())
 
     def frozen(name: str) -> bool:
         if name == "logit_scale":  # fixed tau: the learned scale is unused and frozen
@@ -203,14 +203,14 @@ from medclipsam.config import FinetuneConfig
 from medclipsam.finetune import finetune
 from medclipsam.models import load_clip
 csv_path, out = sys.argv[1], sys.argv[2]
-bundle = load_clip("toy", device="cpu")
+clip = load_clip("toy", device="cpu")
 cfg = FinetuneConfig(out_dir=os.path.join(out, "run"), batch_size=4, epochs=1, lr=5e-4,
                      warmup_steps=1, num_workers=0, progress=False, eval_before=False,
                      device="cpu")
-res = finetune(bundle, CaptionDataset(csv_path, split="train"),
+res = finetune(clip, CaptionDataset(csv_path, split="train"),
                CaptionDataset(csv_path, split="val"), cfg)
 rank = int(os.environ["RANK"])
-torch.save({k: v.detach() for k, v in bundle.model.state_dict().items()},
+torch.save({k: v.detach() for k, v in clip.model.state_dict().items()},
            os.path.join(out, f"rank{rank}.pt"))
 # one file per rank: the two processes' stdout interleaves ("RANKRANK 1 ...")
 with open(os.path.join(out, f"rank{rank}.steps"), "w") as fh:

@@ -98,7 +98,7 @@ def _code_cells(path: Path) -> list[str]:
 
 
 def _crf_is_the_pipeline_default() -> bool:
-    from medclipsam.pipeline import PipelineConfig
+    from medclipsam.config import PipelineConfig
 
     return PipelineConfig().postprocess == "crf"
 

@@ -26,7 +26,7 @@ from medclipsam.models import (
     load_sam,
     load_sam3,
 )
-from medclipsam.sam_prompting import SamSession
+from medclipsam.sam_session import SamSession
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -186,7 +186,7 @@ def test_sam2_in_the_pipeline_one_encoder_run_for_several_prompt_modes(sam2):
     img = _image(64, 96, seed=3)
     before = pipe.session.encoder_calls
     for mode in ("box", "points", "box+points"):
-        res = pipe.predict(img, "breast tumor", prompt_mode=mode)
+        res = pipe.predict(img, "breast tumor", sam_prompt_mode=mode)
         assert res.mask.shape == (64, 96)
     assert pipe.session.encoder_calls - before == 1
     pipe.close()
@@ -284,7 +284,7 @@ def test_sam3_baseline_result_type_and_metrics(sam3_baseline):
     assert isinstance(res, SegmentationResult)
     assert res.mask.shape == res.saliency.shape == res.coarse_mask.shape == (96, 96)
     assert res.mask.any() and res.boxes.shape[1] == 4 and res.points is None and not res.flags
-    assert set(res.timings) == {"saliency", "prompts", "sam_embed", "sam_decode", "total"}
+    assert set(res.timings) == {"saliency", "sam_prompts", "sam_embed", "sam_decode", "total"}
     none = sam3_baseline.predict(samples[0].rgb, "lesion", threshold=0.99)
     assert none.flags == ("sam3_nothing_found",) and not none.mask.any() and none.boxes is None
     best = sam3_baseline.predict(samples[0].rgb, "lesion", threshold=0.0, keep="best")
@@ -321,7 +321,7 @@ def test_compare_backends_one_saliency_per_image_and_tables(tmp_path, sam2, sam3
 
     write_phantom_folder(tmp_path / "ph", "breast", 2, seed=0, size=64)
     clip = load_clip("toy", device="cpu")
-    from medclipsam.pipeline import PipelineConfig
+    from medclipsam.config import PipelineConfig
 
     cfg = PipelineConfig(saliency="gradcam", postprocess="threshold")
     rows = compare_backends(tmp_path / "ph", "breast tumor",

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("losses", "retrieval", "training", "viz"),  # tools used by the stages below
     ("finetune", "loss_comparison"),  # stage 1
     ("saliency",),  # stage 2
-    ("prompting", "sam_prompting"),  # stage 3
+    ("prompting", "sam_session"),  # stage 3
     ("pipeline", "text_baselines"),  # the zero-shot method (and SAM 3 from the text alone)
     ("weak", "reproduce"),  # stage 4
     ("demo", "widgets", "exercises", "compare", "cli", "__main__"),  # what users run

@@ -1426,7 +1426,7 @@ class PhantomPairs:
     Images come from :class:`PhantomDataset` (``n_per_task`` per task, same ``seed``/``split``
     rules) and are generated once, at construction. ``captions="one"`` pairs each image with one
     of its captions, drawn reproducibly from ``seed``; ``"all"`` gives one pair per caption (the
-    image repeated). ``transform`` (e.g. a CLIP bundle's ``preprocess``) is applied once per image
+    image repeated). ``transform`` (e.g. a :class:`~medclipsam.models.ClipBundle`'s ``preprocess``) is applied once per image
     and its output stored, so training epochs do not re-run it. Items are ``(image, caption)``;
     ``.captions``, ``.tasks`` and ``.labels`` list them per pair (``.captions`` doubles as the
     groups of identical captions in retrieval).
@@ -1504,7 +1504,7 @@ def _split_counts(n: int, splits: dict[str, float]) -> dict[str, int]:
 
 
 def write_phantom_folder(
-    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
     task: str,
     n: int,
     seed: int = 0,
@@ -1515,7 +1515,7 @@ def write_phantom_folder(
     """Write ``n`` phantom samples as a folder data set; resumable and atomic.
 
     Layout: ``images/<stem>.png`` (grey), ``masks/<stem>.png`` (0/255), ``captions.csv``
-    (``image,caption,split``, one row per caption, paths relative to ``root``), ``meta.csv``
+    (``image,caption,split``, one row per caption, paths relative to ``out_dir``), ``meta.csv``
     (``stem,task,label,split``), ``splits.json`` (``{"name", "seed", "rule", "splits"}``) and
     ``phantom.json`` (the parameters). Existing complete PNGs are kept untouched, so an
     interrupted call resumes; a folder written with other parameters is refused.
@@ -1523,7 +1523,7 @@ def write_phantom_folder(
     size, k)``.
     """
     _check_task(task)
-    root = Path(root)
+    out_dir = Path(out_dir)
     hw = _check_size(size)
     splits = dict(splits) if splits is not None else {"train": 0.7, "val": 0.1, "test": 0.2}
     if not splits or any(not isinstance(k, str) or not k for k in splits):
@@ -1542,7 +1542,7 @@ def write_phantom_folder(
         "splits": splits,
         "normal_fraction": float(normal_fraction),
     }
-    cfg_path = root / "phantom.json"
+    cfg_path = out_dir / "phantom.json"
     if cfg_path.is_file():
         try:
             old = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -1552,10 +1552,10 @@ def write_phantom_folder(
         if old != config:
             raise ValueError(
                 f"{cfg_path}: this folder was written with other parameters ({old}); "
-                f"refusing to mix it with {config}. Use another root or delete it."
+                f"refusing to mix it with {config}. Use another out_dir or delete it."
             )
     counts = _split_counts(int(n), splits)
-    root.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     _write_if_changed(cfg_path, json.dumps(config, indent=1) + "\n")
     cap_rows: list[tuple[str, str, str]] = []
     meta_rows: list[tuple[str, str, str, str]] = []
@@ -1567,7 +1567,7 @@ def write_phantom_folder(
         for i in range(count):
             stem = f"{task}_{split_name}_{i:05d}"
             sample = ds[i]
-            img_path, mask_path = root / "images" / f"{stem}.png", root / "masks" / f"{stem}.png"
+            img_path, mask_path = out_dir / "images" / f"{stem}.png", out_dir / "masks" / f"{stem}.png"
             if not _png_ok(img_path, size_wh):
                 _write_png(img_path, sample.image)
             if not _png_ok(mask_path, size_wh):
@@ -1584,8 +1584,8 @@ def write_phantom_folder(
         wr.writerows(rows)
         return buf.getvalue()
 
-    _write_if_changed(root / "captions.csv", to_csv(("image", "caption", "split"), cap_rows))
-    _write_if_changed(root / "meta.csv", to_csv(("stem", "task", "label", "split"), meta_rows))
+    _write_if_changed(out_dir / "captions.csv", to_csv(("image", "caption", "split"), cap_rows))
+    _write_if_changed(out_dir / "meta.csv", to_csv(("stem", "task", "label", "split"), meta_rows))
     doc = {
         "name": f"phantom-{task}",
         "seed": int(seed),
@@ -1593,5 +1593,5 @@ def write_phantom_folder(
                  f"PhantomDataset(task, n_k, seed, size, k); counts {counts}"),
         "splits": {k: sorted(v) for k, v in split_stems.items()},
     }
-    _write_if_changed(root / "splits.json", json.dumps(doc, indent=1) + "\n")
-    return root
+    _write_if_changed(out_dir / "splits.json", json.dumps(doc, indent=1) + "\n")
+    return out_dir

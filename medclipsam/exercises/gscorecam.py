@@ -684,23 +684,23 @@ def check_gscorecam_map(
     k: int = 24,
     n_images: int = 2,
     seed: int = 0,
-    bundle: Any = None,
+    clip: Any = None,
     strict: bool = False,
     verbose: bool = True,
 ) -> CheckResult:
     """Chain your steps on the toy CLIP and compare the maps with the package's ``gscorecam`` on
-    ``n_images`` phantom images (one per task in turn). ``bundle``: a loaded
+    ``n_images`` phantom images (one per task in turn). ``clip``: a loaded
     :class:`~medclipsam.models.clip.ClipBundle` (default: ``load_clip("toy")``)."""
-    bundle = bundle or load_clip("toy")
+    clip = clip or load_clip("toy")
     cases = []
     for i in range(n_images):
         task = TASKS[i % len(TASKS)]
         sample = PhantomDataset(
             task, n_images, seed=seed, size=128, split="test", normal_fraction=0.0
         )[i]
-        x, _ = bundle.prepare(sample.rgb)
+        x, _ = clip.prepare(sample.rgb)
         with torch.no_grad():
-            txt = bundle.model.encode_text(bundle.tokenize([PROMPTS[task]])).float()
+            txt = clip.model.encode_text(clip.tokenize([PROMPTS[task]])).float()
         cases.append(
             Case(
                 f"toy CLIP, {task} phantom {i} (seed {seed}), prompt {PROMPTS[task]!r}, k={k}",
@@ -719,10 +719,10 @@ def check_gscorecam_map(
         return fn(*args)
 
     def reference_maps(x: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        return gscorecam(bundle.model, x, txt, k=k)
+        return gscorecam(clip.model, x, txt, k=k)
 
     def student_maps(x: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        return gscorecam_with(bundle.model, x, txt, k=k, **mine)
+        return gscorecam_with(clip.model, x, txt, k=k, **mine)
 
     def compare(expected: torch.Tensor, got: torch.Tensor, case: Case) -> str | None:
         d = compare_arrays(expected, got, rtol=1e-3, atol=1e-3, what="map")

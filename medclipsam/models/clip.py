@@ -273,7 +273,7 @@ class LetterboxTransform:
 
 
 # --------------------------------------------------------------------------------------------
-# the bundle
+# the ClipBundle: a CLIP model with everything needed to feed it (called ``clip`` everywhere)
 
 
 @dataclass
@@ -673,11 +673,11 @@ def load_clip(
 
     ``pretrained=False`` builds the architecture with random weights (no weight download).
     ``arch`` is the architecture a plain state-dict file is loaded into. ``preprocess_mode`` is
-    the default of the bundle's :class:`LetterboxTransform` (``"pad"``, ``"resize"``, ``"crop"``).
+    the default of the clip's :class:`LetterboxTransform` (``"pad"``, ``"resize"``, ``"crop"``).
     Raises :class:`HubFilesMissingError` when hub configuration files are neither cached nor
     downloadable, and :class:`CheckpointError` for unreadable or mismatching checkpoint files.
     Hub weights that are missing while the configuration is there give random weights and a
-    warning (``bundle.pretrained`` is then False).
+    warning (``clip.pretrained`` is then False).
     """
     if preprocess_mode not in _MODES:
         raise ValueError(f"preprocess_mode must be one of {_MODES}, got {preprocess_mode!r}")
@@ -703,7 +703,7 @@ def load_clip(
 
 
 def save_clip_checkpoint(
-    bundle_or_model: ClipBundle | torch.nn.Module,
+    clip_or_model: ClipBundle | torch.nn.Module,
     path: str | os.PathLike,
     *,
     model_name: str | None = None,
@@ -722,19 +722,19 @@ def save_clip_checkpoint(
     ``torch.load(weights_only=True)``. A tokenizer with a ``to_config()`` (the toy CLIP's
     :class:`~medclipsam.models.tokenizer.WordTokenizer`) is stored too and used when loading.
     """
-    if isinstance(bundle_or_model, ClipBundle):
-        model = bundle_or_model.model
-        tokenizer = tokenizer or bundle_or_model.tokenizer
-        model_name = model_name or bundle_or_model.source
-        model_config = model_config or bundle_or_model.model_config
-        preprocess_cfg = preprocess_cfg or bundle_or_model.preprocess_cfg
-    elif isinstance(bundle_or_model, torch.nn.Module):
-        model = bundle_or_model
+    if isinstance(clip_or_model, ClipBundle):
+        model = clip_or_model.model
+        tokenizer = tokenizer or clip_or_model.tokenizer
+        model_name = model_name or clip_or_model.source
+        model_config = model_config or clip_or_model.model_config
+        preprocess_cfg = preprocess_cfg or clip_or_model.preprocess_cfg
+    elif isinstance(clip_or_model, torch.nn.Module):
+        model = clip_or_model
         if model_config is None and model_name is not None:
             if not model_name.startswith("hf-hub:"):
                 model_config = open_clip.get_model_config(model_name)
     else:
-        raise TypeError(f"expected a ClipBundle or a torch module, got {type(bundle_or_model)}")
+        raise TypeError(f"expected a ClipBundle or a torch module, got {type(clip_or_model)}")
     if model_config is None and model_name is None:
         raise ValueError("save_clip_checkpoint: a bare model needs model_name= or model_config=")
     try:

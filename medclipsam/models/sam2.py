@@ -2,7 +2,7 @@
 
 ``load_sam("sam2-hiera-tiny")`` (or ``load_sam2``) returns a :class:`Sam2Predictor`: the same
 small stateful object as segment_anything's ``SamPredictor`` (``set_image`` once per image,
-``predict`` / ``predict_torch`` for any number of prompts), so :class:`~medclipsam.sam_prompting.SamSession`,
+``predict`` / ``predict_torch`` for any number of prompts), so :class:`~medclipsam.sam_session.SamSession`,
 the pipeline and the explorer use SAM 2 exactly as they use SAM and MedSAM. The model is
 transformers' ``Sam2Model`` (the image part of SAM 2; the video memory modules are not loaded).
 
@@ -148,7 +148,7 @@ def sam2_config(arch: str | dict = "tiny"):
 
 class _Sam2Model(torch.nn.Module):
     """What ``SamPredictor.model`` offers that the package uses: ``image_encoder`` (hooked by
-    :class:`~medclipsam.sam_prompting.SamSession` to count encoder runs) and ``image_format``."""
+    :class:`~medclipsam.sam_session.SamSession` to count encoder runs) and ``image_format``."""
 
     image_format = "RGB"
 
@@ -214,7 +214,7 @@ class Sam2Predictor:
         if image_format.upper() == "BGR":
             img = img[..., ::-1]
         if img.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 image, got {img.dtype} (see prompting.to_uint8_rgb)")
+            raise ValueError(f"expected a uint8 image, got {img.dtype} (see medclipsam.data.convert.to_uint8)")
         s = self.image_size
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
         x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)

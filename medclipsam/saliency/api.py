@@ -4,7 +4,7 @@ maps in the original image's coordinates.
 ``METHODS`` maps a name to a callable with the common signature
 ``(model, images [B,3,S,S], text_features [B|1, D], *, target=None, **kwargs) -> [B, S, S]`` in
 [0, 1] at the model input. :class:`PromptBatch` holds the steps every caller shares (prepare the
-image with the bundle's letterbox, so non-square images are not misaligned; encode the prompts
+image with the clip's letterbox, so non-square images are not misaligned; encode the prompts
 once; run a method; map the result back onto the image with
 :meth:`~medclipsam.models.clip.Geometry.to_image`): :func:`saliency_maps` and the prompt-sensitivity
 check (:func:`~medclipsam.saliency.sensitivity.prompt_sensitivity`) both stand on it.
@@ -94,7 +94,7 @@ class PromptBatch:
 
     ``clip``: a :class:`~medclipsam.models.clip.ClipBundle`; ``image``: an array (grey or RGB, any
     dtype), a PIL image, a tensor or a path (read with :func:`~medclipsam.data.io.read_image`);
-    ``mode`` overrides the bundle's preprocessing mode (``"pad"``, ``"resize"``, ``"crop"``).
+    ``mode`` overrides the clip's preprocessing mode (``"pad"``, ``"resize"``, ``"crop"``).
     ``image_input`` is ``[1, 3, S, S]`` on the model's device, ``text_features`` ``[P, D]`` float32,
     ``geometry`` maps model-space maps back to the image.
     """
@@ -157,7 +157,7 @@ def saliency_maps(
     RGB, any dtype), a PIL image, a tensor, or a path (read with
     :func:`~medclipsam.data.io.read_image`). ``prompts``: a string or a list of strings, encoded
     once. ``method``: a name in :data:`METHODS` or a callable with their signature; ``kwargs`` go to
-    it (``k=``, ``precision=``, ``target=`` ...). ``mode`` overrides the bundle's preprocessing mode
+    it (``k=``, ``precision=``, ``target=`` ...). ``mode`` overrides the clip's preprocessing mode
     (``"pad"``, ``"resize"``, ``"crop"``).
 
     The model-input maps are mapped back onto the image's own pixel grid and min-max normalised

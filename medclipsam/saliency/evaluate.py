@@ -61,7 +61,7 @@ def _as_callable(method: Callable | str) -> Callable:
 
 
 def localisation_table(
-    bundle,
+    clip,
     tasks: Sequence[str] = TASKS,
     *,
     n_per_task: int = 40,
@@ -75,7 +75,7 @@ def localisation_table(
 ) -> list[dict]:
     """Pointing game, AUC and Dice per task for saliency methods and the two baselines.
 
-    ``bundle`` is a :class:`~medclipsam.models.clip.ClipBundle`. One method (``method``, default
+    ``clip`` is a :class:`~medclipsam.models.clip.ClipBundle`. One method (``method``, default
     GradCAM) gives the columns ``pointing``, ``auc``, ``dice``; several (``methods={"gscorecam":
     gscorecam, "gradcam": "gradcam"}``, callables with the common saliency signature
     ``(model, images, text_features) -> [B, H, W]`` or names in
@@ -92,22 +92,22 @@ def localisation_table(
         if not methods:
             raise ValueError("methods= must name at least one saliency method")
         named = {name: _as_callable(m) for name, m in methods.items()}
-    device = bundle.device
+    device = clip.device
     rng = np.random.default_rng(seed)
     rows = []
     for task in tasks:
         ds = PhantomDataset(task, n_per_task, seed=seed, size=size, split=split)
         samples = [s for s in (ds[i] for i in range(len(ds))) if s.mask.any()]
         with torch.no_grad():
-            text = bundle.model.encode_text(bundle.tokenize([PROMPTS[task]]))
+            text = clip.model.encode_text(clip.tokenize([PROMPTS[task]]))
         scores: dict[str, list[float]] = defaultdict(list)
         for b in range(0, len(samples), batch_size):
             chunk = samples[b : b + batch_size]
-            prepared = [bundle.prepare(s.rgb) for s in chunk]
+            prepared = [clip.prepare(s.rgb) for s in chunk]
             x = torch.stack([p[0] for p in prepared]).to(device)
             for name, fn in named.items():
                 suffix = f"_{name}" if name else ""
-                maps = fn(bundle.model, x, text.expand(len(chunk), -1))
+                maps = fn(clip.model, x, text.expand(len(chunk), -1))
                 for s, (_, geom), m in zip(chunk, prepared, maps):
                     sal = geom.to_image(m.detach().float().cpu()).numpy()
                     scores["pointing" + suffix].append(pointing_game(sal, s.mask))

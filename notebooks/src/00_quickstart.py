@@ -81,9 +81,9 @@ if gt is not None:
     print(f"Dice {dice(result.mask, gt):.3f}, NSD (2 px) {nsd(result.mask, gt):.3f} against the ground truth")
 
 # %%
-from medclipsam.pipeline import _image_array  # the same reader predict() used
+from medclipsam.data import load_picture  # the picture predict() used (the one image rule)
 
-fig = result_figure(_image_array(image), result, gt=gt, cell_size=3.4)
+fig = result_figure(load_picture(image), result, gt=gt, cell_size=3.4)
 plt.show()
 
 # %% [markdown]

@@ -62,10 +62,11 @@ import numpy as np
 import torch
 
 from medclipsam import losses
+from medclipsam.config import FinetuneConfig
 from medclipsam.data import PhantomPairs
-from medclipsam.finetune import FinetuneConfig
-from medclipsam.loss_comparison import LOSS_ORDER, PAPER_RETRIEVAL, compare_losses
+from medclipsam.loss_comparison import PAPER_RETRIEVAL, compare_losses
 from medclipsam.viz import sample_grid
+from medclipsam.vocab import LOSS_NAMES
 
 if SMOKE:
     N_TRAIN, N_TEST, EPOCHS = 12, 20, 1
@@ -154,7 +155,7 @@ kw = dict(tau=0.07)
 print(f"DHN-NCE(beta=0) = {losses.dhn_nce(img, txt, beta1=0, beta2=0, **kw):.6f}   DCL = {losses.dcl(img, txt, **kw):.6f}")
 print(f"HN-NCE(beta=0, alpha=1) = {losses.hn_nce(img, txt, alpha=1, beta1=0, beta2=0, **kw):.6f}   "
       f"InfoNCE = {losses.info_nce(img, txt, **kw):.6f}")
-for name in LOSS_ORDER:
+for name in LOSS_NAMES:
     print(f"{name:8s} on this batch: {float(losses.LOSSES[name](img, txt, **kw)):.4f}")
 
 # %% [markdown]

@@ -70,7 +70,7 @@ from medclipsam.viz import overlay, sample_grid
 
 if SMOKE:
     N_LOC = 4
-bundle = load_clip("toy" if WORLD == "toy" else "biomedclip", device=DEVICE)
+clip = load_clip("toy" if WORLD == "toy" else "biomedclip", device=DEVICE)
 samples = {t: PhantomDataset(t, 2, seed=SEED, size=256, split="test", normal_fraction=0.0)[0] for t in TASKS}
 
 # %% [markdown]
@@ -87,7 +87,7 @@ for t in TASKS:
     titles.append(f"{t}: {PROMPTS[t]!r}")
     for method, kw in (("gradcam", {}), ("gscorecam", {"k": K}), ("m2ib", {})):
         t0 = time.perf_counter()
-        m = saliency_maps(bundle, s.rgb, PROMPTS[t], method=method, **kw)[0]
+        m = saliency_maps(clip, s.rgb, PROMPTS[t], method=method, **kw)[0]
         panels.append(overlay(s.rgb, saliency=m, outline=s.mask))
         titles.append(f"{method} ({time.perf_counter() - t0:.2f} s)")
 sample_grid(panels, titles, ncols=4, cell_size=2.6, suptitle="green outline: ground truth (never used to make a map)")
@@ -103,7 +103,7 @@ plt.show()
 
 # %%
 methods = {"gscorecam": functools.partial(gscorecam, k=K), "gradcam": grad_cam, "m2ib": m2ib}
-rows = localisation_table(bundle, TASKS, n_per_task=N_LOC, seed=SEED, methods=methods)
+rows = localisation_table(clip, TASKS, n_per_task=N_LOC, seed=SEED, methods=methods)
 print(f"{N_LOC} held-out images per task; each cell: pointing game / AUC / Dice of the map > 0.5")
 print(f"{'method':16s}" + "".join(f"{r['task']:>22s}" for r in rows))
 for name in (*methods, "intensity_rule", "random"):
@@ -119,14 +119,14 @@ for name in (*methods, "intensity_rule", "random"):
 
 # %%
 s = samples["breast"]
-x, geom = bundle.prepare(s.rgb)
+x, geom = clip.prepare(s.rgb)
 with torch.no_grad():
-    txt = bundle.model.encode_text(bundle.tokenize([PROMPTS["breast"]]))
+    txt = clip.model.encode_text(clip.tokenize([PROMPTS["breast"]]))
 ks = (8, 24, 64, None)
 panels, titles = [], []
 for k in ks:
     t0 = time.perf_counter()
-    m = gscorecam(bundle.model, x[None], txt, k=k)[0]
+    m = gscorecam(clip.model, x[None], txt, k=k)[0]
     dt = time.perf_counter() - t0
     panels.append(overlay(s.rgb, saliency=geom.to_image(m).numpy(), outline=s.mask))
     titles.append(f"k = {k or 'all'}: {dt:.2f} s")
@@ -177,13 +177,13 @@ for name, layer in (("last block output (CLS-pooled: unreachable)", "visual.tran
 
 # %%
 s = samples["brain"]
-x, geom = bundle.prepare(s.rgb)
+x, geom = clip.prepare(s.rgb)
 panels, titles = [], []
 for prompt in (PROMPTS["brain"], "xq zvv blorp"):
     with torch.no_grad():
-        txt = bundle.model.encode_text(bundle.tokenize([prompt]))
+        txt = clip.model.encode_text(clip.tokenize([prompt]))
     for weighting in ("selected", "reference"):
-        m = gscorecam(bundle.model, x[None], txt, k=16, weighting=weighting)[0]
+        m = gscorecam(clip.model, x[None], txt, k=16, weighting=weighting)[0]
         panels.append(overlay(s.rgb, saliency=geom.to_image(m).numpy(), outline=s.mask))
         titles.append(f"{prompt!r}, {weighting}")
 sample_grid(panels, titles, ncols=4, cell_size=2.8)
@@ -205,7 +205,7 @@ s = samples["brain"]
 for method, name in ((functools.partial(gscorecam, k=K), "gScoreCAM"), (grad_cam, "GradCAM")):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report = prompt_sensitivity(bundle, s.rgb, PROMPTS["brain"], method, task="brain")
+        report = prompt_sensitivity(clip, s.rgb, PROMPTS["brain"], method, task="brain")
     print(name)
     print(report.table())
     print()

@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 from medclipsam import MedCLIPSAM
 from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
 from medclipsam.metrics import dice, evaluate_masks, summarize
-from medclipsam.prompting import coarse_mask, make_prompts
+from medclipsam.prompting import coarse_mask, make_sam_prompts
 from medclipsam.viz import overlay, result_panels, sample_grid
 
 if SMOKE:
@@ -90,7 +90,7 @@ plt.show()
 s, res = samples["xray"][0], first["xray"]
 panels, titles = [], []
 for box_mode, n in (("largest", 1), ("union", 2), ("per_component", 2)):
-    pr = make_prompts(res.saliency, image=s.rgb, box_mode=box_mode, n_components=n)
+    pr = make_sam_prompts(res.saliency, image=s.rgb, box_mode=box_mode, n_components=n)
     out = pipe.predict(s.rgb, PROMPTS["xray"], maps=res.saliency, box_mode=box_mode, n_components=n)
     panels.append(overlay(s.rgb, out.mask, outline=s.mask, boxes=list(pr.boxes)))
     titles.append(f"{box_mode}, {n} component(s): {len(pr.boxes)} box(es), Dice {dice(out.mask, s.mask):.2f}")
@@ -110,7 +110,7 @@ t = "breast"
 s, res = samples[t][0], first[t]
 panels, titles = [], []
 for mode, neg in (("box", 0), ("points", 0), ("points", 2), ("box+points", 1)):
-    out = pipe.predict(s.rgb, PROMPTS[t], maps=res.saliency, prompt_mode=mode, points=1, negatives=neg)
+    out = pipe.predict(s.rgb, PROMPTS[t], maps=res.saliency, sam_prompt_mode=mode, points=1, negatives=neg)
     p = result_panels(s.rgb, out, gt=s.mask)
     panels += [p[2][1], p[3][1]]
     titles += [f"{mode}, {neg} negative(s)", f"SAM: Dice {dice(out.mask, s.mask):.2f}, score {out.sam_score:.2f}"]
@@ -128,7 +128,7 @@ plt.show()
 s2 = samples[t][1]  # an image SAM has not seen yet
 calls = pipe.session.encoder_calls
 for mode in ("box", "points", "box+points"):
-    pipe.predict(s2.rgb, PROMPTS[t], prompt_mode=mode)
+    pipe.predict(s2.rgb, PROMPTS[t], sam_prompt_mode=mode)
 print("image-encoder calls for three prompt modes on a new image:", pipe.session.encoder_calls - calls)
 
 
@@ -152,7 +152,7 @@ for post in ("crf", "kmeans", "threshold", "otsu"):
     for mode in ("box", "points", "box+points"):
         row = {"post-processing": post, "prompt": mode}
         for t in TASKS:
-            row[t] = mean_dice(t, maps=maps[t], postprocess=post, prompt_mode=mode)["dice"]["mean"]
+            row[t] = mean_dice(t, maps=maps[t], postprocess=post, sam_prompt_mode=mode)["dice"]["mean"]
         table.append(row)
 for control in ("random", "uniform"):
     row = {"post-processing": f"{control} map (control)", "prompt": "box"}
@@ -191,5 +191,5 @@ for t in TASKS:
 # - The controls are the honest test of a text-prompted method: a random or flat map gives far lower
 #   Dice, so the prompt's saliency is what finds the target.
 #
-# **Try next:** `medclipsam segment --images DIR --prompt "..." --postprocess otsu --prompt-mode box+points`,
+# **Try next:** `medclipsam segment --images DIR --prompt "..." --postprocess otsu --sam-prompt-mode box+points`,
 # and `benchmarks/zeroshot_toy.py` for the full table with confidence intervals and per-stage timings.

@@ -60,13 +60,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from medclipsam import MedCLIPSAM
+from medclipsam.config import WeakConfig
 from medclipsam.data.datasets import load_split
 from medclipsam.data.io import read_image, read_mask
 from medclipsam.data.phantom import write_phantom_folder
 from medclipsam.metrics import dice
 from medclipsam.reproduce import reproduce
 from medclipsam.viz import overlay, sample_grid
-from medclipsam.weak import WeakConfig
 
 config = WeakConfig(epochs=EPOCHS, size=SIZE, device=DEVICE, seed=SEED)
 if SMOKE:

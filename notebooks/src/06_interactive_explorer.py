@@ -135,7 +135,7 @@ if DRIVE:
     areas = {}
     for t in ([0.2, 0.5, 0.8] if SMOKE else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]):
         explorer.threshold.value = t
-        areas[t] = int(explorer.prompts.mask.sum())
+        areas[t] = int(explorer.sam_prompts.mask.sum())
     print("coarse-mask area by threshold:", areas)
     print("stages that ran for the whole sweep:", ran(before))
     explorer.postprocess.value = "crf"

@@ -76,9 +76,9 @@ if WORLD == "real":
     data, prompt, split, task = DATA_DIR, PROMPT, SPLIT, TASK
     backends, clip, config = BACKENDS, CLIP, None
 else:
+    from medclipsam.config import PipelineConfig
     from medclipsam.data.phantom import PROMPTS, write_phantom_folder
     from medclipsam.models import build_sam2, build_sam3, load_clip
-    from medclipsam.pipeline import PipelineConfig
 
     data = tempfile.mkdtemp(prefix="phantom-") + "/breast"
     write_phantom_folder(data, "breast", 2 if SMOKE else N_TOY, seed=0, size=128)
@@ -86,7 +86,7 @@ else:
     clip = load_clip("toy", device=device)
     # the toy pipeline's settings (see MedCLIPSAM.toy); the SAM 2 / SAM 3 rows: real
     # architectures, small, random weights
-    config = PipelineConfig(saliency_kwargs={"k": 24}, prompt_mode="box+points")
+    config = PipelineConfig(saliency_kwargs={"k": 24}, sam_prompt_mode="box+points")
     backends = {
         "toy SAM": "toy",
         "SAM 2 (random weights)": lambda: build_sam2("test", device=device),

@@ -486,7 +486,7 @@ def write_done(out_dir: Path, report: Report, *, complete: bool, limit: int | No
 
 
 def finish_output(
-    out: Path,
+    out_dir: Path,
     *,
     name: str,
     splits: dict[str, list[str]],
@@ -501,14 +501,14 @@ def finish_output(
 ) -> None:
     """The last steps of every converter: ``splits.json``, the table (``meta.csv`` or
     ``captions.csv``), then the ``DONE`` marker, so a folder with DONE is complete."""
-    write_split(out / "splits.json", splits, name=name, seed=seed, rule=rule)
-    write_csv(out / table, rows, columns)
-    write_done(out, report, complete=complete, limit=limit)
+    write_split(out_dir / "splits.json", splits, name=name, seed=seed, rule=rule)
+    write_csv(out_dir / table, rows, columns)
+    write_done(out_dir, report, complete=complete, limit=limit)
 
 
 def finish(
     info: Source,
-    out: Path,
+    out_dir: Path,
     rows: Sequence[dict[str, Any]],
     report: Report,
     *,
@@ -529,7 +529,7 @@ def finish(
             stems, committed_split(info.key)["splits"], report, complete=complete
         )
         splits = splits_from_assignment(assignment, stems)
-    finish_output(out, name=info.key, splits=splits, seed=seed, rule=rule, rows=rows,
+    finish_output(out_dir, name=info.key, splits=splits, seed=seed, rule=rule, rows=rows,
                   columns=columns, report=report, complete=complete, limit=limit, table=table)
 
 

@@ -161,7 +161,7 @@ def _find_image(roco_id: str, image_dir: Path, files: dict[str, str],
     return image if image is not None and image.is_file() else None
 
 
-def _add_folder(where: Path, name: str, sub: str, split: str, out: Path, *, link: str,
+def _add_folder(where: Path, name: str, sub: str, split: str, out_dir: Path, *, link: str,
                 min_caption_chars: int, limit: int | None, progress: bool, report: Report,
                 tally: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
     """Place the images of one ``<split folder>/<subset>`` and return their captions.csv rows, and
@@ -187,7 +187,7 @@ def _add_folder(where: Path, name: str, sub: str, split: str, out: Path, *, link
         if image is None:
             tally["missing_ids"].append(roco_id)
             continue
-        dest = out / "images" / f"{roco_id}{image.suffix.lower()}"
+        dest = out_dir / "images" / f"{roco_id}{image.suffix.lower()}"
         if dest.exists():
             tally["resumed"] += 1
         else:

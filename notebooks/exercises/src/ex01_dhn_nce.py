@@ -145,14 +145,14 @@ from medclipsam import losses
 from medclipsam.data import PhantomPairs
 from medclipsam.models import load_clip
 
-bundle = load_clip("toy")
+clip = load_clip("toy")
 pairs = PhantomPairs(n_per_task=4 if SMOKE else 8, split="test", seed=SEED, captions="one",
-                     transform=bundle.preprocess)
+                     transform=clip.preprocess)
 images = torch.stack([im for im, _ in pairs])
 with torch.no_grad():
-    img_emb = bundle.model.encode_image(images)
-    txt_emb = bundle.model.encode_text(bundle.tokenize([c for _, c in pairs]))
-tau = 1 / float(bundle.model.logit_scale.detach().exp())  # the model's own temperature
+    img_emb = clip.model.encode_image(images)
+    txt_emb = clip.model.encode_text(clip.tokenize([c for _, c in pairs]))
+tau = 1 / float(clip.model.logit_scale.detach().exp())  # the model's own temperature
 sim = F.normalize(img_emb, dim=-1) @ F.normalize(txt_emb, dim=-1).T / tau
 off = ~torch.eye(len(sim), dtype=torch.bool)
 

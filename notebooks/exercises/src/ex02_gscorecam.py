@@ -50,13 +50,13 @@ from medclipsam.viz import overlay, sample_grid
 if WORLD != "toy":
     raise ValueError("the exercises run in the toy world: set WORLD = 'toy'")
 N_TRIALS = 3 if SMOKE else 8
-bundle = load_clip("toy")
+clip = load_clip("toy")
 sample = PhantomDataset("breast", 1, seed=SEED, size=224, split="test", normal_fraction=0.0)[0]
-x, geom = bundle.prepare(sample.rgb)
+x, geom = clip.prepare(sample.rgb)
 images = x[None]                                        # [1, 3, 224, 224], the model input
 with torch.no_grad():
-    text = bundle.model.encode_text(bundle.tokenize([PROMPTS["breast"]])).float()
-act, grads, logit_scale = ex.layer_activations(bundle.model, images, text)
+    text = clip.model.encode_text(clip.tokenize([PROMPTS["breast"]])).float()
+act, grads, logit_scale = ex.layer_activations(clip.model, images, text)
 print("activations A:", tuple(act.shape), " gradients dlogit/dA:", tuple(grads.shape),
       f" logit scale: {logit_scale:.2f}")
 
@@ -204,19 +204,19 @@ ex.check_combine_maps(combine_maps, n_trials=N_TRIALS, seed=SEED, strict=True);
 
 # %% tags=["check"]
 ex.check_gscorecam_map(select_channels, channel_masks, gscorecam_weights, combine_maps, k=K,
-                       n_images=1 if SMOKE else 3, seed=SEED, bundle=bundle, strict=True);
+                       n_images=1 if SMOKE else 3, seed=SEED, clip=clip, strict=True);
 
 # %%
 panels, titles = [], []
 for task in (TASKS[:1] if SMOKE else TASKS):
     s = PhantomDataset(task, 1, seed=SEED, size=224, split="test", normal_fraction=0.0)[0]
-    xt, gt = bundle.prepare(s.rgb)
+    xt, gt = clip.prepare(s.rgb)
     with torch.no_grad():
-        tf = bundle.model.encode_text(bundle.tokenize([PROMPTS[task]])).float()
-    mine = ex.gscorecam_with(bundle.model, xt[None], tf, k=K, select_channels=select_channels,
+        tf = clip.model.encode_text(clip.tokenize([PROMPTS[task]])).float()
+    mine = ex.gscorecam_with(clip.model, xt[None], tf, k=K, select_channels=select_channels,
                              channel_masks=channel_masks, gscorecam_weights=gscorecam_weights,
                              combine_maps=combine_maps)[0]
-    theirs = gscorecam(bundle.model, xt[None], tf, k=K)[0]
+    theirs = gscorecam(clip.model, xt[None], tf, k=K)[0]
     for name, m in (("yours", mine), ("package", theirs)):
         panels.append(overlay(s.rgb, saliency=gt.to_image(m).numpy(), outline=s.mask))
         titles.append(f"{task}, {PROMPTS[task]!r}: {name}")

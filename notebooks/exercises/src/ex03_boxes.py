@@ -44,7 +44,7 @@ from medclipsam import MedCLIPSAM
 from medclipsam import exercises as ex
 from medclipsam.data.phantom import PROMPTS, PhantomDataset
 from medclipsam.metrics import dice
-from medclipsam.prompting import make_prompts
+from medclipsam.prompting import make_sam_prompts
 from medclipsam.viz import overlay, sample_grid
 
 if WORLD != "toy":
@@ -138,7 +138,7 @@ ex.check_boxes(mask_to_boxes, n_trials=N_TRIALS, seed=SEED, strict=True);
 #
 # The toy pipeline makes a gScoreCAM map for the prompt; your functions turn it into boxes; the toy SAM
 # segments inside them. For the chest X-ray the prompt names both lungs, so we keep two components (two
-# boxes, one mask each, unioned). The package's `make_prompts` with the same settings must give the same
+# boxes, one mask each, unioned). The package's `make_sam_prompts` with the same settings must give the same
 # boxes; the Dice is against the phantom's ground truth (used only to score).
 
 # %%
@@ -150,7 +150,7 @@ for task, n in cases:
     sal = pipe.saliency(s.rgb, PROMPTS[task])[0]
     coarse = saliency_to_mask(sal)
     boxes = mask_to_boxes(coarse, n)
-    package = make_prompts(sal, postprocess="kmeans", box_mode="per_component", n_components=n).boxes
+    package = make_sam_prompts(sal, postprocess="kmeans", box_mode="per_component", n_components=n).boxes
     assert np.allclose(boxes, package), f"{task}: your boxes {boxes} differ from the package's {package}"
     pipe.session.set_image(s.rgb)
     sam = pipe.session.predict(boxes=boxes)

@@ -53,11 +53,12 @@ import torch
 
 from medclipsam import MedCLIPSAM
 from medclipsam import exercises as ex
+from medclipsam.config import WeakConfig
 from medclipsam.data.datasets import load_split
 from medclipsam.data.io import read_image, read_mask
 from medclipsam.data.phantom import write_phantom_folder
 from medclipsam.reproduce import reproduce
-from medclipsam.weak import WeakConfig, load_segmenter, predict_masks
+from medclipsam.weak import load_segmenter, predict_masks
 
 if WORLD != "toy":
     raise ValueError("the exercises run in the toy world: set WORLD = 'toy'")
