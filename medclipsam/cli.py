@@ -73,9 +73,9 @@ _TOY_K = TOY_DEFAULTS["saliency_kwargs"]()["k"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     _need_positive(n=args.n, size=args.size)
+    from .demo import run_demo  # after the checks: a bad argument fails before models load
+
     run_demo(out_dir=Path(args.out), n=args.n, size=args.size, seed=args.seed, saliency=args.saliency)
     return 0
 
@@ -163,10 +163,10 @@ def _split_stems(args: argparse.Namespace, name: str | None) -> list[str] | None
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from .reproduce import pseudo_label
-
     _check_folder_run(args)
     stems = _split_stems(args, args.split)
+    from .reproduce import pseudo_label  # after the checks: a bad argument fails before models load
+
     pipe = _pipeline(args)
     rows = _run_quietly_failing(
         lambda: pseudo_label(pipe, args.images, args.out, args.prompt, task=args.task,
@@ -180,11 +180,12 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 def _cmd_train_weak(args: argparse.Namespace) -> int:
     from .data.datasets import load_split
-    from .weak import train_segmenter
 
     _need_dirs(images=args.images, masks=args.masks, val_images=args.val_images,
                val_masks=args.val_masks)
     _need_positive(epochs=args.epochs, batch_size=args.batch_size, size=args.size)
+    from .weak import train_segmenter  # after the checks: a bad argument fails before torch loads
+
     stems = None
     split_file = Path(args.splits) if args.splits else Path(args.images).parent / "splits.json"
     if args.val_images is None:
@@ -206,8 +207,6 @@ def _cmd_train_weak(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
-
     data = Path(args.data)
     _need_dirs(data=data, images=data / "images", masks=data / "masks")
     if not (data / "splits.json").is_file():
@@ -216,6 +215,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         _check_prompt(args.prompt)
     _need_positive(epochs=args.epochs, batch_size=args.batch_size, size=args.size)
+    from .reproduce import reproduce  # after the checks: a bad argument fails before models load
+
     cfg = WeakConfig(epochs=args.epochs, size=args.size, batch_size=args.batch_size, device=args.device)
     pipe = None if args.clip == "toy" and args.sam == "toy" else _pipeline(args)
     reproduce(args.data, args.out, task=args.task, prompt=args.prompt, config=cfg, pipe=pipe,
@@ -225,12 +226,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_backends, format_table
-
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not backends:
         print("error: --backends lists no backend", file=sys.stderr)
         return 2
+    from .compare import compare_backends, format_table  # after the checks
+
     rows = compare_backends(
         args.data, args.prompt, backends, clip=args.clip, out_dir=args.out, split=args.split,
         limit=args.limit, task=args.task, device=args.device, nsd_tolerance=args.nsd_tolerance,
@@ -315,8 +316,6 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .data.datasets import CaptionDataset
-    from .finetune import finetune
-    from .models import load_clip
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = _finetune_config(args)
@@ -335,6 +334,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         val = CaptionDataset(captions, split=args.val_split, **common)
         val = val if len(val) else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    from .finetune import finetune  # after the checks above: a bad CSV fails before models load
+    from .models import load_clip
+
     clip = load_clip(args.clip, device="cpu" if world > 1 else cfg.device)
     result = finetune(clip, train, val, cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -192,7 +192,7 @@ def test_clicks_and_drags_rerun_only_the_sam_decoder(explorer):
     ex.on_mouse({"type": "mouseup", "dataX": cx, "dataY": cy})
     assert ex.state["user_points"] == [(cx, cy, 0)]
     assert ex.mask.sum() < auto.sum()
-    assert f"hand-made prompts: -({cx:.0f}, {cy:.0f})" in ex.readout.value
+    assert f"hand-made SAM prompts: -({cx:.0f}, {cy:.0f})" in ex.readout.value
     # a box dragged around the ground truth (bottom-right to top-left) replaces the automatic box
     rs, cs = np.nonzero(gt)
     ex.clear_clicks()
