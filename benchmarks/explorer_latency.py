@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<34s} {statistics.median(times) * 1000:8.1f} ms   stages: {ran}")
 
     print(f"{'change':<34s} {'median':>11s}")
-    timed("new prompt (gScoreCAM k=24)", lambda: ex.set_prompt(next(it)))
+    timed("new prompt (gScoreCAM, the toy default k)", lambda: ex.set_prompt(next(it)))
     ex.postprocess.value = "threshold"
     thr = iter([0.2, 0.4, 0.6, 0.3, 0.5, 0.7] * 4)
     timed("threshold", lambda: setattr(ex.threshold, "value", next(thr)))

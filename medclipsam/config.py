@@ -37,7 +37,7 @@ MAX_SIDE = 1024
 
 
 #: The settings :meth:`medclipsam.pipeline.MedCLIPSAM.toy` starts from (see there).
-TOY_DEFAULTS: dict[str, Any] = {"saliency_kwargs": lambda: {"k": 24}, "sam_prompt_mode": "box+points"}
+TOY_DEFAULTS: dict[str, Any] = {"saliency_kwargs": lambda: {"k": 48}, "sam_prompt_mode": "box+points"}
 
 #: What the paper changes per task (everything else stays at the :class:`PipelineConfig` default).
 TASK_PRESETS: dict[str, dict[str, Any]] = {

@@ -118,6 +118,6 @@ def test_folder_run_writes_as_it_goes_and_resumes(toy_pipe, tmp_path):
 
 def test_switching_the_saliency_method_per_call_drops_the_other_methods_options(toy_pipe):
     s = PhantomDataset("xray", 1, seed=1, size=128, split="test")[0]
-    assert toy_pipe.config.saliency_kwargs == {"k": 24}  # the toy world's gScoreCAM setting
+    assert toy_pipe.config.saliency_kwargs == {"k": 48}  # the toy world's gScoreCAM setting
     res = toy_pipe.predict(s.rgb, "lungs", task="xray", saliency="gradcam")
     assert dice(res.mask, s.mask) > 0.5

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medclipsam.config import TOY_DEFAULTS
 from medclipsam.data.phantom import PhantomDataset
 from medclipsam.metrics import dice
 from medclipsam.models import load_sam
@@ -267,7 +268,7 @@ def test_compare_view_puts_prompts_side_by_side_with_their_sensitivity(explorer)
     from medclipsam.saliency import METHODS, prompt_sensitivity
 
     rep = prompt_sensitivity(ex.pipeline.clip, ex.current.image, "breast tumor",
-                             METHODS["gscorecam"], task="breast", warn=False, k=24)
+                             METHODS["gscorecam"], task="breast", warn=False, k=TOY_DEFAULTS["saliency_kwargs"]()["k"])
     assert rows[0]["sensitivity"] == pytest.approx(rep.sensitivity, abs=1e-6)
     before = dict(ex.counts)
     ex.compare_text.value = "breast tumor\n\nnormal tissue\n"

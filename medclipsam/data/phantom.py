@@ -1169,7 +1169,7 @@ def _xray(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
     img = _xray_acquisition(g, rng, c, D)
     return {"image": img, "mask": lungs, "fov": np.ones((H, W), dtype=bool), "decoys": [],
             "decoy_mask": np.zeros((H, W), dtype=bool), "opacity_mask": opac > 0.25,
-            "midline_col": float(c.mx * g.s - 0.5), "lungs_info": per_side}
+            "heart_mask": c.heart < 1.0, "midline_col": float(c.mx * g.s - 0.5), "lungs_info": per_side}
 
 
 def _xray_words(s: dict, g: _Grid) -> tuple[dict[str, str], list[str], list[str]]:

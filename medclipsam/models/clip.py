@@ -49,6 +49,7 @@ from .._utils import atomic_path, checkpoint_error_detail, get_device
 from ..data.convert import to_unit_float
 from ._state import state_mismatch
 from .tokenizer import WordTokenizer
+from .toy_vit import register_toy_vit
 
 __all__ = [
     "BIOMEDCLIP_HUB_ID",
@@ -413,6 +414,8 @@ def _build_from_config(model_cfg: dict) -> torch.nn.Module:
     text_cfg = cfg.setdefault("text_cfg", {})
     if "timm_model_name" in vision_cfg:
         vision_cfg["timm_model_pretrained"] = False
+        if str(vision_cfg["timm_model_name"]).startswith("medclipsam_"):
+            register_toy_vit()  # the toy CLIP's trunk is not one of timm's own models
     hf_text = "hf_model_name" in text_cfg
     if hf_text:
         text_cfg["hf_model_pretrained"] = False

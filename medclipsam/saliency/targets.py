@@ -10,8 +10,10 @@ One place decides this for every architecture the project loads:
 The default layer is one whose patch tokens reach the output. With CLS-token pooling (BiomedCLIP,
 open_clip's default ViTs) the patch tokens of the *last* block's output, and of its second
 LayerNorm, never reach the image embedding: their gradient is exactly zero. The last block's first
-LayerNorm (input to its attention, which the CLS token reads) does reach it. With average pooling
-(the toy CLIP) the last block's output is used directly. ``preset="reference"`` gives the public
+LayerNorm (input to its attention, which the CLS token reads) does reach it; the toy CLIP is built
+the same way (a timm trunk pooled at the CLS token), so the same layer is hooked on both. With
+average pooling (open_clip ViTs with ``pool_type="avg"``) the last block's output is used directly.
+``preset="reference"`` gives the public
 reference code's layer (``visual.trunk.blocks[-1].norm2``) to reproduce the paper.
 """
 
