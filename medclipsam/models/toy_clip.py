@@ -29,10 +29,10 @@ the way BiomedCLIP is and learns the way BiomedCLIP did:
   modality); some mix tasks, so organ and modality words matter too. Identical captions in a batch
   count as positives of each other.
 
-The stand-ins, stated plainly: a small ViT trained for about an hour on a CPU instead of a ViT-B/16
+The stand-ins, stated plainly: a small ViT trained for about 95 minutes on one CPU core instead of a ViT-B/16
 trained on 15 million PubMed pairs; a word vocabulary instead of PubMedBERT; captions written by a
 program from the phantom's ground truth instead of by radiologists; occluded views (which real
-corpora do not have) so that a model this small learns within an hour what masked images mean.
+corpora do not have) so that a model this small learns within that time what masked images mean.
 
 ``python -m medclipsam.models.toy_clip --help`` (or ``scripts/train_toy_models.py``) trains it.
 """

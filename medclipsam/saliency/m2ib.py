@@ -40,8 +40,9 @@ Layer: ``layer_index`` counts blocks from 0, like the reference's ``vlayer``: th
 sits on the output of that block. The default is ``round(0.75 * depth)``: 9 of 12 for
 BiomedCLIP's ViT-B/16 (MedCLIP-SAMv2's setting for breast ultrasound; it searches 7-9), 18 of
 24 for a ViT-L. With CLS-token pooling the last block's patch tokens never reach the output, so
-the default is kept below the last block there; with average pooling (the toy CLIP, 4 blocks)
-``round(0.75 * 4) = 3`` is the last block, whose patch tokens feed the pooled embedding directly.
+the default is kept below the last block there: on the toy CLIP (4 blocks, CLS-pooled like
+BiomedCLIP) ``round(0.75 * 4) = 3`` would be the last block, so block 2 is used. With average
+pooling the last block's patch tokens feed the pooled embedding directly and may be used.
 """
 
 from __future__ import annotations
