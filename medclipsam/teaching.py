@@ -9,6 +9,7 @@ the paper) is made here from the numbers, and carries those numbers with it:
   the best and the runner-up overlap (then the data cannot tell them apart);
 * :func:`versus_paper`: the toy's ranking of some settings beside the paper's, and every pair the
   two order differently;
+* :func:`diagnose_box`: why a box prompt missed (which component of the coarse mask it framed);
 * :func:`share`: how often something happened (e.g. how many pseudo-label errors fall on a decoy);
 * :func:`state`: shows the sentences (Markdown in Jupyter, plain text elsewhere) and records them,
   with their numbers, as JSON under :data:`MIME` in the notebook's output, where
@@ -24,11 +25,15 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+from scipy import ndimage as ndi
+
 __all__ = [
     "MIME",
     "check_claim",
     "claims_in",
     "compare",
+    "diagnose_box",
     "estimate",
     "share",
     "state",
@@ -225,6 +230,15 @@ def check_claim(claim: Mapping) -> list[str]:
             bad.append(f"says agrees={claim['agrees']}, but the pairs ordered differently are {flips}")
         if ("the toy agrees with the paper" in text) != (not flips):
             bad.append("its text does not match the comparison")
+    elif kind == "diagnosis":
+        comps = claim["components"]
+        if comps:
+            areas = [c["area"] for c in comps]
+            if areas[claim["largest"]] != max(areas):
+                bad.append("the component it calls largest is not")
+            hot = ("is not the largest" in text)
+            if hot != (comps[claim["hottest"]]["peak"] > comps[claim["largest"]]["peak"]):
+                bad.append("what it says of the hottest component does not match the peaks")
     elif kind == "share":
         if f"{claim['count']} of {claim['total']}" not in text:
             bad.append("its text does not state its count")
@@ -275,3 +289,51 @@ def claims_in(nb: Any) -> list[dict]:
                 payload = json.loads(payload) if isinstance(payload, str) else payload
                 out += list(payload["claims"])
     return out
+
+
+def diagnose_box(saliency: Any, coarse: Any, gt: Any) -> dict:
+    """Why a box prompt missed: the coarse mask's components, which one the box was drawn around
+    (the largest), how much of the ground truth each covers, and where the saliency peaks.
+
+    ``saliency`` (H, W) float, ``coarse`` the coarse mask *before* components were dropped,
+    ``gt`` the ground truth. The sentence names what the numbers show, nothing more."""
+    s, c, g = np.asarray(saliency, float), np.asarray(coarse, bool), np.asarray(gt, bool)
+    labels, n = ndi.label(c, structure=np.ones((3, 3)))
+    comps = []
+    for i in range(1, n + 1):
+        m = labels == i
+        comps.append({
+            "area": int(m.sum()),
+            "gt_covered": float((m & g).sum() / max(int(g.sum()), 1)),
+            "peak": float(s[m].max()),
+        })
+    largest = max(range(n), key=lambda i: comps[i]["area"]) if n else None
+    hottest = max(range(n), key=lambda i: (comps[i]["peak"], i == largest)) if n else None
+    best = max(range(n), key=lambda i: comps[i]["gt_covered"]) if n else None
+    if not n:
+        text = "The coarse mask is empty, so the box falls back to the whole image."
+    else:
+        lc = comps[largest]
+        text = (
+            f"The coarse mask has {n} component(s); the box goes around the largest "
+            f"({lc['area']} px), which covers {100 * lc['gt_covered']:.0f} % of the ground truth"
+        )
+        if best != largest:
+            text += (
+                f", while a smaller one ({comps[best]['area']} px) covers "
+                f"{100 * comps[best]['gt_covered']:.0f} %"
+            )
+        text += (
+            ". The map's hottest component is the largest one."
+            if hottest == largest
+            else f". The map's hottest component (peak {comps[hottest]['peak']:.2f}) is not the "
+            f"largest (peak {lc['peak']:.2f}): largest is not most salient."
+        )
+    return {
+        "kind": "diagnosis",
+        "text": text,
+        "components": comps,
+        "largest": largest,
+        "hottest": hottest,
+        "best": best,
+    }
