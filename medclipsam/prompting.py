@@ -320,6 +320,7 @@ def sample_points(
     outside: np.ndarray | None = None,
     negative_margin: int = 5,
     min_distance: float = 5.0,
+    within: np.ndarray | None = None,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Point prompts ``(P, 2)`` as ``(x, y)`` and labels ``(P,)`` (1 positive, 0 negative).
@@ -335,7 +336,8 @@ def sample_points(
 
     Negatives are drawn uniformly among pixels outside ``outside`` (default: ``region``)
     dilated by ``negative_margin`` pixels (falling back to plain outside when the dilation
-    leaves nothing). All draws come from ``numpy.random.default_rng(seed)``: the same inputs
+    leaves nothing) and, when ``within`` is given, inside it (e.g. :func:`content_mask`: the
+    ultrasound fan, not the black frame around it). All draws come from ``numpy.random.default_rng(seed)``: the same inputs
     and seed give the same points. Fewer points come back when there is not enough room.
     """
     r = _check_mask(region)
@@ -383,7 +385,10 @@ def sample_points(
         grown = base
         if negative_margin > 0:
             grown = ndi.binary_dilation(base, iterations=int(negative_margin))
-        pool = np.flatnonzero(~grown.ravel())
+        inside = np.ones_like(base) if within is None else _check_mask(within)
+        pool = np.flatnonzero((~grown & inside).ravel())
+        if pool.size == 0:
+            pool = np.flatnonzero((~base & inside).ravel())
         if pool.size == 0:
             pool = np.flatnonzero(~base.ravel())
         kn = min(int(n_negative), pool.size)
@@ -448,6 +453,18 @@ class SamPrompts:
         }
 
 
+def content_mask(image: np.ndarray, *, level: int = 3, close: int = 3) -> np.ndarray:
+    """Where the picture has content: grey values above ``level`` (of 255), closed by ``close``
+    pixels and with holes filled, so the black frame of an ultrasound fan (or the padding of a
+    letterboxed image) is outside and dark structures inside the anatomy are not. An image with no
+    such pixels gives all True (nothing to exclude)."""
+    on = to_uint8(image, mode="grey") > level
+    if close > 0:
+        on = ndi.binary_closing(np.pad(on, close), iterations=int(close))[close:-close, close:-close]
+    on = ndi.binary_fill_holes(on)
+    return on if on.any() else np.ones(on.shape, bool)
+
+
 def _pad_groups(groups: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     p = max((len(lbl) for _, lbl in groups), default=0)
     pts = np.zeros((len(groups), p, 2), dtype=np.float64)
@@ -481,7 +498,8 @@ def make_sam_prompts(
     ``postprocess``/``threshold``/``crf``/``image``: :func:`coarse_mask`. ``box_mode`` picks the
     regions prompted (one box/point group each: :func:`boxes_from_mask`). ``mode``: boxes,
     points, or both (points per region: ``points`` positives inside it, ``negatives`` outside
-    every kept component; :func:`sample_points` with ``point_strategy`` and ``seed``).
+    every kept component and, given ``image``, inside its :func:`content_mask`;
+    :func:`sample_points` with ``point_strategy`` and ``seed``).
     Fallbacks are flagged in :attr:`SamPrompts.flags`, never silent.
     """
     if mode not in SAM_PROMPT_MODES:
@@ -529,10 +547,13 @@ def make_sam_prompts(
     pts = lbls = None
     if want_points:
         groups = []
+        within = None
+        if negatives and image is not None and np.asarray(image).shape[:2] == s.shape:
+            within = content_mask(image)
         for i, r in enumerate(regions):
             xy, lbl = sample_points(
                 r, points, negatives, saliency=s, strategy=point_strategy, outside=kept,
-                seed=seed + i,
+                within=within, seed=seed + i,
             )
             if int((lbl == 1).sum()) < points or int((lbl == 0).sum()) < negatives:
                 if "fewer_points" not in flags:

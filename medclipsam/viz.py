@@ -83,6 +83,36 @@ def overlay(
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+#: Colours of the figures (RGB 0-255), named for legends.
+COLOURS = {
+    "SAM mask": (255, 64, 64),
+    "ground truth (outline)": (64, 255, 64),
+    "box prompt": (255, 215, 0),
+    "coarse mask": (64, 160, 255),
+    "positive point": (0, 255, 255),
+    "negative point": (255, 0, 255),
+}
+#: The legend of :func:`result_panels`' pictures.
+PROMPT_LEGEND = tuple(COLOURS)
+
+
+def _decorate(fig, colorbar: bool, legend: Sequence[str] | None, suptitle: str | None) -> None:
+    """Room for, and then, a saliency colour bar (right) and a colour legend (bottom)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig.tight_layout(rect=(0, 0.07 if legend else 0, 0.93 if colorbar else 1, 0.95 if suptitle else 1))
+    if colorbar:
+        cax = fig.add_axes((0.945, 0.2, 0.012, 0.6))
+        sm = plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(0, 1))
+        fig.colorbar(sm, cax=cax).set_label("saliency (0 = low, 1 = high)", fontsize=8)
+        cax.tick_params(labelsize=7)
+    if legend:
+        handles = [Patch(color=np.array(COLOURS[k]) / 255.0, label=k) for k in legend]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+                   frameon=False)
+
+
 def sample_grid(
     images: Sequence[np.ndarray],
     titles: Sequence[str] | None = None,
@@ -91,8 +121,13 @@ def sample_grid(
     cell_size: float = 3.0,
     suptitle: str | None = None,
     wrap: int = 38,
+    colorbar: bool = False,
+    legend: Sequence[str] | None = None,
 ):
-    """A matplotlib figure showing ``images`` in a grid with wrapped titles; returns the figure."""
+    """A matplotlib figure showing ``images`` in a grid with wrapped titles; returns the figure.
+
+    ``colorbar``: add the saliency colour bar (``jet`` over [0, 1], as :func:`overlay` draws
+    maps); ``legend``: names from :data:`COLOURS` to explain below the grid."""
     import matplotlib.pyplot as plt
 
     n = len(images)
@@ -111,7 +146,7 @@ def sample_grid(
             ax.set_title(textwrap.fill(titles[i], wrap), fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
+    _decorate(fig, colorbar, legend, suptitle)
     return fig
 
 
@@ -132,7 +167,7 @@ def result_panels(image: np.ndarray, result, gt: np.ndarray | None = None) -> li
     image, saliency, coarse mask with SAM's boxes and points, SAM's mask (with the ground truth's outline
     when ``gt`` is given)."""
     boxes = None if result.boxes is None else list(result.boxes)
-    sam_prompts = overlay(image, result.coarse_mask, boxes=boxes, mask_color=(64, 160, 255))
+    sam_prompts = overlay(image, result.coarse_mask, boxes=boxes, mask_color=COLOURS["coarse mask"])
     if result.points is not None:
         h, w = sam_prompts.shape[:2]
         r = max(1, min(h, w) // 80)
@@ -140,7 +175,7 @@ def result_panels(image: np.ndarray, result, gt: np.ndarray | None = None) -> li
             for (x, y), lab in zip(group, labels):
                 if lab < 0:
                     continue
-                col = (0, 255, 0) if lab == 1 else (255, 0, 255)
+                col = COLOURS["positive point" if lab == 1 else "negative point"]
                 yi, xi = int(round(y)), int(round(x))
                 sam_prompts[max(0, yi - r) : yi + r + 1, max(0, xi - r) : xi + r + 1] = col
     final = overlay(image, result.mask, outline=gt, boxes=boxes)
@@ -156,4 +191,6 @@ def result_panels(image: np.ndarray, result, gt: np.ndarray | None = None) -> li
 def result_figure(image: np.ndarray, result, gt: np.ndarray | None = None, *, cell_size: float = 3.0):
     """A one-row figure of :func:`result_panels` (what ``medclipsam demo`` and notebooks draw)."""
     panels = result_panels(image, result, gt)
-    return sample_grid([p for _, p in panels], [t for t, _ in panels], ncols=len(panels), cell_size=cell_size)
+    legend = [k for k in PROMPT_LEGEND if gt is not None or k != "ground truth (outline)"]
+    return sample_grid([p for _, p in panels], [t for t, _ in panels], ncols=len(panels),
+                       cell_size=cell_size, colorbar=True, legend=legend)

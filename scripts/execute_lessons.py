@@ -2,7 +2,7 @@
 output and figure, so that a reader sees each lesson (on GitHub, in the README's table) without
 running it.
 
-Each lesson ``notebooks/NN_name.ipynb`` (00-06) runs under papermill with its defaults (no
+Each lesson ``notebooks/NN_name.ipynb`` (00-07) runs under papermill with its defaults (no
 parameter overridden: the toy world, the lesson's own sizes), in a fresh kernel and a fresh working
 folder, with matplotlib's **inline** backend (``MPLBACKEND`` set for the kernel, whatever the
 calling shell exports, e.g. CI's ``Agg``) so that every figure is saved as an image output, and

@@ -2,7 +2,8 @@
 
 New notebooks are picked up automatically. In CI each runs in the toy world with its smallest
 settings (the CI parameters below, applied to the names its ``parameters`` cell defines); the run
-time of each is printed at the end of the pytest run (see conftest.py). The kernels draw with
+time of each is printed at the end of the pytest run (see conftest.py). Each lesson's computed
+take-aways (medclipsam.teaching) are checked against its outputs (tests/lesson_claims.py). The kernels draw with
 matplotlib's inline backend (not the ``Agg`` that .ci/run and conftest.py export for this process),
 so a notebook that draws must show at least one image: a figure that breaks is caught here.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import NOTEBOOK_TIMES
+from lesson_claims import claims_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(
@@ -99,6 +101,8 @@ def test_notebook_runs_under_papermill(path, tmp_path, monkeypatch):
     NOTEBOOK_TIMES[str(path.relative_to(ROOT))] = time.perf_counter() - t0
     out = nbformat.read(tmp_path / path.name, as_version=4)
     assert EXE.error_outputs(out) == []
+    if path.parent == ROOT / "notebooks":  # a lesson: its stated take-aways match its outputs
+        assert claims_problems(out, path.stem) == []
     if EXE.makes_figures(nb):
         assert EXE.image_outputs(out) > 0, (
             f"{path.name} draws figures but showed none (a figure cell that failed silently, "

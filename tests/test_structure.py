@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("vocab", "config", "_utils", "download", "environment"),  # words, settings, helpers
     ("data", "metrics"),  # image rule, I/O, data sets, phantom world, converters; the measures
     ("models",),  # weights, CLIP and SAM loading, toy models
-    ("losses", "retrieval", "training", "viz"),  # tools used by the stages below
+    ("losses", "retrieval", "training", "viz", "teaching"),  # tools used by the stages below
     ("finetune", "loss_comparison"),  # stage 1
     ("saliency",),  # stage 2
     ("prompting", "sam_session"),  # stage 3

@@ -100,8 +100,8 @@ explorer
 # 1. With *breast tumor* on a breast image, switch the saliency to **random map (control)**. The
 #    coarse mask and SAM's mask now land anywhere; the Dice collapses. That gap is what the prompt
 #    and the CLIP model contribute.
-# 2. Slide **k** from 1 to its maximum. Few channels: a sharp but fragile map; all channels
-#    (ScoreCAM): a map that drifts to whatever is bright. The toy world's default, 24, sits between.
+# 2. Slide **k** from 1 to its maximum (all channels: plain ScoreCAM). Where does the map sit at
+#    few channels, at the toy world's default, at all of them? Does the Dice follow?
 # 3. Choose **threshold** as the coarse-mask rule and move its slider: the region grows and shrinks
 #    (status line: the saliency count does not move).
 # 4. On an **x-ray**, the task preset asks for two regions, one box per lung; set the preset to

@@ -62,6 +62,12 @@ N_TOY = 8              # toy world: phantom images
 OUT = "compare-out"
 
 # %%
+# What this notebook runs on (versions, device, optional extras): quote it when you ask for help.
+from medclipsam import show_environment
+
+show_environment(world=WORLD, device=DEVICE)
+
+# %%
 import tempfile
 
 import matplotlib.pyplot as plt
@@ -76,7 +82,7 @@ if WORLD == "real":
     data, prompt, split, task = DATA_DIR, PROMPT, SPLIT, TASK
     backends, clip, config = BACKENDS, CLIP, None
 else:
-    from medclipsam.config import PipelineConfig
+    from medclipsam.config import TOY_DEFAULTS, PipelineConfig
     from medclipsam.data.phantom import PROMPTS, write_phantom_folder
     from medclipsam.models import build_sam2, build_sam3, load_clip
 
@@ -86,7 +92,7 @@ else:
     clip = load_clip("toy", device=device)
     # the toy pipeline's settings (see MedCLIPSAM.toy); the SAM 2 / SAM 3 rows: real
     # architectures, small, random weights
-    config = PipelineConfig(saliency_kwargs={"k": 24}, sam_prompt_mode="box+points")
+    config = PipelineConfig(**{k: v() if callable(v) else v for k, v in TOY_DEFAULTS.items()})
     backends = {
         "toy SAM": "toy",
         "SAM 2 (random weights)": lambda: build_sam2("test", device=device),
