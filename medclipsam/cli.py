@@ -37,28 +37,43 @@ def _pipeline(args: argparse.Namespace, **overrides):
     """The toy world when both models are "toy", else the named real models (downloaded)."""
     from .pipeline import MedCLIPSAM
 
+    checkpoint = getattr(args, "sam_checkpoint", None)
+    if checkpoint and args.sam == "toy":
+        raise SystemExit("error: --sam-checkpoint is the file for --sam vit_b|vit_l|vit_h|medsam "
+                         "(e.g. --sam medsam --sam-checkpoint medsam_vit_b.pth)")
     if args.clip == "toy" and args.sam == "toy":
         return MedCLIPSAM.toy(device=args.device, **overrides)
-    return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device, **overrides)
+    return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device,
+                                      sam_checkpoint=checkpoint, **overrides)
+
+
+def _saliency_overrides(args: argparse.Namespace) -> dict:
+    """--saliency, --k, --precision and --postprocess as PipelineConfig overrides (options left
+    unset keep the world's defaults, e.g. the toy world's k)."""
+    over: dict = {k: v for k, v in (("saliency", args.saliency), ("postprocess", args.postprocess))
+                  if v is not None}
+    kwargs = {}
+    if args.k is not None:
+        if over.get("saliency", "gscorecam") != "gscorecam":
+            raise SystemExit(f"error: --k is gScoreCAM's number of channels; --saliency is {args.saliency}")
+        kwargs["k"] = args.k
+    if args.precision:
+        kwargs["precision"] = args.precision
+    if kwargs:
+        over["saliency_kwargs"] = kwargs
+    return over
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .pipeline import PipelineConfig
 
-    kwargs = {}
-    if args.k is not None:
-        kwargs["k"] = args.k
-    if args.precision:
-        kwargs["precision"] = args.precision
     over = dict(
-        saliency=args.saliency, postprocess=args.postprocess,
+        _saliency_overrides(args),
         threshold=args.threshold, n_components=args.components, box_mode=args.box_mode,
         points=args.points, negatives=args.negatives,
         multimask=True if args.multimask else None, seed=args.seed,
     )
     # Options left unset keep the world's defaults (the toy world's k and box+points prompts).
-    if kwargs:
-        over["saliency_kwargs"] = kwargs
     if args.prompt_mode:
         over["prompt_mode"] = args.prompt_mode
     PipelineConfig(**over)  # validates the combination early
@@ -84,9 +99,12 @@ def _split_stems(args: argparse.Namespace, name: str | None) -> list[str] | None
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from .pipeline import PipelineConfig
     from .reproduce import pseudo_label
 
-    pipe = _pipeline(args)
+    over = _saliency_overrides(args)
+    PipelineConfig(**over)  # validates the combination early
+    pipe = _pipeline(args, **over)
     rows = pseudo_label(pipe, args.images, args.out, args.prompt, task=args.task,
                         stems=_split_stems(args, args.split), progress=not args.quiet)
     print(f"{len(rows)} pseudo-labels in {args.out}/masks; manifest {args.out}/results.csv")
@@ -229,11 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--images", required=True, help="folder of images (PNG/JPEG/TIFF/DICOM/NIfTI)")
     sg.add_argument("--prompt", required=True, help='what to segment, e.g. "breast tumor"')
     sg.add_argument("--out", required=True, help="output folder")
-    sg.add_argument("--clip", default="toy", help="toy | biomedclip | open_clip name | checkpoint path")
+    sg.add_argument("--clip", default="toy", help="toy | biomedclip | open_clip name | checkpoint "
+                    "file | model folder (a Hugging Face snapshot) | local-dir:PATH")
     sg.add_argument("--sam", default="toy", help="toy | vit_b | vit_l | vit_h | medsam | checkpoint path")
+    sg.add_argument("--sam-checkpoint", metavar="PATH",
+                    help="your own file for --sam vit_b|vit_l|vit_h|medsam (--sam medsam "
+                    "--sam-checkpoint medsam_vit_b.pth: MedSAM with MedSAM's preprocessing)")
     sg.add_argument("--task", choices=("breast", "brain", "xray"), help="apply the task's preset (xray: two lungs)")
     sg.add_argument("--saliency", default="gscorecam", choices=("gscorecam", "gradcam", "m2ib"))
-    sg.add_argument("--k", type=int, help="gScoreCAM channels (default: the method's)")
+    sg.add_argument("--k", type=int, help="gScoreCAM channels (default: 300, the paper's; 24 in the "
+                    "toy world); on a CPU with BiomedCLIP about 0.3 s per channel per image")
     sg.add_argument("--precision", choices=("fp32", "fast"), help="gScoreCAM precision")
     sg.add_argument("--postprocess", default="kmeans", choices=("crf", "kmeans", "threshold", "otsu"))
     sg.add_argument("--threshold", type=float, default=0.3, help="for --postprocess threshold")
@@ -302,8 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--task", choices=("breast", "brain", "xray"))
     pl.add_argument("--split", help="only this split's stems (e.g. train)")
     pl.add_argument("--splits", help="split file (default: splits.json beside the images folder)")
-    pl.add_argument("--clip", default="toy")
-    pl.add_argument("--sam", default="toy")
+    pl.add_argument("--clip", default="toy", help="toy | biomedclip | open_clip name | checkpoint "
+                    "file | model folder")
+    pl.add_argument("--sam", default="toy", help="toy | vit_b | vit_l | vit_h | medsam | checkpoint path")
+    pl.add_argument("--sam-checkpoint", metavar="PATH",
+                    help="your own file for --sam vit_b|vit_l|vit_h|medsam")
+    pl.add_argument("--saliency", choices=("gscorecam", "gradcam", "m2ib"),
+                    help="default: gscorecam")
+    pl.add_argument("--k", type=int, help="gScoreCAM channels (default: 300, the paper's; 24 in the "
+                    "toy world)")
+    pl.add_argument("--precision", choices=("fp32", "fast"), help="gScoreCAM precision")
+    pl.add_argument("--postprocess", choices=("crf", "kmeans", "threshold", "otsu"),
+                    help="default: crf (k-means, flagged, without the crf extra)")
     pl.add_argument("--device", default="auto")
     pl.add_argument("--quiet", action="store_true")
     pl.set_defaults(func=_cmd_pseudo_label)
