@@ -49,7 +49,7 @@ def grad_cam(
         with torch.enable_grad():
             images = images.detach().requires_grad_(False)
             img = F.normalize(model.encode_image(images), dim=-1)
-            txt = F.normalize(text_features.detach().to(img.dtype), dim=-1)
+            txt = F.normalize(text_features.detach().to(img.device, img.dtype), dim=-1)
             logits = model.logit_scale.exp() * (img * txt).sum(-1)
             model.zero_grad(set_to_none=True)
             logits.sum().backward()
