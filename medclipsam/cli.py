@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--task", choices=("breast", "brain", "xray"), help="apply the task's preset (xray: two lungs)")
     sg.add_argument("--saliency", default="gscorecam", choices=("gscorecam", "gradcam", "m2ib"))
     sg.add_argument("--k", type=int, help="gScoreCAM channels (default: 300, the paper's; 24 in the "
-                    "toy world); on a CPU with BiomedCLIP about 0.3 s per channel per image")
+                    "toy world); on one CPU thread with BiomedCLIP about 0.6 s per channel per image")
     sg.add_argument("--precision", choices=("fp32", "fast"), help="gScoreCAM precision")
     sg.add_argument("--postprocess", default="kmeans", choices=("crf", "kmeans", "threshold", "otsu"))
     sg.add_argument("--threshold", type=float, default=0.3, help="for --postprocess threshold")

@@ -141,7 +141,7 @@ class PromptExplorer:
     ``lambda: load_sam("medsam")``); the pipeline's own SAM is always offered first as
     ``sam_name``. ``prompt``: the first prompt (default: the first image's suggested prompt).
     ``k``: gScoreCAM's channels to start with (default: the pipeline's ``saliency_kwargs["k"]``,
-    else min(300, C)); on a CPU with BiomedCLIP each channel costs about a third of a second per
+    else min(300, C)); on one CPU thread with BiomedCLIP each channel costs about 0.6 s per
     image, so a smaller k keeps the explorer responsive. ``display_size``: width in CSS pixels of
     each panel.
     """

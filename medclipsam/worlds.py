@@ -11,9 +11,10 @@ A lesson's parameters cell names the real world's models, and the lesson calls o
 checkpoint, a model folder or ``"local-dir:PATH"``); ``SAM`` anything
 :func:`~medclipsam.models.load_sam` takes (``"vit_b"``, ``"medsam"``, a file), and
 ``SAM_CHECKPOINT`` your own file for a named SAM (``SAM = "medsam"`` with ``SAM_CHECKPOINT`` is
-MedSAM with MedSAM's preprocessing). ``K`` is gScoreCAM's number of channels: the paper's 300 takes
-about 100 s per image on a laptop CPU with BiomedCLIP, about 8 s at 32 (see
-``benchmarks/real_path_times.py``); ``None`` keeps each world's default (300 real, 24 toy).
+MedSAM with MedSAM's preprocessing). ``K`` is gScoreCAM's number of channels: about 0.6 s each per
+image on one CPU thread with BiomedCLIP, so the paper's 300 takes about 210 s per image with SAM ViT-B
+and 32 about 55 s (``benchmarks/real_path_times.py``); ``None`` keeps each world's default (300 real,
+24 toy).
 
 Every function prints one line saying what was loaded (``real world: ...`` or ``toy world: ...``),
 and where the real world failed, why, before falling back (``fallback=False`` raises instead).
