@@ -23,10 +23,11 @@ from _common import hardware_header, print_table  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from medclipsam.config import FinetuneConfig
     from medclipsam.data import PhantomPairs
-    from medclipsam.finetune import FinetuneConfig
-    from medclipsam.loss_comparison import LOSS_ORDER, PAPER_RETRIEVAL, compare_losses
+    from medclipsam.loss_comparison import PAPER_RETRIEVAL, compare_losses
     from medclipsam.models import load_clip
+    from medclipsam.vocab import LOSS_NAMES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-train", type=int, default=100, help="train images per task (5 pairs each)")
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--tau", default="learned", help="'learned' (the model's logit scale) or a number")
     p.add_argument("--beta", type=float, default=0.15)
-    p.add_argument("--losses", nargs="+", default=list(LOSS_ORDER))
+    p.add_argument("--losses", nargs="+", default=list(LOSS_NAMES))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -43,10 +43,10 @@ def build(arch: str, device: str) -> tuple[torch.nn.Module, torch.Tensor, list[t
     if arch == "toy":
         from medclipsam.models import load_clip
 
-        bundle = load_clip("toy", device=device)
-        model = bundle.model
+        clip = load_clip("toy", device=device)
+        model = clip.model
         with torch.no_grad():
-            text = model.encode_text(bundle.tokenize([PROMPTS["breast"]])).float()
+            text = model.encode_text(clip.tokenize([PROMPTS["breast"]])).float()
     else:
         from open_clip.model import CustomTextCLIP
 

@@ -57,11 +57,11 @@ def _stand_ins(tmp: Path) -> tuple[str, str]:
     return "biomedclip", str(sam_file)
 
 
-def _folder(root: Path, n: int, size: int) -> Path:
+def _folder(out_dir: Path, n: int, size: int) -> Path:
     from medclipsam.data.phantom import write_phantom_folder
 
-    write_phantom_folder(root, "breast", n, seed=0, size=size)
-    return root / "images"
+    write_phantom_folder(out_dir, "breast", n, seed=0, size=size)
+    return out_dir / "images"
 
 
 class Clock:
@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             if command not in a.entries:
                 continue
             sub = _link(batches[command], tmp / f"{command}_{k}")
-            out = tmp / f"out_{command}_{k}"
+            out_dir = tmp / f"out_{command}_{k}"
             with Clock() as c:
                 rc = cli_main([command, "--images", str(sub), "--prompt", "breast tumor", "--out",
-                               str(out), "--k", str(k), *cli_models])
+                               str(out_dir), "--k", str(k), *cli_models])
             if rc:
                 raise RuntimeError(f"medclipsam {command} returned {rc}")
             row(f"medclipsam {command}", k, c, a.images,

@@ -22,20 +22,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import hardware_header, print_table  # noqa: E402
 
 
-def embed_pairs(bundle, task: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def embed_pairs(clip, task: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     from medclipsam.data.phantom import PhantomDataset
 
-    ds = PhantomDataset(task, n, seed=seed, size=bundle.image_size, split="test")
+    ds = PhantomDataset(task, n, seed=seed, size=clip.image_size, split="test")
     rng = np.random.default_rng(seed)
     images, captions = [], []
     for i in range(len(ds)):
         s = ds[i]
-        images.append(bundle.prepare(s.rgb)[0])
+        images.append(clip.prepare(s.rgb)[0])
         captions.append(s.captions[int(rng.integers(len(s.captions)))])
     with torch.no_grad():
-        img = torch.cat([bundle.model.encode_image(torch.stack(images[b : b + 64]).to(bundle.device))
+        img = torch.cat([clip.model.encode_image(torch.stack(images[b : b + 64]).to(clip.device))
                          for b in range(0, len(images), 64)])
-        txt = torch.cat([bundle.model.encode_text(bundle.tokenize(captions[b : b + 64]))
+        txt = torch.cat([clip.model.encode_text(clip.tokenize(captions[b : b + 64]))
                          for b in range(0, len(captions), 64)])
     return img.cpu(), txt.cpu(), captions
 
@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(hardware_header())
     t0 = time.perf_counter()
-    bundle = load_clip(a.clip, device=a.device)
-    print(f"CLIP: {a.clip} ({sum(p.numel() for p in bundle.model.parameters()) / 1e6:.2f} M parameters)\n")
+    clip = load_clip(a.clip, device=a.device)
+    print(f"CLIP: {a.clip} ({sum(p.numel() for p in clip.model.parameters()) / 1e6:.2f} M parameters)\n")
 
     rows, all_img, all_txt, all_cap = [], [], [], []
     for task in TASKS:
-        img, txt, caps = embed_pairs(bundle, task, a.n, a.seed)
+        img, txt, caps = embed_pairs(clip, task, a.n, a.seed)
         all_img.append(img)
         all_txt.append(txt)
         all_cap += caps
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
 
     print("\nLocalisation: GradCAM of the task prompt vs the intensity rule and a random map")
-    print_table(localisation_table(bundle, TASKS, n_per_task=a.n_loc, seed=a.seed), floatfmt="{:.2f}")
+    print_table(localisation_table(clip, TASKS, n_per_task=a.n_loc, seed=a.seed), floatfmt="{:.2f}")
     print(f"\n({time.perf_counter() - t0:.0f} s)")
     return 0
 

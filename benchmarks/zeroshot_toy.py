@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             for post in ("crf", "kmeans", "threshold", "otsu"):
                 for mode in ("box", "points", "box+points"):
                     res = pipe.predict(images, prompt, task=task, maps=maps[task], postprocess=post,
-                                       prompt_mode=mode)
+                                       sam_prompt_mode=mode)
                     st = score(res, samples)
                     row[f"{post}/{mode}"] = f"{st['dice']['mean']:.3f}"
             abl.append(row)

@@ -1,17 +1,11 @@
 #!/usr/bin/env python
-"""Convert the udiat data set into the medclipsam folder layout; see data_scripts/README.md.
+"""Convert UDIAT Dataset B (breast ultrasound) into the medclipsam folder layout; see data_scripts/README.md.
 
-Run `python data_scripts/prepare_udiat.py --help` for the options.
+Run `python data_scripts/prepare_udiat.py --help` for the options (the converter is
+`medclipsam.data.sources.udiat`; `medclipsam prepare udiat ...` runs the same).
 """
 
-import sys
-from pathlib import Path
-
-try:
-    from medclipsam.data.sources.udiat import main
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from medclipsam.data.sources.udiat import main
+from _converter import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run("udiat"))

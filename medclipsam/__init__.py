@@ -7,13 +7,21 @@ The package is layered in one direction of flow (see the README's project layout
 
 __version__ = "0.1.0"
 
-__all__ = ["MedCLIPSAM", "PipelineConfig", "__version__"]
+__all__ = ["MedCLIPSAM", "PipelineConfig", "__version__", "show_environment"]
 
 
 def __getattr__(name: str):
     # Lazy: ``import medclipsam`` stays cheap (no torch) until the pipeline is asked for.
-    if name in ("MedCLIPSAM", "PipelineConfig"):
-        from . import pipeline
+    if name == "MedCLIPSAM":
+        from .pipeline import MedCLIPSAM
 
-        return getattr(pipeline, name)
+        return MedCLIPSAM
+    if name == "PipelineConfig":
+        from .config import PipelineConfig
+
+        return PipelineConfig
+    if name == "show_environment":
+        from .environment import show_environment
+
+        return show_environment
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

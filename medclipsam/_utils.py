@@ -1,6 +1,8 @@
 """Small shared helpers: atomic writes, safe archive extraction, device choice, seeding.
 
-Everything here is upstream of every other module, so it imports nothing from the package.
+Everything here is upstream of every other module, so it imports nothing from the package. The
+module is imported by torch-free paths (the data layer, downloads, the weight registry), so the few
+helpers that need torch import it themselves.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import functools
 import math
 import os
 import random
+import re
+import stat
 import tarfile
 import tempfile
 import zipfile
@@ -21,10 +25,10 @@ import numpy as np
 __all__ = [
     "UnsafeArchiveError",
     "atomic_path",
+    "checkpoint_error_detail",
+    "remove_stale_temporaries",
     "atomic_write_bytes",
     "atomic_write_text",
-    "autocast",
-    "autocast_dtype",
     "cache_dir",
     "get_device",
     "safe_extract",
@@ -72,6 +76,58 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+# What atomic_path leaves behind when a process is killed inside the block:
+# ".<stem>.<8 random characters>.part<suffix>" (tempfile.mkstemp's names).
+_TEMPORARY = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.part(\.[^/]*)?$")
+
+
+def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` leaves when a run is killed mid-write
+    (``.<name>.<random>.part<suffix>``) in ``folders`` (not recursive; missing folders are
+    skipped). Call it when a run (re)starts in a folder it owns. Returns what was removed."""
+    removed: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if _TEMPORARY.match(entry.name) and (entry.is_file() or entry.is_symlink()):
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
+def checkpoint_error_detail(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused or failed, for an error message.
+
+    torch's own text for a refused file advises ``weights_only=False`` ("will likely succeed"):
+    that runs whatever code the file holds, the wrong advice for a file one does not trust. This
+    says what to do instead and quotes only torch's diagnosis; other errors are quoted
+    (shortened). A file refused for holding pickled objects starts with ``"it holds pickled"``."""
+    text = " ".join(str(exc).split())
+    if type(exc).__name__ != "UnpicklingError" and "Weights only load failed" not in text:
+        return f"{type(exc).__name__}: {text[:300]}"
+    inner = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
+    for cut in (" Please use", " Check the documentation"):
+        inner = inner.split(cut, 1)[0]
+    inner = inner.strip()[:200]
+    advice = (
+        "Do not load a file you do not trust with weights_only=False (that runs its code); ask "
+        "its provider for a plain state_dict (tensors only) or a .safetensors file. If you made "
+        "the file yourself, re-save just its tensors (torch.save(model.state_dict(), path))"
+    )
+    if "Unsupported global" in inner:
+        return (
+            "it holds pickled Python objects, which torch.load(weights_only=True) refuses because "
+            f"loading them can run arbitrary code ({inner}). {advice}"
+        )
+    return (
+        f"torch.load(weights_only=True) cannot read it ({inner or 'not a weights file'}): it is "
+        f"corrupt, not a PyTorch file, or a pickle of Python objects. {advice}"
+    )
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file, then rename)."""
     with atomic_path(path) as tmp:
@@ -94,6 +150,26 @@ def _check_member(dest: Path, name: str, archive: Path) -> Path:
     return target
 
 
+def _check_layout(infos, targets: list[Path], archive: Path) -> None:
+    """Refuse an archive in which one member is a file and another needs that path as a folder
+    (or one path appears twice as different kinds), before anything is written."""
+    files = {t for i, t in zip(infos, targets) if not i.is_dir()}
+    folders = {t for i, t in zip(infos, targets) if i.is_dir()}
+    for i, t in zip(infos, targets):
+        for parent in t.parents:
+            if parent in files:
+                raise UnsafeArchiveError(
+                    f"{archive}: member {i.filename!r} needs {parent.name!r} to be a folder, but "
+                    "the archive also holds a file of that name; the archive is malformed"
+                )
+    clash = files & folders
+    if clash:
+        raise UnsafeArchiveError(
+            f"{archive}: {sorted(str(c) for c in clash)[0]!r} is both a file and a folder in "
+            "the archive; the archive is malformed"
+        )
+
+
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
     """Extract a zip or tar archive into ``dest``, refusing members that escape it.
 
@@ -109,6 +185,14 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Pa
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
             targets = [_check_member(dest, info.filename, archive) for info in infos]
+            for info in infos:
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise UnsafeArchiveError(
+                        f"{archive}: member {info.filename!r} is a symbolic link; refusing to "
+                        "extract (links could point outside the folder); extract it yourself if "
+                        "you trust it, or ask for an archive without links"
+                    )
+            _check_layout(infos, targets, archive)
             for info, target in zip(infos, targets):
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
@@ -193,9 +277,6 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict:
     """The Python, NumPy (global) and torch (CPU, and CUDA once initialised) random states, as
     tensors and plain values, so a checkpoint holding them loads with ``weights_only=True``."""
-    import random
-
-    import numpy as np
     import torch
 
     np_state = np.random.get_state()  # noqa: NPY002 - the global generator is what we restore
@@ -220,10 +301,6 @@ def _as_tuples(x):
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned (CUDA states only where CUDA is available)."""
-    import contextlib
-    import random
-
-    import numpy as np
     import torch
 
     random.setstate(_as_tuples(state["python"]))
@@ -252,24 +329,3 @@ def cpu_has_bf16() -> bool:
         except OSError:
             return False
         return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device) -> object:
-    """The autocast dtype for ``precision`` on ``device``: ``"auto"`` is bf16 on a GPU that has it
-    (else fp16) and none (full precision) off the GPU; ``"fp32"``, ``"bf16"``, ``"fp16"`` as named."""
-    import torch
-
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device, dtype):
-    """``torch.autocast`` on ``device`` with ``dtype``, or a no-op context when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.autocast(device_type=device.type, dtype=dtype)

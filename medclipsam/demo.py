@@ -22,6 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from ._utils import atomic_path
+from .data.phantom import PROMPTS, PhantomDataset
+from .metrics import evaluate_masks, summarize
+from .pipeline import MedCLIPSAM
+from .viz import result_panels, sample_grid, save_figure
+from .vocab import TASKS
 
 __all__ = ["run_demo"]
 
@@ -34,25 +39,20 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def run_demo(
-    out: Path | str = "medclipsam-demo",
+    out_dir: Path | str = "medclipsam-demo",
     n: int = 6,
     size: int = 256,
     seed: int = 0,
-    tasks: tuple[str, ...] = ("breast", "brain", "xray"),
+    tasks: tuple[str, ...] = TASKS,
     saliency: str = "gscorecam",
     control: bool = True,
 ) -> list[dict]:
-    """Segment ``n`` held-out phantom images per task; write figures and tables to ``out``.
+    """Segment ``n`` held-out phantom images per task; write figures and tables to ``out_dir``.
 
     Returns the summary rows (one per task) that are also printed.
     """
-    from .data.phantom import PROMPTS, PhantomDataset
-    from .metrics import evaluate_masks, summarize
-    from .pipeline import MedCLIPSAM
-    from .viz import result_panels, sample_grid, save_figure
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     pipe = MedCLIPSAM.toy(saliency=saliency)
     summary, per_image = [], []
@@ -86,11 +86,11 @@ def run_demo(
                 titles.append(title if not title.startswith("SAM") else f"{title}: Dice {r['dice']:.2f}")
         fig = sample_grid(panels, titles, ncols=4, cell_size=2.6,
                           suptitle=f"{task}: {prompt!r} (green outline = ground truth)")
-        save_figure(fig, out / f"{task}_results.png", dpi=90)
-    _write_csv(out / "summary.csv", summary)
-    _write_csv(out / "per_image.csv", per_image)
+        save_figure(fig, out_dir / f"{task}_results.png", dpi=90)
+    _write_csv(out_dir / "summary.csv", summary)
+    _write_csv(out_dir / "per_image.csv", per_image)
     _print_table(summary)
-    print(f"\nwrote {out / 'summary.csv'}, {out / 'per_image.csv'} and one figure per task in {out}/")
+    print(f"\nwrote {out_dir / 'summary.csv'}, {out_dir / 'per_image.csv'} and one figure per task in {out_dir}/")
     print(f"({time.perf_counter() - t_start:.0f} s; toy world: the shipped toy CLIP and toy SAM, "
           "phantom images; use MedCLIPSAM.from_pretrained for the real models)")
     pipe.close()

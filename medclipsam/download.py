@@ -36,6 +36,8 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 __all__ = ["DownloadError", "OfflineError", "download", "is_offline", "sha256sum"]
 
 log = logging.getLogger(__name__)
@@ -245,8 +247,6 @@ def _stream(
     progress: bool,
     desc: str,
 ) -> bool:
-    from tqdm.auto import tqdm
-
     received = offset
     with (
         open(part, mode) as f,

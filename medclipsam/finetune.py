@@ -44,62 +44,72 @@ What the loop does, and why:
   process's local batch (negatives come from the local batch only; features are not gathered
   across processes), and DDP averages the gradients.
 
+The loop, step by step (:class:`_Run`'s methods, in the order :func:`finetune` calls them):
+set up (model on the device, freezing, loss, AdamW, schedule, precision), ``start_or_resume``,
+``wrap_for_processes``, ``evaluate_start``, then per epoch ``train_epoch`` (each
+``optimiser_step``: accumulate, clip, step, schedule) and ``end_epoch`` (log row, validation,
+``save_checkpoint``), and ``finish`` (``model.pt``). Checkpoints, resume checks, logs, mixed
+precision and the schedule come from the scaffold weak supervision uses too
+(:mod:`medclipsam.training`).
+
 Command line: ``medclipsam finetune --clip biomedclip --captions pairs.csv --out runs/dhn``
-(or ``python -m medclipsam.finetune ...``); see :func:`add_finetune_arguments`.
+(``torchrun --nproc_per_node N -m medclipsam finetune ...`` on several GPUs); its options are the
+fields of :class:`~medclipsam.config.FinetuneConfig` (``medclipsam finetune --help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
 import os
 import re
-import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from functools import partial
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
-from ._utils import (
-    atomic_path,
-    atomic_write_text,
+from ._utils import get_device, rng_state, seed_everything, set_rng_state
+from .config import FinetuneConfig
+from .losses import ContrastiveLoss
+from .models import save_clip_checkpoint
+from .retrieval import retrieval_protocol, topk_accuracy
+from .training import (
+    Checkpoints,
     autocast,
     autocast_dtype,
-    get_device,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    warmup_cosine,
+    check_same_settings,
+    cosine_schedule,
+    grad_scaler,
+    progress_bar,
+    restore_training_state,
+    start_or_resume,
+    training_state,
+    write_json,
+    write_table,
 )
+from .vocab import FREEZE_MODES
 
 __all__ = [
-    "FinetuneConfig",
-    "add_finetune_arguments",
     "apply_freezing",
     "evaluate_retrieval",
     "finetune",
     "latest_checkpoint",
-    "main",
-    "run_from_args",
 ]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "medclipsam-finetune/1"
-FREEZE_CHOICES = ("none", "text", "image")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EPOCH_COLUMNS = (
     "epoch", "step", "train_loss", "val_loss", "lr",
     "i2t_top1", "i2t_top2", "t2i_top1", "t2i_top2",
@@ -116,84 +126,6 @@ _FREE_FIELDS = {
 _INPUT_SIDE = re.compile(
     r"embed|conv1|ln_pre|norm_pre|cls_token|class_embedding|cls_emb|pos_|positional|reg_token"
 )
-
-
-@dataclass
-class FinetuneConfig:
-    """Settings of :func:`finetune` (defaults: the MedCLIP-SAMv2 recipe, except ``lr``)."""
-
-    out_dir: str = "finetune_out"
-    loss: str = "dhn_nce"
-    tau: float = 0.6  # fixed temperature (ignored when learn_logit_scale)
-    learn_logit_scale: bool = False  # use and train the model's logit scale instead of tau
-    beta1: float = 0.15  # hard-negative weighting, image -> text
-    beta2: float = 0.15  # hard-negative weighting, text -> image
-    alpha: float = 1.0  # weight of the positive in hn_nce only (dhn_nce is hn_nce with alpha 0)
-    batch_size: int = 16  # per process
-    lr: float = 1e-5  # v2 script: 1e-3; paper: 1e-6 (see the module docstring)
-    weight_decay: float = 0.1
-    adam_betas: tuple[float, float] = (0.9, 0.98)
-    adam_eps: float = 1e-6
-    warmup_steps: int = 1000  # optimiser steps of linear warm-up, then cosine decay
-    epochs: int = 32
-    grad_accum_steps: int = 1
-    max_grad_norm: float | None = None
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    freeze: str = "none"  # none | text | image
-    trainable_blocks: int | None = None  # only the last N blocks of each unfrozen tower train
-    seed: int = 0
-    num_workers: int = 4
-    device: str = "auto"
-    drop_last: bool = True
-    eval_every: int = 1  # epochs between validation passes (0: never)
-    eval_before: bool = True  # evaluate the starting model too (epoch 0 row)
-    group_identical_captions: bool = True
-    checkpoint_every_steps: int | None = None  # extra mid-epoch checkpoints
-    keep_checkpoints: int | None = 2  # None keeps all
-    stop_after_steps: int | None = None  # stop cleanly (with a checkpoint) after N optimiser steps
-    progress: bool = True
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad setting."""
-        from .losses import LOSSES
-
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
-        if self.freeze not in FREEZE_CHOICES:
-            raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {self.freeze!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        positive = {"batch_size": self.batch_size, "epochs": self.epochs,
-                    "grad_accum_steps": self.grad_accum_steps}
-        for name, value in positive.items():
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if not self.learn_logit_scale and not (self.tau > 0):
-            raise ValueError(f"tau must be > 0, got {self.tau}")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError("lr must be > 0, warmup_steps and weight_decay >= 0")
-        if self.trainable_blocks is not None and self.trainable_blocks < 0:
-            raise ValueError(f"trainable_blocks must be >= 0 or None, got {self.trainable_blocks}")
-        if self.stop_after_steps is not None and self.stop_after_steps < 1:
-            raise ValueError(f"stop_after_steps must be >= 1, got {self.stop_after_steps}")
-        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1 or None, got {self.keep_checkpoints}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-compatible dict (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FinetuneConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown FinetuneConfig field(s): {unknown}")
-        d = dict(d)
-        if "adam_betas" in d:
-            d["adam_betas"] = tuple(d["adam_betas"])
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,8 +167,8 @@ def apply_freezing(
     input-side parameters outside the stack (patch, token, class and position embeddings, pre-norm)
     are frozen; the output side (final norm, pooling, projection) stays trainable.
     """
-    if freeze not in FREEZE_CHOICES:
-        raise ValueError(f"freeze must be one of {FREEZE_CHOICES}, got {freeze!r}")
+    if freeze not in FREEZE_MODES:
+        raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}")
     names = dict(model.named_parameters())
     for name, p in names.items():
         tower = _tower_of(name)
@@ -300,8 +232,6 @@ class _Collate:
 
 def _epoch_batches(n: int, cfg: FinetuneConfig, epoch: int, world: int, rank: int) -> list[list[int]]:
     """This process's batches of epoch ``epoch``: a function of (seed, epoch, world, rank)."""
-    from torch.utils.data.distributed import DistributedSampler
-
     sampler = DistributedSampler(
         range(n), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
     )
@@ -379,8 +309,7 @@ def _init_distributed(device_pref: str) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist(), get_device(device_pref)
-    import torch.distributed as dist
-
+    dist = torch.distributed
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -396,65 +325,23 @@ def _init_distributed(device_pref: str) -> tuple[_Dist, torch.device]:
 
 
 # --------------------------------------------------------------------------------------------
-# checkpoints and logs
+# checkpoints and logs (the shared scaffold: medclipsam.training)
+
+
+def _checkpoints(out_dir: str | os.PathLike) -> Checkpoints:
+    return Checkpoints(out_dir, "step", 8, CHECKPOINT_FORMAT, "fine-tuning checkpoint")
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The training checkpoint with the highest step in ``out_dir/checkpoints``, or None."""
-    folder = Path(out_dir) / "checkpoints"
-    best: tuple[int, Path] | None = None
-    for p in folder.glob("step_*.pt"):
-        m = re.fullmatch(r"step_(\d+)\.pt", p.name)
-        if m and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), p)
-    return best[1] if best else None
-
-
-def _read_training_checkpoint(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(
-            f"{path}: cannot read this training checkpoint ({type(e).__name__}: {str(e)[:200]}); "
-            "delete it to resume from the previous one"
-        ) from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a medclipsam fine-tuning checkpoint ({CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def _fmt(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return v
+    return _checkpoints(out_dir).latest()
 
 
 def _write_logs(out_dir: Path, cfg: FinetuneConfig, history: dict) -> None:
-    for name, columns, rows in (
-        ("log.csv", EPOCH_COLUMNS, history["epochs"]),
-        ("steps.csv", STEP_COLUMNS, history["steps"]),
-    ):
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(columns)
-        for row in rows:
-            w.writerow([_fmt(row.get(c)) for c in columns])
-        atomic_write_text(out_dir / name, buf.getvalue())
-    payload = {"config": cfg.to_dict(), "epochs": history["epochs"], "steps": history["steps"]}
-    atomic_write_text(out_dir / "log.json", json.dumps(_no_nan(payload), indent=1) + "\n")
-
-
-def _no_nan(obj: Any) -> Any:
-    """NaN -> None, recursively (strict JSON)."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_no_nan(v) for v in obj]
-    return obj
+    write_table(out_dir / "log.csv", EPOCH_COLUMNS, history["epochs"])
+    write_table(out_dir / "steps.csv", STEP_COLUMNS, history["steps"])
+    write_json(out_dir / "log.json",
+               {"config": cfg.to_dict(), "epochs": history["epochs"], "steps": history["steps"]})
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,10 +373,6 @@ def evaluate_retrieval(
     >= 50 pairs: the paper's protocol (batches of 50, 5 runs; ``*_std`` the spread over runs);
     fewer: top-1/top-2 over the whole set. Percentages.
     """
-    from torch.utils.data import DataLoader
-
-    from .retrieval import retrieval_protocol, topk_accuracy
-
     core = _unwrap(model)
     was_training = core.training
     core.eval()
@@ -548,436 +431,327 @@ def _features(out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return out[0], out[1], out[2]
 
 
-def _check_compatible(saved: dict, cfg: FinetuneConfig, path: Path) -> None:
-    now = cfg.to_dict()
-    diffs = [
-        f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}"
-        for k in now
-        if k not in _FREE_FIELDS and saved.get(k) != now[k]
-    ]
-    if diffs:
-        raise ValueError(
-            f"{path}: cannot resume, the configuration differs from the interrupted run's ("
-            + "; ".join(diffs) + "). Use the same settings or another out_dir."
+class _Run:
+    """One fine-tuning run: its model, optimiser and counters, and the named steps that
+    :func:`finetune` takes in order (set up, start or resume, evaluate, train epoch after epoch,
+    finish). Every step is a method, so a reader can follow the loop one step at a time."""
+
+    def __init__(self, clip: Any, train_ds: Any, val_ds: Any, cfg: FinetuneConfig,
+                 dist_info: _Dist, device: torch.device) -> None:
+        self.clip, self.cfg, self.dist, self.device = clip, cfg, dist_info, device
+        self.train_ds, self.val_ds = train_ds, val_ds
+        self.out_dir = Path(cfg.out_dir)
+        self.checkpoints = _checkpoints(self.out_dir)
+        self.model: nn.Module = clip.model
+        self.model.to(device)
+        self.counts = apply_freezing(self.model, cfg.freeze, cfg.trainable_blocks,
+                                     cfg.learn_logit_scale)
+        self.total_steps = self._count_steps()
+        self.criterion = ContrastiveLoss(
+            cfg.loss, tau=None if cfg.learn_logit_scale else cfg.tau,
+            beta1=cfg.beta1, beta2=cfg.beta2, alpha=cfg.alpha,
         )
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+            betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+        )
+        self.scheduler = cosine_schedule(self.optimizer, self.total_steps, cfg.warmup_steps)
+        self.amp_dtype = autocast_dtype(cfg.precision, device)
+        self.scaler = grad_scaler(device, self.amp_dtype)
+        self.collate = _Collate(clip.preprocess, clip.tokenizer)
+        self.val_groups = None
+        if val_ds is not None and cfg.group_identical_captions:
+            self.val_groups = getattr(val_ds, "captions", None)
+        self.train_model: nn.Module = self.model  # the DDP wrapper under torchrun
+        self.epoch = self.batch_in_epoch = self.global_step = 0
+        self.history: dict[str, list] = {"epochs": [], "steps": []}
+        self.interrupted = False
+        self.last_path: Path | None = None
+        self.t_start = 0.0
+        self.bar: Any = None
+
+    # -- set up ------------------------------------------------------------------------------
+
+    def _count_steps(self) -> int:
+        """Optimiser steps of the whole run (warns when the warm-up is longer than that)."""
+        cfg, n_train = self.cfg, len(self.train_ds)
+        batches_per_epoch = len(_epoch_batches(n_train, cfg, 0, self.dist.world, self.dist.rank))
+        if batches_per_epoch == 0:
+            raise ValueError(
+                f"{n_train} training pairs give no batch of {cfg.batch_size} per process "
+                f"({self.dist.world} process(es)); lower batch_size or set drop_last=False"
+            )
+        total = math.ceil(batches_per_epoch / cfg.grad_accum_steps) * cfg.epochs
+        if cfg.warmup_steps >= total and self.dist.main:
+            warnings.warn(
+                f"warmup_steps={cfg.warmup_steps} >= the {total} optimiser steps of the "
+                "run: the learning rate never reaches its peak",
+                UserWarning,
+                stacklevel=4,
+            )
+        return total
+
+    def start_or_resume(self, resume: bool) -> None:
+        """A fresh start (seeded per process), or the latest checkpoint's full state: weights,
+        optimiser, schedule, scaler, counters, log history and random streams."""
+        # only rank 0 writes, so only it removes what a killed write left behind
+        path = start_or_resume(self.checkpoints, resume, self.out_dir, clean=self.dist.main)
+        if path is None:
+            seed_everything(self.cfg.seed + self.dist.rank)
+            return
+        ckpt = self.checkpoints.read(path)
+        check_same_settings(json.loads(ckpt["config"]), self.cfg.to_dict(), _FREE_FIELDS, path)
+        restore_training_state(ckpt, self.model, self.optimizer, self.scheduler, self.scaler)
+        self.epoch, self.batch_in_epoch = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.history = json.loads(ckpt["history"])
+        states = ckpt["rng"]
+        if len(states) != self.dist.world and self.dist.main:
+            warnings.warn(
+                f"{path}: saved with {len(states)} process(es), resumed with "
+                f"{self.dist.world}: random streams (dropout) are not exactly restored",
+                UserWarning,
+                stacklevel=3,
+            )
+        set_rng_state(states[min(self.dist.rank, len(states) - 1)])
+        self.last_path = path
+        if self.dist.main:
+            log.info("resuming from %s (epoch %d, step %d)", path, self.epoch, self.global_step)
+
+    def wrap_for_processes(self) -> None:
+        """Under torchrun: the model in ``DistributedDataParallel`` (gradients averaged)."""
+        if self.dist.world > 1:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def evaluate(self, row: dict) -> None:
+        """Add validation loss and retrieval (rank 0, when there is a validation set) to ``row``."""
+        cfg = self.cfg
+        if self.val_ds is None or len(self.val_ds) < 2 or not self.dist.main:
+            return
+        scale = self.model.logit_scale.exp() if cfg.learn_logit_scale else None
+        row.update(
+            evaluate_retrieval(
+                self.model, self.val_ds, self.collate, device=self.device,
+                batch_size=max(cfg.batch_size, 32), criterion=self.criterion,
+                loss_batch=cfg.batch_size, logit_scale=scale, groups=self.val_groups,
+                seed=cfg.seed, amp_dtype=self.amp_dtype,
+            )
+        )
+
+    def evaluate_start(self) -> None:
+        """The epoch-0 row: the model before any training (fresh runs with ``eval_before``)."""
+        if self.dist.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            log.info("fine-tuning: %d trainable / %d frozen tensors, %d steps",
+                     self.counts["trainable"], self.counts["frozen"], self.total_steps)
+        self.t_start = time.perf_counter()
+        fresh = self.global_step == 0 and self.batch_in_epoch == 0 and self.epoch == 0
+        if fresh and self.cfg.eval_before:
+            row = {"epoch": 0, "step": 0, "lr": self.scheduler.get_last_lr()[0], "seconds": 0.0}
+            self.evaluate(row)
+            if self.dist.main:
+                self.history["epochs"].append(row)
+            self.dist.barrier()
+
+    # -- training ----------------------------------------------------------------------------
+
+    def train_epoch(self) -> None:
+        """The optimiser steps left in this epoch (from ``batch_in_epoch`` on: a resumed epoch
+        continues where it stopped); mid-epoch checkpoints; ``stop_after_steps`` stops here."""
+        cfg = self.cfg
+        batches = _epoch_batches(len(self.train_ds), cfg, self.epoch, self.dist.world, self.dist.rank)
+        loader = DataLoader(
+            self.train_ds,
+            batch_sampler=batches[self.batch_in_epoch:],
+            collate_fn=self.collate,
+            num_workers=cfg.num_workers,
+            generator=_worker_generator(cfg.seed, self.epoch),
+            pin_memory=self.device.type == "cuda",
+        )
+        it = iter(loader)
+        self.epoch_losses = [r["loss"] for r in self.history["steps"] if r["epoch"] == self.epoch + 1]
+        while self.batch_in_epoch < len(batches):
+            group = min(cfg.grad_accum_steps, len(batches) - self.batch_in_epoch)
+            self.optimiser_step(it, group)
+            stop = cfg.stop_after_steps is not None and self.global_step >= cfg.stop_after_steps
+            every = cfg.checkpoint_every_steps
+            mid_epoch = self.batch_in_epoch < len(batches)  # the epoch end saves one anyway
+            if mid_epoch and (stop or (every and self.global_step % every == 0)):
+                self.last_path = self.save_checkpoint()
+            if stop:
+                break
+        self.interrupted = self.batch_in_epoch < len(batches)  # stopped mid-epoch, with a checkpoint
+
+    def optimiser_step(self, batches: Iterator, group: int) -> None:
+        """One optimiser step over the next ``group`` batches (gradient accumulation): forward,
+        loss, backward (DDP synchronises on the last batch only), clipping, step, schedule, log."""
+        cfg, device = self.cfg, self.device
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for j in range(group):
+            images, texts = next(batches)
+            images = images.to(device, non_blocking=True)
+            texts = texts.to(device, non_blocking=True)
+            sync = self.dist.world == 1 or j == group - 1
+            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                with autocast(device, self.amp_dtype):
+                    img_f, txt_f, scale = _features(self.train_model(images, texts))
+                loss = self.criterion(img_f, txt_f,
+                                      logit_scale=scale if cfg.learn_logit_scale else None)
+                self.scaler.scale(loss / group).backward()
+            step_loss += float(loss.detach()) / group
+        if cfg.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr_used = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        if cfg.learn_logit_scale:
+            with torch.no_grad():
+                self.model.logit_scale.clamp_(0, math.log(100))
+        self.batch_in_epoch += group
+        self.global_step += 1
+        step_loss = self._mean_over_processes(step_loss)
+        self.epoch_losses.append(step_loss)
+        if self.dist.main:
+            self.history["steps"].append(
+                {"step": self.global_step, "epoch": self.epoch + 1, "loss": step_loss, "lr": lr_used}
+            )
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=self.epoch + 1, loss=f"{step_loss:.4f}")
+
+    def _mean_over_processes(self, value: float) -> float:
+        if self.dist.world == 1:
+            return value
+        t = torch.tensor([value], device=self.device)
+        torch.distributed.all_reduce(t)
+        return float(t) / self.dist.world
+
+    def end_epoch(self) -> None:
+        """The epoch's log row (mean training loss, validation when due), a checkpoint, and the
+        ``stop_after_steps`` check at an epoch boundary."""
+        cfg = self.cfg
+        row = {
+            "epoch": self.epoch + 1,
+            "step": self.global_step,
+            "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan"),
+            "lr": self.scheduler.get_last_lr()[0],
+            "seconds": time.perf_counter() - self.t_start,
+        }
+        if cfg.eval_every and ((self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs):
+            self.evaluate(row)
+        if self.dist.main:
+            self.history["epochs"].append(row)
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.last_path = self.save_checkpoint()
+        if cfg.stop_after_steps is not None and self.global_step >= cfg.stop_after_steps:
+            self.interrupted = self.epoch < cfg.epochs
+
+    # -- checkpoints and the end -------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Everything needed to continue exactly (rank 0 writes; every rank's RNG state is
+        gathered), the logs so far, and pruning to ``keep_checkpoints``."""
+        cfg, dist_info = self.cfg, self.dist
+        rng = [rng_state()]
+        if dist_info.world > 1:
+            gathered: list = [None] * dist_info.world
+            torch.distributed.all_gather_object(gathered, rng[0])
+            rng = gathered
+        path = None
+        if dist_info.main:
+            payload = {
+                **training_state(self.model, self.optimizer, self.scheduler, self.scaler),
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "global_step": self.global_step,
+                "rng": rng,
+                "sampler": {"kind": "DistributedSampler", "seed": cfg.seed, "epoch": self.epoch,
+                            "batch_in_epoch": self.batch_in_epoch, "world_size": dist_info.world},
+                "config": json.dumps(cfg.to_dict()),
+                "history": json.dumps(self.history),
+            }
+            path = self.checkpoints.save(payload, self.global_step, cfg.keep_checkpoints)
+            _write_logs(self.out_dir, cfg, self.history)
+        dist_info.barrier()
+        return path
+
+    def finish(self) -> dict[str, Any]:
+        """``model.pt`` (a CLIP checkpoint :func:`~medclipsam.models.load_clip` reads) and the
+        final logs, unless the run was interrupted; the result dict of :func:`finetune`."""
+        self.model.eval()
+        model_path = None
+        if not self.interrupted and self.dist.main:
+            final = self.history["epochs"][-1] if self.history["epochs"] else {}
+            meta = {k: v for k, v in final.items() if isinstance(v, (int, float, str))
+                    and not (isinstance(v, float) and math.isnan(v))}
+            model_path = save_clip_checkpoint(
+                self.clip, self.out_dir / "model.pt", finetune_config=self.cfg.to_dict(),
+                global_step=self.global_step, final_metrics=meta,
+            )
+            _write_logs(self.out_dir, self.cfg, self.history)
+        self.dist.barrier()
+        return {
+            "model_path": model_path,
+            "out_dir": self.out_dir,
+            "global_step": self.global_step,
+            "epochs_done": self.epoch,
+            "interrupted": self.interrupted,
+            "checkpoint": self.last_path,
+            "history": self.history,
+            "final_metrics": self.history["epochs"][-1] if self.history["epochs"] else {},
+        }
 
 
 def finetune(
-    bundle: Any,
+    clip: Any,
     train_ds: Any,
     val_ds: Any = None,
     config: FinetuneConfig | None = None,
     *,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune ``bundle.model`` (in place) contrastively on ``train_ds``; see the module doc.
+    """Fine-tune ``clip.model`` (in place) contrastively on ``train_ds``; see the module doc.
 
-    ``bundle``: a :class:`~medclipsam.models.ClipBundle`. Datasets yield ``(image, caption)``
-    items: an image in any form the bundle's preprocess takes (or an already prepared (3, S, S)
+    ``clip``: a :class:`~medclipsam.models.ClipBundle`. Datasets yield ``(image, caption)``
+    items: an image in any form the clip's preprocess takes (or an already prepared (3, S, S)
     tensor) and a caption string (or token ids), e.g. :class:`~medclipsam.data.CaptionDataset`.
     ``resume=True`` continues from the latest checkpoint in ``config.out_dir`` (a fresh start if
     there is none); without it an ``out_dir`` holding checkpoints is refused.
     Returns ``{"model_path", "out_dir", "global_step", "epochs_done", "interrupted",
     "checkpoint", "history", "final_metrics"}`` (``model_path`` is None when interrupted).
     """
-    from torch.utils.data import DataLoader
-
-    from .losses import ContrastiveLoss
-    from .models import save_clip_checkpoint
-
     cfg = config or FinetuneConfig()
     cfg.validate()
-    out_dir = Path(cfg.out_dir)
     n_train = len(train_ds)
     if n_train < 2:
         raise ValueError(f"the training set has {n_train} pair(s); contrastive training needs >= 2")
-
     dist_info, device = _init_distributed(cfg.device)
     try:
-        model = bundle.model
-        model.to(device)
-        counts = apply_freezing(model, cfg.freeze, cfg.trainable_blocks, cfg.learn_logit_scale)
-        batches_per_epoch = len(_epoch_batches(n_train, cfg, 0, dist_info.world, dist_info.rank))
-        if batches_per_epoch == 0:
-            raise ValueError(
-                f"{n_train} training pairs give no batch of {cfg.batch_size} per process "
-                f"({dist_info.world} process(es)); lower batch_size or set drop_last=False"
-            )
-        steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
-        total_steps = steps_per_epoch * cfg.epochs
-        if cfg.warmup_steps >= total_steps and dist_info.main:
-            warnings.warn(
-                f"warmup_steps={cfg.warmup_steps} >= the {total_steps} optimiser steps of the "
-                "run: the learning rate never reaches its peak",
-                UserWarning,
-                stacklevel=2,
-            )
-
-        criterion = ContrastiveLoss(
-            cfg.loss,
-            tau=None if cfg.learn_logit_scale else cfg.tau,
-            beta1=cfg.beta1,
-            beta2=cfg.beta2,
-            alpha=cfg.alpha,
-        )
-        optimizer = torch.optim.AdamW(
-            _param_groups(model, cfg.weight_decay),
-            lr=cfg.lr,
-            betas=tuple(cfg.adam_betas),
-            eps=cfg.adam_eps,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, partial(warmup_cosine, warmup=cfg.warmup_steps, total=total_steps)
-        )
-        amp_dtype = autocast_dtype(cfg.precision, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-        # ---- start or resume
-        epoch, batch_in_epoch, global_step = 0, 0, 0
-        history: dict[str, list] = {"epochs": [], "steps": []}
-        ckpt_path = latest_checkpoint(out_dir)
-        if ckpt_path is not None and not resume:
-            raise FileExistsError(
-                f"{out_dir} already holds training checkpoints ({ckpt_path.name}); pass "
-                "resume=True (--resume) to continue that run, or choose another out_dir"
-            )
-        if resume and ckpt_path is not None:
-            ckpt = _read_training_checkpoint(ckpt_path)
-            _check_compatible(json.loads(ckpt["config"]), cfg, ckpt_path)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            epoch, batch_in_epoch = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"])
-            global_step = int(ckpt["global_step"])
-            history = json.loads(ckpt["history"])
-            states = ckpt["rng"]
-            if len(states) != dist_info.world and dist_info.main:
-                warnings.warn(
-                    f"{ckpt_path}: saved with {len(states)} process(es), resumed with "
-                    f"{dist_info.world}: random streams (dropout) are not exactly restored",
-                    UserWarning,
-                    stacklevel=2,
-                )
-            set_rng_state(states[min(dist_info.rank, len(states) - 1)])
-            if dist_info.main:
-                log.info("resuming from %s (epoch %d, step %d)", ckpt_path, epoch, global_step)
-        else:
-            seed_everything(cfg.seed + dist_info.rank)
-
-        train_model: nn.Module = model
-        if dist_info.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            train_model = DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-
-        collate = _Collate(bundle.preprocess, bundle.tokenizer)
-        val_groups = None
-        if val_ds is not None and cfg.group_identical_captions:
-            val_groups = getattr(val_ds, "captions", None)
-
-        def run_eval(row: dict) -> None:
-            if val_ds is None or len(val_ds) < 2 or not dist_info.main:
-                return
-            scale = model.logit_scale.exp() if cfg.learn_logit_scale else None
-            row.update(
-                evaluate_retrieval(
-                    model, val_ds, collate, device=device, batch_size=max(cfg.batch_size, 32),
-                    criterion=criterion, loss_batch=cfg.batch_size, logit_scale=scale,
-                    groups=val_groups, seed=cfg.seed, amp_dtype=amp_dtype,
-                )
-            )
-
-        def save_checkpoint() -> Path | None:
-            rng = [rng_state()]
-            if dist_info.world > 1:
-                gathered: list = [None] * dist_info.world
-                torch.distributed.all_gather_object(gathered, rng[0])
-                rng = gathered
-            path = None
-            if dist_info.main:
-                payload = {
-                    "format": CHECKPOINT_FORMAT,
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                    "epoch": epoch,
-                    "batch_in_epoch": batch_in_epoch,
-                    "global_step": global_step,
-                    "rng": rng,
-                    "sampler": {"kind": "DistributedSampler", "seed": cfg.seed, "epoch": epoch,
-                                "batch_in_epoch": batch_in_epoch, "world_size": dist_info.world},
-                    "config": json.dumps(cfg.to_dict()),
-                    "history": json.dumps(history),
-                }
-                path = out_dir / "checkpoints" / f"step_{global_step:08d}.pt"
-                with atomic_path(path) as tmp:
-                    torch.save(payload, tmp)
-                _write_logs(out_dir, cfg, history)
-                if cfg.keep_checkpoints is not None:
-                    olds = sorted((out_dir / "checkpoints").glob("step_*.pt"))
-                    for old in olds[: -cfg.keep_checkpoints]:
-                        with contextlib.suppress(FileNotFoundError):
-                            old.unlink()
-            dist_info.barrier()
-            return path
-
-        if dist_info.main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            log.info("fine-tuning: %d trainable / %d frozen tensors, %d steps",
-                     counts["trainable"], counts["frozen"], total_steps)
-        t_start = time.perf_counter()
-        if global_step == 0 and batch_in_epoch == 0 and epoch == 0 and cfg.eval_before:
-            row = {"epoch": 0, "step": 0, "lr": scheduler.get_last_lr()[0], "seconds": 0.0}
-            run_eval(row)
-            if dist_info.main:
-                history["epochs"].append(row)
-            dist_info.barrier()
-
-        bar = None
-        if dist_info.main and cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total_steps, initial=global_step, desc="fine-tuning", unit="step",
-                       dynamic_ncols=True)
-        interrupted = False
-        last_path: Path | None = ckpt_path if resume else None
-        model.train()
-        while epoch < cfg.epochs and not interrupted:
-            batches = _epoch_batches(n_train, cfg, epoch, dist_info.world, dist_info.rank)
-            loader = DataLoader(
-                train_ds,
-                batch_sampler=batches[batch_in_epoch:],
-                collate_fn=collate,
-                num_workers=cfg.num_workers,
-                generator=_worker_generator(cfg.seed, epoch),
-                pin_memory=device.type == "cuda",
-            )
-            it = iter(loader)
-            epoch_losses = [r["loss"] for r in history["steps"] if r["epoch"] == epoch + 1]
-            while batch_in_epoch < len(batches):
-                group = min(cfg.grad_accum_steps, len(batches) - batch_in_epoch)
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = 0.0
-                for j in range(group):
-                    images, texts = next(it)
-                    images = images.to(device, non_blocking=True)
-                    texts = texts.to(device, non_blocking=True)
-                    sync = dist_info.world == 1 or j == group - 1
-                    ctx = contextlib.nullcontext() if sync else train_model.no_sync()
-                    with ctx:
-                        with autocast(device, amp_dtype):
-                            img_f, txt_f, scale = _features(train_model(images, texts))
-                        loss = criterion(img_f, txt_f,
-                                         logit_scale=scale if cfg.learn_logit_scale else None)
-                        scaler.scale(loss / group).backward()
-                    step_loss += float(loss.detach()) / group
-                if cfg.max_grad_norm is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm
-                    )
-                scaler.step(optimizer)
-                scaler.update()
-                lr_used = scheduler.get_last_lr()[0]
-                scheduler.step()
-                if cfg.learn_logit_scale:
-                    with torch.no_grad():
-                        model.logit_scale.clamp_(0, math.log(100))
-                batch_in_epoch += group
-                global_step += 1
-                if dist_info.world > 1:
-                    t = torch.tensor([step_loss], device=device)
-                    torch.distributed.all_reduce(t)
-                    step_loss = float(t) / dist_info.world
-                epoch_losses.append(step_loss)
-                if dist_info.main:
-                    history["steps"].append(
-                        {"step": global_step, "epoch": epoch + 1, "loss": step_loss, "lr": lr_used}
-                    )
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.4f}")
-                stop = cfg.stop_after_steps is not None and global_step >= cfg.stop_after_steps
-                every = cfg.checkpoint_every_steps
-                mid_epoch = batch_in_epoch < len(batches)  # the epoch end saves one anyway
-                if mid_epoch and (stop or (every and global_step % every == 0)):
-                    last_path = save_checkpoint()
-                if stop:
-                    break
-            if batch_in_epoch < len(batches):
-                interrupted = True  # stopped mid-epoch, with a checkpoint
-                break
-            # ---- end of epoch
-            del it, loader
-            row = {
-                "epoch": epoch + 1,
-                "step": global_step,
-                "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-                "lr": scheduler.get_last_lr()[0],
-                "seconds": time.perf_counter() - t_start,
-            }
-            if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                run_eval(row)
-            if dist_info.main:
-                history["epochs"].append(row)
-            epoch, batch_in_epoch = epoch + 1, 0
-            last_path = save_checkpoint()
-            if cfg.stop_after_steps is not None and global_step >= cfg.stop_after_steps:
-                interrupted = epoch < cfg.epochs
-        if bar is not None:
-            bar.close()
-        model.eval()
-
-        model_path = None
-        if not interrupted and dist_info.main:
-            final = history["epochs"][-1] if history["epochs"] else {}
-            meta = {k: v for k, v in final.items() if isinstance(v, (int, float, str))
-                    and not (isinstance(v, float) and math.isnan(v))}
-            model_path = save_clip_checkpoint(
-                bundle, out_dir / "model.pt", finetune_config=cfg.to_dict(),
-                global_step=global_step, final_metrics=meta,
-            )
-            _write_logs(out_dir, cfg, history)
-        dist_info.barrier()
-        return {
-            "model_path": model_path,
-            "out_dir": out_dir,
-            "global_step": global_step,
-            "epochs_done": epoch,
-            "interrupted": interrupted,
-            "checkpoint": last_path,
-            "history": history,
-            "final_metrics": history["epochs"][-1] if history["epochs"] else {},
-        }
+        run = _Run(clip, train_ds, val_ds, cfg, dist_info, device)
+        run.start_or_resume(resume)
+        run.wrap_for_processes()
+        run.evaluate_start()
+        run.bar = progress_bar(run.total_steps, run.global_step, "fine-tuning", "step",
+                               show=dist_info.main and cfg.progress)
+        run.model.train()
+        try:
+            while run.epoch < cfg.epochs and not run.interrupted:
+                run.train_epoch()
+                if not run.interrupted:
+                    run.end_epoch()
+        finally:
+            if run.bar is not None:
+                run.bar.close()
+        return run.finish()
     finally:
         if dist_info.owns_group:
             torch.distributed.destroy_process_group()
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-
-
-def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``finetune`` options to ``parser`` (used by ``medclipsam finetune``)."""
-    d = FinetuneConfig()
-    p = parser
-    p.add_argument("--clip", default="biomedclip",
-                   help="CLIP to fine-tune: biomedclip, toy, an open_clip name or a checkpoint "
-                   "(default: %(default)s)")
-    p.add_argument("--captions", required=True,
-                   help="CSV with columns image,caption[,split] (paths relative to the CSV)")
-    p.add_argument("--image-root", default=None, help="folder the CSV's image paths are under")
-    p.add_argument("--val-captions", default=None,
-                   help="separate validation CSV (default: the 'val' split of --captions)")
-    p.add_argument("--train-split", default="train",
-                   help="split used for training when the CSV has a split column (default: train)")
-    p.add_argument("--val-split", default="val", help="validation split name (default: val)")
-    p.add_argument("--min-caption-chars", type=int, default=0,
-                   help="drop captions shorter than this (the MedPix recipe uses 20)")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, logs, model.pt)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--loss", default=d.loss, help="dhn_nce, hn_nce, dcl or infonce (default: %(default)s)")
-    p.add_argument("--tau", type=float, default=d.tau, help="temperature (default: %(default)s)")
-    p.add_argument("--learn-logit-scale", action="store_true",
-                   help="use and train the model's logit scale instead of a fixed --tau")
-    p.add_argument("--beta1", type=float, default=d.beta1)
-    p.add_argument("--beta2", type=float, default=d.beta2)
-    p.add_argument("--alpha", type=float, default=d.alpha, help="hn_nce only")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    p.add_argument("--lr", type=float, default=d.lr,
-                   help="peak learning rate (default: %(default)s; v2 script 1e-3, paper 1e-6)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--grad-accum-steps", type=int, default=d.grad_accum_steps)
-    p.add_argument("--max-grad-norm", type=float, default=None)
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
-    p.add_argument("--freeze", choices=FREEZE_CHOICES, default=d.freeze,
-                   help="freeze a whole tower (default: %(default)s)")
-    p.add_argument("--trainable-blocks", type=int, default=None,
-                   help="train only the last N blocks of each unfrozen tower")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs (0: never)")
-    p.add_argument("--no-eval-before", action="store_true", help="skip evaluating the start model")
-    p.add_argument("--checkpoint-every-steps", type=int, default=None)
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    p.add_argument("--stop-after-steps", type=int, default=None,
-                   help="stop cleanly after N optimiser steps (resumable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def _csv_has_split(path: Path) -> bool:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh), None) or []
-    return "split" in [h.strip().lower() for h in header]
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run :func:`finetune` from parsed :func:`add_finetune_arguments` options."""
-    from .data import CaptionDataset
-    from .models import load_clip
-
-    cfg = FinetuneConfig(
-        out_dir=args.out, loss=args.loss, tau=args.tau, learn_logit_scale=args.learn_logit_scale,
-        beta1=args.beta1, beta2=args.beta2, alpha=args.alpha, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        epochs=args.epochs, grad_accum_steps=args.grad_accum_steps,
-        max_grad_norm=args.max_grad_norm, precision=args.precision, freeze=args.freeze,
-        trainable_blocks=args.trainable_blocks, seed=args.seed, num_workers=args.num_workers,
-        device=args.device, eval_every=args.eval_every, eval_before=not args.no_eval_before,
-        checkpoint_every_steps=args.checkpoint_every_steps,
-        keep_checkpoints=args.keep_checkpoints, stop_after_steps=args.stop_after_steps,
-        progress=not args.no_progress,
-    )
-    cfg.validate()
-    captions = Path(args.captions)
-    if not captions.is_file():
-        raise FileNotFoundError(f"{captions}: caption CSV not found")
-    has_split = _csv_has_split(captions)
-    common = {"image_root": args.image_root, "min_caption_chars": args.min_caption_chars}
-    train = CaptionDataset(captions, split=args.train_split if has_split else None, **common)
-    if len(train) == 0:
-        raise ValueError(f"{captions}: no training pairs (split {args.train_split!r})")
-    val = None
-    if args.val_captions:
-        val = CaptionDataset(args.val_captions, **common)
-    elif has_split:
-        val = CaptionDataset(captions, split=args.val_split, **common)
-        val = val if len(val) else None
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    bundle = load_clip(args.clip, device="cpu" if world > 1 else cfg.device)
-    result = finetune(bundle, train, val, cfg, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        final = result["final_metrics"]
-        shown = {k: round(v, 3) for k, v in final.items()
-                 if k in ("train_loss", "val_loss", "i2t_top1", "t2i_top1")
-                 and isinstance(v, float)}
-        what = "stopped (resumable)" if result["interrupted"] else "done"
-        print(f"{what}: step {result['global_step']}, {shown}; "
-              f"model: {result['model_path'] or '-'}; logs: {Path(args.out) / 'log.csv'}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m medclipsam.finetune ...`` (the same options as ``medclipsam finetune``)."""
-    parser = argparse.ArgumentParser(
-        prog="medclipsam finetune",
-        description="Contrastive (DHN-NCE) fine-tuning of a CLIP model on image-caption pairs.",
-    )
-    add_finetune_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run_from_args(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

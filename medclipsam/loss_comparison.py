@@ -14,6 +14,7 @@ of notebook 02 and of ``benchmarks/dhn_nce_toy.py``.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -22,13 +23,15 @@ from typing import Any
 
 import torch
 
-from .finetune import FinetuneConfig, finetune
+from .config import FinetuneConfig
+from .finetune import finetune
+from .models import load_clip
 from .retrieval import retrieval_protocol, topk_accuracy
+from .vocab import LOSS_NAMES
 
-__all__ = ["LOSS_ORDER", "PAPER_RETRIEVAL", "compare_losses", "embed_pairs", "retrieval_scores"]
+__all__ = ["PAPER_RETRIEVAL", "compare_losses", "embed_pairs", "retrieval_scores"]
 
 #: The losses in the order of the paper's table.
-LOSS_ORDER = ("infonce", "dcl", "hn_nce", "dhn_nce")
 
 #: MedCLIP-SAM(v2)'s retrieval table on ROCO (top-1/top-2 %, third-party transcription).
 PAPER_RETRIEVAL: list[dict[str, Any]] = [
@@ -45,9 +48,9 @@ _LABEL = {"infonce": "+ InfoNCE", "dcl": "+ DCL", "hn_nce": "+ HN-NCE", "dhn_nce
 _METRICS = ("i2t_top1", "i2t_top2", "t2i_top1", "t2i_top2")
 
 
-def embed_pairs(bundle: Any, pairs: Any, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_pairs(clip: Any, pairs: Any, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised image and caption embeddings ``[N, D]`` of a pair data set (float32, CPU)."""
-    model = bundle.model
+    model = clip.model
     was_training = model.training
     model.eval()
     img, txt = [], []
@@ -56,21 +59,21 @@ def embed_pairs(bundle: Any, pairs: Any, batch_size: int = 128) -> tuple[torch.T
             for b in range(0, len(pairs), batch_size):
                 items = [pairs[i] for i in range(b, min(len(pairs), b + batch_size))]
                 x = torch.stack(
-                    [im if isinstance(im, torch.Tensor) else bundle.preprocess(im) for im, _ in items]
+                    [im if isinstance(im, torch.Tensor) else clip.preprocess(im) for im, _ in items]
                 )
-                t = bundle.tokenize([c for _, c in items])
-                img.append(model.encode_image(x.to(bundle.device), normalize=True).float().cpu())
-                txt.append(model.encode_text(t.to(bundle.device), normalize=True).float().cpu())
+                t = clip.tokenize([c for _, c in items])
+                img.append(model.encode_image(x.to(clip.device), normalize=True).float().cpu())
+                txt.append(model.encode_text(t.to(clip.device), normalize=True).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(img), torch.cat(txt)
 
 
-def retrieval_scores(bundle: Any, pairs: Any, *, runs: int = 5, seed: int = 0) -> dict[str, float]:
+def retrieval_scores(clip: Any, pairs: Any, *, runs: int = 5, seed: int = 0) -> dict[str, float]:
     """Top-1/top-2 retrieval (%) both ways on ``pairs``: the paper's protocol (batches of 50,
     ``runs`` shuffles; ``*_std`` the spread) with at least 50 pairs, else over the whole set.
     Identical captions count as each other's match (``pairs.captions`` when the set has it)."""
-    img, txt = embed_pairs(bundle, pairs)
+    img, txt = embed_pairs(clip, pairs)
     groups = getattr(pairs, "captions", None)
     if len(pairs) >= 50:
         res = retrieval_protocol(img, txt, batch=50, runs=runs, seed=seed, groups=groups)
@@ -84,8 +87,8 @@ def compare_losses(
     train: Any,
     test: Any,
     *,
-    clip: str = "toy",
-    losses: Sequence[str] = LOSS_ORDER,
+    clip: Any = "toy",
+    losses: Sequence[str] = LOSS_NAMES,
     config: FinetuneConfig | None = None,
     out_dir: str | Path = "runs/loss_comparison",
     runs: int = 5,
@@ -100,13 +103,12 @@ def compare_losses(
     Resumable: a loss whose run already finished (``out_dir/<loss>/model.pt``) is scored from
     that file instead of being trained again.
     """
-    from .models import load_clip
-
     base = config or FinetuneConfig()
     out_dir = Path(out_dir)
-    bundle = load_clip(clip, device=device)
-    start_state = copy.deepcopy(bundle.model.state_dict())
-    rows = [{"model": f"{clip} (before)", **retrieval_scores(bundle, test, runs=runs), "steps": 0,
+    name = str(clip)
+    clip = load_clip(clip, device=device)
+    start_state = copy.deepcopy(clip.model.state_dict())
+    rows = [{"model": f"{name} (before)", **retrieval_scores(clip, test, runs=runs), "steps": 0,
              "seconds": 0.0}]
     for loss in losses:
         run_dir = out_dir / loss
@@ -116,20 +118,18 @@ def compare_losses(
             tuned = load_clip(done, device=device)
             steps = _steps_in_log(run_dir)
         else:
-            bundle.model.load_state_dict(start_state)
+            clip.model.load_state_dict(start_state)
             cfg = replace(base, loss=loss, out_dir=str(run_dir))
-            result = finetune(bundle, train, None, cfg, resume=True)
-            tuned, steps = bundle, int(result["global_step"])
+            result = finetune(clip, train, None, cfg, resume=True)
+            tuned, steps = clip, int(result["global_step"])
         seconds = time.perf_counter() - t0
         rows.append({"model": _LABEL.get(loss, loss), **retrieval_scores(tuned, test, runs=runs),
                      "steps": steps, "seconds": seconds})
-    bundle.model.load_state_dict(start_state)
+    clip.model.load_state_dict(start_state)
     return rows
 
 
 def _steps_in_log(run_dir: Path) -> int:
-    import json
-
     try:
         history = json.loads((run_dir / "log.json").read_text())
         steps = history.get("steps") or []

@@ -43,6 +43,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy import stats
 
+from .data.datasets import PairingError, pair_by_stem
+from .data.io import file_stem, read_mask
+
 __all__ = [
     "MaskFolderPairs",
     "dice",
@@ -318,7 +321,8 @@ class MaskFolderPairs:
 
     ``missing_ground_truth``: prediction stems with no ground-truth file; ``missing_predictions``:
     ground-truth stems no prediction claimed; ``duplicates``: stems with several candidate files;
-    ``ignored``: names of non-image files.
+    ``ignored``: names of non-image files; ``broken_links``: symbolic links whose target does
+    not exist (``name -> target``; ground truth ones prefixed ``masks/``).
     """
 
     ids: list[str]
@@ -328,6 +332,7 @@ class MaskFolderPairs:
     missing_predictions: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    broken_links: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -343,6 +348,9 @@ class MaskFolderPairs:
                          f"prediction: {_names(self.missing_predictions)}")
         if self.duplicates:
             parts.append(f"several files for one stem: {_names(self.duplicates)}")
+        if self.broken_links:
+            parts.append(f"{len(self.broken_links)} broken symbolic link(s): "
+                         f"{_names(self.broken_links)}")
         return "; ".join(parts) or None
 
 
@@ -359,15 +367,12 @@ def pair_mask_folders(
     unpaired or duplicated file raises :class:`medclipsam.data.PairingError` naming them, as do
     folders without a single pair; otherwise the clean pairs are kept and the rest reported.
     """
-    from .data.datasets import PairingError, pair_by_stem
-
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"{pred_dir}: prediction folder not found")
     if not gt_dir.is_dir():
         raise FileNotFoundError(f"{gt_dir}: ground-truth folder not found")
     pairs, report = pair_by_stem(pred_dir, gt_dir, mask_suffixes=tuple(gt_suffixes), strict=False)
-    from .data.io import file_stem
 
     out = MaskFolderPairs(
         ids=[file_stem(p) for p, _ in pairs],
@@ -377,6 +382,7 @@ def pair_mask_folders(
         missing_predictions=list(report["extra_masks"]),
         duplicates=list(report["duplicates"]),
         ignored=list(report["ignored"]),
+        broken_links=list(report.get("broken_links", [])),
     )
     problem = out.problems()
     where = f"{pred_dir} (predictions) and {gt_dir} (ground truth)"
@@ -389,8 +395,6 @@ def pair_mask_folders(
 
 
 def _iter_folder_masks(pairs: MaskFolderPairs) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    from .data.io import read_mask
-
     for name, pp, gp in zip(pairs.ids, pairs.pred_paths, pairs.gt_paths):
         p, g = read_mask(pp), read_mask(gp)
         if p.shape != g.shape:

@@ -9,13 +9,35 @@
 
     pipe = MedCLIPSAM.from_pretrained(clip="biomedclip", sam="vit_b")   # real world (downloads)
     pipe.run_folder("images/", "breast tumor", "out/")                # masks/*.png + results.csv
-    pipe.sweep(images, "breast tumor", [{"postprocess": "otsu"}, {"prompt_mode": "points"}])
+    pipe.sweep(images, "breast tumor", [{"postprocess": "otsu"}, {"sam_prompt_mode": "points"}])
                                                     # several settings, one SAM embedding per image
 
 Every intermediate is kept in the :class:`SegmentationResult`. Settings live in
-:class:`PipelineConfig`; per-task presets (:data:`TASK_PRESETS`) say what the paper changes per task
-(two lungs: the two largest components, one box each, masks unioned). Nothing in the pipeline looks
-at a ground-truth mask.
+:class:`~medclipsam.config.PipelineConfig`; per-task presets (:data:`~medclipsam.config.TASK_PRESETS`)
+say what the paper changes per task (two lungs: the two largest components, one box each, masks
+unioned). Nothing in the pipeline looks at a ground-truth mask.
+
+One call, step by step (:meth:`MedCLIPSAM._one`): the image becomes the uint8 RGB picture once
+(:func:`~medclipsam.data.io.load_picture`, the package's one image rule); CLIP's saliency maps of the
+prompt (:func:`~medclipsam.saliency.saliency_maps`); the coarse mask and SAM's boxes and points
+(:func:`~medclipsam.prompting.make_sam_prompts`); SAM's embedding of the picture, once per image, and its
+masks (:class:`~medclipsam.sam_session.SamSession`).
+
+Bad or awkward input (see also :mod:`medclipsam.data.io`):
+
+* an image larger than ``PipelineConfig.max_side`` (default 1024, SAM's own input size) on its
+  longer side is processed at that working resolution and its saliency, coarse mask, boxes,
+  points and mask are mapped back to the full image: flag ``large_image_downscaled`` and a
+  warning (so an 8000x8000 image costs about what a 1024x1024 one does, not minutes);
+* a constant image (every pixel the same) has nothing to segment: empty mask, no prompts, flag
+  ``constant_image`` and a warning (models are not run on it);
+* empty or whitespace-only prompts are refused;
+* :meth:`MedCLIPSAM.run_folder` records an image that cannot be read or segmented as a failed
+  row of ``results.csv`` (``status`` ``failed``, the reason in ``error``), goes on, and warns
+  with a summary at the end; ``strict=True`` stops at the first failure instead. Rows are
+  appended with one write each and flushed to disk, so a crash leaves no half row; a torn last
+  row (power loss, full disk) is dropped on resume and its image redone; stale temporary files
+  of atomic writes are removed on resume. Failed images are retried when a run resumes.
 
 Two saliency *controls* exist for experiments: ``saliency="random"`` (a smooth random map,
 seeded per image) and ``saliency="uniform"`` (a constant map). With them the text prompt cannot
@@ -25,97 +47,52 @@ drive the result, so the Dice drop they cause measures how much the prompt does.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import time
+import warnings
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+from tqdm.auto import tqdm
 
-from ._utils import atomic_path, atomic_write_text
-
-if TYPE_CHECKING:
-    from .prompting import Prompts
+from ._utils import atomic_path, atomic_write_text, remove_stale_temporaries
+from .config import TOY_DEFAULTS, PipelineConfig
+from .data.datasets import broken_links, list_image_files
+from .data.io import ImageReadError, file_stem, load_picture, write_mask
+from .data.phantom import PROMPTS, PhantomDataset
+from .metrics import evaluate_masks, summarize
+from .models import load_clip, load_sam
+from .prompting import SamPrompts, make_sam_prompts
+from .saliency.api import saliency_maps
+from .sam_session import SamSession
+from .viz import result_figure, save_figure
+from .vocab import CONTROL_SALIENCY, TASKS
 
 __all__ = [
-    "CONTROL_SALIENCY",
     "MedCLIPSAM",
-    "PipelineConfig",
     "SegmentationResult",
-    "TASK_PRESETS",
-    "TOY_DEFAULTS",
+    "check_prompt",
     "evaluate_phantom",
     "evaluate_predictions",
     "evaluate_settings",
+    "read_results",
 ]
-
-#: Saliency "methods" that ignore the prompt, for control experiments.
-CONTROL_SALIENCY = ("random", "uniform")
-
-#: The settings :meth:`MedCLIPSAM.toy` starts from (see there).
-TOY_DEFAULTS: dict[str, Any] = {"saliency_kwargs": lambda: {"k": 24}, "prompt_mode": "box+points"}
-
-#: What the paper changes per task (everything else stays at the :class:`PipelineConfig` default),
-#: and the smallest box each task accepts (a share of the image: lesions can be small, a lung is
-#: never below 0.5 % of a chest X-ray; on the phantom validation and test splits the smallest
-#: target's box is 1.5 % (breast), 0.77 % (brain) and 13 % (xray) of the image).
-TASK_PRESETS: dict[str, dict[str, Any]] = {
-    "breast": {"n_components": 1, "box_mode": "largest", "min_box_area": 5e-4},
-    "brain": {"n_components": 1, "box_mode": "largest", "min_box_area": 5e-4},
-    "xray": {"n_components": 2, "box_mode": "per_component", "min_box_area": 5e-3},
-}
 
 RESULTS_COLUMNS = (
     "id", "prompt", "mask_file", "sam_score", "mask_area", "n_boxes", "boxes", "flags",
-    "height", "width", "t_saliency", "t_prompts", "t_sam_embed", "t_sam_decode", "t_total",
+    "height", "width", "t_saliency", "t_sam_prompts", "t_sam_embed", "t_sam_decode", "t_total",
+    "status", "error",
 )
-
-
-@dataclass
-class PipelineConfig:
-    """Settings of :class:`MedCLIPSAM` (defaults: MedCLIP-SAM v1: gScoreCAM, dense CRF, one box).
-
-    * ``saliency``: ``"gscorecam"`` (paper), ``"gradcam"``, ``"m2ib"`` (v2), or a control
-      (``"random"``, ``"uniform"``); ``saliency_kwargs`` go to the method (e.g. ``k``,
-      ``precision``, ``weighting``).
-    * ``postprocess``: ``"crf"`` (v1, default; needs the ``crf`` extra: without it the pipeline
-      uses k-means and says so in each result's flags, ``"crf_unavailable_used_kmeans"``),
-      ``"kmeans"`` (v2), ``"threshold"`` (at ``threshold``), ``"otsu"``.
-    * ``n_components`` largest components are kept; ``box_mode``: ``"largest"`` (one box),
-      ``"per_component"`` (one per kept component, masks unioned) or ``"union"`` (one box
-      around all kept).
-    * ``prompt_mode``: ``"box"`` (paper v1), ``"points"`` or ``"box+points"`` (v2) with
-      ``points`` positives and ``negatives`` negatives per region.
-    * ``multimask``: let SAM propose three masks per prompt and keep the best by predicted IoU
-      (``None``: only for point prompts without a box).
-    * ``min_box_area``: boxes smaller than this share of the image are dropped (flag
-      ``"small_box_dropped"``; none left: the flagged whole-image fallback). The default, 1e-4,
-      removes specks (a one-pixel box) on any image size; the task presets set their own.
-    """
-
-    saliency: str = "gscorecam"
-    saliency_kwargs: dict = field(default_factory=dict)
-    postprocess: str = "crf"
-    threshold: float = 0.3
-    n_components: int = 1
-    box_mode: str = "largest"
-    prompt_mode: str = "box"
-    points: int = 1
-    negatives: int = 0
-    multimask: bool | None = None
-    min_box_area: float = 1e-4
-    seed: int = 0
-
-    def for_task(self, task: str | None) -> PipelineConfig:
-        """This configuration with the task's preset applied (unknown task: unchanged)."""
-        return replace(self, **TASK_PRESETS.get(task or "", {}))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class SegmentationResult:
@@ -148,13 +125,14 @@ class SegmentationResult:
             "height": h,
             "width": w,
             **{f"t_{k}": round(v, 4) for k, v in self.timings.items()},
+            "status": "ok",
+            "error": "",
         }
 
 
 def _control_map(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
     if kind == "uniform":
         return np.full(shape, 0.5, dtype=np.float32)
-    from scipy import ndimage
 
     rng = np.random.default_rng(seed)
     noise = ndimage.gaussian_filter(rng.random(shape), sigma=max(2.0, 0.05 * min(shape)))
@@ -162,17 +140,6 @@ def _control_map(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
     return ((noise - lo) / (hi - lo + 1e-12)).astype(np.float32)
 
 
-def _image_array(image: Any) -> np.ndarray:
-    """A path (any format the data layer reads), PIL image or array -> uint8 RGB (H, W, 3)."""
-    from .prompting import to_uint8_rgb
-
-    if isinstance(image, (str, Path)):
-        from .data.io import read_image
-
-        return read_image(image, mode="rgb")
-    if hasattr(image, "convert") and not isinstance(image, np.ndarray):  # PIL
-        return np.array(image.convert("RGB"))
-    return to_uint8_rgb(np.asarray(image))
 
 
 class MedCLIPSAM:
@@ -184,12 +151,10 @@ class MedCLIPSAM:
     """
 
     def __init__(self, clip: Any, sam: Any, config: PipelineConfig | None = None, **overrides: Any) -> None:
-        from .sam_prompting import SamSession
-
         self.clip = clip
         self.sam = sam
         self.config = replace(config or PipelineConfig(), **overrides)
-        _check_config(self.config)
+        self.config.validate()
         self.session = SamSession(sam)
         #: ``"toy"`` (:meth:`toy`), ``"real"`` (:meth:`from_pretrained`) or ``"custom"``.
         self.world = "custom"
@@ -205,8 +170,6 @@ class MedCLIPSAM:
         paper's k = 300 would be all of them (plain ScoreCAM), whose maps localise poorly on this
         model; prompts are a box plus one positive point (v2's box+points), which beat a box
         alone on every task there. Keyword arguments override them."""
-        from .models import load_clip, load_sam
-
         for key, value in TOY_DEFAULTS.items():
             if key == "saliency_kwargs" and overrides.get("saliency", "gscorecam") != "gscorecam":
                 continue
@@ -233,8 +196,6 @@ class MedCLIPSAM:
         sam_checkpoint=PATH`` is MedSAM with MedSAM's preprocessing); ``sam_kind`` (``"sam"`` /
         ``"medsam"``) chooses the predictor for a file given as ``sam=PATH`` (see
         :func:`~medclipsam.models.load_sam`)."""
-        from .models import load_clip, load_sam
-
         predictor = load_sam(sam, device=device, checkpoint=sam_checkpoint, kind=sam_kind)
         pipe = cls(load_clip(clip, device=device), predictor, **overrides)
         pipe.world = "real"
@@ -253,12 +214,14 @@ class MedCLIPSAM:
                  seed: int = 0) -> np.ndarray:
         """Saliency maps ``(P, H, W)`` float32 in [0, 1] of ``prompts`` over ``image``, in the
         image's own coordinates (text features computed once for all prompts)."""
-        cfg = config or self.config
-        rgb = _image_array(image)
+        return self._saliency(load_picture(image), prompts, config or self.config, seed)
+
+    def _saliency(self, rgb: np.ndarray, prompts: str | Sequence[str], cfg: PipelineConfig,
+                  seed: int) -> np.ndarray:
+        """:meth:`saliency` of a picture already converted by :func:`~medclipsam.data.io.load_picture`."""
         plist = [prompts] if isinstance(prompts, str) else list(prompts)
         if cfg.saliency in CONTROL_SALIENCY:
             return np.stack([_control_map(cfg.saliency, rgb.shape[:2], seed + i) for i in range(len(plist))])
-        from .saliency.api import saliency_maps
 
         maps = saliency_maps(self.clip, rgb, plist, method=cfg.saliency, **cfg.saliency_kwargs)
         return np.asarray(maps, dtype=np.float32)
@@ -290,6 +253,8 @@ class MedCLIPSAM:
         plist = [prompts] * len(items) if isinstance(prompts, str) else list(prompts)
         if len(plist) != len(items):
             raise ValueError(f"{len(items)} images but {len(plist)} prompts; give one prompt or one per image")
+        for pr in plist:
+            check_prompt(pr)
         ids = list(ids) if ids is not None else [str(i) for i in range(len(items))]
         given = [None] * len(items)
         if maps is not None:
@@ -310,7 +275,7 @@ class MedCLIPSAM:
         if overrides.get("saliency", self.config.saliency) != self.config.saliency:
             overrides.setdefault("saliency_kwargs", {})  # another method: its own defaults
         cfg = replace(self.config.for_task(task), **overrides)
-        _check_config(cfg)
+        cfg.validate()
         return cfg
 
     def sweep(
@@ -338,43 +303,61 @@ class MedCLIPSAM:
         plist = [prompts] * len(items) if isinstance(prompts, str) else list(prompts)
         if len(plist) != len(items):
             raise ValueError(f"{len(items)} images but {len(plist)} prompts; give one prompt or one per image")
+        for pr in plist:
+            check_prompt(pr)
         ids = list(ids) if ids is not None else [str(i) for i in range(len(items))]
         given = list(maps) if maps is not None else [None] * len(items)
         if len(given) != len(items):
             raise ValueError(f"{len(items)} images but {len(given)} saliency maps")
         cfgs = [self._call_config(task, dict(over)) for over in settings]
-        base = self.config.for_task(task)
-        base_key = (base.saliency, _freeze(base.saliency_kwargs))
         out: list[list[SegmentationResult]] = [[] for _ in cfgs]
         for i, (im, pr, name, sal) in enumerate(
             _progress(zip(items, plist, ids, given), len(items), progress)
         ):
-            rgb = _image_array(im)
-            seed = i  # offset by each configuration's own seed below, as in predict
-            cache: dict[tuple, np.ndarray] = {}
-            if sal is not None:
-                cache[base_key + (base.seed + seed,)] = np.asarray(sal, dtype=np.float32)
-            for s, cfg in enumerate(cfgs):
-                key = (cfg.saliency, _freeze(cfg.saliency_kwargs), cfg.seed + seed)
-                if key not in cache:
-                    cache[key] = self.saliency(rgb, [pr], cfg, seed=cfg.seed + seed)[0]
-                out[s].append(self._one(rgb, pr, cfg, name, seed=cfg.seed + seed, saliency=cache[key]))
+            for s, result in enumerate(self._sweep_one(im, pr, name, i, sal, cfgs, task)):
+                out[s].append(result)
         return out
 
-    def prompts_from(self, saliency: np.ndarray, image: np.ndarray,
-                     config: PipelineConfig | None = None, seed: int | None = None) -> Prompts:
+    def _sweep_one(self, image: Any, prompt: str, name: str, index: int, given: Any,
+                   cfgs: list[PipelineConfig], task: str | None) -> list[SegmentationResult]:
+        """Every configuration of :meth:`sweep` on one image: the picture converted once per
+        working size, each distinct saliency setting run once (``given``: the map of the
+        configuration's own method, or None), SAM's embedding reused by the session."""
+        base = self.config.for_task(task)
+        own = (base.saliency, _freeze(base.saliency_kwargs), base.seed + index)
+        pictures: dict[int | None, _Picture] = {}
+        maps: dict[tuple, np.ndarray] = {}
+        results = []
+        for cfg in cfgs:
+            t0 = time.perf_counter()
+            seed = cfg.seed + index  # as in predict
+            if cfg.max_side not in pictures:
+                pictures[cfg.max_side] = _picture(image, name, cfg.max_side, stacklevel=4)
+            pic = pictures[cfg.max_side]
+            if pic.rgb is None:
+                results.append(_empty_result(prompt, pic.shape, name, ("constant_image",),
+                                             time.perf_counter() - t0))
+                continue
+            setting = (cfg.saliency, _freeze(cfg.saliency_kwargs), seed)
+            key = (cfg.max_side, *setting)
+            if key not in maps:
+                maps[key] = (pic.map_in(given) if given is not None and setting == own
+                             else self._saliency(pic.rgb, [prompt], cfg, seed)[0])
+            results.append(self._segment(pic, prompt, maps[key], cfg, name, seed, t0))
+        return results
+
+    def sam_prompts_from(self, saliency: np.ndarray, image: np.ndarray,
+                     config: PipelineConfig | None = None, seed: int | None = None) -> SamPrompts:
         """SAM prompts from a saliency map of ``image`` (uint8 RGB) with ``config``'s
         post-processing and prompt settings. Without the ``crf`` extra, ``"crf"`` falls back to
         k-means and says so in the flags (``"crf_unavailable_used_kmeans"``)."""
-        from .prompting import make_prompts
-
         cfg = config or self.config
         post, extra_flags = cfg.postprocess, ()
         if post == "crf" and not _crf_available():
             post, extra_flags = "kmeans", ("crf_unavailable_used_kmeans",)
-        pr = make_prompts(
+        pr = make_sam_prompts(
             saliency, image=image, postprocess=post, threshold=cfg.threshold,
-            box_mode=cfg.box_mode, n_components=cfg.n_components, mode=cfg.prompt_mode,
+            box_mode=cfg.box_mode, n_components=cfg.n_components, mode=cfg.sam_prompt_mode,
             points=cfg.points, negatives=cfg.negatives, min_box_area=cfg.min_box_area,
             seed=cfg.seed if seed is None else seed,
         )
@@ -382,30 +365,45 @@ class MedCLIPSAM:
 
     def _one(self, image: Any, prompt: str, cfg: PipelineConfig, name: str, seed: int,
              saliency: np.ndarray | None = None) -> SegmentationResult:
-        t: dict[str, float] = {}
         t0 = time.perf_counter()
-        rgb = _image_array(image)
+        pic = _picture(image, name, cfg.max_side, stacklevel=4)
+        if pic.rgb is None:
+            return _empty_result(prompt, pic.shape, name, ("constant_image",), time.perf_counter() - t0)
         if saliency is None:
-            sal = self.saliency(rgb, [prompt], cfg, seed=seed)[0]
+            sal = self._saliency(pic.rgb, [prompt], cfg, seed)[0]
         else:
-            sal = np.asarray(saliency, dtype=np.float32)
-            if sal.shape != rgb.shape[:2]:
-                raise ValueError(f"saliency map {sal.shape} does not match the image {rgb.shape[:2]}")
-        t["saliency"] = time.perf_counter() - t0
+            sal = pic.map_in(saliency)
+        return self._segment(pic, prompt, sal, cfg, name, seed, t0)
+
+    def _segment(self, pic: _Picture, prompt: str, sal: np.ndarray, cfg: PipelineConfig,
+                 name: str, seed: int, t0: float) -> SegmentationResult:
+        """SAM prompts from ``sal`` (the saliency map at the working size), SAM's mask, and
+        everything mapped back to the full image. ``t0``: when this image's work began."""
+        rgb, scale, (h, w) = pic.rgb, pic.scale, pic.shape
+        t: dict[str, float] = {"saliency": time.perf_counter() - t0}
         t1 = time.perf_counter()
-        pr = self.prompts_from(sal, rgb, cfg, seed=seed)
-        t["prompts"] = time.perf_counter() - t1
+        pr = self.sam_prompts_from(sal, rgb, cfg, seed=seed)
+        t["sam_prompts"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         self.session.set_image(rgb)
         t["sam_embed"] = time.perf_counter() - t2
         t3 = time.perf_counter()
-        res = self.session.predict_prompts(pr, multimask=cfg.multimask, union=True)
+        res = self.session.predict_sam_prompts(pr, multimask=cfg.multimask, union=True)
         t["sam_decode"] = time.perf_counter() - t3
+        flags = tuple(pr.flags)
+        mask, coarse, boxes, points = res.mask, pr.mask, pr.boxes, pr.points
+        if scale is not None:
+            sal = _resize_map(sal, (h, w))
+            mask = _resize_mask(mask, (h, w), smooth=True)
+            coarse = _resize_mask(coarse, (h, w))
+            boxes = None if boxes is None else _scale_boxes(boxes, scale, (h, w))
+            points = None if points is None else _scale_points(points, scale, (h, w))
+            flags += ("large_image_downscaled",)
         t["total"] = time.perf_counter() - t0
         return SegmentationResult(
-            prompt=prompt, saliency=sal, coarse_mask=pr.mask, boxes=pr.boxes, points=pr.points,
-            point_labels=pr.point_labels, mask=res.mask, sam_score=res.score,
-            flags=tuple(pr.flags),
+            prompt=prompt, saliency=sal, coarse_mask=coarse, boxes=boxes, points=points,
+            point_labels=pr.point_labels, mask=mask, sam_score=res.score,
+            flags=flags,
             timings=t, id=name,
         )
 
@@ -423,18 +421,25 @@ class MedCLIPSAM:
         limit: int | None = None,
         stems: Sequence[str] | None = None,
         progress: bool = True,
+        strict: bool = False,
     ) -> list[dict]:
         """Segment every image of ``images_dir`` (not recursive), writing as it goes:
         ``out_dir/masks/<stem>.png`` (0/255), one row per image in ``out_dir/results.csv`` and
         ``out_dir/run.json`` (prompt and settings). With ``resume`` (default) images that already
         have a row and a mask are skipped, so an interrupted run continues where it stopped;
         a run with other settings in the same ``out_dir`` is refused. ``stems`` restricts the run
-        to those file stems (e.g. one split). Returns all rows."""
-        from .data.datasets import list_image_files
-        from .data.io import write_mask
+        to those file stems (e.g. one split).
 
+        An image that cannot be read or segmented (a truncated or fake file, a broken link)
+        becomes a row with ``status`` ``"failed"`` and the reason in ``error``, and the run goes
+        on; a warning at the end names the failed files. ``strict=True`` stops at the first
+        failure instead (its row is written first). Failed images are retried on resume.
+        Returns all rows (``status`` ``"ok"`` or ``"failed"``), sorted by id."""
+        check_prompt(prompt)
         images_dir, out_dir = Path(images_dir), Path(out_dir)
         by_stem, _ = list_image_files(images_dir)
+        for link in broken_links(images_dir):  # a failed row each, not silently left out
+            by_stem.setdefault(file_stem(link), []).append(link)
         dup = sorted(s for s, paths in by_stem.items() if len(paths) > 1)
         if dup:
             raise ValueError(f"{images_dir}: several files share a stem ({', '.join(dup[:5])}); rename them")
@@ -450,10 +455,11 @@ class MedCLIPSAM:
             raise FileNotFoundError(f"{images_dir}: no image files found")
         cfg = self.config.for_task(task)
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir, out_dir / "masks", out_dir / "overlays")
         settings = {"prompt": prompt, "task": task, "config": cfg.to_dict()}
         run_file = out_dir / "run.json"
         csv_path = out_dir / "results.csv"
-        done: dict[str, dict] = {}
+        kept: dict[str, dict] = {}
         if run_file.exists() and csv_path.exists():
             previous = json.loads(run_file.read_text())
             if previous != json.loads(json.dumps(settings)):
@@ -462,24 +468,161 @@ class MedCLIPSAM:
                     "or delete it"
                 )
             if resume:
-                with open(csv_path, newline="") as fh:
-                    done = {r["id"]: r for r in csv.DictReader(fh)
-                            if (out_dir / r["mask_file"]).is_file()}
+                wanted = set(stems)
+                for r in read_results(csv_path):
+                    ok = r.get("status", "ok") in ("ok", "") and r.get("mask_file")
+                    if ok and (out_dir / r["mask_file"]).is_file():
+                        kept[r["id"]] = r
+                    elif not ok and r["id"] not in wanted:
+                        kept[r["id"]] = r  # another subset's failure: keep it on record
         atomic_write_text(run_file, json.dumps(settings, indent=1) + "\n")
-        _write_rows(csv_path, list(done.values()))  # every finished row, also of other stems
-        rows = [done[s] for s in stems if s in done]
-        todo = [s for s in stems if s not in done]
+        _write_rows(csv_path, list(kept.values()))  # every finished row, also of other stems
+        rows = [kept[s] for s in stems if s in kept]
+        todo = [s for s in stems if s not in kept]
+        failed: list[dict] = []
         for stem in _progress(todo, len(todo), progress):
+            path = by_stem[stem][0]
             # the seed depends on the file, not on its position, so subsets give the same masks
             seed = cfg.seed + zlib.crc32(stem.encode()) % 2**31
-            res = self._one(by_stem[stem][0], prompt, cfg, stem, seed=seed)
-            mask_file = f"masks/{stem}.png"
-            write_mask(out_dir / mask_file, res.mask)
-            if overlays:
-                _save_overlay(out_dir / "overlays" / f"{stem}.png", res, by_stem[stem][0])
-            rows.append(res.row(mask_file))
-            _append_row(csv_path, rows[-1])
+            try:
+                res = self._one(path, prompt, cfg, stem, seed=seed)
+                mask_file = f"masks/{stem}.png"
+                write_mask(out_dir / mask_file, res.mask)
+                if overlays:
+                    _save_overlay(out_dir / "overlays" / f"{stem}.png", res, path)
+                row = res.row(mask_file)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the folder
+                row = _failed_row(stem, prompt, path, exc)
+                failed.append(row)
+                rows.append(row)
+                _append_row(csv_path, row)
+                if strict:
+                    if isinstance(exc, (ImageReadError, OSError)):
+                        raise
+                    raise ValueError(f"{path}: {type(exc).__name__}: {exc}") from exc
+                continue
+            rows.append(row)
+            _append_row(csv_path, row)
+        if failed:
+            shown = "; ".join(f"{r['id']}: {r['error']}" for r in failed[:5])
+            more = f"; ... and {len(failed) - 5} more" if len(failed) > 5 else ""
+            warnings.warn(f"{len(failed)} of {len(todo)} image(s) failed and were skipped "
+                          f"(status 'failed' in {csv_path}): {shown}{more}", UserWarning, stacklevel=2)
         return sorted(rows, key=lambda r: r["id"])
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: prompts, constant and very large images
+
+
+def check_prompt(prompt: Any) -> str:
+    """``prompt`` if it is a non-empty string; an empty or whitespace-only prompt is refused
+    (it would still give a mask, driven by nothing)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError(f"empty prompt {prompt!r}: say what to segment, e.g. \"breast tumor\"")
+    return prompt
+
+
+@dataclass
+class _Picture:
+    """One image as the pipeline works on it: ``rgb`` the uint8 RGB picture at the working size
+    (None for a constant image: nothing to segment), ``shape`` the full image's (H, W), ``scale``
+    the factors from working to full coordinates (None when the image fits ``max_side``)."""
+
+    rgb: np.ndarray | None
+    shape: tuple[int, int]
+    scale: tuple[float, float] | None = None
+
+    def map_in(self, saliency: Any) -> np.ndarray:
+        """A saliency map of the full image, checked, at the working size."""
+        sal = np.asarray(saliency, dtype=np.float32)
+        if sal.shape != self.shape:
+            raise ValueError(f"saliency map {sal.shape} does not match the image {self.shape}")
+        return sal if self.scale is None else _resize_map(sal, self.rgb.shape[:2])
+
+
+def _picture(image: Any, name: str, max_side: int | None, stacklevel: int) -> _Picture:
+    """The one conversion (medclipsam.data.convert): CLIP, the CRF and SAM all take this picture;
+    a grey image stays grey until the size guard has shrunk it. A constant image and one larger
+    than ``max_side`` are said in a warning (at ``stacklevel`` from here)."""
+    full = load_picture(image, "auto")
+    h, w = full.shape[:2]
+    pixels = full.reshape(-1, full.shape[2]) if full.ndim == 3 else full.reshape(-1)
+    if full.size and bool((pixels == pixels[0]).all()):
+        value = pixels[0].tolist()
+        warnings.warn(f"{name or 'image'}: constant image (every pixel {value}): "
+                      "nothing to segment; empty mask, flag 'constant_image'",
+                      UserWarning, stacklevel=stacklevel)
+        return _Picture(None, (h, w))
+    rgb, scale = _working_image(full, max_side)
+    del full
+    if rgb.ndim == 2:
+        rgb = np.ascontiguousarray(np.repeat(rgb[:, :, None], 3, axis=2))
+    if scale is not None:
+        warnings.warn(f"{name or 'image'}: {w}x{h} is larger than max_side={max_side}: "
+                      f"processed at {rgb.shape[1]}x{rgb.shape[0]} and mapped back "
+                      "(flag 'large_image_downscaled')", UserWarning, stacklevel=stacklevel)
+    return _Picture(rgb, (h, w), scale)
+
+
+def _empty_result(prompt: str, shape: tuple[int, int], name: str, flags: tuple[str, ...],
+                  seconds: float) -> SegmentationResult:
+    zeros = np.zeros(shape, dtype=bool)
+    return SegmentationResult(
+        prompt=prompt, saliency=np.zeros(shape, dtype=np.float32), coarse_mask=zeros,
+        boxes=None, points=None, point_labels=None, mask=zeros.copy(), sam_score=0.0,
+        flags=flags, id=name,
+        timings={"saliency": 0.0, "sam_prompts": 0.0, "sam_embed": 0.0, "sam_decode": 0.0,
+                 "total": seconds},
+    )
+
+
+def _working_image(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """``image`` (uint8, grey or RGB) shrunk (area-averaged) so that its longer side is
+    ``max_side``, with the factors ``(sx, sy)`` from working to full coordinates; unchanged (and
+    ``None``) if it fits."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image, None
+    k = max_side / max(h, w)
+    size = (max(1, round(w * k)), max(1, round(h * k)))  # PIL: (width, height)
+    small = np.array(Image.fromarray(image).resize(size, Image.BOX, reducing_gap=3.0))  # writable
+    return small, (w / size[0], h / size[1])
+
+
+def _resize_map(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A 2D float map resized (bilinear) to ``shape`` = (H, W), as float32."""
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int], smooth: bool = False) -> np.ndarray:
+    """A bool mask resized to ``shape``: nearest neighbour, or (``smooth``) bilinear then
+    >= 0.5, which keeps diagonal edges from turning into steps."""
+    if smooth:
+        return _resize_map(mask.astype(np.float32), shape) >= 0.5
+    return np.asarray(Image.fromarray(np.ascontiguousarray(mask)).resize(
+        (shape[1], shape[0]), Image.NEAREST), dtype=bool)
+
+
+def _scale_boxes(boxes: np.ndarray, scale: tuple[float, float], shape: tuple[int, int]) -> np.ndarray:
+    """Inclusive-pixel xyxy boxes from working to full coordinates (the pixels they cover)."""
+    sx, sy = scale
+    b = np.asarray(boxes, dtype=np.float64)
+    out = np.stack([b[:, 0] * sx, b[:, 1] * sy, (b[:, 2] + 1) * sx - 1, (b[:, 3] + 1) * sy - 1], 1)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, shape[1] - 1)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, shape[0] - 1)
+    return out
+
+
+def _scale_points(points: np.ndarray, scale: tuple[float, float], shape: tuple[int, int]) -> np.ndarray:
+    """(x, y) points (pixel centres) from working to full coordinates."""
+    out = np.array(points, dtype=np.float64)
+    out[..., 0] = ((out[..., 0] + 0.5) * scale[0] - 0.5).clip(0, shape[1] - 1)
+    out[..., 1] = ((out[..., 1] + 0.5) * scale[1] - 0.5).clip(0, shape[0] - 1)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,8 +644,6 @@ def evaluate_predictions(
 
     Returns per-image rows (id, dice, iou, hd95, nsd, areas, SAM score, flags, seconds) and the
     results themselves."""
-    from .metrics import evaluate_masks
-
     results = pipe.predict(list(images), prompt, task=task, ids=ids, **overrides)
     rows = evaluate_masks([r.mask for r in results], list(masks), ids=[r.id for r in results],
                           nsd_tolerance=nsd_tolerance)
@@ -530,8 +671,6 @@ def evaluate_settings(
     :func:`~medclipsam.metrics.summarize` dict per setting (mean and bootstrap interval of
     Dice, IoU, HD95, NSD), with ``"setting"``, ``"flagged"`` (images with a flag) and
     ``"results"`` (the :class:`SegmentationResult` list) added."""
-    from .metrics import evaluate_masks, summarize
-
     gts = list(masks)
     per_setting = pipe.sweep(list(images), prompt, settings, task=task, maps=maps)
     out = []
@@ -546,7 +685,7 @@ def evaluate_settings(
 
 def evaluate_phantom(
     pipe: MedCLIPSAM,
-    tasks: Sequence[str] = ("breast", "brain", "xray"),
+    tasks: Sequence[str] = TASKS,
     *,
     n: int = 20,
     seed: int = 0,
@@ -563,9 +702,6 @@ def evaluate_phantom(
     All ``n`` images have a finding unless ``with_normals`` (the data set's usual share of normal
     images is then included; a prompt for a finding that is not there has no right box). Each task uses its :data:`TASK_PRESETS`;
     ``overrides`` change :class:`PipelineConfig` fields (e.g. ``saliency="random"``)."""
-    from .data.phantom import PROMPTS, PhantomDataset
-    from .metrics import summarize
-
     out = []
     for task in tasks:
         ds = PhantomDataset(task, n, seed=seed, size=size, split=split,
@@ -593,24 +729,6 @@ def evaluate_phantom(
 # helpers
 
 
-def _check_config(cfg: PipelineConfig) -> None:
-    from .prompting import BOX_MODES, COARSE_METHODS, PROMPT_MODES
-
-    methods = ("gscorecam", "gradcam", "m2ib", *CONTROL_SALIENCY)
-    for name, value, allowed in (
-        ("saliency", cfg.saliency, methods),
-        ("postprocess", cfg.postprocess, COARSE_METHODS),
-        ("box_mode", cfg.box_mode, BOX_MODES),
-        ("prompt_mode", cfg.prompt_mode, PROMPT_MODES),
-    ):
-        if value not in allowed:
-            raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-    if cfg.n_components < 1:
-        raise ValueError(f"n_components must be >= 1, got {cfg.n_components}")
-    if not 0.0 <= cfg.min_box_area < 1.0:
-        raise ValueError(f"min_box_area is a share of the image in [0, 1), got {cfg.min_box_area}")
-
-
 _CRF: list[bool] = []
 
 
@@ -622,8 +740,6 @@ def _crf_available() -> bool:
 
             _CRF.append(True)
         except ImportError:
-            import warnings
-
             warnings.warn(
                 "postprocess='crf' needs the crf extra (pip install \"medclipsam[crf]\"); using "
                 "k-means instead (flag 'crf_unavailable_used_kmeans' in each result)",
@@ -641,7 +757,6 @@ def _freeze(d: dict) -> tuple:
 def _progress(it: Iterable, total: int, show: bool) -> Iterable:
     if not show:
         return it
-    from tqdm.auto import tqdm
 
     return tqdm(it, total=total, unit="image")
 
@@ -654,13 +769,53 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def _append_row(path: Path, row: dict) -> None:
-    with open(path, "a", newline="") as fh:
-        csv.DictWriter(fh, fieldnames=RESULTS_COLUMNS, extrasaction="ignore").writerow(row)
-        fh.flush()
+    """Append one row with a single ``write`` and flush it to disk: a crash (or a kill) leaves
+    either the whole row or none of it; power loss may still tear it (see :func:`read_results`)."""
+    buf = io.StringIO()
+    csv.DictWriter(buf, fieldnames=RESULTS_COLUMNS, extrasaction="ignore").writerow(row)
+    data = buf.getvalue().encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _failed_row(stem: str, prompt: str, path: Path, exc: BaseException) -> dict:
+    reason = exc.problem if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+    return {"id": stem, "prompt": prompt, "mask_file": "", "flags": "", "status": "failed",
+            "error": " ".join(f"{path.name}: {reason}".split())}
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """The rows of a ``results.csv`` written by :meth:`MedCLIPSAM.run_folder`, dropping (with a
+    warning) a torn last row (no final newline: power loss, full disk) and any row whose field
+    count does not match the header; their images are then redone by a resumed run."""
+    path = Path(path)
+    # NUL bytes: the zero-filled tail some file systems leave after a power loss
+    text = path.read_bytes().decode("utf-8", errors="replace").replace("\x00", "")
+    records = list(csv.reader(io.StringIO(text, newline="")))
+    if not records:
+        return []
+    header, body = records[0], records[1:]
+    dropped: list[str] = []
+    if body and not text.endswith(("\n", "\r")):
+        dropped.append(f"torn last row {body.pop()[:1]}")
+    rows = []
+    for rec in body:
+        if len(rec) != len(header) or not rec[0]:
+            dropped.append(f"row {rec[:1]} with {len(rec)} of {len(header)} fields")
+            continue
+        rows.append(dict(zip(header, rec)))
+    if dropped:
+        warnings.warn(f"{path}: dropped {'; '.join(dropped)}; those images are redone",
+                      UserWarning, stacklevel=3)
+    return rows
 
 
 def _save_overlay(path: Path, res: SegmentationResult, image: Any) -> None:
-    from .viz import result_figure, save_figure
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(result_figure(_image_array(image), res), path)
+    save_figure(result_figure(load_picture(image), res), path)

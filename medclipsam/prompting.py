@@ -8,7 +8,7 @@ overlay as if it were grey). Steps:
    v2) or Otsu's threshold;
 2. :func:`keep_largest_components`: the N largest connected components (N = 2 for two lungs);
 3. :func:`boxes_from_mask` and :func:`sample_points`: box and point prompts;
-4. :func:`make_prompts` does all of it and returns :class:`Prompts`, whose ``flags`` say when
+4. :func:`make_sam_prompts` does all of it and returns :class:`SamPrompts`, whose ``flags`` say when
    something fell back (no contrast in the map, no component: the box is then the whole image),
    never a silent success.
 
@@ -28,26 +28,23 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+
+from .data.convert import to_uint8
+from .vocab import BOX_MODES, POSTPROCESS_METHODS, SAM_PROMPT_MODES
 
 __all__ = [
-    "BOX_MODES",
-    "COARSE_METHODS",
     "CrfParams",
-    "PROMPT_MODES",
-    "Prompts",
+    "SamPrompts",
     "boxes_from_mask",
     "coarse_mask",
     "crf_mask",
     "keep_largest_components",
     "kmeans_threshold",
-    "make_prompts",
+    "make_sam_prompts",
     "sample_points",
-    "to_uint8_rgb",
 ]
 
-COARSE_METHODS = ("crf", "kmeans", "threshold", "otsu")
-BOX_MODES = ("largest", "per_component", "union")
-PROMPT_MODES = ("box", "points", "box+points")
 #: A map whose max - min is at most this has no contrast: nothing to segment.
 MIN_CONTRAST = 1e-6
 
@@ -82,41 +79,6 @@ def _as_saliency(saliency: np.ndarray) -> np.ndarray:
             "the map first (e.g. medclipsam.saliency.normalize_maps)"
         )
     return np.clip(s, 0.0, 1.0)
-
-
-def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
-    """An image as contiguous ``(H, W, 3)`` uint8 RGB (what SAM and the CRF's bilateral term take).
-
-    Grey ``(H, W)``/``(H, W, 1)`` is replicated; an alpha channel is dropped; uint8 is kept;
-    bool becomes 0/255; floats within [0, 1] are scaled by 255; anything else (uint16, floats
-    in other ranges) is min-max scaled to 0..255 (a constant image becomes 0).
-    """
-    a = np.asarray(image)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 3 and a.shape[-1] == 4:
-        a = a[..., :3]
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3)) or a.size == 0:
-        raise ValueError(f"image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {a.shape}")
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype != np.uint8:
-        if not np.issubdtype(a.dtype, np.number):
-            raise ValueError(f"image must be numeric, got dtype {a.dtype}")
-        f = a.astype(np.float64)
-        if not np.all(np.isfinite(f)):
-            raise ValueError("image contains NaN or infinite values")
-        lo, hi = float(f.min()), float(f.max())
-        if np.issubdtype(a.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-            f = f * 255.0
-        elif hi > lo:
-            f = (f - lo) / (hi - lo) * 255.0
-        else:
-            f = np.zeros_like(f)
-        a = np.round(f).clip(0, 255).astype(np.uint8)
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(a)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,7 +123,7 @@ def crf_mask(
     """
     p = params or CrfParams()
     s = _as_saliency(saliency)
-    rgb = to_uint8_rgb(image)
+    rgb = to_uint8(image, "rgb")
     if rgb.shape[:2] != s.shape:
         raise ValueError(f"image is {rgb.shape[:2]} but the saliency map is {s.shape} (H, W)")
     dcrf = _import_densecrf()
@@ -237,14 +199,12 @@ def coarse_mask(
     if method == "otsu":
         if float(s.max() - s.min()) <= 0:
             return np.zeros(s.shape, bool)
-        from skimage.filters import threshold_otsu
-
         return s > float(threshold_otsu(s))
     if method == "crf":
         if image is None:
             raise ValueError("method='crf' needs the image (its bilateral term follows edges)")
         return crf_mask(s, image, crf)
-    raise ValueError(f"unknown method {method!r}; choose one of {COARSE_METHODS}")
+    raise ValueError(f"unknown method {method!r}; choose one of {POSTPROCESS_METHODS}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,7 +277,7 @@ def boxes_from_mask(
     * ``"union"``: one box around the ``n_components`` largest components together.
 
     ``margin`` widens every box by that many pixels on each side, clipped to the image. An
-    empty mask gives an empty ``(0, 4)`` array (:func:`make_prompts` turns it into a flagged
+    empty mask gives an empty ``(0, 4)`` array (:func:`make_sam_prompts` turns it into a flagged
     whole-image box).
     """
     m = _check_mask(mask)
@@ -446,13 +406,13 @@ def sample_points(
 
 
 @dataclass
-class Prompts:
+class SamPrompts:
     """SAM prompts made from one saliency map.
 
     ``boxes``: ``(N, 4)`` float xyxy (inclusive pixels) or None (``mode="points"``);
     ``points``: ``(N, P, 2)`` float ``(x, y)`` or None (``mode="box"``), one group of points per
     box/region; ``point_labels``: ``(N, P)`` int, 1 positive, 0 negative, -1 padding;
-    ``mask``: the coarse mask after keeping components (what the prompts were made from);
+    ``mask``: the coarse mask after keeping components (what they were made from);
     ``flags``: what fell back or was missing (empty tuple when all went as asked):
 
     * ``"empty_saliency"``: the map has no contrast (max - min <= :data:`MIN_CONTRAST`);
@@ -473,8 +433,8 @@ class Prompts:
     flags: tuple[str, ...] = field(default_factory=tuple)
 
     @property
-    def n_prompts(self) -> int:
-        """Number of prompts (boxes, or point groups): SAM returns one mask per prompt."""
+    def n_sam_prompts(self) -> int:
+        """Number of SAM prompts (boxes, or point groups): SAM returns one mask per SAM prompt."""
         if self.boxes is not None:
             return len(self.boxes)
         return 0 if self.points is None else len(self.points)
@@ -505,7 +465,7 @@ def _pad_groups(groups: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
     return pts, lbls
 
 
-def make_prompts(
+def make_sam_prompts(
     saliency: np.ndarray,
     *,
     image: np.ndarray | None = None,
@@ -523,7 +483,7 @@ def make_prompts(
     box_margin: float = 0.0,
     min_box_area: float = 0.0,
     seed: int = 0,
-) -> Prompts:
+) -> SamPrompts:
     """Saliency map -> coarse mask -> the ``n_components`` largest components -> prompts.
 
     ``postprocess``/``threshold``/``crf``/``image``: :func:`coarse_mask`. ``box_mode`` picks the
@@ -532,10 +492,10 @@ def make_prompts(
     every kept component; :func:`sample_points` with ``point_strategy`` and ``seed``).
     ``min_box_area``: a region whose box (inclusive pixels) covers less than this share of the
     image is dropped (flag ``"small_box_dropped"``): a speck of a few pixels is no prompt for SAM.
-    Fallbacks are flagged in :attr:`Prompts.flags`, never silent.
+    Fallbacks are flagged in :attr:`SamPrompts.flags`, never silent.
     """
-    if mode not in PROMPT_MODES:
-        raise ValueError(f"unknown prompt mode {mode!r}; choose one of {PROMPT_MODES}")
+    if mode not in SAM_PROMPT_MODES:
+        raise ValueError(f"unknown prompt mode {mode!r}; choose one of {SAM_PROMPT_MODES}")
     if box_mode not in BOX_MODES:
         raise ValueError(f"unknown box mode {box_mode!r}; choose one of {BOX_MODES}")
     if mode == "points" and points < 1:
@@ -571,7 +531,7 @@ def make_prompts(
                 y, x = np.unravel_index(int(np.argmax(s)), s.shape)
             pts, lbls = np.array([[[float(x), float(y)]]]), np.array([[1]])
             flags.append("fallback_point")
-        return Prompts(boxes, pts, lbls, kept, mode, tuple(flags))
+        return SamPrompts(boxes, pts, lbls, kept, mode, tuple(flags))
     n_found = len(_components(kept, connectivity)[1])
     if n_components is not None and box_mode != "largest" and n_found < n_components:
         flags.append("fewer_components")
@@ -595,4 +555,4 @@ def make_prompts(
                     flags.append("fewer_points")
             groups.append((xy, lbl))
         pts, lbls = _pad_groups(groups)
-    return Prompts(boxes, pts, lbls, kept, mode, tuple(flags))
+    return SamPrompts(boxes, pts, lbls, kept, mode, tuple(flags))

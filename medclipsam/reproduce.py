@@ -31,6 +31,19 @@ from typing import Any
 import numpy as np
 
 from ._utils import atomic_path, atomic_write_text
+from .data.datasets import list_image_files, load_split
+from .data.io import read_image, read_mask
+from .data.phantom import PROMPTS
+from .metrics import evaluate_masks, summarize
+from .pipeline import MedCLIPSAM
+from .weak import (
+    WeakConfig,
+    ensemble_uncertainty,
+    load_segmenter,
+    predict_masks,
+    select_confident,
+    train_segmenter,
+)
 
 __all__ = ["PAPER_V2", "pseudo_label", "reproduce"]
 
@@ -45,11 +58,14 @@ PAPER_V2: dict[str, dict[str, tuple[float, float]]] = {
 def pseudo_label(
     pipe: Any, images_dir: str | Path, out_dir: str | Path, prompt: str, *,
     task: str | None = None, stems: list[str] | None = None, progress: bool = True,
+    strict: bool = False,
 ) -> list[dict]:
     """Zero-shot masks of ``images_dir`` (optionally only ``stems``) as pseudo-labels in
     ``out_dir/masks``, with the manifest ``out_dir/results.csv`` (prompt, SAM score, flags per
-    image) and ``out_dir/run.json`` (settings). Resumable: finished images are skipped."""
-    return pipe.run_folder(images_dir, prompt, out_dir, task=task, stems=stems, progress=progress)
+    image) and ``out_dir/run.json`` (settings). Resumable: finished images are skipped. An
+    unreadable image is a failed row (``status``) and the run goes on, unless ``strict``."""
+    return pipe.run_folder(images_dir, prompt, out_dir, task=task, stems=stems, progress=progress,
+                           strict=strict)
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -58,8 +74,6 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def _score(pred: list[np.ndarray], gt: list[np.ndarray], ids: list[str], n_boot: int) -> dict:
-    from .metrics import evaluate_masks, summarize
-
     rows = evaluate_masks(pred, gt, ids=ids)
     return summarize(rows, n_boot=n_boot, seed=0)
 
@@ -80,18 +94,6 @@ def reproduce(
     ``out_dir/table.md``. ``pipe`` defaults to :meth:`MedCLIPSAM.toy`, ``config`` (a
     :class:`~medclipsam.weak.WeakConfig`) to its defaults; ``drop_uncertain`` > 0 adds the
     uncertainty-filtered weak run. Returns the table rows (one per setting)."""
-    from .data.datasets import load_split
-    from .data.io import read_image, read_mask
-    from .data.phantom import PROMPTS
-    from .weak import (
-        WeakConfig,
-        ensemble_uncertainty,
-        load_segmenter,
-        predict_masks,
-        select_confident,
-        train_segmenter,
-    )
-
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     images_dir, masks_dir = data_dir / "images", data_dir / "masks"
     splits = load_split(data_dir / "splits.json")
@@ -100,8 +102,6 @@ def reproduce(
             raise ValueError(f"{data_dir / 'splits.json'}: the {name!r} split is missing or empty")
     prompt = prompt or PROMPTS[task]
     if pipe is None:
-        from .pipeline import MedCLIPSAM
-
         pipe = MedCLIPSAM.toy()
     base = config or WeakConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,12 +109,12 @@ def reproduce(
 
     # 1. zero-shot: pseudo-labels for train + val, masks for test
     t0 = time.perf_counter()
+    # strict: every later step needs every pseudo-label and test mask
     pseudo_label(pipe, images_dir, out_dir / "pseudo", prompt, task=task,
-                 stems=splits["train"] + splits["val"], progress=progress)
+                 stems=splits["train"] + splits["val"], progress=progress, strict=True)
     pseudo_label(pipe, images_dir, out_dir / "zeroshot_test", prompt, task=task,
-                 stems=splits["test"], progress=progress)
+                 stems=splits["test"], progress=progress, strict=True)
     timings["zero-shot (all splits)"] = time.perf_counter() - t0
-    from .data.datasets import list_image_files
 
     by_stem = {k: v[0] for k, v in list_image_files(images_dir)[0].items()}
     trainval = {"train": splits["train"], "val": splits["val"]}

@@ -13,19 +13,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ._utils import atomic_path
+from .data.convert import to_unit_float
+
 __all__ = ["mask_outline", "overlay", "result_figure", "result_panels", "sample_grid", "save_figure"]
-
-
-def _as_rgb_float(image: np.ndarray) -> np.ndarray:
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.shape[2] == 4:
-        img = img[..., :3]
-    img = img.astype(np.float32)
-    if img.max(initial=0) > 1.0:
-        img = img / (65535.0 if img.max() > 255 else 255.0)
-    return np.clip(img, 0.0, 1.0)
 
 
 def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
@@ -52,11 +43,13 @@ def overlay(
 ) -> np.ndarray:
     """Draw a filled mask, a saliency heat map, a second mask's outline and boxes onto an image.
 
-    ``image`` is (H, W) or (H, W, C), uint8/uint16/float; ``mask`` and ``outline`` are (H, W) bool;
+    ``image``: any array, PIL image or tensor, drawn as the picture every model sees
+    (:func:`medclipsam.data.convert.to_unit_float`: a 16-bit scan from its percentile range, not
+    divided by 65535); ``mask`` and ``outline`` are (H, W) bool;
     ``saliency`` is (H, W) float in [0, 1] (drawn with matplotlib's ``jet``); boxes are
     ``(x0, y0, x1, y1)`` in pixel coordinates. Returns an (H, W, 3) uint8 image.
     """
-    out = _as_rgb_float(image)
+    out = to_unit_float(image, "rgb")
     h, w = out.shape[:2]
     if saliency is not None:
         from matplotlib import colormaps
@@ -126,7 +119,6 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Save a figure atomically (PNG by suffix) and close it."""
     import matplotlib.pyplot as plt
 
-    from ._utils import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -137,12 +129,12 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
 
 def result_panels(image: np.ndarray, result, gt: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
     """The stages of one :class:`~medclipsam.pipeline.SegmentationResult` as titled panels:
-    image, saliency, coarse mask with the prompts, SAM's mask (with the ground truth's outline
+    image, saliency, coarse mask with SAM's boxes and points, SAM's mask (with the ground truth's outline
     when ``gt`` is given)."""
     boxes = None if result.boxes is None else list(result.boxes)
-    prompts = overlay(image, result.coarse_mask, boxes=boxes, mask_color=(64, 160, 255))
+    sam_prompts = overlay(image, result.coarse_mask, boxes=boxes, mask_color=(64, 160, 255))
     if result.points is not None:
-        h, w = prompts.shape[:2]
+        h, w = sam_prompts.shape[:2]
         r = max(1, min(h, w) // 80)
         for group, labels in zip(result.points, result.point_labels):
             for (x, y), lab in zip(group, labels):
@@ -150,13 +142,13 @@ def result_panels(image: np.ndarray, result, gt: np.ndarray | None = None) -> li
                     continue
                 col = (0, 255, 0) if lab == 1 else (255, 0, 255)
                 yi, xi = int(round(y)), int(round(x))
-                prompts[max(0, yi - r) : yi + r + 1, max(0, xi - r) : xi + r + 1] = col
+                sam_prompts[max(0, yi - r) : yi + r + 1, max(0, xi - r) : xi + r + 1] = col
     final = overlay(image, result.mask, outline=gt, boxes=boxes)
     flags = f" [{' '.join(result.flags)}]" if result.flags else ""
     return [
         ("image", overlay(image)),
         (f"saliency: {result.prompt!r}", overlay(image, saliency=result.saliency)),
-        ("coarse mask + prompts" + flags, prompts),
+        ("coarse mask + SAM prompts" + flags, sam_prompts),
         (f"SAM mask (score {result.sam_score:.2f})" + (" vs ground truth" if gt is not None else ""), final),
     ]
 

@@ -6,7 +6,9 @@ network, which then segments unseen images. Choices:
 * **Network.** :func:`build_unet`: MONAI ``UNet`` with residual units (``num_res_units``),
   instance norm and PReLU, one input channel (grey) and one output logit (foreground).
 * **Input.** Images are read grey (``read_image(mode="grey")``: colour is reduced with the
-  ITU-R 601 luma weights), scaled to [0, 1], resized to ``size x size`` (bilinear, antialiased;
+  ITU-R 601 luma weights) and made a [0, 1] picture by the package's one rule
+  (:mod:`medclipsam.data.convert`, the rule CLIP, SAM and the figures use too: uint8 / 255, a
+  16-bit array from its percentile range), resized to ``size x size`` (bilinear, antialiased;
   masks nearest), then **z-score normalised per image** (mean 0, std 1; a constant image becomes
   0). Z-scoring makes the network indifferent to each scanner's gain and offset. Predictions are
   resized back to every image's original size bilinearly.
@@ -25,6 +27,11 @@ network, which then segments unseen images. Choices:
   ``torch.load(weights_only=True)``. ``resume=True`` continues from the latest; on CPU the result is
   bit-identical to an uninterrupted run. ``out_dir/model.pt`` holds the best epoch's weights (by
   validation Dice; the last epoch when there is no validation set).
+* **The loop, step by step.** :func:`train_segmenter` pairs and reads the data once, builds the
+  network (:class:`_Run`), resumes if asked, then per epoch calls ``train_epoch``, ``validate``
+  and ``end_epoch`` (log row, best model, checkpoint, logs). Checkpoints, resume checks, logs,
+  mixed precision and the cosine schedule (:func:`medclipsam._utils.warmup_cosine`) are the
+  scaffold fine-tuning uses too (:mod:`medclipsam.training`); Dice is :func:`medclipsam.metrics.dice`.
 * **Ensemble uncertainty.** :func:`ensemble_uncertainty` averages the probability maps of several
   checkpoints; an image's score is the mean binary entropy (bits) of the averaged probability
   over the pixels where at least one member gives foreground probability >= 0.1. Pixels that
@@ -35,35 +42,44 @@ network, which then segments unseen images. Choices:
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import re
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
+from monai.networks.nets import UNet
 from torch import nn
 
-from ._utils import (
-    atomic_path,
-    atomic_write_text,
+from ._utils import atomic_path, get_device, rng_state, set_rng_state
+from .config import WeakConfig
+from .data.convert import to_unit_float
+from .data.datasets import PairingError, list_image_files, pair_by_stem
+from .data.io import file_stem, read_image, read_mask
+from .metrics import dice
+from .training import (
+    Checkpoints,
     autocast,
     autocast_dtype,
-    get_device,
-    rng_state,
-    set_rng_state,
+    check_same_settings,
+    cosine_schedule,
+    grad_scaler,
+    progress_bar,
+    read_checkpoint,
+    restore_training_state,
+    start_or_resume,
+    training_state,
+    write_json,
+    write_table,
 )
 
 __all__ = [
-    "WeakConfig",
     "build_unet",
     "ensemble_uncertainty",
     "latest_checkpoint",
@@ -82,81 +98,12 @@ _LR_FLOOR = 0.01  # the cosine schedule ends at lr * _LR_FLOOR
 # fields that may differ between an interrupted run and its resumption
 _FREE_FIELDS = {"out_dir", "progress", "stop_after_epochs", "device", "keep_checkpoints", "patience",
                 "min_epochs"}
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 PathLike = str | Path
 
 
-@dataclass
-class WeakConfig:
-    """Settings of :func:`train_segmenter` (and of prediction with a trained network)."""
-
-    out_dir: str = "weak_out"
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
-    patience: int | None = 20  # early stopping: epochs without a better validation Dice (None: off)
-    min_epochs: int = 50  # patience counts from here at the earliest (small-target Dice stays flat at first)
-    size: int = 96  # training/inference resolution (images resized, square; masks nearest)
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2)
-    num_res_units: int = 2
-    augment: bool = True
-    precision: str = "auto"  # auto: bf16/fp16 autocast on CUDA, fp32 on CPU
-    seed: int = 0
-    device: str = "auto"
-    keep_checkpoints: int | None = None  # None keeps every epoch's weights (the ensemble needs them)
-    stop_after_epochs: int | None = None  # stop cleanly after N epochs (to test/emulate interruption)
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        self.strides = tuple(int(s) for s in self.strides)
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first setting that cannot work."""
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
-        if len(self.channels) < 2 or len(self.strides) != len(self.channels) - 1:
-            raise ValueError(
-                f"need len(strides) == len(channels) - 1 >= 1, got channels {self.channels}, "
-                f"strides {self.strides}"
-            )
-        factor = math.prod(self.strides)
-        if self.size < 1 or self.size % factor:
-            raise ValueError(f"size must be a positive multiple of {factor} "
-                             f"(the product of strides {self.strides}), got {self.size}")
-        if self.precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {_PRECISIONS}, got {self.precision!r}")
-        for name in ("keep_checkpoints", "stop_after_epochs"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {v}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able values (tuples become lists)."""
-        d = asdict(self)
-        d["channels"], d["strides"] = list(self.channels), list(self.strides)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WeakConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored (newer files load in older code)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
 def build_unet(config: WeakConfig) -> nn.Module:
     """The Residual UNet: MONAI ``UNet`` (2D, 1 channel in, 1 logit out, residual units)."""
-    from monai.networks.nets import UNet
-
     return UNet(
         spatial_dims=2,
         in_channels=1,
@@ -171,26 +118,13 @@ def build_unet(config: WeakConfig) -> nn.Module:
 # preprocessing
 
 
-def _to_unit_grey(image: np.ndarray, where: str = "image") -> np.ndarray:
-    """(H, W) float32 in [0, 1] (integers divided by their maximum; floats kept) from grey/RGB(A)."""
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        if np.asarray(image).dtype.kind in "ui":
-            arr = arr / np.iinfo(np.asarray(image).dtype).max
-    elif arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise ValueError(f"{where}: expected a grey (H, W) or colour (H, W, 3) image, "
-                         f"got shape {np.asarray(image).shape}")
-    if arr.dtype == bool:
-        arr = arr.astype(np.float32)
-    elif arr.dtype.kind in "ui":
-        arr = arr.astype(np.float32) / np.iinfo(arr.dtype).max
-    arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"{where}: empty image of shape {arr.shape}")
-    return arr
+def _to_unit_grey(image: Any, where: str = "image") -> np.ndarray:
+    """(H, W) float32 in [0, 1]: the package's one picture rule, reduced to grey
+    (:func:`medclipsam.data.convert.to_unit_float`); errors name ``where``."""
+    try:
+        return to_unit_float(image, "grey")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _resize_image(arr: np.ndarray, size: int) -> torch.Tensor:
@@ -258,9 +192,6 @@ def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torc
 def _pairs(images_dir: PathLike, masks_dir: PathLike, stems: Sequence[str] | None,
            what: str) -> list[tuple[str, Path, Path]]:
     """(stem, image, mask) for every stem (all of the folder's when ``stems`` is None)."""
-    from .data.datasets import PairingError, pair_by_stem
-    from .data.io import file_stem
-
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"{images_dir}: {what} image folder not found")
@@ -291,14 +222,10 @@ def _pairs(images_dir: PathLike, masks_dir: PathLike, stems: Sequence[str] | Non
 
 
 def _has_image(folder: Path, stem: str) -> bool:
-    from .data.datasets import list_image_files
-
     return stem in list_image_files(folder)[0]
 
 
 def _read_pairs(pairs: list[tuple[str, Path, Path]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from .data.io import read_image, read_mask
-
     images, masks = [], []
     for _, ip, mp in pairs:
         img = read_image(ip, mode="grey")
@@ -311,85 +238,205 @@ def _read_pairs(pairs: list[tuple[str, Path, Path]]) -> tuple[list[np.ndarray], 
 
 
 # --------------------------------------------------------------------------------------------
-# checkpoints, RNG state and logs
+# checkpoints and logs (the shared scaffold: medclipsam.training)
 
 
-def _checkpoint_files(out_dir: PathLike) -> list[Path]:
-    folder = Path(out_dir) / "checkpoints"
-    found = []
-    for p in folder.glob("epoch_*.pt"):
-        m = re.fullmatch(r"epoch_(\d+)\.pt", p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+def _checkpoints(out_dir: PathLike) -> Checkpoints:
+    return Checkpoints(out_dir, "epoch", 3, CHECKPOINT_FORMAT, "weak-supervision checkpoint")
 
 
 def latest_checkpoint(out_dir: PathLike) -> Path | None:
     """The epoch checkpoint with the highest epoch in ``out_dir/checkpoints``, or None."""
-    files = _checkpoint_files(out_dir)
-    return files[-1] if files else None
+    return _checkpoints(out_dir).latest()
 
 
 def _load(path: PathLike, formats: tuple[str, ...]) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read this file ({type(e).__name__}: {str(e)[:200]})") from e
-    if not isinstance(obj, dict) or obj.get("format") not in formats:
-        raise ValueError(f"{path}: not a medclipsam weak-supervision file ({' or '.join(formats)})")
-    return obj
-
-
-def _save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _fmt(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return v
-
-
-def _write_logs(out_dir: Path, cfg: WeakConfig, history: list[dict], best_epoch: int | None,
-                best: float | None, data: dict | None = None) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(LOG_COLUMNS)
-    for row in history:
-        w.writerow([_fmt(row.get(c)) for c in LOG_COLUMNS])
-    atomic_write_text(out_dir / "log.csv", buf.getvalue())
-    doc = {"config": cfg.to_dict(), "data": data or {}, "best_epoch": best_epoch,
-           "best_val_dice": best, "epochs": history}
-    atomic_write_text(out_dir / "log.json", json.dumps(doc, indent=1) + "\n")
-
-
-def _state_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return read_checkpoint(path, formats, "weak-supervision")
 
 
 # --------------------------------------------------------------------------------------------
 # training
 
 
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    total = int(pred.sum()) + int(gt.sum())
-    return 1.0 if total == 0 else float(2 * np.logical_and(pred, gt).sum() / total)
-
-
-def _lr_factor(epoch: int, epochs: int) -> float:
-    """Cosine decay from 1 (epoch 0) to ``_LR_FLOOR`` (epoch ``epochs``)."""
-    t = min(1.0, epoch / max(1, epochs))
-    return _LR_FLOOR + (1 - _LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * t))
-
-
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+
+
+@dataclass
+class _TrainingData:
+    """The pairs a run learns from and is selected on, read once: training images resized and
+    stacked (``x``, ``y``), validation images and masks at their own sizes, and where they came
+    from (written to ``log.json``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    val_images: list[np.ndarray]
+    val_masks: list[np.ndarray]
+    has_val: bool
+    sources: dict
+
+
+Pairs = list[tuple[str, Path, Path]]
+
+
+def _training_pairs(train_images: PathLike, train_masks: PathLike, val_images: PathLike | None,
+                    val_masks: PathLike | None, stems: dict[str, list[str]] | None,
+                    ) -> tuple[Pairs, Pairs | None, dict]:
+    """The (stem, image, mask) pairs to train and validate on, checked (see
+    :func:`train_segmenter`), and where they come from."""
+    stems = dict(stems or {})
+    unknown = set(stems) - {"train", "val"}
+    if unknown:
+        raise ValueError(f"stems may only hold 'train' and 'val', got {sorted(unknown)}")
+    if (val_images is None) != (val_masks is None):
+        raise ValueError("give both val_images and val_masks, or neither")
+    if val_images is None and stems.get("val") is not None:
+        val_images, val_masks = train_images, train_masks
+    if stems.get("train") is not None and stems.get("val") is not None:
+        overlap = sorted(set(stems["train"]) & set(stems["val"]))
+        if overlap and Path(val_images) == Path(train_images):
+            raise ValueError(f"{len(overlap)} stem(s) are in both train and val: "
+                             f"{', '.join(overlap[:10])}")
+    train_pairs = _pairs(train_images, train_masks, stems.get("train"), "training")
+    val_pairs = (None if val_images is None
+                 else _pairs(val_images, val_masks, stems.get("val"), "validation"))
+    if val_pairs is not None and [p[1:] for p in val_pairs] == [p[1:] for p in train_pairs]:
+        warnings.warn("the validation set is the training set: early stopping and model "
+                      "selection will favour memorisation", stacklevel=3)
+    # Provenance in log.json: which images and labels this network learned from and was selected on.
+    sources = {
+        "train_images": str(train_images), "train_masks": str(train_masks),
+        "val_images": None if val_images is None else str(val_images),
+        "val_masks": None if val_masks is None else str(val_masks),
+        "n_train": len(train_pairs), "n_val": 0 if val_pairs is None else len(val_pairs),
+    }
+    return train_pairs, val_pairs, sources
+
+
+def _read_training_data(train_pairs: Pairs, val_pairs: Pairs | None, sources: dict,
+                        size: int) -> _TrainingData:
+    """Read the pairs: training images as [0, 1] pictures resized to ``size`` (masks nearest),
+    validation pairs at their own sizes."""
+    tr_imgs, tr_masks = _read_pairs(train_pairs)
+    x = torch.stack([_resize_image(_to_unit_grey(im), size) for im in tr_imgs])
+    y = torch.stack([_resize_mask(m, size) for m in tr_masks])
+    del tr_imgs, tr_masks
+    va_imgs, va_masks = _read_pairs(val_pairs) if val_pairs is not None else ([], [])
+    return _TrainingData(x, y, va_imgs, va_masks, val_pairs is not None, sources)
+
+
+class _Run:
+    """One weak-supervision run: the network, its optimiser, the epoch counter and the best
+    validation Dice, and the named steps :func:`train_segmenter` takes each epoch (train an
+    epoch, validate, keep the best model, checkpoint)."""
+
+    def __init__(self, cfg: WeakConfig, data: _TrainingData) -> None:
+        self.cfg, self.data = cfg, data
+        self.out_dir = Path(cfg.out_dir)
+        self.checkpoints = _checkpoints(self.out_dir)
+        self.device = get_device(cfg.device)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        torch.manual_seed(cfg.seed)
+        self.model = build_unet(cfg).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        # cosine decay per epoch from lr to lr * _LR_FLOOR at the last epoch, no warm-up
+        self.scheduler = cosine_schedule(self.optimizer, cfg.epochs, floor=_LR_FLOOR)
+        self.scaler = grad_scaler(self.device, self.amp_dtype)
+        self.dice_loss = DiceLoss(sigmoid=True, batch=True)
+        self.bce = nn.BCEWithLogitsLoss()
+        self.history: list[dict] = []
+        self.epoch = 0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.finished = False
+        self.interrupted = False
+
+    def resume_from(self, path: Path | None) -> None:
+        """Continue from checkpoint ``path`` (None: a fresh start): weights, optimiser, schedule,
+        scaler, epoch, best so far, history and random streams."""
+        if path is None:
+            return
+        ckpt = self.checkpoints.read(path)
+        check_same_settings(ckpt["config"], self.cfg.to_dict(), _FREE_FIELDS, path)
+        restore_training_state(ckpt, self.model, self.optimizer, self.scheduler, self.scaler)
+        self.epoch, self.best, self.best_epoch = int(ckpt["epoch"]), ckpt["best_val_dice"], ckpt["best_epoch"]
+        self.history = list(ckpt["history"])
+        self.finished = bool(ckpt["finished"])
+        set_rng_state(ckpt["rng"])
+
+    def train_epoch(self) -> tuple[float, float]:
+        """One pass over the training images in a seeded order, augmented; returns the mean
+        loss and the learning rate used."""
+        cfg, device, model = self.cfg, self.device, self.model
+        g = _epoch_generator(cfg.seed, self.epoch)
+        n = len(self.data.x)
+        order = torch.randperm(n, generator=g)
+        lr_now = self.optimizer.param_groups[0]["lr"]
+        model.train()
+        total, count = 0.0, 0
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            x, y = self.data.x[idx].to(device), self.data.y[idx].to(device)
+            if cfg.augment:
+                x, y = _augment(x, y, g)
+            x = _zscore(x)
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(device, self.amp_dtype):
+                logits = model(x)
+            logits = logits.float()
+            loss = self.dice_loss(logits, y) + self.bce(logits, y)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        self.scheduler.step()
+        self.epoch += 1
+        return total / max(1, count), lr_now
+
+    def validate(self) -> float | None:
+        """Mean Dice on the validation set at its own resolution (None without one)."""
+        if not self.data.has_val:
+            return None
+        probs = predict_probabilities(self.model, self.data.val_images, self.cfg)
+        return float(np.mean([dice(p >= 0.5, m) for p, m in zip(probs, self.data.val_masks)]))
+
+    def _stop_early(self) -> bool:
+        cfg = self.cfg
+        return (cfg.patience is not None and self.data.has_val and self.best_epoch is not None
+                and self.epoch - max(self.best_epoch, cfg.min_epochs) >= cfg.patience)
+
+    def end_epoch(self, train_loss: float, lr_used: float, val_dice: float | None,
+                  seconds: float) -> None:
+        """Log the epoch, keep the best model (``model.pt``), write the epoch's checkpoint and
+        the logs; the run is finished after the last epoch or when early stopping says so."""
+        cfg = self.cfg
+        improved = val_dice is None or self.best is None or val_dice > self.best
+        if improved:
+            self.best, self.best_epoch = val_dice, self.epoch
+        self.history.append({"epoch": self.epoch, "train_loss": train_loss, "val_dice": val_dice,
+                             "lr": lr_used, "seconds": seconds})
+        self.finished = self.epoch >= cfg.epochs or self._stop_early()
+        state = training_state(self.model, self.optimizer, self.scheduler, self.scaler)
+        if improved:
+            _save({"format": MODEL_FORMAT, "model": state["model"], "config": cfg.to_dict(),
+                   "epoch": self.epoch, "val_dice": val_dice}, self.out_dir / "model.pt")
+        self.checkpoints.save(
+            {**state, "epoch": self.epoch, "best_val_dice": self.best,
+             "best_epoch": self.best_epoch, "finished": self.finished, "rng": rng_state(),
+             "history": self.history, "config": cfg.to_dict()},
+            self.epoch, cfg.keep_checkpoints,
+        )
+        write_table(self.out_dir / "log.csv", LOG_COLUMNS, self.history)
+        write_json(self.out_dir / "log.json",
+                   {"config": cfg.to_dict(), "data": self.data.sources, "best_epoch": self.best_epoch,
+                    "best_val_dice": self.best, "epochs": self.history})
+
+
+def _save(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train_segmenter(
@@ -418,163 +465,39 @@ def train_segmenter(
     t_start = time.perf_counter()
     cfg = WeakConfig() if config is None else WeakConfig.from_dict(config.to_dict())
     cfg.validate()
-    stems = dict(stems or {})
-    unknown = set(stems) - {"train", "val"}
-    if unknown:
-        raise ValueError(f"stems may only hold 'train' and 'val', got {sorted(unknown)}")
-    if (val_images is None) != (val_masks is None):
-        raise ValueError("give both val_images and val_masks, or neither")
-    if val_images is None and stems.get("val") is not None:
-        val_images, val_masks = train_images, train_masks
-    if stems.get("train") is not None and stems.get("val") is not None:
-        overlap = sorted(set(stems["train"]) & set(stems["val"]))
-        if overlap and Path(val_images) == Path(train_images):
-            raise ValueError(f"{len(overlap)} stem(s) are in both train and val: "
-                             f"{', '.join(overlap[:10])}")
-
-    train_pairs = _pairs(train_images, train_masks, stems.get("train"), "training")
-    val_pairs = (None if val_images is None
-                 else _pairs(val_images, val_masks, stems.get("val"), "validation"))
-    if val_pairs is not None and [p[1:] for p in val_pairs] == [p[1:] for p in train_pairs]:
-        warnings.warn("the validation set is the training set: early stopping and model "
-                      "selection will favour memorisation", stacklevel=2)
-
-    # Provenance in log.json: which images and labels this network learned from and was selected on.
-    data_sources = {
-        "train_images": str(train_images), "train_masks": str(train_masks),
-        "val_images": None if val_images is None else str(val_images),
-        "val_masks": None if val_masks is None else str(val_masks),
-        "n_train": len(train_pairs), "n_val": 0 if val_pairs is None else len(val_pairs),
-    }
-    out_dir = Path(cfg.out_dir)
-    ckpt_path = latest_checkpoint(out_dir)
-    if ckpt_path is not None and not resume:
-        raise FileExistsError(f"{out_dir} already holds training checkpoints ({ckpt_path.name}); "
-                              "pass resume=True to continue, or use another out_dir")
-    device = get_device(cfg.device)
-    amp_dtype = autocast_dtype(cfg.precision, device)
-
-    tr_imgs, tr_masks = _read_pairs(train_pairs)
-    x_train = torch.stack([_resize_image(_to_unit_grey(im), cfg.size) for im in tr_imgs])
-    y_train = torch.stack([_resize_mask(m, cfg.size) for m in tr_masks])
-    del tr_imgs, tr_masks
-    va_imgs, va_masks = _read_pairs(val_pairs) if val_pairs is not None else ([], [])
-
-    torch.manual_seed(cfg.seed)
-    model = build_unet(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: _lr_factor(e, cfg.epochs))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    from monai.losses import DiceLoss
-
-    dice_loss = DiceLoss(sigmoid=True, batch=True)
-    bce = nn.BCEWithLogitsLoss()
-
-    history: list[dict] = []
-    epoch = 0
-    best: float | None = None
-    best_epoch: int | None = None
-    finished = False
-    if ckpt_path is not None:
-        ckpt = _load(ckpt_path, (CHECKPOINT_FORMAT,))
-        saved = ckpt["config"]
-        now = cfg.to_dict()
-        diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}"
-                 for k in now if k not in _FREE_FIELDS and saved.get(k) != now[k]]
-        if diffs:
-            raise ValueError(f"{ckpt_path}: cannot resume with other settings ({'; '.join(diffs)})")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        epoch, best, best_epoch = int(ckpt["epoch"]), ckpt["best_val_dice"], ckpt["best_epoch"]
-        history = list(ckpt["history"])
-        finished = bool(ckpt["finished"])
-        set_rng_state(ckpt["rng"])
-
-    def stop_early() -> bool:
-        return (cfg.patience is not None and val_pairs is not None and best_epoch is not None
-                and epoch - max(best_epoch, cfg.min_epochs) >= cfg.patience)
-
-    bar = None
-    if cfg.progress and not finished:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.epochs, initial=epoch, desc="weak training", unit="epoch",
-                   dynamic_ncols=True)
-    interrupted = False
-    n = len(x_train)
+    train_pairs, val_pairs, sources = _training_pairs(
+        train_images, train_masks, val_images, val_masks, stems)
+    resume_path = start_or_resume(_checkpoints(cfg.out_dir), resume, cfg.out_dir)
+    data = _read_training_data(train_pairs, val_pairs, sources, cfg.size)
+    run = _Run(cfg, data)
+    run.resume_from(resume_path)
+    bar = progress_bar(cfg.epochs, run.epoch, "weak training", "epoch",
+                       show=cfg.progress and not run.finished)
     try:
-        while not finished:
-            if cfg.stop_after_epochs is not None and epoch >= cfg.stop_after_epochs:
-                interrupted = True
+        while not run.finished:
+            if cfg.stop_after_epochs is not None and run.epoch >= cfg.stop_after_epochs:
+                run.interrupted = True
                 break
             t0 = time.perf_counter()
-            g = _epoch_generator(cfg.seed, epoch)
-            order = torch.randperm(n, generator=g)
-            lr_now = optimizer.param_groups[0]["lr"]
-            model.train()
-            total, count = 0.0, 0
-            for start in range(0, n, cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                x, y = x_train[idx].to(device), y_train[idx].to(device)
-                if cfg.augment:
-                    x, y = _augment(x, y, g)
-                x = _zscore(x)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, amp_dtype):
-                    logits = model(x)
-                logits = logits.float()
-                loss = dice_loss(logits, y) + bce(logits, y)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-            scheduler.step()
-            epoch += 1
-            val_dice = None
-            if val_pairs is not None:
-                probs = predict_probabilities(model, va_imgs, cfg)
-                val_dice = float(np.mean([_dice(p >= 0.5, m) for p, m in zip(probs, va_masks)]))
-            improved = val_dice is None or best is None or val_dice > best
-            if improved:
-                best, best_epoch = val_dice, epoch
-            history.append({"epoch": epoch, "train_loss": total / max(1, count),
-                            "val_dice": val_dice, "lr": lr_now,
-                            "seconds": time.perf_counter() - t0})
-            finished = epoch >= cfg.epochs or stop_early()
-            state = _state_cpu(model)
-            if improved:
-                _save({"format": MODEL_FORMAT, "model": state, "config": cfg.to_dict(),
-                       "epoch": epoch, "val_dice": val_dice}, out_dir / "model.pt")
-            _save({"format": CHECKPOINT_FORMAT, "model": state,
-                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "scaler": scaler.state_dict(), "epoch": epoch, "best_val_dice": best,
-                   "best_epoch": best_epoch, "finished": finished, "rng": rng_state(),
-                   "history": history, "config": cfg.to_dict()},
-                  out_dir / "checkpoints" / f"epoch_{epoch:03d}.pt")
-            if cfg.keep_checkpoints is not None:
-                for old in _checkpoint_files(out_dir)[: -cfg.keep_checkpoints]:
-                    old.unlink(missing_ok=True)
-            _write_logs(out_dir, cfg, history, best_epoch, best, data_sources)
+            train_loss, lr_used = run.train_epoch()
+            val_dice = run.validate()
+            run.end_epoch(train_loss, lr_used, val_dice, time.perf_counter() - t0)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]['train_loss']:.4f}",
+                bar.set_postfix(loss=f"{train_loss:.4f}",
                                 val_dice="-" if val_dice is None else f"{val_dice:.4f}")
     finally:
         if bar is not None:
             bar.close()
     return {
-        "model_path": str(out_dir / "model.pt") if best_epoch is not None else None,
-        "best_epoch": best_epoch,
-        "best_val_dice": best,
-        "epochs_done": epoch,
-        "history": history,
-        "interrupted": interrupted,
+        "model_path": str(run.out_dir / "model.pt") if run.best_epoch is not None else None,
+        "best_epoch": run.best_epoch,
+        "best_val_dice": run.best,
+        "epochs_done": run.epoch,
+        "history": run.history,
+        "interrupted": run.interrupted,
         "seconds": time.perf_counter() - t_start,
-        "checkpoints": [str(p) for p in _checkpoint_files(out_dir)],
+        "checkpoints": [str(p) for p in run.checkpoints.files()],
     }
 
 

@@ -7,8 +7,8 @@
     ex                                 # displays it (or display(ex.widget))
 
 Choose an image (or upload one), type a prompt, pick the saliency method, k, the post-processing,
-its threshold, the prompt mode and the SAM model: the four panels show the saliency map, the coarse
-mask with the automatic prompts, and SAM's mask (against the ground truth's outline when there is
+its threshold, the SAM prompt mode and the SAM model: the four panels show the saliency map, the
+coarse mask with the automatic SAM prompts (boxes, points), and SAM's mask (against the ground truth's outline when there is
 one, with its Dice). Click on the first panel to add a point (the "click adds" switch says
 positive, negative, or box) and drag to draw a box: that re-runs only SAM's decoder, on the stored
 image embedding. The "compare prompts" tab puts several prompts side by side on one image with each
@@ -20,9 +20,9 @@ Only what a change affects is recomputed, and results are cached:
 =====================================  ============================================================
 change                                 recomputed
 =====================================  ============================================================
-image                                  saliency (unless cached), prompts, SAM embedding, decoding
-prompt, method, k, task preset         saliency (unless cached), prompts, SAM decoding
-post-processing, threshold, mode       prompts, SAM decoding
+image                                  saliency (unless cached), SAM prompts, embedding, decoding
+prompt, method, k, task preset         saliency (unless cached), SAM prompts, SAM decoding
+post-processing, threshold, mode       SAM prompts, SAM decoding
 SAM model                              SAM embedding (one session per model), decoding
 a click or a dragged box               SAM decoding only
 =====================================  ============================================================
@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from .saliency import METHODS, prompt_sensitivity
+
 try:
     import ipywidgets as W
 except ImportError as e:  # pragma: no cover - depends on the installation
@@ -57,28 +59,40 @@ except ImportError as e:  # pragma: no cover - depends on the installation
         "medclipsam.widgets needs ipywidgets: pip install 'medclipsam[notebooks]'"
     ) from e
 
+import tempfile
+
+from PIL import Image
+
+from .config import TASK_PRESETS, PipelineConfig
+from .data import FolderDataset
+from .data.io import load_picture, read_image
+from .data.phantom import PROMPTS, TASKS, PhantomDataset
 from .metrics import dice as dice_score
-from .pipeline import CONTROL_SALIENCY, TASK_PRESETS, MedCLIPSAM, PipelineConfig, _image_array
-from .prompting import Prompts
+from .models import load_sam
+from .pipeline import MedCLIPSAM
+from .prompting import SamPrompts
+from .saliency.cam import resolve_target
 from .saliency.sensitivity import DEFAULT_THRESHOLD
-from .sam_prompting import SamSession
-from .viz import overlay
+from .sam_session import SamSession
+from .viz import overlay, sample_grid
+from .vocab import CONTROL_SALIENCY, POSTPROCESS_METHODS, SALIENCY_METHODS, SAM_PROMPT_MODES
+from .worlds import pipeline_for_world
 
 __all__ = ["ExplorerImage", "PromptExplorer"]
 
 #: Saliency methods offered (label, name); the controls ignore the prompt (for experiments).
-METHOD_CHOICES = [
-    ("gScoreCAM", "gscorecam"),
-    ("GradCAM", "gradcam"),
-    ("M2IB", "m2ib"),
-    ("random map (control)", "random"),
-    ("uniform map (control)", "uniform"),
-]
-POSTPROCESS_CHOICES = [("dense CRF", "crf"), ("k-means", "kmeans"), ("threshold", "threshold"),
-                       ("Otsu", "otsu")]
-MODE_CHOICES = [("box", "box"), ("points", "points"), ("box + points", "box+points")]
+# What each of the package's names (medclipsam.vocab) is called on screen.
+LABELS = {
+    "gscorecam": "gScoreCAM", "gradcam": "GradCAM", "m2ib": "M2IB",
+    "random": "random map (control)", "uniform": "uniform map (control)",
+    "crf": "dense CRF", "kmeans": "k-means", "threshold": "threshold", "otsu": "Otsu",
+    "box": "box", "points": "points", "box+points": "box + points",
+}
+METHOD_CHOICES = [(LABELS[m], m) for m in (*SALIENCY_METHODS, *CONTROL_SALIENCY)]
+POSTPROCESS_CHOICES = [(LABELS[m], m) for m in POSTPROCESS_METHODS]
+MODE_CHOICES = [(LABELS[m], m) for m in SAM_PROMPT_MODES]
 CLICK_CHOICES = [("+ point", "positive"), ("- point", "negative"), ("box (drag)", "box")]
-STAGES = ("saliency", "prompts", "sam_embed", "sam_decode")
+STAGES = ("saliency", "sam_prompts", "sam_embed", "sam_decode")
 
 # colours of the drawings (RGB)
 AUTO_BOX = (64, 160, 255)
@@ -99,8 +113,6 @@ class ExplorerImage:
 
 
 def _png(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
@@ -117,8 +129,6 @@ def _dot(img: np.ndarray, x: float, y: float, color: tuple[int, int, int], r: in
 def _phantom_images(per_task: int, size: int, seed: int) -> dict[str, ExplorerImage]:
     """``per_task`` held-out phantom images (with a finding) of each task, with their ground
     truth and each task's prompt."""
-    from .data.phantom import PROMPTS, TASKS, PhantomDataset
-
     images: dict[str, ExplorerImage] = {}
     for task in TASKS:
         ds = PhantomDataset(task, 8 * per_task, seed=seed, size=size, split="test")
@@ -143,7 +153,10 @@ class PromptExplorer:
     ``k``: gScoreCAM's channels to start with (default: the pipeline's ``saliency_kwargs["k"]``,
     else min(300, C)); on one CPU thread with BiomedCLIP each channel costs about 0.6 s per
     image, so a smaller k keeps the explorer responsive. ``display_size``: width in CSS pixels of
-    each panel.
+    each panel. ``text_baseline``: a segmenter from the text alone (a
+    :class:`~medclipsam.text_baselines.Sam3TextBaseline`, or a no-argument callable loading one on
+    first use, e.g. ``Sam3TextBaseline.from_pretrained``): the *compare prompts* tab then shows its
+    mask and Dice for each prompt beside MedCLIP-SAM's.
     """
 
     def __init__(
@@ -156,6 +169,7 @@ class PromptExplorer:
         prompt: str | None = None,
         display_size: int = 256,
         compare_prompts: Sequence[str] | None = None,
+        text_baseline: Any = None,
         k: int | None = None,
     ) -> None:
         if not images:
@@ -166,20 +180,23 @@ class PromptExplorer:
         self.pipeline = pipeline
         self.images: dict[str, ExplorerImage] = {}
         self._saliency_cache: dict[tuple, np.ndarray] = {}
-        self._prompts_cache: dict[tuple, Prompts] = {}
+        self._sam_prompts_cache: dict[tuple, SamPrompts] = {}
         self._sensitivity_cache: dict[tuple, float] = {}
         for name, item in images.items():
             self._add_image(str(name), item)
         self._sam_sources: dict[str, Any] = {sam_name: pipeline.sam, **dict(sam_models or {})}
         self._sessions: dict[str, SamSession] = {sam_name: pipeline.session}
         self.counts = dict.fromkeys(STAGES, 0) | {"sensitivity": 0}
+        self._text_source = text_baseline
+        if text_baseline is not None:
+            self.counts["text_baseline"] = 0
         self.progress_log: list[tuple[str, int]] = []
         self.last_error: str | None = None
         self.user_points: list[tuple[float, float, int]] = []  # (x, y, label)
         self.user_box: np.ndarray | None = None
         self._drag_start: tuple[float, float] | None = None
         self.saliency: np.ndarray | None = None
-        self.prompts: Prompts | None = None
+        self.sam_prompts: SamPrompts | None = None
         self.mask: np.ndarray | None = None
         self.sam_score: float | None = None
         self.dice: float | None = None
@@ -218,8 +235,6 @@ class PromptExplorer:
         real models cannot be loaded: the toy world (phantom images), with a message.
         ``"toy"``: :meth:`toy` (``k`` still applies). ``kwargs`` go to the constructor.
         """
-        from .worlds import pipeline_for_world
-
         pipe = pipeline_for_world(world, clip=clip, sam=sam, sam_checkpoint=sam_checkpoint, k=k,
                                   device=device, fallback=fallback)
         if pipe.world != "real":
@@ -233,8 +248,6 @@ class PromptExplorer:
             kwargs.setdefault("sam_name", {"vit_b": "SAM ViT-B", "vit_l": "SAM ViT-L",
                                            "vit_h": "SAM ViT-H", "medsam": "MedSAM"}[str(sam)])
         if "sam_models" not in kwargs:
-            from .models import load_sam
-
             offered = {"MedSAM": "medsam", "SAM ViT-H": "vit_h"}
             kwargs["sam_models"] = {
                 label: (lambda name=name: load_sam(name, device=device))
@@ -253,8 +266,6 @@ class PromptExplorer:
         """The first ``limit`` images of a folder data set (``root/images``, masks from
         ``root/masks`` when present: see :class:`~medclipsam.data.FolderDataset`), all with the
         same suggested ``prompt`` and ``task`` preset."""
-        from .data import FolderDataset
-
         ds = FolderDataset(root, split=split, strict=False)
         images = {}
         for i in range(min(limit, len(ds))):
@@ -265,7 +276,7 @@ class PromptExplorer:
     def _add_image(self, name: str, item: ExplorerImage | np.ndarray) -> None:
         if not isinstance(item, ExplorerImage):
             item = ExplorerImage(np.asarray(item))
-        rgb = _image_array(item.image)
+        rgb = load_picture(item.image)
         gt = None
         if item.gt is not None:
             gt = np.asarray(item.gt).astype(bool)
@@ -275,7 +286,7 @@ class PromptExplorer:
             raise ValueError(f"image {name!r}: unknown task {item.task!r}; known: {sorted(TASK_PRESETS)}")
         if name in self.images:  # replaced (e.g. a new upload of the same file name): forget it
             self._saliency_cache = {k: v for k, v in self._saliency_cache.items() if k[0] != name}
-            self._prompts_cache = {k: v for k, v in self._prompts_cache.items() if k[0][0] != name}
+            self._sam_prompts_cache = {k: v for k, v in self._sam_prompts_cache.items() if k[0][0] != name}
             self._sensitivity_cache = {k: v for k, v in self._sensitivity_cache.items() if k[0] != name}
         self.images[name] = ExplorerImage(rgb, gt, item.task, item.prompt)
 
@@ -297,7 +308,7 @@ class PromptExplorer:
         self.threshold = W.FloatSlider(value=self._cfg().threshold, min=0.05, max=0.95, step=0.05,
                                        description="threshold", style=style,
                                        continuous_update=False)
-        self.mode = W.ToggleButtons(options=MODE_CHOICES, value=self._cfg().prompt_mode,
+        self.mode = W.ToggleButtons(options=MODE_CHOICES, value=self._cfg().sam_prompt_mode,
                                     description="SAM prompts", style=style)
         self.preset = W.Dropdown(options=[("from the image", "auto"), ("none", "none")]
                                  + [(t, t) for t in TASK_PRESETS], value="auto",
@@ -313,8 +324,8 @@ class PromptExplorer:
         self.readout = W.HTML()
         panel_layout = W.Layout(width=f"{size}px", height="auto")
         self.panels = {name: W.Image(format="png", layout=panel_layout)
-                       for name in ("prompts", "saliency", "coarse", "mask")}
-        titles = {"prompts": "image + prompts (click / drag)", "saliency": "saliency",
+                       for name in ("sam_prompts", "saliency", "coarse", "mask")}
+        titles = {"sam_prompts": "image + SAM prompts (click / drag)", "saliency": "saliency",
                   "coarse": "coarse mask", "mask": "SAM mask (green: ground truth)"}
         columns = [W.VBox([W.HTML(f"<b>{titles[n]}</b>"), p]) for n, p in self.panels.items()]
         try:
@@ -323,7 +334,7 @@ class PromptExplorer:
             self.events = None
             click_note = W.HTML("<i>pip install ipyevents to add points and boxes by clicking</i>")
         else:
-            self.events = Event(source=self.panels["prompts"],
+            self.events = Event(source=self.panels["sam_prompts"],
                                 watched_events=["mousedown", "mouseup"],
                                 prevent_default_action=True)
             self.events.on_dom_event(self.on_mouse)
@@ -378,8 +389,6 @@ class PromptExplorer:
         return name if name in {v for _, v in METHOD_CHOICES} else "gscorecam"
 
     def _channels(self) -> int:
-        from .saliency.gscorecam import resolve_target
-
         try:
             module = resolve_target(self.pipeline.clip.model, None).module
         except Exception:  # noqa: BLE001 - an unknown tower: a generous slider
@@ -417,7 +426,7 @@ class PromptExplorer:
         return replace(
             self._cfg().for_task(self.task), saliency=method, saliency_kwargs=kwargs,
             postprocess=self.postprocess.value, threshold=float(self.threshold.value),
-            prompt_mode=self.mode.value,
+            sam_prompt_mode=self.mode.value,
         )
 
     def _update_enabled(self) -> None:
@@ -451,7 +460,7 @@ class PromptExplorer:
 
     def on_prompt_option(self, change: Any = None) -> None:
         self._update_enabled()
-        self._guarded(lambda: self._refresh("prompts"))
+        self._guarded(lambda: self._refresh("sam_prompts"))
 
     def on_sam(self, change: Any = None) -> None:
         self._guarded(lambda: self._refresh("sam_embed"))
@@ -520,10 +529,6 @@ class PromptExplorer:
     def add_upload(self, filename: str, content: bytes) -> str:
         """An uploaded file (any format the data layer reads: PNG, JPEG, TIFF, DICOM, NIfTI),
         added as ``"upload: <filename>"`` and shown. Unreadable files raise an error naming them."""
-        import tempfile
-
-        from .data.io import read_image
-
         suffix = "".join(Path(filename).suffixes[-2:]) if filename.endswith(".gz") else Path(filename).suffix
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"upload{suffix}"
@@ -554,14 +559,14 @@ class PromptExplorer:
         self._guarded(lambda: self._refresh("sam_decode"))
 
     def clear_clicks(self) -> None:
-        """Forget the points and box added by hand (back to the automatic prompts)."""
+        """Forget the points and box added by hand (back to the automatic SAM prompts)."""
         self.user_points, self.user_box = [], None
         self._guarded(lambda: self._refresh("sam_decode"))
 
     @property
     def state(self) -> dict[str, Any]:
         """What is displayed now, as plain values (for tests and for printing)."""
-        pr = self.prompts
+        pr = self.sam_prompts
         return {
             "image": self.image_picker.value,
             "prompt": self.prompt_box.value,
@@ -569,7 +574,7 @@ class PromptExplorer:
             "k": int(self.k.value) if self.method.value == "gscorecam" else None,
             "postprocess": self.postprocess.value,
             "threshold": float(self.threshold.value),
-            "prompt_mode": self.mode.value,
+            "sam_prompt_mode": self.mode.value,
             "task": self.task,
             "sam": self.sam_picker.value,
             "n_boxes": 0 if pr is None or pr.boxes is None else len(pr.boxes),
@@ -605,7 +610,7 @@ class PromptExplorer:
         self.progress_log.append((stage, step))
         del self.progress_log[:-200]  # the recent stages are enough (tests read them)
         label = {"saliency": f"running {self.method.label} on {self.prompt_box.value!r} ...",
-                 "prompts": "making prompts ...", "sam_embed": "SAM: embedding the image ...",
+                 "sam_prompts": "making SAM prompts ...", "sam_embed": "SAM: embedding the image ...",
                  "sam_decode": "SAM: decoding ...", "compare": "comparing prompts ..."}[stage]
         self.status.value = f"<i>{html.escape(label)}</i>"
 
@@ -620,15 +625,15 @@ class PromptExplorer:
                                                                seed=cfg.seed)[0]
         return self._saliency_cache[key]
 
-    def _prompts_for(self, sal_key: tuple, sal: np.ndarray, cfg: PipelineConfig) -> Prompts:
+    def _sam_prompts_for(self, sal_key: tuple, sal: np.ndarray, cfg: PipelineConfig) -> SamPrompts:
         post = cfg.postprocess
         thr = cfg.threshold if post == "threshold" else None  # only the threshold rule reads it
-        key = (sal_key, post, thr, cfg.prompt_mode, cfg.n_components, cfg.box_mode,
+        key = (sal_key, post, thr, cfg.sam_prompt_mode, cfg.n_components, cfg.box_mode,
                cfg.points, cfg.negatives, cfg.seed)
-        if key not in self._prompts_cache:
-            self.counts["prompts"] += 1
-            self._prompts_cache[key] = self.pipeline.prompts_from(sal, self.current.image, cfg)
-        return self._prompts_cache[key]
+        if key not in self._sam_prompts_cache:
+            self.counts["sam_prompts"] += 1
+            self._sam_prompts_cache[key] = self.pipeline.sam_prompts_from(sal, self.current.image, cfg)
+        return self._sam_prompts_cache[key]
 
     def _session(self) -> SamSession:
         name = self.sam_picker.value
@@ -644,10 +649,10 @@ class PromptExplorer:
         session.set_image(self.current.image)
         self.counts["sam_embed"] += session.encoder_calls - before
 
-    def _sam_prompts(self) -> Prompts:
-        """The automatic prompts with the hand-made ones: a drawn box replaces the automatic
-        boxes (one prompt); clicked points join every prompt's point group."""
-        pr = self.prompts
+    def _final_sam_prompts(self) -> SamPrompts:
+        """The automatic SAM prompts with the hand-made ones: a drawn box replaces the automatic
+        boxes (one SAM prompt); clicked points join every SAM prompt's point group."""
+        pr = self.sam_prompts
         boxes = pr.boxes if self.user_box is None else self.user_box[None]
         if self.user_box is not None:
             pts = lbl = None
@@ -677,14 +682,14 @@ class PromptExplorer:
         if start <= 0 or self.saliency is None:
             self._show_progress("saliency", 0)
             self.saliency = self._saliency_for(prompt, cfg)
-        if start <= 1 or self.prompts is None:
-            self._show_progress("prompts", 1)
-            self.prompts = self._prompts_for(self._saliency_key(cfg, prompt), self.saliency, cfg)
+        if start <= 1 or self.sam_prompts is None:
+            self._show_progress("sam_prompts", 1)
+            self.sam_prompts = self._sam_prompts_for(self._saliency_key(cfg, prompt), self.saliency, cfg)
         session = self._session()
         self._show_progress("sam_embed", 2)
         self._embed(session)  # free when this SAM already holds this image
         self._show_progress("sam_decode", 3)
-        res = session.predict_prompts(self._sam_prompts(), multimask=cfg.multimask, union=True)
+        res = session.predict_sam_prompts(self._final_sam_prompts(), multimask=cfg.multimask, union=True)
         self.counts["sam_decode"] += 1
         self.mask, self.sam_score = res.mask, res.score
         gt = self.current.gt
@@ -695,15 +700,15 @@ class PromptExplorer:
 
     # -- drawing --------------------------------------------------------------------------------
 
-    def _prompt_panel(self) -> np.ndarray:
+    def _sam_prompt_panel(self) -> np.ndarray:
         img = self.current.image
-        pr = self.prompts
+        pr = self.sam_prompts
         auto_boxes = [] if pr is None or pr.boxes is None or self.user_box is not None else list(pr.boxes)
         out = overlay(img, boxes=auto_boxes, box_color=AUTO_BOX)
         if self.user_box is not None:
             out = overlay(out, boxes=[self.user_box], box_color=USER_BOX)
         r = max(2, min(img.shape[:2]) // 64)
-        shown = self._sam_prompts() if pr is not None else None
+        shown = self._final_sam_prompts() if pr is not None else None
         if shown is not None and shown.points is not None:
             for (x, y), lab in zip(shown.points[0], shown.point_labels[0]):
                 if lab >= 0:
@@ -713,9 +718,9 @@ class PromptExplorer:
     def panel_images(self) -> dict[str, np.ndarray]:
         """The four panels as RGB arrays (what the widget shows)."""
         img = self.current.image
-        pr = self.prompts
+        pr = self.sam_prompts
         return {
-            "prompts": self._prompt_panel(),
+            "sam_prompts": self._sam_prompt_panel(),
             "saliency": overlay(img, saliency=self.saliency),
             "coarse": overlay(img, None if pr is None else pr.mask, mask_color=AUTO_BOX),
             "mask": overlay(img, self.mask, outline=self.current.gt),
@@ -734,18 +739,16 @@ class PromptExplorer:
             made = [f"{'+' if lab == 1 else '-'}({x:.0f}, {y:.0f})" for x, y, lab in self.user_points]
             if self.user_box is not None:
                 made.append("box ({:.0f}, {:.0f}, {:.0f}, {:.0f})".format(*self.user_box))
-            parts.append("hand-made prompts: " + " ".join(made))
+            parts.append("hand-made SAM prompts: " + " ".join(made))
         self.readout.value = " &middot; ".join(parts)
         ran = ", ".join(f"{k} {v}" for k, v in self.counts.items())
         self.status.value = f"done in {seconds:.2f} s &middot; <small>stages run so far: {ran}</small>"
 
     def figure(self, cell_size: float = 3.0):
         """A matplotlib figure of the four panels (for static notebooks and reports)."""
-        from .viz import sample_grid
-
         s = self.state
         extra = f", Dice {s['dice']:.3f}" if s["dice"] is not None else ""
-        titles = [f"{s['image']}: prompts", f"saliency: {s['prompt']!r}", "coarse mask",
+        titles = [f"{s['image']}: SAM prompts", f"saliency: {s['prompt']!r}", "coarse mask",
                   f"SAM mask (score {s['sam_score']:.2f}{extra})"]
         return sample_grid(list(self.panel_images().values()), titles, ncols=4, cell_size=cell_size)
 
@@ -759,8 +762,6 @@ class PromptExplorer:
             return None
         key = self._saliency_key(cfg, prompt) + (self.task,)
         if key not in self._sensitivity_cache:
-            from .saliency import METHODS, prompt_sensitivity
-
             self.counts["sensitivity"] += 1
             rep = prompt_sensitivity(self.pipeline.clip, self.current.image, prompt,
                                      METHODS[cfg.saliency], task=self.task, warn=False,
@@ -768,9 +769,21 @@ class PromptExplorer:
             self._sensitivity_cache[key] = float(rep.sensitivity)
         return self._sensitivity_cache[key]
 
+    def _text_baseline_result(self, prompt: str) -> Any:
+        """The text-alone segmenter's result for ``prompt`` on the current image (None without
+        one); a loader given as a callable runs on first use."""
+        src = self._text_source
+        if src is None:
+            return None
+        if callable(src) and not hasattr(src, "predict"):
+            src = self._text_source = src()
+        self.counts["text_baseline"] += 1
+        return src.predict(self.current.image, prompt)
+
     def compare(self, prompts: Sequence[str]) -> list[dict]:
         """Run each prompt on the current image with the current settings (hand-made clicks are
-        not used) and show them side by side with Dice and prompt-sensitivity. Returns the rows."""
+        not used) and show them side by side with Dice and prompt-sensitivity (and the text-alone
+        segmenter's mask and Dice, ``text_dice``, when there is one). Returns the rows."""
         prompts = [p for p in prompts if p]
         if not prompts:
             raise ValueError("type at least one prompt to compare (one per line)")
@@ -781,13 +794,17 @@ class PromptExplorer:
         for i, prompt in enumerate(prompts):
             self._show_progress("compare", min(len(STAGES) - 1, i))
             sal = self._saliency_for(prompt, cfg)
-            pr = self._prompts_for(self._saliency_key(cfg, prompt), sal, cfg)
-            res = session.predict_prompts(pr, multimask=cfg.multimask, union=True)
+            pr = self._sam_prompts_for(self._saliency_key(cfg, prompt), sal, cfg)
+            res = session.predict_sam_prompts(pr, multimask=cfg.multimask, union=True)
             self.counts["sam_decode"] += 1
             gt = self.current.gt
             row = {"prompt": prompt, "dice": None if gt is None else dice_score(res.mask, gt),
                    "sam_score": res.score, "sensitivity": self.sensitivity(prompt),
                    "flags": list(pr.flags)}
+            text_res = self._text_baseline_result(prompt)
+            if text_res is not None:
+                row["text_dice"] = None if gt is None else dice_score(text_res.mask, gt)
+                row["text_score"], row["text_flags"] = text_res.sam_score, list(text_res.flags)
             rows.append(row)
             caption = [f"<b>{html.escape(prompt)}</b>"]
             if row["dice"] is not None:
@@ -804,6 +821,14 @@ class PromptExplorer:
                                            boxes=None if pr.boxes is None else list(pr.boxes))),
                         format="png", layout=layout),
             ]))
+            if text_res is not None:
+                label = "text alone" + ("" if row["text_dice"] is None else f": Dice {row['text_dice']:.3f}")
+                columns[-1].children += (
+                    W.HTML(f"<small>{html.escape(label)}</small>"),
+                    W.Image(value=_png(overlay(self.current.image, text_res.mask, outline=gt,
+                                               boxes=None if text_res.boxes is None else list(text_res.boxes))),
+                            format="png", layout=layout),
+                )
         self._show_progress(None)
         note = W.HTML(
             "<small>sensitivity: 1 - Pearson r between the prompt's map and the closest control "

@@ -25,6 +25,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .models import load_clip
+from .pipeline import MedCLIPSAM
+
 __all__ = ["LOAD_ERRORS", "WORLDS", "clip_for_world", "default_k", "pipeline_for_world"]
 
 WORLDS = ("toy", "real")
@@ -61,9 +64,9 @@ def _sam_label(sam: Any, sam_checkpoint: Any, predictor: Any) -> str:
     return f"{Path(str(sam)).name if Path(str(sam)).is_file() else sam}{where} ({kind})"
 
 
-def _clip_label(clip: Any, bundle: Any) -> str:
-    weights = "pretrained" if bundle.pretrained else "RANDOM weights"
-    return f"{clip} ({weights})"
+def _clip_label(name: Any, clip: Any) -> str:
+    weights = "pretrained" if clip.pretrained else "RANDOM weights"
+    return f"{name} ({weights})"
 
 
 def pipeline_for_world(
@@ -86,8 +89,6 @@ def pipeline_for_world(
     (None: the world's default). ``overrides`` are :class:`~medclipsam.pipeline.PipelineConfig`
     fields. ``pipe.world`` says which world was built.
     """
-    from .pipeline import MedCLIPSAM
-
     _check_world(world)
     saliency = overrides.get("saliency", "gscorecam")
     if k is not None and saliency == "gscorecam":
@@ -131,15 +132,14 @@ def clip_for_world(
     fallback: bool = True,
     verbose: bool = True,
 ) -> tuple[Any, str]:
-    """``(bundle, world)``: the CLIP model ``clip`` for ``"real"`` (the toy CLIP when it cannot
+    """``(clip, world)``: the CLIP model ``clip`` for ``"real"`` (the toy CLIP when it cannot
     be loaded, with a message, unless ``fallback=False``), or the toy CLIP; ``world`` is the one
     actually loaded (use :func:`default_k` with it)."""
-    from .models import load_clip
-
     _check_world(world)
+    name = clip
     if world == "real":
         try:
-            bundle = load_clip(clip, device=device)
+            clip = load_clip(name, device=device)
         except LOAD_ERRORS as err:
             if not fallback:
                 raise
@@ -147,9 +147,9 @@ def clip_for_world(
                 print(f"real CLIP not available ({_why(err)})\n-> using the toy CLIP")
         else:
             if verbose:
-                print(f"real world: CLIP {_clip_label(clip, bundle)}, device {bundle.device}")
-            return bundle, "real"
-    bundle = load_clip("toy", device=_toy_device(device))
+                print(f"real world: CLIP {_clip_label(name, clip)}, device {clip.device}")
+            return clip, "real"
+    clip = load_clip("toy", device=_toy_device(device))
     if verbose:
-        print(f"toy world: toy CLIP, device {bundle.device}")
-    return bundle, "toy"
+        print(f"toy world: toy CLIP, device {clip.device}")
+    return clip, "toy"

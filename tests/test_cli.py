@@ -11,10 +11,15 @@ from PIL import Image
 
 from medclipsam.cli import build_parser
 
+# Each run loads torch and the toy models; a loaded 2-core machine needs minutes for what takes
+# seconds on an idle one. The limit only catches a hang.
+TIMEOUT = 1800
+
 
 def _run(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "medclipsam", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "medclipsam", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=TIMEOUT,
     )
 
 
@@ -105,3 +110,93 @@ def test_pseudo_label_train_weak_and_reproduce_commands(tmp_path):
                 "--epochs", "2", "--size", "32", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "weakly supervised" in proc.stdout and "fully supervised" in proc.stdout
+
+
+def test_help_never_imports_torch():
+    """``medclipsam --help`` and every ``medclipsam SUB --help`` answer without torch or scipy
+    being imported, and every converter's help without torch or the models: the options come
+    from torch-free modules."""
+    code = (
+        "import sys\n"
+        "from medclipsam.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "commands = [a for a in parser._actions if a.__class__.__name__ == '_SubParsersAction'][0].choices\n"
+        "for argv in [['--help'], *[[c, '--help'] for c in commands]]:\n"
+        "    try:\n"
+        "        build_parser().parse_args(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, argv\n"
+        "light = sorted(m for m in ('torch', 'scipy') if m in sys.modules)\n"
+        "from medclipsam.cli import main\n"
+        "for source in ('busi', 'udiat', 'brain_figshare', 'covidqu', 'roco'):\n"
+        "    try:\n"
+        "        main(['prepare', source, '--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, source\n"
+        "heavy = sorted(m for m in ('torch', 'open_clip', 'segment_anything', 'monai') if m in sys.modules)\n"
+        "print(len(commands), light + heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    n, heavy = proc.stdout.splitlines()[-1].split(" ", 1)
+    assert heavy == "[]" and int(n) >= 10, proc.stdout[-500:]
+
+
+def _subparsers():
+    import argparse
+
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_option_says_its_default():
+    for name, sub in _subparsers().items():
+        for action in sub._actions:
+            if not action.option_strings or action.required or "--help" in action.option_strings:
+                continue
+            assert action.help and "default" in action.help, f"medclipsam {name} {action.option_strings[0]}"
+
+
+def test_cli_defaults_are_the_python_apis():
+    import inspect
+
+    from medclipsam.cli import _segment_overrides
+    from medclipsam.config import FinetuneConfig, WeakConfig
+    from medclipsam.demo import run_demo
+
+    parse = build_parser().parse_args
+    seg = parse(["segment", "--images", "i", "--prompt", "p", "--out", "o"])
+    assert _segment_overrides(seg) == {}  # nothing set: MedCLIPSAM's own defaults (postprocess crf)
+    assert "crf" in _subparsers()["segment"]._option_string_actions["--postprocess"].help
+    ft = vars(parse(["finetune", "--captions", "c.csv", "--out", "o"]))
+    for field, value in vars(FinetuneConfig()).items():
+        if field in ft:
+            assert ft[field] == value, field
+    weak = WeakConfig()
+    for command in ("train-weak", "reproduce"):
+        args = vars(parse([command, "--images", "i", "--masks", "m", "--out", "o"] if command == "train-weak"
+                          else [command, "--task", "breast", "--data", "d", "--out", "o"]))
+        for field in ("epochs", "batch_size", "size", "lr", "patience", "min_epochs", "seed", "device"):
+            if field in args:
+                assert args[field] == getattr(weak, field), (command, field)
+    demo = vars(parse(["demo"]))
+    for field, param in inspect.signature(run_demo).parameters.items():
+        if field in demo and field != "out":
+            assert demo[field] == param.default, field
+
+
+def test_threads_option_sets_torchs_threads(tmp_path):
+    import torch
+
+    from medclipsam.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        # the missing folder is refused (exit code 2) after the threads are set, before models load
+        assert main(["segment", "--images", str(tmp_path / "none"), "--prompt", "p",
+                     "--out", str(tmp_path / "o"), "--threads", "1", "--quiet"]) == 2
+        assert torch.get_num_threads() == 1
+        assert main(["segment", "--images", str(tmp_path), "--prompt", "p", "--out",
+                     str(tmp_path / "o"), "--threads", "0"]) == 2  # at least one thread
+    finally:
+        torch.set_num_threads(before)

@@ -607,7 +607,7 @@ def test_scripts_show_help() -> None:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=60,
+        timeout=900,  # only catches a hang: a loaded machine can take minutes to import
     )
     assert result.returncode == 0
     assert "cvind" in result.stdout and "--download" in result.stdout

@@ -190,9 +190,10 @@ def test_server_errors_beyond_the_retries_fail(server, tmp_path):
 
 
 def test_timeout_is_retried(server, tmp_path):
-    route = server.add("/w.pt", DATA, delay=1.0, delay_requests=1)
+    # The second attempt must be answered within the timeout: leave a loaded machine room.
+    route = server.add("/w.pt", DATA, delay=6.0, delay_requests=1)
     dest = tmp_path / "w.pt"
-    fetch(server.url("/w.pt"), dest, sha256=SHA, timeout=0.3, retries=1)
+    fetch(server.url("/w.pt"), dest, sha256=SHA, timeout=3.0, retries=1)
     assert dest.read_bytes() == DATA and len(route.requests) == 2
 
 

@@ -43,7 +43,7 @@ CHECKS = {
 
 def _load_script():
     spec = importlib.util.spec_from_file_location(
-        "make_student_notebooks", ROOT / "scripts" / "make_student_notebooks.py"
+        "build_notebooks", ROOT / "scripts" / "build_notebooks.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -349,6 +349,96 @@ def test_mean_dice_check_names_the_mistake(wrong, named):
     assert named in _report("check_mean_dice", wrong)
 
 
+# One hint per failing case, and never one for a mistake the code did not make: each wrong
+# mean_dice below makes exactly the named mistakes, and the check gives exactly those hints.
+def _pooled(empty):
+    def fn(preds, gts):
+        inter = sum(int((p & g).sum()) for p, g in zip(preds, gts))
+        total = sum(int(p.sum() + g.sum()) for p, g in zip(preds, gts))
+        if total == 0:
+            return empty
+        return 2 * inter / total
+
+    return fn
+
+
+def _per_image(both_empty, *, iou=False, drop_empty=False):
+    def fn(preds, gts):
+        scores = []
+        for p, g in zip(preds, gts):
+            inter, size = int((p & g).sum()), int(p.sum() + g.sum())
+            if size == 0:
+                if not drop_empty:
+                    scores.append(both_empty)
+                continue
+            scores.append(inter / (size - inter) if iou else 2 * inter / size)
+        return float(np.mean(scores)) if scores else float("nan")
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "wrong, keys",
+    [
+        (_pooled(0.0), ["pooled"]),  # pooled Dice, 0 for 0/0: one hint (used to be three)
+        (_pooled(1.0), ["pooled"]),
+        (_pooled(float("nan")), ["nan_for_empty", "pooled"]),  # two mistakes, two cases
+        (_per_image(0.0), ["empty_as_zero"]),
+        (_per_image(1.0, drop_empty=True), ["nan_for_empty", "empty_left_out"]),  # mean([])
+        (_per_image(float("nan")), ["nan_for_empty"]),
+        (_per_image(1.0, iou=True), ["iou"]),
+    ],
+    ids=["pooled-0", "pooled-1", "pooled-nan", "empty-0", "empty-dropped", "empty-nan", "iou"],
+)
+def test_mean_dice_hints_are_exactly_the_mistakes_made(wrong, keys):
+    from medclipsam.exercises.evaluation import DICE_HINTS
+
+    res = ex.check_mean_dice(wrong, verbose=False)
+    assert not res.passed
+    assert res.hints == [DICE_HINTS[k] for k in keys], res.report()
+    assert res.report().count("Hint") == len(keys)
+
+
+def test_a_mistake_the_other_cases_speak_against_is_not_named():
+    from medclipsam.exercises._core import Case, run_check
+
+    cases = [Case("a", (1.0,)), Case("b", (2.0,)), Case("c", (3.0,))]
+
+    def mistakes(case):
+        (x,) = case.args
+        return [("doubled", 2 * x), ("plus two", x + 2)]  # both give 4 on "b"
+
+    def check(fn):
+        return run_check(
+            "check_toy",
+            fn,
+            cases,
+            run=lambda f, c, a, k: f(*a, **k),
+            reference=lambda x: x,
+            compare=lambda e, g, c: None if g == e else f"expected {e}, got {g}",
+            mistakes=mistakes,
+            verbose=False,
+        )
+
+    # right on "a" and "c", wrong on "b": plus-two would change "a", doubling would too
+    assert check(lambda x: 4.0 if x == 2.0 else x).hints == []
+    assert check(lambda x: x + 2).hints == ["plus two"]  # doubled is ruled out by "a" and "c"
+    assert check(lambda x: 2 * x).hints == ["doubled"]
+    # where both fit every case, the first listed (the more specific) is the one hint
+    only_b = [cases[1]]
+    res = run_check(
+        "check_toy",
+        lambda x: 2 * x,
+        only_b,
+        run=lambda f, c, a, k: f(*a, **k),
+        reference=lambda x: x,
+        compare=lambda e, g, c: None if g == e else "differs",
+        mistakes=mistakes,
+        verbose=False,
+    )
+    assert res.hints == ["doubled"]
+
+
 def test_interpretation_typed_in_instead_of_computed_is_caught():
     def typed_in(table):
         return {
@@ -369,6 +459,85 @@ def test_interpretation_clear_gain_from_the_means_is_named():
         return ans
 
     assert "INTERVALS" in _report("check_interpretation", by_means)
+
+
+def _interpret_with(**wrong):
+    def fn(table):
+        ans = R.interpret(table)
+        zs, weak = table[R.ZERO_SHOT], table[R.WEAK]
+        overlap = weak["ci"][0] <= zs["ci"][1] and zs["ci"][0] <= weak["ci"][1]
+        if "gain_sign" in wrong:
+            ans["weak_gain"] = -ans["weak_gain"]
+        if "clear_by_means" in wrong:
+            ans["clear_gain"] = ans["weak_helped"]
+        if "clear_when_overlap" in wrong:
+            ans["clear_gain"] = overlap
+        if "clear_either_way" in wrong:
+            ans["clear_gain"] = not overlap
+        if "best_is_min" in wrong:
+            ans["best_method"] = min(table, key=lambda s: table[s]["dice"])
+        return ans
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "key", ["gain_sign", "clear_by_means", "clear_when_overlap", "clear_either_way", "best_is_min"]
+)
+def test_interpretation_names_each_mistake_alone(key):
+    from medclipsam.exercises.evaluation import ANSWER_HINTS
+
+    res = ex.check_interpretation(_interpret_with(**{key: True}), verbose=False)
+    assert not res.passed and res.hints == [ANSWER_HINTS[key]], res.report()
+
+
+def test_interpretation_with_two_mistakes_gets_one_hint_per_case_the_first_listed():
+    from medclipsam.exercises.evaluation import ANSWER_HINTS
+
+    res = ex.check_interpretation(_interpret_with(gain_sign=True, best_is_min=True), verbose=False)
+    assert res.hints == [ANSWER_HINTS["gain_sign"]], res.report()
+    assert res.report().count("Hint") == 1
+
+
+def _table(zs, weak, zs_ci, weak_ci):
+    return {
+        R.ZERO_SHOT: {"dice": zs, "ci": zs_ci},
+        R.WEAK: {"dice": weak, "ci": weak_ci},
+        R.FULL: {"dice": 0.8, "ci": (0.75, 0.85)},
+    }
+
+
+@pytest.mark.parametrize(
+    "table, verdict, said",
+    [
+        (_table(0.50, 0.70, (0.45, 0.55), (0.66, 0.74)), "better", "a clear gain"),
+        (_table(0.75, 0.55, (0.70, 0.80), (0.48, 0.62)), "worse", "a clear loss"),
+        (_table(0.60, 0.64, (0.52, 0.68), (0.57, 0.71)), "overlap", "the intervals overlap"),
+        (_table(0.70, 0.66, (0.60, 0.80), (0.58, 0.74)), "overlap", "scored lower, but"),
+    ],
+    ids=["clearly-better", "clearly-worse", "overlap-higher", "overlap-lower"],
+)
+def test_ex04_summary_is_read_off_the_table(table, verdict, said):
+    assert ex.weak_verdict(table) == verdict
+    text = ex.summarize_table(table)
+    assert said in text and text.startswith("Best: fully supervised")
+    gain = table[R.WEAK]["dice"] - table[R.ZERO_SHOT]["dice"]
+    assert f"({gain:+.3f} Dice)" in text
+    if verdict == "worse":
+        assert "overlap" not in text and "helped" not in text
+
+
+def test_ex04_table_comparison_explains_a_mismatch(capsys):
+    gts = [np.ones((4, 4), bool), np.zeros((4, 4), bool)]
+    preds = {R.ZERO_SHOT: [np.ones((4, 4), bool), np.zeros((4, 4), bool)]}
+    table = {R.ZERO_SHOT: {"dice": 1.0, "ci": (1.0, 1.0)}}
+    ex.compare_with_table(R.mean_dice, preds, gts, table)  # agrees: no error
+    with pytest.raises(AssertionError) as info:
+        ex.compare_with_table(_per_image(0.0), preds, gts, table)
+    msg = str(info.value)
+    assert "zero-shot: your mean_dice gives 0.5000, the table says 1.0000" in msg
+    assert "expected the same number" in msg and "Check:" in msg and "OUT_DIR" in msg
+    assert "<- differs" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,50 +607,46 @@ def toy():
     from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
     from medclipsam.models import load_clip
 
-    bundle = load_clip("toy")
+    clip = load_clip("toy")
     xs, ts = [], []
     for task in TASKS[:2]:
         s = PhantomDataset(task, 1, seed=2, size=96, split="test", normal_fraction=0.0)[0]
-        xs.append(bundle.prepare(s.rgb)[0])
+        xs.append(clip.prepare(s.rgb)[0])
         with torch.no_grad():
-            ts.append(bundle.model.encode_text(bundle.tokenize([PROMPTS[task]])).float()[0])
-    return bundle, torch.stack(xs), torch.stack(ts)
+            ts.append(clip.model.encode_text(clip.tokenize([PROMPTS[task]])).float()[0])
+    return clip, torch.stack(xs), torch.stack(ts)
 
 
 @pytest.mark.parametrize("k", [8, 30])
 def test_the_reference_steps_chained_give_the_package_gscorecam(toy, k):
     from medclipsam.saliency.gscorecam import gscorecam_details
 
-    bundle, x, txt = toy
-    d = gscorecam_details(bundle.model, x, txt, k=k)
-    maps = ex.gscorecam_with(bundle.model, x, txt, k=k)
+    clip, x, txt = toy
+    d = gscorecam_details(clip.model, x, txt, k=k)
+    maps = ex.gscorecam_with(clip.model, x, txt, k=k)
     assert torch.allclose(maps, d.maps, atol=1e-6)
-    act, grads, scale = ex.layer_activations(bundle.model, x, txt)
+    act, grads, scale = ex.layer_activations(clip.model, x, txt)
     assert torch.equal(R.select_channels(grads, k), d.channels)
-    assert scale == pytest.approx(float(bundle.model.logit_scale.detach().exp()))
+    assert scale == pytest.approx(float(clip.model.logit_scale.detach().exp()))
 
 
 def test_the_map_check_on_the_toy_clip_passes_the_solutions_and_fails_an_abs_sort(toy, solutions):
-    bundle = toy[0]
+    clip = toy[0]
     steps = [
         solutions[n]
         for n in ("select_channels", "channel_masks", "gscorecam_weights", "combine_maps")
     ]
-    assert ex.check_gscorecam_map(*steps, k=8, n_images=1, bundle=bundle, verbose=False).passed
+    assert ex.check_gscorecam_map(*steps, k=8, n_images=1, clip=clip, verbose=False).passed
 
     def by_abs(grads, k):
         return grads.mean(dim=(2, 3)).abs().topk(min(k, grads.shape[1]), dim=1).indices
 
-    res = ex.check_gscorecam_map(by_abs, k=8, n_images=1, bundle=bundle, verbose=False)
+    res = ex.check_gscorecam_map(by_abs, k=8, n_images=1, clip=clip, verbose=False)
     assert not res.passed and "peaks at" in res.report()
 
 
 # --------------------------------------------------------------------------------------------
 # student notebooks
-
-
-def test_student_notebooks_are_in_sync_with_the_solutions_and_their_sources(capsys):
-    assert _load_script().main(["--check"]) == 0, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -555,7 +720,7 @@ def test_a_student_notebook_stops_at_its_first_exercise(tmp_path):
 
 
 @pytest.mark.notebook
-def test_grading_a_folder_of_submissions(tmp_path):
+def test_grading_a_folder_of_submissions(tmp_path, capsys):
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
     nb = new_notebook()
@@ -579,7 +744,9 @@ def test_grading_a_folder_of_submissions(tmp_path):
     (subs / "bob.ipynb").write_text("this is not a notebook")
     from medclipsam.exercises.__main__ import main
 
-    assert main(["grade", str(subs), "--out", str(tmp_path / "grades"), "--smoke"]) == 1
+    assert main(["grade", str(subs), "--out", str(tmp_path / "grades") + "/", "--smoke"]) == 1
+    printed = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'grades' / 'grades.csv'} " in printed and "//" not in printed
     import csv
 
     with open(tmp_path / "grades" / "grades.csv", newline="") as fh:
@@ -589,6 +756,9 @@ def test_grading_a_folder_of_submissions(tmp_path):
     assert float(alice["score"]) == pytest.approx(1 / 3, abs=1e-3)
     assert alice["checks"] == "check_mean_dice:pass check_boxes:fail check_interpretation:not_run"
     assert "NameError" in alice["errors"] and "AssertionError" in alice["errors"]
+    # the whole feedback of the failed check, over several lines, survives the CSV round trip
+    assert "[FAIL] check_boxes" in alice["errors"] and "First failing input" in alice["errors"]
+    assert "\n  Hint: " in alice["errors"] or "\n  Also failing" in alice["errors"]
     assert "not a readable notebook" in rows["bob.ipynb"]["errors"]
     executed = nbformat.read(tmp_path / "grades" / "executed" / "alice.ipynb", as_version=4)
     assert any(

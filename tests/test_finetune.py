@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from medclipsam.cli import main
+from medclipsam.config import FinetuneConfig
 from medclipsam.data import CaptionDataset
 from medclipsam.data.phantom import write_phantom_folder
-from medclipsam.finetune import FinetuneConfig, finetune, latest_checkpoint, main
+from medclipsam.finetune import finetune, latest_checkpoint
 from medclipsam.models import load_clip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,10 +64,10 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def full_run(pairs, tmp_path_factory):
     """A completed 3-epoch run with a validation set (shared by several tests)."""
     train, val = _data(pairs)
-    bundle = load_clip("toy", device="cpu")
+    clip = load_clip("toy", device="cpu")
     out = tmp_path_factory.mktemp("run")
-    result = finetune(bundle, train, val, _cfg(out, epochs=3, eval_before=True))
-    return bundle, result, out
+    result = finetune(clip, train, val, _cfg(out, epochs=3, eval_before=True))
+    return clip, result, out
 
 
 def test_training_loss_decreases_on_tiny_overfit_run(full_run):
@@ -97,15 +99,15 @@ def test_logs_have_expected_columns(full_run):
 
 
 def test_saved_model_loads_and_matches_in_memory_model(full_run, pairs):
-    bundle, result, _ = full_run
+    clip, result, _ = full_run
     assert result["model_path"] == result["out_dir"] / "model.pt"
     loaded = load_clip(result["model_path"], device="cpu")
     train, _ = _data(pairs)
-    images = torch.stack([bundle.preprocess(train[i][0]) for i in range(3)])
+    images = torch.stack([clip.preprocess(train[i][0]) for i in range(3)])
     captions = train.captions[:3]
     with torch.no_grad():
-        assert torch.equal(bundle.encode_image(images), loaded.encode_image(images))
-        assert torch.equal(bundle.encode_text(captions), loaded.encode_text(captions))
+        assert torch.equal(clip.encode_image(images), loaded.encode_image(images))
+        assert torch.equal(clip.encode_text(captions), loaded.encode_text(captions))
     init = load_clip("toy", device="cpu")
     with torch.no_grad():
         assert not torch.equal(init.encode_image(images), loaded.encode_image(images))
@@ -143,14 +145,14 @@ def test_interrupted_then_resumed_equals_uninterrupted(pairs, tmp_path):
 @pytest.mark.parametrize("option", ["text", "image", "last_block"])
 def test_freezing_options_freeze_what_they_say(pairs, tmp_path, option):
     train, _ = _data(pairs)
-    bundle = load_clip("toy", device="cpu")
-    before = _params(bundle.model)
+    clip = load_clip("toy", device="cpu")
+    before = _params(clip.model)
     if option == "last_block":
         cfg = _cfg(tmp_path, epochs=1, trainable_blocks=1, lr=1e-3)
     else:
         cfg = _cfg(tmp_path, epochs=1, freeze=option, lr=1e-3)
-    finetune(bundle, train, None, cfg)
-    after = dict(bundle.model.named_parameters())
+    finetune(clip, train, None, cfg)
+    after = dict(clip.model.named_parameters())
 
     def frozen(name: str) -> bool:
         if name == "logit_scale":  # fixed tau: the learned scale is unused and frozen
@@ -183,7 +185,7 @@ def test_freezing_options_freeze_what_they_say(pairs, tmp_path, option):
 
 def test_command_line_runs_and_writes_model(pairs, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(["--clip", "toy", "--captions", str(pairs), "--out", str(out), "--epochs", "1",
+    rc = main(["finetune", "--clip", "toy", "--captions", str(pairs), "--out", str(out), "--epochs", "1",
                "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--no-progress",
                "--loss", "infonce", "--warmup-steps", "1"])
     assert rc == 0
@@ -197,17 +199,18 @@ def test_command_line_runs_and_writes_model(pairs, tmp_path, capsys):
 _DDP_SCRIPT = """
 import os, sys, torch
 from medclipsam.data import CaptionDataset
-from medclipsam.finetune import FinetuneConfig, finetune
+from medclipsam.config import FinetuneConfig
+from medclipsam.finetune import finetune
 from medclipsam.models import load_clip
 csv_path, out = sys.argv[1], sys.argv[2]
-bundle = load_clip("toy", device="cpu")
+clip = load_clip("toy", device="cpu")
 cfg = FinetuneConfig(out_dir=os.path.join(out, "run"), batch_size=4, epochs=1, lr=5e-4,
                      warmup_steps=1, num_workers=0, progress=False, eval_before=False,
                      device="cpu")
-res = finetune(bundle, CaptionDataset(csv_path, split="train"),
+res = finetune(clip, CaptionDataset(csv_path, split="train"),
                CaptionDataset(csv_path, split="val"), cfg)
 rank = int(os.environ["RANK"])
-torch.save({k: v.detach() for k, v in bundle.model.state_dict().items()},
+torch.save({k: v.detach() for k, v in clip.model.state_dict().items()},
            os.path.join(out, f"rank{rank}.pt"))
 # one file per rank: the two processes' stdout interleaves ("RANKRANK 1 ...")
 with open(os.path.join(out, f"rank{rank}.steps"), "w") as fh:
@@ -222,7 +225,7 @@ def test_ddp_two_gloo_processes(pairs, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(script), str(pairs), str(tmp_path)],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=1800, env=env, cwd=tmp_path,  # only a hang
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # 24 pairs over 2 processes, 4 per batch: 3 steps each

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from medclipsam.config import FinetuneConfig
 from medclipsam.data import PhantomDataset, PhantomPairs
-from medclipsam.finetune import FinetuneConfig
 from medclipsam.loss_comparison import PAPER_RETRIEVAL, compare_losses, retrieval_scores
 from medclipsam.models import load_clip
 
@@ -42,12 +42,12 @@ def test_transform_runs_once_per_image():
 
 def test_compare_losses_trains_each_loss_from_the_same_start_and_resumes(tmp_path):
     torch.manual_seed(0)
-    bundle = load_clip("toy")
-    train = PhantomPairs(n_per_task=6, split="train", captions="all", transform=bundle.preprocess)
-    test = PhantomPairs(n_per_task=20, split="test", transform=bundle.preprocess)
+    clip = load_clip("toy")
+    train = PhantomPairs(n_per_task=6, split="train", captions="all", transform=clip.preprocess)
+    test = PhantomPairs(n_per_task=20, split="test", transform=clip.preprocess)
     cfg = FinetuneConfig(lr=1e-4, epochs=1, batch_size=30, warmup_steps=1, learn_logit_scale=True,
                          device="cpu", num_workers=0, eval_every=0, eval_before=False, progress=False)
-    before = retrieval_scores(bundle, test)
+    before = retrieval_scores(clip, test)
     rows = compare_losses(train, test, losses=("infonce", "dhn_nce"), config=cfg,
                           out_dir=tmp_path, device="cpu")
     assert [r["model"] for r in rows] == ["toy (before)", "+ InfoNCE", "+ DHN-NCE"]
@@ -61,7 +61,7 @@ def test_compare_losses_trains_each_loss_from_the_same_start_and_resumes(tmp_pat
     tuned = load_clip(tmp_path / "dhn_nce" / "model.pt")
     x = torch.stack([test[i][0] for i in range(4)])
     with torch.no_grad():
-        assert not torch.allclose(tuned.model.encode_image(x), bundle.model.encode_image(x), atol=1e-4)
+        assert not torch.allclose(tuned.model.encode_image(x), clip.model.encode_image(x), atol=1e-4)
     # A second call reuses the finished runs (same numbers, nothing retrained).
     again = compare_losses(train, test, losses=("dhn_nce",), config=cfg, out_dir=tmp_path, device="cpu")
     assert again[1]["i2t_top1"] == pytest.approx(rows[2]["i2t_top1"]) and again[1]["steps"] == 3

@@ -173,25 +173,25 @@ def biomedclip(tmp_path_factory):
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            bundle = load_clip("biomedclip", device="cpu")
+            clip = load_clip("biomedclip", device="cpu")
         seconds = time.perf_counter() - start  # about 8 s on a 2-core CPU
-        yield bundle, [str(w.message) for w in caught], seconds
+        yield clip, [str(w.message) for w in caught], seconds
 
 
 def test_biomedclip_builds_from_the_hub_cache_with_random_weights(biomedclip):
-    bundle, messages, seconds = biomedclip
-    assert bundle.pretrained is False
+    clip, messages, seconds = biomedclip
+    assert clip.pretrained is False
     assert any("RANDOM weights" in m and BIOMEDCLIP_REPO in m for m in messages), messages
-    assert bundle.name == "biomedclip" and bundle.source == "hf-hub:" + BIOMEDCLIP_REPO
-    assert bundle.image_size == 224 and bundle.context_length == 256
-    assert bundle.mean == pytest.approx(clip_mod.OPENAI_CLIP_MEAN)
-    assert bundle.std == pytest.approx(clip_mod.OPENAI_CLIP_STD)
+    assert clip.name == "biomedclip" and clip.source == "hf-hub:" + BIOMEDCLIP_REPO
+    assert clip.image_size == 224 and clip.context_length == 256
+    assert clip.mean == pytest.approx(clip_mod.OPENAI_CLIP_MEAN)
+    assert clip.std == pytest.approx(clip_mod.OPENAI_CLIP_STD)
     assert seconds < 120
 
 
 def test_biomedclip_encodes_images_and_texts(biomedclip):
-    bundle = biomedclip[0]
-    tokens = bundle.tokenize(["breast ultrasound lesion", "a chest x-ray"])
+    clip = biomedclip[0]
+    tokens = clip.tokenize(["breast ultrasound lesion", "a chest x-ray"])
     assert tokens.shape == (2, 256) and tokens.dtype == torch.long
     assert tokens[0, 0].item() == 2 and tokens[0, 1:4].tolist() == [16, 17, 18]  # [CLS] words
     rng = np.random.default_rng(0)
@@ -200,20 +200,20 @@ def test_biomedclip_encodes_images_and_texts(biomedclip):
         rng.integers(0, 65535, (200, 120), dtype=np.uint16),
     ]
     with torch.no_grad():
-        img = bundle.encode_image(images)
-        txt = bundle.encode_text(["breast ultrasound lesion", "a chest x-ray"])
-        logits = bundle.model.logit_scale.exp() * img @ txt.T
+        img = clip.encode_image(images)
+        txt = clip.encode_text(["breast ultrasound lesion", "a chest x-ray"])
+        logits = clip.model.logit_scale.exp() * img @ txt.T
     assert img.shape == (2, 512) and txt.shape == (2, 512)
     assert torch.allclose(img.norm(dim=-1), torch.ones(2), atol=1e-4)
     assert torch.isfinite(logits).all()
 
 
 def test_biomedclip_image_tower_is_a_vit_b16_with_a_14x14_grid(biomedclip):
-    bundle = biomedclip[0]
-    trunk = bundle.model.visual.trunk
+    clip = biomedclip[0]
+    trunk = clip.model.visual.trunk
     assert type(trunk).__name__ == "VisionTransformer"
     assert tuple(trunk.patch_embed.grid_size) == (14, 14) and len(trunk.blocks) == 12
-    x, geom = bundle.prepare(np.zeros((64, 100), dtype=np.uint8))
+    x, geom = clip.prepare(np.zeros((64, 100), dtype=np.uint8))
     with torch.no_grad():
         tokens = trunk.forward_features(x[None])
     assert tokens.shape == (1, 197, 768)
@@ -271,17 +271,17 @@ def test_clip_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == clip_mod.CHECKPOINT_FORMAT and raw["meta"]["epoch"] == 3
 
-    bundle = load_clip(path, device="cpu")
-    assert bundle.name == "tiny" and bundle.image_size == 32 and bundle.context_length == 16
-    assert bundle.mean == (0.5, 0.5, 0.5) and bundle.std == (0.25, 0.25, 0.25)
-    image, _ = bundle.prepare(np.arange(40 * 70, dtype=np.uint8).reshape(40, 70))
-    tokens = bundle.tokenize(["a lesion", "normal lungs"])
+    clip = load_clip(path, device="cpu")
+    assert clip.name == "tiny" and clip.image_size == 32 and clip.context_length == 16
+    assert clip.mean == (0.5, 0.5, 0.5) and clip.std == (0.25, 0.25, 0.25)
+    image, _ = clip.prepare(np.arange(40 * 70, dtype=np.uint8).reshape(40, 70))
+    tokens = clip.tokenize(["a lesion", "normal lungs"])
     assert tokens.shape == (2, 16)
     want = _outputs(model, image[None], tokens)
-    got = _outputs(bundle.model, image[None], tokens)
+    got = _outputs(clip.model, image[None], tokens)
     assert all(torch.equal(a, b) for a, b in zip(want, got))
-    # ... and again from the bundle (what a fine-tuning loop saves).
-    path2 = save_clip_checkpoint(bundle, tmp_path / "again.pt", epoch=4)
+    # ... and again from the clip (what a fine-tuning loop saves).
+    path2 = save_clip_checkpoint(clip, tmp_path / "again.pt", epoch=4)
     got2 = _outputs(load_clip(path2, device="cpu").model, image[None], tokens)
     assert all(torch.equal(a, b) for a, b in zip(want, got2))
 
@@ -293,13 +293,13 @@ def test_plain_state_dict_with_module_prefixes_loads_into_the_architecture(tmp_p
     other = _tiny_model(1)  # different weights: the plain file must win over arch.pt's
     sd = {"module." + k: v for k, v in other.state_dict().items()}
     torch.save({"epoch": 7, "state_dict": sd}, tmp_path / "finetuned.pt")  # open_clip training
-    bundle = load_clip(tmp_path / "finetuned.pt", arch=str(arch), device="cpu")
+    clip = load_clip(tmp_path / "finetuned.pt", arch=str(arch), device="cpu")
     image = torch.randn(1, 3, 32, 32)
-    tokens = bundle.tokenize("a lesion")
+    tokens = clip.tokenize("a lesion")
     want = _outputs(other, image, tokens)
-    got = _outputs(bundle.model, image, tokens)
+    got = _outputs(clip.model, image, tokens)
     assert all(torch.equal(a, b) for a, b in zip(want, got))
-    assert bundle.pretrained and bundle.name == "finetuned"
+    assert clip.pretrained and clip.name == "finetuned"
 
 
 def test_bad_clip_checkpoints_give_clear_errors(tmp_path):
@@ -448,16 +448,16 @@ def test_crop_mode_matches_open_clip_and_fills_what_it_never_saw():
 
 def test_an_open_clip_model_by_name_builds_offline_with_random_weights():
     """Other open_clip architectures by name (here CLIP RN50, the gScoreCAM paper's family): with
-    ``pretrained=False`` nothing is downloaded, and the bundle prepares and encodes."""
+    ``pretrained=False`` nothing is downloaded, and the clip prepares and encodes."""
     torch.manual_seed(0)
-    bundle = load_clip("RN50", pretrained=False, device="cpu")
-    assert type(bundle.model.visual).__name__ == "ModifiedResNet"
-    assert bundle.pretrained is False
+    clip = load_clip("RN50", pretrained=False, device="cpu")
+    assert type(clip.model.visual).__name__ == "ModifiedResNet"
+    assert clip.pretrained is False
     image = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
-    x, geom = bundle.prepare(image)
+    x, geom = clip.prepare(image)
     assert tuple(x.shape) == (3, 224, 224)
     with torch.no_grad():
-        img_f = bundle.model.encode_image(x[None])
-        txt_f = bundle.model.encode_text(bundle.tokenize(["a chest x-ray", "lungs"]))
+        img_f = clip.model.encode_image(x[None])
+        txt_f = clip.model.encode_text(clip.tokenize(["a chest x-ray", "lungs"]))
     assert img_f.shape == (1, 1024) and txt_f.shape == (2, 1024)
     assert torch.isfinite(img_f).all() and not torch.allclose(txt_f[0], txt_f[1])

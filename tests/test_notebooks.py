@@ -2,7 +2,9 @@
 
 New notebooks are picked up automatically. In CI each runs in the toy world with its smallest
 settings (the CI parameters below, applied to the names its ``parameters`` cell defines); the run
-time of each is printed at the end of the pytest run (see conftest.py).
+time of each is printed at the end of the pytest run (see conftest.py). The kernels draw with
+matplotlib's inline backend (not the ``Agg`` that .ci/run and conftest.py export for this process),
+so a notebook that draws must show at least one image: a figure that breaks is caught here.
 """
 
 from __future__ import annotations
@@ -28,6 +30,20 @@ RUNNABLE = [p for p in NOTEBOOKS if p.parent != ROOT / "notebooks" / "exercises"
 CI_PARAMETERS = {"WORLD": "toy", "SMOKE": True, "DEVICE": "cpu"}
 # nbval re-executes a notebook with its own defaults: only the quick ones go through it too.
 NBVAL_LAX = ["notebooks/01_data.ipynb"]
+
+
+def _load_execute_lessons():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "execute_lessons", ROOT / "scripts" / "execute_lessons.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+EXE = _load_execute_lessons()
 
 
 def _ids(paths):
@@ -62,13 +78,15 @@ def test_committed_without_outputs_and_with_one_parameters_cell(path):
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", RUNNABLE, ids=_ids(RUNNABLE))
-def test_notebook_runs_under_papermill(path, tmp_path):
+def test_notebook_runs_under_papermill(path, tmp_path, monkeypatch):
     import papermill
 
     nb = nbformat.read(path, as_version=4)
     source = _parameters_cells(nb)[0].source
     names = {t.id for n in ast.parse(source).body if isinstance(n, ast.Assign) for t in n.targets}
     params = {k: v for k, v in CI_PARAMETERS.items() if k in names}
+    # The kernel inherits the environment: inline figures (image outputs), whatever CI exports.
+    monkeypatch.setenv("MPLBACKEND", EXE.INLINE_BACKEND)
     t0 = time.perf_counter()
     papermill.execute_notebook(
         str(path),
@@ -79,6 +97,13 @@ def test_notebook_runs_under_papermill(path, tmp_path):
         progress_bar=False,
     )
     NOTEBOOK_TIMES[str(path.relative_to(ROOT))] = time.perf_counter() - t0
+    out = nbformat.read(tmp_path / path.name, as_version=4)
+    assert EXE.error_outputs(out) == []
+    if EXE.makes_figures(nb):
+        assert EXE.image_outputs(out) > 0, (
+            f"{path.name} draws figures but showed none (a figure cell that failed silently, "
+            "or a non-inline matplotlib backend in the kernel)"
+        )
 
 
 @pytest.mark.notebook
@@ -87,6 +112,6 @@ def test_nbval_lax(rel, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
          "--rootdir", str(tmp_path), str(ROOT / rel)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, capture_output=True, text=True, timeout=1800,  # only catches a hang
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -28,9 +28,17 @@ def _norm(req: str) -> tuple[str, str]:
     return name, spec
 
 
-def _pyproject_reqs() -> set[tuple[str, str]]:
+#: The extras the conda files install besides the dependencies: what the lessons use (their
+#: notebook tools, the explorer's widgets, the dense CRF of lessons 00 and 04-06), and the DICOM
+#: decoders that a compressed DICOM file needs.
+CONDA_EXTRAS = ("notebooks", "crf", "dicom")
+
+
+def _pyproject_reqs(extras: tuple[str, ...] = ("notebooks",)) -> set[tuple[str, str]]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    reqs = data["project"]["dependencies"] + data["project"]["optional-dependencies"]["notebooks"]
+    reqs = list(data["project"]["dependencies"])
+    for extra in extras:
+        reqs += data["project"]["optional-dependencies"][extra]
     return {_norm(r) for r in reqs}
 
 
@@ -43,7 +51,7 @@ def _conda_pip_reqs(path: Path) -> set[tuple[str, str]]:
 
 @pytest.mark.parametrize("path", ["environment.yml", "binder/environment.yml"])
 def test_conda_files_list_the_same_dependencies_as_pyproject(path):
-    py = _pyproject_reqs()
+    py = _pyproject_reqs(CONDA_EXTRAS)
     conda = _conda_pip_reqs(ROOT / path)
     assert conda == py, (
         f"{path} and pyproject.toml disagree: only in {path}: {sorted(conda - py)}; "
@@ -54,6 +62,14 @@ def test_conda_files_list_the_same_dependencies_as_pyproject(path):
 def test_binder_installs_the_package_itself():
     post = (ROOT / "binder" / "postBuild").read_text()
     assert "pip install" in post and "-e ." in post
+
+
+def test_the_widgets_extra_is_the_notebooks_extras_widgets():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = data["project"]["optional-dependencies"]
+    widgets = {_norm(r) for r in extras["widgets"]}
+    assert {n for n, _ in widgets} == {"ipywidgets", "ipyevents"}
+    assert widgets <= {_norm(r) for r in extras["notebooks"]}
 
 
 def test_jupyterlab_and_ipywidgets_are_pinned_together():
@@ -84,8 +100,21 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
     assert commands[1].strip() in ci.splitlines(), "CI must call the README's test command"
 
 
+def test_readme_says_how_to_get_cpu_only_torch_before_the_quick_start_commands():
+    quick = (ROOT / "README.md").read_text().split("## Quick start", 1)[1]
+    before_commands = quick.split("```bash", 1)[0]
+    assert (
+        "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+        in before_commands
+    )
+
+
 def test_package_source_is_ruff_clean():
-    folders = [d for d in ("medclipsam", "tests", "data_scripts", "benchmarks", "scripts") if (ROOT / d).is_dir()]
+    # notebooks/: the lesson and exercise sources (the .ipynb are excluded in pyproject.toml)
+    folders = [
+        d for d in ("medclipsam", "tests", "data_scripts", "benchmarks", "scripts", "notebooks")
+        if (ROOT / d).is_dir()
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "ruff", "check", *folders],
         cwd=ROOT, capture_output=True, text=True,

@@ -22,7 +22,7 @@ def test_one_image_gives_every_intermediate_in_image_coordinates(toy_pipe):
     assert res.saliency.shape == res.coarse_mask.shape == res.mask.shape == (200, 300)
     assert res.saliency.dtype == np.float32 and 0 <= res.saliency.min() and res.saliency.max() <= 1
     assert res.boxes.shape == (1, 4) and res.points.shape[:2] == (1, 1) and res.flags == ()
-    assert set(res.timings) == {"saliency", "prompts", "sam_embed", "sam_decode", "total"}
+    assert set(res.timings) == {"saliency", "sam_prompts", "sam_embed", "sam_decode", "total"}
     # The box sits on the finding and SAM's mask covers it: the stages line up on a non-square image.
     x0, y0, x1, y1 = res.boxes[0]
     r, c = np.argwhere(s.mask).mean(0)

@@ -10,17 +10,16 @@ from scipy import ndimage as ndi
 
 from medclipsam.metrics import dice
 from medclipsam.prompting import (
-    COARSE_METHODS,
     CrfParams,
     boxes_from_mask,
     coarse_mask,
     crf_mask,
     keep_largest_components,
     kmeans_threshold,
-    make_prompts,
+    make_sam_prompts,
     sample_points,
-    to_uint8_rgb,
 )
+from medclipsam.vocab import POSTPROCESS_METHODS
 
 
 def _disc(h, w, cy, cx, r):
@@ -43,7 +42,7 @@ def blob_case():
     return blob, _saliency_of(blob), image
 
 
-@pytest.mark.parametrize("method", COARSE_METHODS)
+@pytest.mark.parametrize("method", POSTPROCESS_METHODS)
 def test_every_coarse_method_recovers_a_salient_blob(method, blob_case):
     blob, s, image = blob_case
     m = coarse_mask(s, method, image=image)
@@ -145,25 +144,25 @@ def test_boxes_from_two_blobs():
 
 
 def test_empty_or_flat_maps_give_a_flagged_whole_image_box():
-    p = make_prompts(np.zeros((40, 50)))
+    p = make_sam_prompts(np.zeros((40, 50)))
     assert p.boxes.tolist() == [[0, 0, 49, 39]]
     assert {"empty_saliency", "no_component", "whole_image_box"} <= set(p.flags)
     assert not p.ok
-    p = make_prompts(np.full((40, 50), 0.7), mode="points")
+    p = make_sam_prompts(np.full((40, 50), 0.7), mode="points")
     assert p.boxes is None and p.points.tolist() == [[[24, 19]]] and p.point_labels.tolist() == [[1]]
     assert "fallback_point" in p.flags
     # contrast, but nothing above the threshold: no component, not an empty map
     s = np.zeros((40, 50))
     s[10, 30] = 0.2
-    p = make_prompts(s, postprocess="threshold", mode="box+points")
+    p = make_sam_prompts(s, postprocess="threshold", mode="box+points")
     assert "no_component" in p.flags and "empty_saliency" not in p.flags
     assert p.points.tolist() == [[[30, 10]]]  # the fallback point sits at the maximum
 
 
 def test_make_prompts_on_a_blob(blob_case):
     blob, s, image = blob_case
-    p = make_prompts(s, image=image, postprocess="crf")
-    assert p.ok and p.n_prompts == 1 and p.points is None
+    p = make_sam_prompts(s, image=image, postprocess="crf")
+    assert p.ok and p.n_sam_prompts == 1 and p.points is None
     (x0, y0, x1, y1), = p.boxes
     rows, cols = np.nonzero(blob)
     assert abs(x0 - cols.min()) <= 2 and abs(x1 - cols.max()) <= 2
@@ -173,7 +172,7 @@ def test_make_prompts_on_a_blob(blob_case):
 def test_two_lungs_give_two_boxes_and_aligned_point_groups():
     m = _disc(80, 100, 40, 25, 15) | _disc(80, 100, 40, 75, 12)
     s = _saliency_of(m, blur=2.0, noise=0.05)
-    p = make_prompts(s, box_mode="per_component", n_components=2, mode="box+points",
+    p = make_sam_prompts(s, box_mode="per_component", n_components=2, mode="box+points",
                      points=3, negatives=2)
     assert p.ok and p.boxes.shape == (2, 4) and p.points.shape == (2, 5, 2)
     assert p.boxes[0, 0] < p.boxes[1, 0]  # left lung first
@@ -184,11 +183,11 @@ def test_two_lungs_give_two_boxes_and_aligned_point_groups():
         assert np.all((pos[:, 1] >= box[1]) & (pos[:, 1] <= box[3]))
         assert m[pos[:, 1].astype(int), pos[:, 0].astype(int)].all()
         assert not m[neg[:, 1].astype(int), neg[:, 0].astype(int)].any()
-    one = make_prompts(s, box_mode="largest", n_components=2)
+    one = make_sam_prompts(s, box_mode="largest", n_components=2)
     assert one.boxes.shape == (1, 4) and one.boxes[0, 0] < 20  # the larger, left lung
-    union = make_prompts(s, box_mode="union", n_components=2)
+    union = make_sam_prompts(s, box_mode="union", n_components=2)
     assert union.boxes[0, 0] == p.boxes[0, 0] and union.boxes[0, 2] == p.boxes[1, 2]
-    lone = make_prompts(_saliency_of(_disc(80, 100, 40, 25, 15)), box_mode="per_component",
+    lone = make_sam_prompts(_saliency_of(_disc(80, 100, 40, 25, 15)), box_mode="per_component",
                         n_components=2)
     assert "fewer_components" in lone.flags and lone.boxes.shape == (1, 4)
 
@@ -213,11 +212,11 @@ def test_point_sampling_geometry_and_determinism():
     grown = ndi.binary_dilation(region, iterations=5)
     assert region[pts[lbl == 1, 1].astype(int), pts[lbl == 1, 0].astype(int)].all()
     assert not grown[pts[lbl == 0, 1].astype(int), pts[lbl == 0, 0].astype(int)].any()
-    # no room: fewer points, flagged by make_prompts; short groups are padded with label -1
+    # no room: fewer points, flagged by make_sam_prompts; short groups are padded with label -1
     two = np.zeros((10, 20))
     two[4, 4] = 1.0  # one pixel
     two[2:8, 10:16] = 1.0  # 36 pixels
-    p = make_prompts(two, postprocess="threshold", box_mode="per_component", n_components=2,
+    p = make_sam_prompts(two, postprocess="threshold", box_mode="per_component", n_components=2,
                      mode="points", points=3)
     assert "fewer_points" in p.flags and p.point_labels.tolist() == [[1, -1, -1], [1, 1, 1]]
     assert p.points[0, 0].tolist() == [4, 4]
@@ -228,21 +227,10 @@ def test_point_sampling_geometry_and_determinism():
 def test_make_prompts_is_deterministic_by_seed(blob_case):
     _, s, _ = blob_case
     kw = dict(mode="points", points=4, negatives=3)
-    a, b = make_prompts(s, seed=3, **kw), make_prompts(s, seed=3, **kw)
+    a, b = make_sam_prompts(s, seed=3, **kw), make_sam_prompts(s, seed=3, **kw)
     assert np.array_equal(a.points, b.points)
-    assert not np.array_equal(a.points, make_prompts(s, seed=4, **kw).points)
+    assert not np.array_equal(a.points, make_sam_prompts(s, seed=4, **kw).points)
     assert a.to_dict()["point_labels"] == [[1, 1, 1, 1, 0, 0, 0]]
-
-
-def test_to_uint8_rgb_conversions():
-    g = np.array([[0, 128], [255, 7]], np.uint8)
-    assert to_uint8_rgb(g).shape == (2, 2, 3) and to_uint8_rgb(g)[1, 0].tolist() == [255] * 3
-    assert np.array_equal(to_uint8_rgb(g / 255.0), to_uint8_rgb(g))
-    assert to_uint8_rgb(np.array([[100, 300]], np.uint16))[0, :, 0].tolist() == [0, 255]
-    assert to_uint8_rgb(np.zeros((2, 2, 4), np.uint8)).shape == (2, 2, 3)
-    assert to_uint8_rgb(np.array([[True, False]]))[0, :, 1].tolist() == [255, 0]
-    with pytest.raises(ValueError, match="image must be"):
-        to_uint8_rgb(np.zeros((2, 2, 5)))
 
 
 def test_crf_accepts_a_read_only_image():

@@ -162,7 +162,7 @@ def test_a_file_given_by_path_alone_says_which_kind_it_is_assumed_to_be(tiny_sam
 
 def test_from_pretrained_and_the_cli_give_medsam_from_a_users_file(tiny_sam_file):
     from medclipsam import MedCLIPSAM
-    from medclipsam.cli import _pipeline, build_parser
+    from medclipsam.cli import _check_model_args, _pipeline, build_parser
 
     pipe = MedCLIPSAM.from_pretrained("toy", "medsam", sam_checkpoint=tiny_sam_file, device="cpu")
     try:
@@ -178,10 +178,14 @@ def test_from_pretrained_and_the_cli_give_medsam_from_a_users_file(tiny_sam_file
             assert isinstance(pipe.sam, MedSamPredictor)
         finally:
             pipe.close()
-    args = build_parser().parse_args(["segment", "--images", "x", "--prompt", "p", "--out", "o",
-                                      "--sam-checkpoint", str(tiny_sam_file)])
-    with pytest.raises(SystemExit, match="--sam medsam --sam-checkpoint"):
-        _pipeline(args)
+    # Checked before any model loads: a file for a named SAM, and one that exists.
+    for sam, checkpoint, error in (("toy", tiny_sam_file, "--sam medsam --sam-checkpoint"),
+                                   ("sam2-hiera-tiny", tiny_sam_file, "not --sam sam2-hiera-tiny"),
+                                   ("medsam", tiny_sam_file.with_name("none.pt"), "file not found")):
+        args = build_parser().parse_args(["segment", "--images", "x", "--prompt", "p", "--out", "o",
+                                          "--sam", sam, "--sam-checkpoint", str(checkpoint)])
+        with pytest.raises((ValueError, FileNotFoundError), match=error):
+            _check_model_args(args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,11 +219,11 @@ def test_load_clip_reads_a_local_snapshot_folder(tmp_path, weights):
     with torch.no_grad():
         want = model.encode_image(image)
     for name in (folder, str(folder), f"local-dir:{folder}"):
-        bundle = load_clip(name, device="cpu")
-        assert bundle.pretrained and bundle.name == "my-clip" and bundle.mean == (0.5, 0.5, 0.5)
+        clip = load_clip(name, device="cpu")
+        assert clip.pretrained and clip.name == "my-clip" and clip.mean == (0.5, 0.5, 0.5)
         with torch.no_grad():
-            assert torch.allclose(bundle.model.encode_image(image), want, atol=1e-6)
-        assert bundle.tokenize(["a lesion"]).shape == (1, 16)
+            assert torch.allclose(clip.model.encode_image(image), want, atol=1e-6)
+        assert clip.tokenize(["a lesion"]).shape == (1, 16)
 
 
 def test_local_folder_errors_and_random_weights_are_explained(tmp_path):
@@ -243,9 +247,9 @@ def test_a_biomedclip_snapshot_folder_builds_its_real_architecture(tmp_path, mon
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps(BIOMEDCLIP_CONFIG))
     with pytest.warns(UserWarning, match="RANDOM"):
-        bundle = load_clip(folder, device="cpu")
-    assert bundle.image_size == 224 and bundle.context_length == 256
-    assert type(bundle.model.visual.trunk).__name__ == "VisionTransformer"
+        clip = load_clip(folder, device="cpu")
+    assert clip.image_size == 224 and clip.context_length == 256
+    assert type(clip.model.visual.trunk).__name__ == "VisionTransformer"
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,10 +288,10 @@ def test_pipeline_for_world_says_what_it_built_and_falls_back_with_the_reason(
 def test_clip_for_world_falls_back_to_the_toy_clip(tmp_path, capsys):
     from medclipsam.worlds import clip_for_world
 
-    bundle, world = clip_for_world("real", clip=str(tmp_path / "missing.pt"))
-    assert world == "toy" and bundle.name == "toy"
+    clip, world = clip_for_world("real", clip=str(tmp_path / "missing.pt"))
+    assert world == "toy" and clip.name == "toy"
     assert "-> using the toy CLIP" in capsys.readouterr().out
-    bundle, world = clip_for_world("real", clip="toy")
+    clip, world = clip_for_world("real", clip="toy")
     assert world == "real" and "real world: CLIP toy (pretrained)" in capsys.readouterr().out
 
 
@@ -302,7 +306,7 @@ def _phantoms(task: str, n: int, size: int = 128):
 
 
 LESSON04_SETTINGS = [
-    {"postprocess": post, "prompt_mode": mode}
+    {"postprocess": post, "sam_prompt_mode": mode}
     for post in ("crf", "kmeans", "threshold", "otsu") for mode in ("box", "points", "box+points")
 ] + [{"saliency": "random"}, {"saliency": "uniform"}]
 
@@ -347,27 +351,27 @@ def test_evaluate_settings_scores_an_ablation_with_given_maps(toy_pipe):
 # minimum box area
 
 
-def test_make_prompts_drops_boxes_below_the_minimum_area_with_a_flag():
-    from medclipsam.prompting import make_prompts
+def test_make_sam_prompts_drops_boxes_below_the_minimum_area_with_a_flag():
+    from medclipsam.prompting import make_sam_prompts
 
     sal = np.zeros((200, 200), np.float32)
     sal[40:160, 20:90] = 1.0  # a lung
     sal[100, 150] = 1.0  # a one-pixel speck: the second-largest component
     kw = dict(postprocess="threshold", box_mode="per_component", n_components=2)
-    pr = make_prompts(sal, **kw)
+    pr = make_sam_prompts(sal, **kw)
     assert len(pr.boxes) == 2 and pr.flags == ()
-    pr = make_prompts(sal, min_box_area=5e-3, **kw)
+    pr = make_sam_prompts(sal, min_box_area=5e-3, **kw)
     assert pr.boxes.tolist() == [[20.0, 40.0, 89.0, 159.0]]
     assert "small_box_dropped" in pr.flags and "fewer_components" in pr.flags
     assert not pr.mask[100, 150]  # the coarse mask holds what the prompts came from
     speck = np.zeros((200, 200), np.float32)
     speck[10, 10] = 1.0
-    pr = make_prompts(speck, postprocess="threshold", min_box_area=1e-4)
+    pr = make_sam_prompts(speck, postprocess="threshold", min_box_area=1e-4)
     assert {"small_box_dropped", "no_component", "whole_image_box"} <= set(pr.flags)
 
 
 def test_the_xray_preset_flags_a_speck_instead_of_prompting_sam_with_it(toy_pipe):
-    from medclipsam.pipeline import TASK_PRESETS, PipelineConfig
+    from medclipsam.config import TASK_PRESETS, PipelineConfig
 
     assert PipelineConfig().min_box_area == 1e-4
     assert {t: p["min_box_area"] for t, p in TASK_PRESETS.items()} == {
@@ -391,26 +395,24 @@ def test_pseudo_label_takes_k_saliency_and_postprocess(tmp_path):
     import subprocess
     import sys
 
-    from medclipsam.cli import build_parser
+    from medclipsam.cli import _saliency_overrides, build_parser
 
     data = tmp_path / "phantom"
     run = [sys.executable, "-m", "medclipsam"]
     assert subprocess.run([*run, "phantom", "--task", "breast", "--n", "2", "--size", "64", "--out",
                            str(data)], capture_output=True).returncode == 0
-    out = tmp_path / "pl"
+    out_dir = tmp_path / "pl"
     proc = subprocess.run([*run, "pseudo-label", "--images", str(data / "images"), "--prompt",
-                           "breast tumor", "--out", str(out), "--k", "8", "--postprocess", "otsu",
+                           "breast tumor", "--out", str(out_dir), "--k", "8", "--postprocess", "otsu",
                            "--saliency", "gscorecam", "--device", "cpu", "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    cfg = json.loads((out / "run.json").read_text())["config"]
+    cfg = json.loads((out_dir / "run.json").read_text())["config"]
     assert cfg["saliency_kwargs"] == {"k": 8} and cfg["postprocess"] == "otsu"
-    assert len(list((out / "masks").iterdir())) == 2
+    assert len(list((out_dir / "masks").iterdir())) == 2
     args = build_parser().parse_args(["pseudo-label", "--images", "x", "--prompt", "p", "--out",
                                       "o", "--saliency", "gradcam", "--k", "8"])
-    with pytest.raises(SystemExit, match="--k is gScoreCAM"):
-        from medclipsam.cli import _saliency_overrides
-
+    with pytest.raises(ValueError, match="--k and --precision are gScoreCAM's"):
         _saliency_overrides(args)
 
 
@@ -449,13 +451,13 @@ def test_gradcam_moves_the_text_features_to_the_models_device():
     features must follow the model, as they must follow it onto a GPU."""
     from medclipsam.saliency.gradcam import grad_cam
 
-    bundle = load_clip("toy", device="cpu")
-    x, _ = bundle.prepare(np.zeros((64, 64, 3), np.uint8))
+    clip = load_clip("toy", device="cpu")
+    x, _ = clip.prepare(np.zeros((64, 64, 3), np.uint8))
     with torch.no_grad():
-        txt = bundle.encode_text(["breast tumor"])
-    model = bundle.model.to("meta")
+        txt = clip.encode_text(["breast tumor"])
+    model = clip.model.to("meta")
     out = grad_cam(model, x[None].to("meta"), txt)
-    assert out.device.type == "meta" and out.shape == (1, bundle.image_size, bundle.image_size)
+    assert out.device.type == "meta" and out.shape == (1, clip.image_size, clip.image_size)
 
 
 def test_retrieval_indexes_on_the_embeddings_device():

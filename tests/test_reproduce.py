@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from medclipsam.config import WeakConfig
 from medclipsam.data.phantom import write_phantom_folder
 from medclipsam.reproduce import pseudo_label, reproduce
-from medclipsam.weak import WeakConfig
 
 
 @pytest.fixture(scope="module")

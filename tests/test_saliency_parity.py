@@ -56,12 +56,12 @@ class HalfPixelUpsample(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def toy_case():
-    bundle = load_clip("toy", device="cpu")
+    clip = load_clip("toy", device="cpu")
     ds = PhantomDataset("brain", 2, seed=3, size=224, split="test")
-    x = torch.stack([bundle.prepare(ds[i].rgb)[0] for i in range(2)])
+    x = torch.stack([clip.prepare(ds[i].rgb)[0] for i in range(2)])
     with torch.no_grad():
-        text = bundle.model.encode_text(bundle.tokenize([PROMPTS["brain"]]))
-    return bundle.model, x, text
+        text = clip.model.encode_text(clip.tokenize([PROMPTS["brain"]]))
+    return clip.model, x, text
 
 
 @pytest.fixture(scope="module")

@@ -74,3 +74,23 @@ def test_grad_cam_maps_are_normalised_and_input_sized():
     maps = grad_cam(model, torch.randn(3, 3, 64, 64), torch.randn(1, 16).expand(3, -1))
     assert maps.shape == (3, 64, 64)
     assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
+
+
+def test_no_cam_leaves_gradients_on_the_model():
+    """Every method takes gradients with respect to the hooked layer alone: parameters that
+    require grad get no ``.grad`` (on a GPU that is the model's size in memory per call), and a
+    gradient the caller already holds is left as it was."""
+    from medclipsam.saliency import METHODS
+
+    model = _vit("avg")
+    assert all(p.requires_grad for p in model.parameters())
+    x, txt = torch.randn(2, 3, 64, 64), torch.randn(1, 16).expand(2, -1)
+    for name, method in METHODS.items():
+        kwargs = {"steps": 2, "noise_samples": 2} if name == "m2ib" else {"k": 4} if name == "gscorecam" else {}
+        maps = method(model, x, txt, **kwargs)
+        assert maps.shape == (2, 64, 64), name
+        assert all(p.grad is None for p in model.parameters()), name
+    held = torch.ones_like(model.logit_scale)
+    model.logit_scale.grad = held.clone()
+    grad_cam(model, x, txt)
+    assert torch.equal(model.logit_scale.grad, held)

@@ -82,8 +82,8 @@ def test_training_script_runs_and_writes_a_loadable_checkpoint(tmp_path):
 
     out = tmp_path / "tiny.pt"
     summary = train_toy_clip(out, steps=2, batch_size=4, n_train_per_task=6, warmup=1, log=lambda *_: None)
-    bundle = load_clip(out, device="cpu")
-    assert summary["steps"] == 2 and isinstance(bundle.tokenizer, WordTokenizer)
+    clip = load_clip(out, device="cpu")
+    assert summary["steps"] == 2 and isinstance(clip.tokenizer, WordTokenizer)
     with torch.no_grad():
-        f = bundle.model.encode_text(bundle.tokenize(["lungs"]))
+        f = clip.model.encode_text(clip.tokenize(["lungs"]))
     assert np.isfinite(f.numpy()).all()

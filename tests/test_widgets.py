@@ -80,12 +80,12 @@ def test_threshold_reruns_only_the_prompts_and_the_coarse_mask_shrinks(explorer)
     for t in np.arange(ex.threshold.min, ex.threshold.max + 1e-9, 0.15):
         ex.threshold.value = float(t)
         assert ex.last_error is None, ex.last_error
-        areas.append(int(ex.prompts.mask.sum()))
+        areas.append(int(ex.sam_prompts.mask.sum()))
         # independent check: the kept component lies inside {saliency >= t}
-        assert not np.any(ex.prompts.mask & (ex.saliency < t - 1e-6))
+        assert not np.any(ex.sam_prompts.mask & (ex.saliency < t - 1e-6))
     d = _delta(before, ex.counts)
     assert d["saliency"] == 0 and d["sam_embed"] == 0
-    assert d["prompts"] >= len(areas) - 1 and d["sam_decode"] >= len(areas) - 1
+    assert d["sam_prompts"] >= len(areas) - 1 and d["sam_decode"] >= len(areas) - 1
     assert all(a >= b for a, b in zip(areas, areas[1:])), areas  # monotone in the threshold
     assert areas[0] > areas[-1]
     # with another rule the threshold is not read: moving it recomputes nothing new
@@ -94,7 +94,7 @@ def test_threshold_reruns_only_the_prompts_and_the_coarse_mask_shrinks(explorer)
     before = dict(ex.counts)
     ex.threshold.value = 0.5
     ex.threshold.value = 0.35
-    assert _delta(before, ex.counts)["prompts"] == 0
+    assert _delta(before, ex.counts)["sam_prompts"] == 0
 
 
 def test_every_control_across_its_range(explorer):
@@ -116,11 +116,11 @@ def test_every_control_across_its_range(explorer):
         assert ex.state["k"] == k and ex.last_error is None
     for post in ("crf", "kmeans", "threshold", "otsu"):
         ex.postprocess.value = post
-        assert ex.last_error is None and ex.prompts.mask.any()
+        assert ex.last_error is None and ex.sam_prompts.mask.any()
     for mode, boxes in (("points", 0), ("box", 1), ("box+points", 1)):
         ex.mode.value = mode
         assert ex.state["n_boxes"] == boxes and ex.last_error is None
-        assert (ex.prompts.points is None) == (mode == "box")
+        assert (ex.sam_prompts.points is None) == (mode == "box")
     # the x-ray preset asks for two lung boxes
     _reset(ex, "xray")
     assert ex.state["task"] == "xray" and ex.state["n_boxes"] == 2
@@ -169,7 +169,7 @@ def test_a_second_sam_model_is_loaded_on_demand_and_each_keeps_its_embedding(exp
     ex.sam_picker.value = "toy SAM (copy)"
     assert ex.last_error is None, ex.last_error
     d = _delta(before, ex.counts)
-    assert d["sam_embed"] == 1 and d["saliency"] == 0 and d["prompts"] == 0
+    assert d["sam_embed"] == 1 and d["saliency"] == 0 and d["sam_prompts"] == 0
     assert np.array_equal(ex.mask, mask)  # same weights, same prompts: same mask
     before = dict(ex.counts)
     ex.sam_picker.value = "toy SAM"
@@ -192,7 +192,7 @@ def test_clicks_and_drags_rerun_only_the_sam_decoder(explorer):
     ex.on_mouse({"type": "mouseup", "dataX": cx, "dataY": cy})
     assert ex.state["user_points"] == [(cx, cy, 0)]
     assert ex.mask.sum() < auto.sum()
-    assert f"hand-made prompts: -({cx:.0f}, {cy:.0f})" in ex.readout.value
+    assert f"hand-made SAM prompts: -({cx:.0f}, {cy:.0f})" in ex.readout.value
     # a box dragged around the ground truth (bottom-right to top-left) replaces the automatic box
     rs, cs = np.nonzero(gt)
     ex.clear_clicks()
@@ -202,10 +202,10 @@ def test_clicks_and_drags_rerun_only_the_sam_decoder(explorer):
     assert ex.state["user_box"] == [cs.min() - 2, rs.min() - 2, cs.max() + 2, rs.max() + 2]
     assert ex.state["dice"] > 0.8  # the toy SAM follows a good box
     d = _delta(before, ex.counts)
-    assert d["saliency"] == 0 and d["prompts"] == 0 and d["sam_embed"] == 0
+    assert d["saliency"] == 0 and d["sam_prompts"] == 0 and d["sam_embed"] == 0
     assert d["sam_decode"] == 3
     # the drawn box is what the first panel shows, in the user-box colour
-    panel = np.asarray(Image.open(io.BytesIO(ex.panels["prompts"].value)).convert("RGB"))
+    panel = np.asarray(Image.open(io.BytesIO(ex.panels["sam_prompts"].value)).convert("RGB"))
     assert np.all(panel[rs.min() - 2, cs.min() - 2 + 3] == (255, 215, 0))
     ex.clear_clicks()
     assert np.array_equal(ex.mask, auto)

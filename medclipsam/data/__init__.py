@@ -1,4 +1,4 @@
-"""Data layer: image/mask I/O, folder and caption data sets, split files, the phantom world.
+"""Data layer: the one image-conversion rule, image/mask I/O, folder and caption data sets, split files, the phantom world.
 
 Submodules are imported lazily so that ``import medclipsam.data`` stays cheap.
 """
@@ -13,11 +13,13 @@ _EXPORTS = {
         "ImageReadError",
         "file_stem",
         "load_array",
+        "load_picture",
         "read_image",
         "read_mask",
         "write_image",
         "write_mask",
     ],
+    "convert": ["apply_window", "as_array", "to_uint8", "to_unit_float"],
     "datasets": [
         "CaptionDataset",
         "FolderDataset",

@@ -4,11 +4,24 @@ Pairing is always by file stem (``case_01.png`` <-> ``case_01_mask.png``), never
 order, so a folder copied by a tool that reorders files still pairs correctly. Splits are small
 JSON files; the package ships the ones used by the paper's benchmarks in
 ``medclipsam/data/splits/<name>.json``.
+
+Bad input:
+
+* a broken (dangling) symbolic link in an image or mask folder is listed in the pairing
+  report (``broken_links``) and, with ``strict=True``, refused by name; it is never silently
+  left out;
+* caption CSVs must be UTF-8 (a file in another encoding is refused naming the line and byte);
+  a row with more or fewer fields than the header (an unquoted comma in a caption) is refused
+  naming its line; a quoted field that runs over several lines (an unclosed quote swallowing
+  the following rows) is refused naming the lines it spans; an empty caption is refused naming
+  its line, unless ``min_caption_chars`` > 0 asks to drop short captions (they are counted in
+  ``.dropped``).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from medclipsam._utils import atomic_write_text
 from medclipsam.data.io import (
@@ -29,6 +43,7 @@ from medclipsam.data.io import (
 
 __all__ = [
     "CaptionDataset",
+    "broken_links",
     "FolderDataset",
     "PairingError",
     "SplitError",
@@ -89,6 +104,28 @@ def list_image_files(folder: PathLike) -> tuple[dict[str, list[Path]], list[str]
     return by_stem, ignored
 
 
+def broken_links(folder: PathLike) -> list[Path]:
+    """Symbolic links in ``folder`` (not recursive, hidden names skipped) whose target does not
+    exist: :func:`list_image_files` cannot tell what they were, so callers report them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [
+        e for e in sorted(folder.iterdir())
+        if not e.name.startswith(".") and e.is_symlink() and not e.exists()
+    ]
+
+
+def _link_names(links: list[Path]) -> list[str]:
+    out = []
+    for link in links:
+        try:
+            out.append(f"{link.name} -> {os.readlink(link)}")
+        except OSError:
+            out.append(link.name)
+    return out
+
+
 def _scan(images_dir: Path, masks_dir: Path | None, mask_suffixes: tuple[str, ...]) -> dict:
     """Pair every image stem with its mask; collect everything that does not fit."""
     images, ignored = list_image_files(images_dir)
@@ -123,6 +160,8 @@ def _scan(images_dir: Path, masks_dir: Path | None, mask_suffixes: tuple[str, ..
         "extra_masks": extra,
         "duplicates": {s: sorted(set(p), key=str) for s, p in sorted(duplicates.items())},
         "ignored": ignored + [f"masks/{n}" for n in ignored_masks],
+        "broken_links": _link_names(broken_links(images_dir))
+        + ([f"masks/{n}" for n in _link_names(broken_links(masks_dir))] if masks_dir else []),
     }
 
 
@@ -134,6 +173,7 @@ def _report(scan: dict) -> dict:
         "extra_masks": list(scan["extra_masks"]),
         "duplicates": list(scan["duplicates"]),
         "ignored": list(scan["ignored"]),
+        "broken_links": list(scan["broken_links"]),
     }
 
 
@@ -158,6 +198,11 @@ def _pairing_message(images_dir: Path, masks_dir: Path | None, scan: dict) -> st
             + "; ".join(shown)
             + (f"; ... {more} more" if more else "")
         )
+    if scan["broken_links"]:
+        parts.append(
+            f"{len(scan['broken_links'])} broken symbolic link(s) (their targets do not exist): "
+            f"{_names(scan['broken_links'])}"
+        )
     if not parts:
         return None
     where = f"{images_dir}" + (f" and {masks_dir}" if masks_dir is not None else "")
@@ -175,10 +220,10 @@ def pair_by_stem(
 
     Image and mask may have different formats (``a.jpg`` with ``a_mask.png``); ``.nii.gz``
     counts as one suffix. Returns the pairs sorted by stem and a report
-    ``{"missing_masks", "extra_masks", "duplicates", "ignored", "n_images", "n_pairs"}``
-    (stems, or file names for ``ignored``). Several files with one stem (``a.png`` and ``a.jpg``),
+    ``{"missing_masks", "extra_masks", "duplicates", "ignored", "broken_links", "n_images",
+    "n_pairs"}`` (stems, or file names for ``ignored`` and ``broken_links``). Several files with one stem (``a.png`` and ``a.jpg``),
     or one image matching several masks, are duplicates. With ``strict=True`` any missing mask,
-    extra mask or duplicate raises :class:`PairingError` naming them, as does an empty folder;
+    extra mask, duplicate or broken link raises :class:`PairingError` naming them, as does an empty folder;
     otherwise only the clean pairs are returned.
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
@@ -328,7 +373,9 @@ class CaptionDataset:
 
     ``image`` is relative to ``image_root`` (default: the CSV's folder) unless absolute. Rows
     whose stripped caption is shorter than ``min_caption_chars`` are dropped and counted in
-    ``.dropped`` (the MedPix recipe uses 20). Missing image files raise ``FileNotFoundError``
+    ``.dropped`` (the MedPix recipe uses 20); with the default 0 an empty caption is an error
+    naming its line. The file must be UTF-8, every row must have the header's number of fields
+    and no field may span lines (an unclosed quote): errors name the line. Missing image files raise ``FileNotFoundError``
     at construction, naming them. Items are ``(image, caption)`` with ``image`` a uint8 RGB
     array, or ``transform(PIL.Image)`` and ``tokenizer([caption])[0]`` when those are given.
     """
@@ -353,48 +400,83 @@ class CaptionDataset:
         self.tokenizer = tokenizer
         self.split = split
 
-        with open(self.csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+        text = _read_utf8(self.csv_path)
+        reader = csv.reader(io.StringIO(text, newline=""))
+        try:
             header = next(reader, None)
-            if header is None:
+        except csv.Error as exc:
+            raise ValueError(f"{self.csv_path}, line 1: not a readable CSV row ({exc})") from None
+        if header is None:
+            raise ValueError(
+                f"{self.csv_path}: the CSV is empty; expected a header row "
+                "'image,caption[,split]'"
+            )
+        columns = [h.strip().lower() for h in header]
+        lacking = [c for c in self.REQUIRED if c not in columns]
+        if lacking:
+            raise ValueError(
+                f"{self.csv_path}: the first row must be a header naming the columns "
+                f"'image' and 'caption' (and optionally 'split'); found {header!r}, "
+                f"missing {lacking}"
+            )
+        if split is not None and "split" not in columns:
+            raise ValueError(
+                f"{self.csv_path}: split={split!r} requested but the CSV has no 'split' column"
+            )
+        i_img, i_cap = columns.index("image"), columns.index("caption")
+        i_split = columns.index("split") if "split" in columns else None
+        rows: list[tuple[Path, str]] = []
+        empty: list[int] = []
+        self.dropped = 0
+        line_no = reader.line_num + 1  # the physical line the next record starts on
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
                 raise ValueError(
-                    f"{self.csv_path}: the CSV is empty; expected a header row "
-                    "'image,caption[,split]'"
-                )
-            columns = [h.strip().lower() for h in header]
-            lacking = [c for c in self.REQUIRED if c not in columns]
-            if lacking:
+                    f"{self.csv_path}, line {line_no}: not a readable CSV row ({exc}); an "
+                    "unclosed quote?"
+                ) from None
+            start, line_no = line_no, reader.line_num + 1
+            if reader.line_num > start or any("\n" in c or "\r" in c for c in row):
+                # a quoted field spans several lines: an unclosed quote swallows the rows after it
                 raise ValueError(
-                    f"{self.csv_path}: the first row must be a header naming the columns "
-                    f"'image' and 'caption' (and optionally 'split'); found {header!r}, "
-                    f"missing {lacking}"
+                    f"{self.csv_path}, lines {start}-{max(start, reader.line_num)}: a quoted "
+                    f"field runs over {max(start, reader.line_num) - start + 1} line(s) to the "
+                    "end of a line; an unclosed quote (\") swallows the rows after it. Close the "
+                    "quote, or put each caption on one line"
                 )
-            if split is not None and "split" not in columns:
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(columns):
+                hint = ("an unquoted comma in a caption? quote the field (\"...\")"
+                        if len(row) > len(columns) else "a missing field?")
                 raise ValueError(
-                    f"{self.csv_path}: split={split!r} requested but the CSV has no 'split' column"
+                    f"{self.csv_path}, line {start}: {len(row)} field(s), the header has "
+                    f"{len(columns)} ({hint})"
                 )
-            i_img, i_cap = columns.index("image"), columns.index("caption")
-            i_split = columns.index("split") if "split" in columns else None
-            rows: list[tuple[Path, str]] = []
-            self.dropped = 0
-            for line_no, row in enumerate(reader, start=2):
-                if not row or all(not cell.strip() for cell in row):
-                    continue
-                if len(row) < len(columns):
-                    raise ValueError(
-                        f"{self.csv_path}, line {line_no}: {len(row)} field(s), the header has "
-                        f"{len(columns)}"
-                    )
-                if i_split is not None and split is not None and row[i_split].strip() != split:
-                    continue
-                name, caption = row[i_img].strip(), row[i_cap].strip()
-                if not name:
-                    raise ValueError(f"{self.csv_path}, line {line_no}: empty 'image' field")
-                if len(caption) < min_caption_chars:
-                    self.dropped += 1
-                    continue
-                path = Path(name)
-                rows.append((path if path.is_absolute() else self.image_root / path, caption))
+            if i_split is not None and split is not None and row[i_split].strip() != split:
+                continue
+            name, caption = row[i_img].strip(), row[i_cap].strip()
+            if not name:
+                raise ValueError(f"{self.csv_path}, line {start}: empty 'image' field")
+            if not caption and min_caption_chars <= 0:
+                empty.append(start)
+                continue
+            if len(caption) < min_caption_chars:
+                self.dropped += 1
+                continue
+            path = Path(name)
+            rows.append((path if path.is_absolute() else self.image_root / path, caption))
+        if empty:
+            lines = ", ".join(str(n) for n in empty[:_SHOWN])
+            more = f" and {len(empty) - _SHOWN} more" if len(empty) > _SHOWN else ""
+            raise ValueError(
+                f"{self.csv_path}: empty caption on line(s) {lines}{more}; fill them in or "
+                "remove those rows (min_caption_chars=1 drops them instead)"
+            )
         missing = [str(p) for p, _ in rows if not p.is_file()]
         if missing:
             raise FileNotFoundError(
@@ -402,6 +484,13 @@ class CaptionDataset:
                 f"(relative to {self.image_root}): {_names(missing)}"
             )
         self._rows = rows
+
+    @staticmethod
+    def has_split_column(csv_path: PathLike) -> bool:
+        """Whether the CSV's header names a ``split`` column (read without checking the rows)."""
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), None) or []
+        return "split" in [h.strip().lower() for h in header]
 
     @property
     def image_paths(self) -> list[Path]:
@@ -418,8 +507,6 @@ class CaptionDataset:
         path, caption = self._rows[index]
         image: Any = read_image(path, mode="rgb")
         if self.transform is not None:
-            from PIL import Image
-
             image = self.transform(Image.fromarray(image))
         text: Any = caption
         if self.tokenizer is not None:
@@ -428,6 +515,23 @@ class CaptionDataset:
 
     def __repr__(self) -> str:
         return f"CaptionDataset({str(self.csv_path)!r}, n={len(self)}, dropped={self.dropped})"
+
+
+def _read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file (a byte-order mark is dropped); any other encoding is refused
+    naming the line, the column and the byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        offset = exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+        raise ValueError(
+            f"{path}, line {line}: not valid UTF-8 (byte 0x{data[offset]:02x} at column "
+            f"{column}); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8, or your "
+            "spreadsheet's 'CSV UTF-8' option)"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------

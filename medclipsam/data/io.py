@@ -7,19 +7,46 @@ Three readers, one rule each, so every data set in the package sees pixels the s
 * :func:`read_mask` turns them into a ``bool`` foreground mask.
 
 Every failure is an :class:`ImageReadError` whose message names the file and the problem.
+The format decoders (tifffile, pydicom, nibabel) are imported by the readers of those formats only,
+so reading a PNG (or importing the data layer) does not load them.
 Writers (:func:`write_image`, :func:`write_mask`) are atomic: a failed write leaves nothing behind.
+
+Bad or awkward input, and what the readers do with it:
+
+* an image larger than Pillow's decompression-bomb limit (about 179 million pixels) is refused
+  with an error naming the file and how to allow it (``MEDCLIPSAM_MAX_IMAGE_PIXELS=N`` or ``none``
+  in the environment, or ``PIL.Image.MAX_IMAGE_PIXELS`` in Python);
+* EXIF orientation (JPEG/PNG/TIFF tag 274) is **applied**, to images and masks alike, so a phone
+  photo of a scan comes out the way every viewer shows it; a mask drawn on the same file stays
+  aligned with it;
+* a broken symbolic link is reported as one (with its target), not as a missing file;
+* masks: colour channels all empty but an alpha channel that varies -> the alpha channel is the
+  mask; float masks with values strictly between 0 and 1 (soft / probability masks) are
+  thresholded at 0.5, with a warning, instead of ``> 0``;
+* DICOM: PALETTE COLOR is mapped through the file's colour lookup table (8-bit RGB); a file
+  written without the 128-byte preamble and file meta is read with the encoding it was parsed
+  with; compressed transfer syntaxes that need a decoder which is not installed (JPEG-LS, JPEG
+  Extended 12-bit, JPEG Lossless, JPEG 2000) name the ``dicom`` extra
+  (``pip install "medclipsam[dicom]"``);
+* NIfTI arrays come back in native byte order (big-endian files too); a CIFTI-2 file is named as
+  one (grayordinate data, not an image), not called corrupt.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from medclipsam._utils import atomic_path
+from .._utils import atomic_path
+from .convert import apply_window, as_array, pil_to_array, to_uint8
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
@@ -29,6 +56,7 @@ __all__ = [
     "image_suffix",
     "is_dicom_file",
     "load_array",
+    "load_picture",
     "read_image",
     "read_mask",
     "write_image",
@@ -57,9 +85,6 @@ _PIL_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _LOSSY_SUFFIXES = (".jpg", ".jpeg")
-
-# Percentile range used by read_image when neither a window nor DICOM window tags are available.
-_PERCENTILES = (0.5, 99.5)
 
 
 class ImageReadError(ValueError):
@@ -139,6 +164,10 @@ class _Loaded:
 
 
 def _check_file(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise ImageReadError(
+            path, f"broken symbolic link (it points to {os.readlink(path)}, which does not exist)"
+        )
     if not path.exists():
         raise ImageReadError(path, "file not found")
     if path.is_dir():
@@ -152,41 +181,68 @@ def _load(path: PathLike, slice_index: int | None, axis: int, frame: int) -> _Lo
     _check_file(path)
     kind = _format_of(path)
     if kind == "pil":
-        arr = _load_pil(path, frame)
-        return _Loaded(arr, kind)
-    if kind == "tiff":
-        return _Loaded(_load_tiff(path, frame), kind)
-    if kind == "dicom":
-        return _load_dicom(path, frame)
-    return _Loaded(_load_nifti(path, slice_index, axis, frame), kind)
+        loaded = _Loaded(_load_pil(path, frame), kind)
+    elif kind == "tiff":
+        loaded = _Loaded(_load_tiff(path, frame), kind)
+    elif kind == "dicom":
+        loaded = _load_dicom(path, frame)
+    else:
+        loaded = _Loaded(_load_nifti(path, slice_index, axis, frame), kind)
+    loaded.array = _native(loaded.array)
+    return loaded
 
 
-def _pil_to_array(img, path: Path) -> np.ndarray:
-    mode = img.mode
-    if mode == "1":
-        img = img.convert("L")
-    elif mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode == "PA":
-        img = img.convert("RGBA")
-    elif mode == "La":
-        img = img.convert("LA")
-    elif mode == "RGBa":
-        img = img.convert("RGBA")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-        img = img.convert("RGB")
-    arr = np.asarray(img)
-    if arr.dtype.byteorder not in ("=", "|"):
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    # Old Pillow opens 16-bit grey PNGs as 32-bit mode "I"; they hold uint16 values by definition.
-    if img.mode == "I" and getattr(img, "format", None) == "PNG":
-        arr = arr.astype(np.uint16)
-    return np.ascontiguousarray(arr)
+def _native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the machine's byte order (big-endian NIfTI/DICOM/TIFF data would otherwise
+    reach ``torch.from_numpy``, which refuses it)."""
+    if arr.dtype.isnative:
+        return arr
+    return np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("=")))
+
+
+# EXIF / TIFF orientation (tag 274) -> what turns the stored pixels upright (as PIL's
+# ImageOps.exif_transpose does).
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _orient(arr: np.ndarray, code) -> np.ndarray:
+    """Apply an EXIF/TIFF orientation code (1..8; anything else: unchanged)."""
+    try:
+        turn = _ORIENTATIONS.get(int(code))
+    except (TypeError, ValueError):
+        return arr
+    return arr if turn is None else np.ascontiguousarray(turn(arr))
+
+
+_MAX_PIXELS_ENV = "MEDCLIPSAM_MAX_IMAGE_PIXELS"
+
+
+def _apply_pixel_limit() -> None:
+    """Honour ``MEDCLIPSAM_MAX_IMAGE_PIXELS`` (a number, or ``none``) as Pillow's bomb limit."""
+    value = os.environ.get(_MAX_PIXELS_ENV, "").strip().lower()
+    if not value:
+        return
+    if value in ("none", "0", "off", "unlimited"):
+        Image.MAX_IMAGE_PIXELS = None
+        return
+    try:
+        Image.MAX_IMAGE_PIXELS = int(float(value))
+    except ValueError:
+        raise ValueError(
+            f"{_MAX_PIXELS_ENV}={value!r}: expected a number of pixels or 'none'"
+        ) from None
 
 
 def _load_pil(path: Path, frame: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+    _apply_pixel_limit()
     try:
         with Image.open(path) as img:
             n_frames = getattr(img, "n_frames", 1)
@@ -195,9 +251,21 @@ def _load_pil(path: Path, frame: int) -> np.ndarray:
             if frame:
                 img.seek(frame)
             img.load()
-            return _pil_to_array(img, path)
+            try:
+                orientation = img.getexif().get(0x0112)
+            except Exception:  # noqa: BLE001 - a damaged EXIF block: pixels as stored
+                orientation = None
+            return _orient(pil_to_array(img), orientation)
     except ImageReadError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            path,
+            f"image too large: {exc} If the image is genuinely this large, raise the limit: "
+            f"set the environment variable {_MAX_PIXELS_ENV} to a number of pixels (or 'none'), "
+            "or PIL.Image.MAX_IMAGE_PIXELS in Python; large images are processed at a working "
+            "resolution by the pipeline",
+        ) from None
     except UnidentifiedImageError:
         raise ImageReadError(
             path, f"not a readable {path.suffix.lower()} image (corrupt, or another format)"
@@ -207,8 +275,6 @@ def _load_pil(path: Path, frame: int) -> np.ndarray:
 
 
 def _load_tiff(path: Path, frame: int) -> np.ndarray:
-    import logging
-
     import tifffile
 
     logger = logging.getLogger("tifffile")
@@ -224,6 +290,8 @@ def _load_tiff(path: Path, frame: int) -> np.ndarray:
             page = tif.pages[frame]
             arr = page.asarray()
             separate = int(getattr(page, "planarconfig", 1)) == 2
+            tag = page.tags.get(274)  # Orientation
+            orientation = tag.value if tag is not None else None
     except ImageReadError:
         raise
     except Exception as exc:  # tifffile raises many kinds (TiffFileError, ValueError, ...)
@@ -245,7 +313,7 @@ def _load_tiff(path: Path, frame: int) -> np.ndarray:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
-    return np.ascontiguousarray(arr)
+    return _orient(np.ascontiguousarray(arr), orientation)
 
 
 def _first_number(value) -> float | None:
@@ -262,6 +330,100 @@ def _first_number(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+# Transfer syntaxes whose decoders come with the ``dicom`` extra (pylibjpeg's plugins): the
+# module each needs. Pillow decodes some of them (8-bit JPEG, some JPEG 2000), not all.
+_DICOM_EXTRA = 'pip install "medclipsam[dicom]"'
+_DECODER_MODULES = {
+    "1.2.840.10008.1.2.4.50": "libjpeg",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": "libjpeg",  # JPEG Extended (12-bit: not in Pillow)
+    "1.2.840.10008.1.2.4.57": "libjpeg",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": "libjpeg",  # JPEG Lossless, SV1
+    "1.2.840.10008.1.2.4.80": "libjpeg",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": "libjpeg",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90": "openjpeg",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": "openjpeg",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": "openjpeg",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": "openjpeg",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": "openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.5": "rle",  # RLE Lossless (pydicom also has its own decoder)
+}
+
+
+def _module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _dicom_decode_problem(ds, exc: Exception) -> str:
+    """Why ``ds.pixel_array`` failed, and what to do, for :class:`ImageReadError`."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    name = getattr(syntax, "name", None) or (str(syntax) if syntax else "unknown transfer syntax")
+    detail = " ".join(str(exc).split())[:300]
+    compressed = bool(getattr(syntax, "is_compressed", False))
+    if compressed:
+        module = _DECODER_MODULES.get(str(syntax))
+        if module is None or not (_module_available("pylibjpeg") and _module_available(module)):
+            return (
+                f"cannot decode DICOM pixel data compressed as {name}: the decoder it needs is "
+                f"not installed; install the dicom extra: {_DICOM_EXTRA} (pylibjpeg with its "
+                f"libjpeg, openjpeg and rle plugins). ({detail})"
+            )
+        return (
+            f"cannot decode the {name} pixel data although a decoder is installed; the data may "
+            f"be corrupt (or need GDCM: pip install python-gdcm). ({detail})"
+        )
+    if "less than expected" in detail or "truncat" in detail.lower():
+        return f"DICOM pixel data is shorter than its header says: truncated file? ({detail})"
+    return f"cannot read the DICOM pixel data ({name}): {detail}"
+
+
+def _guess_transfer_syntax(ds) -> None:
+    """A file read with ``force=True`` may lack the file meta's Transfer Syntax UID (files written
+    without the 128-byte preamble and meta header): use the encoding pydicom parsed it with."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    encoding = getattr(ds, "original_encoding", None)  # pydicom >= 3
+    if encoding is None:  # pydicom 2
+        encoding = (getattr(ds, "is_implicit_VR", True), getattr(ds, "is_little_endian", True))
+    implicit, little = encoding
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    if implicit:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _palette_to_rgb(ds, arr: np.ndarray, path: Path) -> np.ndarray:
+    """PALETTE COLOR indices -> 8-bit RGB through the file's colour lookup table."""
+    try:
+        from pydicom.pixels import apply_color_lut
+    except ImportError:  # pydicom 2
+        from pydicom.pixel_data_handlers.util import apply_color_lut
+    try:
+        rgb = np.asarray(apply_color_lut(arr, ds))
+    except Exception as exc:  # noqa: BLE001 - missing or inconsistent LUT tags
+        raise ImageReadError(
+            path, f"PALETTE COLOR DICOM with an unusable colour lookup table ({exc})"
+        ) from exc
+    try:
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        bits = 16 if rgb.dtype.itemsize > 1 else 8
+    if rgb.dtype != np.uint8:
+        if bits > 8:  # 16-bit table entries: keep the top 8 bits' worth (0..65535 -> 0..255)
+            rgb = np.round(rgb.astype(np.float64) / 257.0)
+        rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
 
 
 def _load_dicom(path: Path, frame: int) -> _Loaded:
@@ -283,16 +445,11 @@ def _load_dicom(path: Path, frame: int) -> _Loaded:
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageReadError(path, "DICOM file has no pixel data (e.g. a report or structure set)")
+    _guess_transfer_syntax(ds)
     try:
         arr = ds.pixel_array
     except Exception as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
-        raise ImageReadError(
-            path,
-            f"cannot decode DICOM pixel data ({name}): {exc}. Compressed DICOM may need "
-            "pylibjpeg / python-gdcm installed",
-        ) from exc
+        raise ImageReadError(path, _dicom_decode_problem(ds, exc)) from exc
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -309,6 +466,8 @@ def _load_dicom(path: Path, frame: int) -> _Loaded:
 
     if samples > 1:  # colour: rescale/window tags do not apply
         return _Loaded(np.ascontiguousarray(arr), "dicom")
+    if photometric == "PALETTE COLOR":
+        return _Loaded(_palette_to_rgb(ds, arr, path), "dicom")
 
     slope = _first_number(ds.get("RescaleSlope"))
     intercept = _first_number(ds.get("RescaleIntercept"))
@@ -341,6 +500,18 @@ def _load_nifti(path: Path, slice_index: int | None, axis: int, frame: int) -> n
 
     try:
         img = nib.load(str(path))
+    except Exception as exc:
+        raise ImageReadError(path, f"corrupt or unreadable NIfTI file ({exc})") from exc
+    if type(img).__name__.startswith("Cifti"):
+        raise ImageReadError(
+            path,
+            "a CIFTI-2 file (grayordinate or matrix data such as .dconn/.dtseries/.dscalar, not an "
+            "image volume): there is no image slice to read; use the NIfTI volume it was "
+            "computed from",
+        )
+    if getattr(img, "affine", None) is None:
+        raise ImageReadError(path, f"{type(img).__name__} has no spatial affine: not an image volume")
+    try:
         data = np.asanyarray(img.dataobj)
         ornt = io_orientation(img.affine)
     except Exception as exc:
@@ -409,7 +580,8 @@ def load_array(
       4D data: ``frame`` picks the volume.
     * multi-page TIFF and multi-frame DICOM: ``frame`` picks the page.
 
-    EXIF orientation tags are ignored (pixels as stored), so images and masks stay aligned.
+    EXIF orientation (tag 274, JPEG/PNG/TIFF) is applied, so the array is upright as every
+    viewer shows the file; masks are read the same way, so a mask stays aligned with its image.
     """
     return _load(path, slice_index, axis, frame).array
 
@@ -418,104 +590,57 @@ def load_array(
 # conversion to uint8
 
 
-def _to_float(arr: np.ndarray) -> np.ndarray:
-    out = arr.astype(np.float64)
-    out[~np.isfinite(out)] = 0.0
-    return out
-
-
-def _apply_window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
-    if width <= 0:
-        raise ValueError(f"window width must be > 0, got {width}")
-    lo = center - width / 2.0
-    scaled = (_to_float(arr) - lo) / width
-    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _auto_range(arr: np.ndarray) -> np.ndarray:
-    values = _to_float(arr)
-    lo, hi = np.percentile(values, _PERCENTILES)
-    if hi <= lo:  # almost constant image: fall back to the full range
-        lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    scaled = (values - lo) / (hi - lo)
-    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _alpha_max(dtype: np.dtype) -> float:
-    if np.issubdtype(dtype, np.integer):
-        return float(np.iinfo(dtype).max)
-    return 1.0
-
-
-def _drop_alpha(arr: np.ndarray, path: Path) -> np.ndarray:
-    """(H, W, 2|4) -> colour composited on black; (H, W, 1|3) unchanged; others refused."""
-    if arr.ndim == 2:
-        return arr
-    channels = arr.shape[-1]
-    if channels in (1, 3):
-        return arr[..., 0] if channels == 1 else arr
-    if channels in (2, 4):
-        alpha = np.clip(_to_float(arr[..., -1:]) / _alpha_max(arr.dtype), 0.0, 1.0)
-        colour = _to_float(arr[..., :-1]) * alpha
-        if np.issubdtype(arr.dtype, np.integer):
-            colour = np.round(colour).astype(arr.dtype)
-        else:
-            colour = colour.astype(arr.dtype)
-        return colour[..., 0] if channels == 2 else colour
-    raise ImageReadError(path, f"image has {channels} channels; expected 1, 2, 3 or 4")
-
-
 def read_image(
     path: PathLike,
     *,
-    mode: Literal["rgb", "grey"] = "rgb",
+    mode: Literal["rgb", "grey", "auto"] = "rgb",
     window: tuple[float, float] | None = None,
     slice_index: int | None = None,
     axis: int = 2,
     frame: int = 0,
 ) -> np.ndarray:
-    """Read an image as ``uint8``: ``(H, W, 3)`` for ``mode="rgb"``, ``(H, W)`` for ``"grey"``.
+    """Read an image as ``uint8``: ``(H, W, 3)`` for ``mode="rgb"``, ``(H, W)`` for ``"grey"``;
+    ``"auto"`` keeps what the file holds (``(H, W)`` grey or ``(H, W, 3)`` colour), which saves
+    memory on very large grey images.
 
-    Conversion rule:
-
-    1. Alpha: RGBA / grey+alpha is composited on black (colour times alpha / max alpha).
-    2. Intensities: if ``window=(center, width)`` is given it is always applied:
-       ``v -> round(clip((v - (center - width/2)) / width, 0, 1) * 255)``.
-       Otherwise 8-bit PNG/JPEG/BMP/TIFF pixels (and 8-bit colour DICOM/NIfTI) are kept as they
-       are, while 16-bit, float, grey DICOM and NIfTI data are mapped with the same linear formula onto the DICOM
-       ``WindowCenter``/``WindowWidth`` tags when present (first value if several), else onto
-       the 0.5..99.5 percentile range of the image (all channels together; non-finite values
-       count as 0; a constant image becomes 0).
-    3. Colour: grey is replicated into three channels for ``"rgb"``; colour is reduced to grey
-       with the ITU-R 601 luma weights ``0.299 R + 0.587 G + 0.114 B`` for ``"grey"``.
+    The file's native values (:func:`load_array`) become a picture by the package's one rule
+    (:mod:`medclipsam.data.convert`, the same for arrays, PIL images and tensors): alpha is
+    composited on black; uint8 is kept; anything else (16-bit, float, DICOM, NIfTI) is mapped
+    linearly from its 0.5 .. 99.5 percentile range onto 0..255 (floats already in [0, 1] are
+    scaled by 255). A window replaces the percentile range when one is known: ``window=(center,
+    width)`` if given (always applied), else the DICOM ``WindowCenter``/``WindowWidth`` tags
+    (first value if several): ``v -> round(clip((v - (center - width/2)) / width, 0, 1) * 255)``.
+    Colour: grey is replicated into three channels for ``"rgb"``; colour is reduced to grey with
+    the ITU-R 601 luma weights ``0.299 R + 0.587 G + 0.114 B`` for ``"grey"``; ``"auto"`` keeps
+    the file's channels.
 
     ``slice_index``, ``axis`` and ``frame`` are passed to :func:`load_array`.
     """
-    if mode not in ("rgb", "grey"):
-        raise ValueError(f"mode must be 'rgb' or 'grey', got {mode!r}")
+    if mode not in ("rgb", "grey", "auto"):
+        raise ValueError(f"mode must be 'rgb', 'grey' or 'auto', got {mode!r}")
     path = Path(path)
     loaded = _load(path, slice_index, axis, frame)
-    arr = _drop_alpha(loaded.array, path)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
+    try:
+        arr = as_array(loaded.array)
+    except ValueError as exc:
+        raise ImageReadError(path, str(exc)) from None
+    if window is None and arr.dtype != np.uint8 and arr.dtype != bool:
+        window = loaded.window
     if window is not None:
-        out = _apply_window(arr, float(window[0]), float(window[1]))
-    elif arr.dtype == np.uint8 and (loaded.kind in ("pil", "tiff") or arr.ndim == 3):
-        out = arr
-    elif loaded.window is not None:
-        out = _apply_window(arr, *loaded.window)
-    else:
-        out = _auto_range(arr)
+        arr = apply_window(arr.astype(np.uint8) * 255 if arr.dtype == bool else arr,
+                           float(window[0]), float(window[1]))
+    return to_uint8(arr, mode)
 
-    if mode == "rgb":
-        if out.ndim == 2:
-            out = np.repeat(out[:, :, None], 3, axis=2)
-    elif out.ndim == 3:
-        luma = out[..., 0] * 0.299 + out[..., 1] * 0.587 + out[..., 2] * 0.114
-        out = np.round(luma).clip(0, 255).astype(np.uint8)
-    return np.ascontiguousarray(out)
+
+
+def load_picture(image: Any, mode: Literal["rgb", "grey", "auto"] = "rgb") -> np.ndarray:
+    """The uint8 picture of ``image``: a path is read with :func:`read_image`; an array, PIL
+    image or tensor is converted by the same rule (:func:`medclipsam.data.convert.to_uint8`).
+    ``mode`` as for :func:`read_image` (``"auto"`` keeps a grey image grey). What the pipeline
+    and the explorer start from."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, mode=mode)
+    return to_uint8(image, mode)
 
 
 def read_mask(
@@ -523,21 +648,42 @@ def read_mask(
 ) -> np.ndarray:
     """Read a mask as ``bool (H, W)``.
 
-    Binarisation rule: colour masks are first reduced to the maximum over their colour channels
-    (an alpha channel is ignored). Then foreground is ``value > 0`` for lossless formats (works
-    for 0/1, 0/255 and label maps: every label is foreground; NaN is background), and
-    ``value >= 128`` for JPEG (lossy), to ignore compression noise around 0 and 255.
+    Binarisation rule: colour masks are first reduced to the maximum over their colour channels.
+    An alpha channel is ignored, except when every colour channel is 0 and the alpha channel
+    varies (an "alpha-only" mask, as some drawing tools save): then the alpha channel is the
+    mask. Then foreground is ``value > 0`` for lossless formats (works for 0/1, 0/255 and label
+    maps: every label is foreground; NaN is background), and ``value >= 128`` for JPEG (lossy),
+    to ignore compression noise around 0 and 255. A *soft* float mask (all values in [0, 1],
+    some strictly between: a probability map) is thresholded at 0.5 instead of ``> 0``, with a
+    warning naming the file, since ``> 0`` would take every faint pixel.
     """
     path = Path(path)
     arr = _load(path, slice_index, axis, frame).array
     if arr.ndim == 3:
         channels = arr.shape[-1]
         if channels in (2, 4):
-            arr = arr[..., :-1]
-        arr = arr.max(axis=-1)
+            colour, alpha = arr[..., :-1], arr[..., -1]
+            if not np.any(np.nan_to_num(colour)) and np.nanmax(alpha) != np.nanmin(alpha):
+                arr = alpha  # alpha-only mask: the colour channels are empty
+            else:
+                arr = colour.max(axis=-1)
+        else:
+            arr = arr.max(axis=-1)
     if image_suffix(path) in _LOSSY_SUFFIXES:
         limit = (int(np.iinfo(arr.dtype).max) + 1) // 2 if arr.dtype.kind in "ui" else 0.5
         return np.ascontiguousarray(arr >= limit)
+    if arr.dtype.kind == "f":
+        finite = arr[np.isfinite(arr)]
+        if finite.size and finite.min() >= 0 and finite.max() <= 1 and np.any(
+            (finite > 0) & (finite < 1)
+        ):
+            warnings.warn(
+                f"{path}: soft mask (float values between 0 and 1); foreground is value >= 0.5",
+                UserWarning,
+                stacklevel=2,
+            )
+            with np.errstate(invalid="ignore"):
+                return np.ascontiguousarray(np.nan_to_num(arr, nan=0) >= 0.5)
     with np.errstate(invalid="ignore"):
         return np.ascontiguousarray(np.nan_to_num(arr, nan=0) > 0)
 
@@ -582,7 +728,6 @@ def write_image(path: PathLike, image: np.ndarray) -> Path:
             tifffile.imwrite(tmp, arr, photometric=photometric, compression="zlib")
         return path
 
-    from PIL import Image
 
     fmt = _PIL_SUFFIXES[suffix]
     if arr.dtype == np.uint16 and arr.ndim == 2 and fmt == "PNG":

@@ -44,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 
-from medclipsam._utils import atomic_path, atomic_write_text
+from .._utils import atomic_path, atomic_write_text
+from ..vocab import TASKS
 
 __all__ = [
     "ALT_PROMPTS",
@@ -64,7 +66,6 @@ __all__ = [
     "write_phantom_folder",
 ]
 
-TASKS: tuple[str, ...] = ("breast", "brain", "xray")
 CLASSES: dict[str, tuple[str, ...]] = {
     "breast": ("normal", "benign", "malignant"),
     "brain": ("normal", "glioma", "meningioma", "pituitary"),
@@ -322,12 +323,50 @@ def _captions(
 # breast ultrasound
 
 
-def _breast(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
+@dataclass
+class _Probe:
+    """Where an ultrasound probe looks: the depth ``d`` (0 at the skin, 1 at the bottom of the
+    view) and lateral position ``lat`` (-1..1) of every pixel, for a linear probe (a rectangle) or
+    a sector probe (a fan from an apex above the image), and the way back to grid coordinates."""
+
+    sector: bool
+    top: float
+    depth: float
+    cx0: float
+    d: np.ndarray
+    lat: np.ndarray
+    fov: np.ndarray
+    r_in: float = 0.0
+    tmax: float = 0.0
+    apex_y: float = 0.0
+    hw: float = 0.0
+
+    def to_xy(self, dd: float, ll: float) -> tuple[float, float]:
+        """(depth, lateral) -> (x, y) in grid units."""
+        if self.sector:
+            th, r = ll * self.tmax, self.r_in + dd * self.depth
+            return self.cx0 + r * math.sin(th), self.apex_y + r * math.cos(th)
+        return self.cx0 + ll * self.hw, self.top + dd * self.depth
+
+    def lat_scale(self, dd: float) -> float:
+        """Grid units per unit of ``lat`` at depth ``dd``."""
+        return (self.r_in + dd * self.depth) * self.tmax if self.sector else self.hw
+
+    def column(self, lat_c: float, half: float, d_from: float, soft: float) -> np.ndarray:
+        """A soft vertical band at ``lat_c`` (half width ``half``) from depth ``d_from`` down:
+        where posterior enhancement or shadowing acts."""
+        return (np.exp(-((np.abs(self.lat - lat_c) / half) ** 4))
+                * _sig((self.d - d_from) / soft)).astype(np.float32)
+
+
+def _breast_probe(g: _Grid, rng: np.random.Generator) -> _Probe:
+    """A linear (60 %) or sector (40 %) probe's field of view."""
     H, W = g.H, g.W
     sector = bool(rng.random() < 0.4)
     top = rng.uniform(0.02, 0.06)
     bottom_margin = rng.uniform(0.01, 0.04)
     cx0 = g.ax / 2
+    extra: dict[str, float] = {}
     if sector:
         r_in = rng.uniform(0.25, 0.6)
         depth = g.ay - top - bottom_margin
@@ -338,28 +377,27 @@ def _breast(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
         rr = np.hypot(dx, dy)
         d = (rr - r_in) / depth
         lat = np.arctan2(dx, dy) / tmax
+        extra = {"r_in": r_in, "tmax": tmax, "apex_y": apex_y}
     else:
         hw = g.ax / 2 - rng.uniform(0.03, 0.12)
         depth = g.ay - top - bottom_margin
         d = np.broadcast_to((g.Y - top) / depth, (H, W))
         lat = np.broadcast_to((g.X - cx0) / hw, (H, W))
+        extra = {"hw": hw}
     d = np.asarray(d, dtype=np.float32)
     lat = np.asarray(lat, dtype=np.float32)
     fov = (d >= 0) & (d <= 1) & (np.abs(lat) <= 1)
+    return _Probe(sector, top, depth, cx0, d, lat, fov, **extra)
 
-    def to_xy(dd: float, ll: float) -> tuple[float, float]:
-        if sector:
-            th, r = ll * tmax, r_in + dd * depth
-            return cx0 + r * math.sin(th), apex_y + r * math.cos(th)
-        return cx0 + ll * hw, top + dd * depth
 
-    def lat_scale(dd: float) -> float:
-        """Grid units per unit of ``lat`` at depth ``dd``."""
-        return (r_in + dd * depth) * tmax if sector else hw
-
+def _breast_tissue(g: _Grid, rng: np.random.Generator, p: _Probe) -> tuple[np.ndarray, float, float]:
+    """Echogenicity (dB; glandular tissue 0 dB) of skin, fat lobules with bright Cooper's
+    ligaments, the glandular layer with fat islands, and pectoral muscle; returns it with the skin
+    and fat thicknesses (in depth units)."""
+    H, W = g.H, g.W
+    d, lat, depth = p.d, p.lat, p.depth
     px_d = g.px / depth  # one pixel in depth units
     tw = 1.5 * px_d
-    # --- layers (echogenicity in dB; glandular tissue is 0 dB) --------------------------------
     skin_t = rng.uniform(0.025, 0.05)
     fat_t = rng.uniform(0.07, 0.28)
     gland_t = rng.uniform(0.22, 0.45)
@@ -388,68 +426,83 @@ def _breast(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
     skin = d < skin_t
     E = np.where(skin, 1.0 + 2 * n_tex, E)
     E = E + 10 * np.exp(-(((d - skin_t) / (1.2 * px_d)) ** 2)) + 8 * np.exp(-((d / (1.5 * px_d)) ** 2))
+    return E, skin_t, fat_t
 
-    post = np.zeros((H, W), dtype=np.float32)  # posterior enhancement (+) / shadowing (-) in dB
-    mask = np.zeros((H, W), dtype=bool)
+
+@dataclass
+class _Lesion:
+    """The finding drawn into an image: its mask, where it is, and what the captions may say."""
+
+    mask: np.ndarray
+    centre: tuple[float, float, float] | None = None  # (x, y, radius) in grid units
+    lateral: tuple[float, float] = (0.0, 0.0)  # (lat, half width) of its posterior column
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _breast_lesion(g: _Grid, rng: np.random.Generator, p: _Probe, label: str, E: np.ndarray,
+                   post: np.ndarray, skin_t: float, fat_t: float) -> tuple[np.ndarray, _Lesion]:
+    """A benign (oval, circumscribed, posterior enhancement) or malignant (irregular, spiculated,
+    echogenic halo, posterior shadowing) hypoechoic lesion; ``post`` gets its column. Returns the
+    echogenicity with the lesion drawn in, and the lesion (an empty mask for a normal image)."""
+    H, W = g.H, g.W
+    depth, fov = p.depth, p.fov
+    if label == "normal":
+        return E, _Lesion(np.zeros((H, W), dtype=bool))
+    malignant = label == "malignant"
+    rx = rng.uniform(0.08, 0.19)
+    if malignant:
+        ry = rx * rng.uniform(0.7, 1.45)
+        ang = rng.uniform(-0.5, 0.5)
+        harm = _harmonics(rng, rng.uniform(0.12, 0.25), 7, 0.6)
+        n_sp = int(rng.integers(0, 12))
+        spikes = [(rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.45), rng.uniform(0.07, 0.16))
+                  for _ in range(n_sp)]
+    else:
+        ry = rx * rng.uniform(0.5, 0.88)
+        ang = rng.uniform(-0.25, 0.25)
+        harm = _harmonics(rng, rng.uniform(0.02, 0.06), 4)
+        spikes = []
+    dc_lo = skin_t + 0.04 + ry / depth
+    dc = rng.uniform(max(dc_lo, skin_t + fat_t * 0.5), max(dc_lo + 0.02, 0.72))
+    latc = rng.uniform(-0.68, 0.68)
+    cx, cy = p.to_xy(dc, latc)
+    lev = _star(g, cx, cy, rx, ry, ang, harm, spikes)
+    edge = (2.5 if malignant else 1.0) * g.px / rx
+    inside = _inside(lev, edge)
+    mask = (lev < 1.0) & fov
+    n_in = _noise(rng, (H, W), 0.02 * g.s)
+    if malignant:
+        les_db = rng.uniform(-30, -22) + 3.5 * n_in
+        halo = np.exp(-(((lev - 1.12) / 0.1) ** 2)) * rng.uniform(0, 6)
+        E = E + halo * (lev > 1.0)
+    else:
+        les_db = rng.uniform(-27, -20) + 1.5 * n_in
+    E = E * (1 - inside) + les_db * inside
+    half = max(rx, ry) * 0.85 / p.lat_scale(dc)
+    col = p.column(latc, half, dc + 0.4 * ry / depth, 0.04) * (1 - inside)
+    post += col * (rng.uniform(-16, -7) if malignant else rng.uniform(3, 7))
+    info = {"rx": rx, "ry": ry, "taller_than_wide": bool(ry > rx * 1.05),
+            "spiculated": bool(malignant and len(spikes) >= 4)}
+    return E, _Lesion(mask, (cx, cy, max(rx, ry)), (latc, half), info)
+
+
+def _breast_decoys(g: _Grid, rng: np.random.Generator, p: _Probe, E: np.ndarray, post: np.ndarray,
+                   skin_t: float, lesion: _Lesion) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Decoys a "darkest region" rule falls for: anechoic cysts (darker than any lesion) and
+    acoustic shadow bands, placed away from the lesion. Returns the echogenicity, the decoys'
+    mask and their descriptions."""
+    H, W = g.H, g.W
+    depth, fov = p.depth, p.fov
     decoy_mask = np.zeros((H, W), dtype=bool)
     decoys: list[dict[str, Any]] = []
-    info: dict[str, Any] = {"geometry": "sector" if sector else "linear"}
-    lesion_c: tuple[float, float, float] | None = None  # (x, y, radius)
-    les_lat = (0.0, 0.0)
-
-    def column(lat_c: float, half: float, d_from: float, soft: float) -> np.ndarray:
-        return (np.exp(-((np.abs(lat - lat_c) / half) ** 4)) * _sig((d - d_from) / soft)).astype(
-            np.float32
-        )
-
-    if label != "normal":
-        malignant = label == "malignant"
-        rx = rng.uniform(0.08, 0.19)
-        if malignant:
-            ry = rx * rng.uniform(0.7, 1.45)
-            ang = rng.uniform(-0.5, 0.5)
-            harm = _harmonics(rng, rng.uniform(0.12, 0.25), 7, 0.6)
-            n_sp = int(rng.integers(0, 12))
-            spikes = [(rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.45), rng.uniform(0.07, 0.16))
-                      for _ in range(n_sp)]
-        else:
-            ry = rx * rng.uniform(0.5, 0.88)
-            ang = rng.uniform(-0.25, 0.25)
-            harm = _harmonics(rng, rng.uniform(0.02, 0.06), 4)
-            spikes = []
-        dc_lo = skin_t + 0.04 + ry / depth
-        dc = rng.uniform(max(dc_lo, skin_t + fat_t * 0.5), max(dc_lo + 0.02, 0.72))
-        latc = rng.uniform(-0.68, 0.68)
-        cx, cy = to_xy(dc, latc)
-        lev = _star(g, cx, cy, rx, ry, ang, harm, spikes)
-        edge = (2.5 if malignant else 1.0) * g.px / rx
-        inside = _inside(lev, edge)
-        mask = (lev < 1.0) & fov
-        n_in = _noise(rng, (H, W), 0.02 * g.s)
-        if malignant:
-            les_db = rng.uniform(-30, -22) + 3.5 * n_in
-            halo = np.exp(-(((lev - 1.12) / 0.1) ** 2)) * rng.uniform(0, 6)
-            E = E + halo * (lev > 1.0)
-        else:
-            les_db = rng.uniform(-27, -20) + 1.5 * n_in
-        E = E * (1 - inside) + les_db * inside
-        half = max(rx, ry) * 0.85 / lat_scale(dc)
-        col = column(latc, half, dc + 0.4 * ry / depth, 0.04) * (1 - inside)
-        post += col * (rng.uniform(-16, -7) if malignant else rng.uniform(3, 7))
-        lesion_c = (cx, cy, max(rx, ry))
-        les_lat = (latc, half)
-        info["lesion"] = {"rx": rx, "ry": ry, "taller_than_wide": bool(ry > rx * 1.05),
-                          "spiculated": bool(malignant and len(spikes) >= 4)}
-
-    # --- decoys: anechoic cysts and shadow bands ---------------------------------------------
     n_cyst = int(rng.choice([0, 1, 1, 1, 2]))
-    placed: list[tuple[float, float, float]] = [lesion_c] if lesion_c else []
+    placed: list[tuple[float, float, float]] = [lesion.centre] if lesion.centre else []
     for _ in range(n_cyst):
         for _try in range(25):
             rc = rng.uniform(0.03, 0.055)
             dcy = rng.uniform(skin_t + 0.06 + rc / depth, 0.85)
             lcy = rng.uniform(-0.78, 0.78)
-            x, y = to_xy(dcy, lcy)
+            x, y = p.to_xy(dcy, lcy)
             if all(math.hypot(x - px_, y - py_) > pr * 1.35 + rc + 0.03 for px_, py_, pr in placed):
                 break
         else:
@@ -459,36 +512,43 @@ def _breast(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
         ins = _inside(lev, 0.8 * g.px / rc)
         wall = np.exp(-(((lev - 1.0) / (1.2 * g.px / rc)) ** 2)) * 8
         E = (E + wall) * (1 - ins) + (-60.0) * ins
-        post += column(lcy, rc * 0.8 / lat_scale(dcy), dcy + 0.5 * rc / depth, 0.03) * (1 - ins) \
+        post += p.column(lcy, rc * 0.8 / p.lat_scale(dcy), dcy + 0.5 * rc / depth, 0.03) * (1 - ins) \
             * rng.uniform(4, 9)
         cm = (lev < 1.0) & fov
         decoy_mask |= cm
         placed.append((x, y, rc))
         decoys.append({"kind": "cyst", "centre": g.to_px(x, y), "bbox": _bbox(cm)})
     if rng.random() < 0.5:
+        les_lat = lesion.lateral
         for _try in range(25):
             half = rng.uniform(0.035, 0.1)
             l0 = rng.uniform(-0.8, 0.8)
-            if lesion_c is None or abs(l0 - les_lat[0]) > les_lat[1] + half + 0.12:
+            if lesion.centre is None or abs(l0 - les_lat[0]) > les_lat[1] + half + 0.12:
                 break
         else:
             half = 0.0
         if half > 0:
             d0 = rng.uniform(skin_t + 0.05, 0.45)
-            band = column(l0, half, d0, 0.015)
+            band = p.column(l0, half, d0, 0.015)
             post += band * rng.uniform(-24, -14)
-            x, y = to_xy(d0, l0)
+            x, y = p.to_xy(d0, l0)
             E = E + 12 * np.exp(-((np.hypot(g.X - x, g.Y - y) / (2.5 * g.px)) ** 2))
             bm = (band > 0.5) & fov
             decoy_mask |= bm
-            decoys.append({"kind": "shadow", "centre": g.to_px(*to_xy((d0 + 1) / 2, l0)),
+            decoys.append({"kind": "shadow", "centre": g.to_px(*p.to_xy((d0 + 1) / 2, l0)),
                            "bbox": _bbox(bm)})
+    return E, decoy_mask, decoys
 
-    # --- acquisition: attenuation, speckle, noise, log compression ----------------------------
+
+def _breast_acquisition(g: _Grid, rng: np.random.Generator, p: _Probe, E_tot: np.ndarray) -> np.ndarray:
+    """What the scanner shows of echogenicity ``E_tot`` (dB): depth attenuation, Rayleigh speckle
+    on a (depth, lateral) grid, electronic noise, gain and log compression to 8 bits."""
+    H, W = g.H, g.W
+    d, lat, fov = p.d, p.lat, p.fov
     att = -rng.uniform(3, 13) * np.clip(d, 0, 1) + 2.5 * np.exp(-d / 0.08)
-    if sector:
+    if p.sector:
         att = att - 4.0 * np.abs(lat) ** 4
-    E_tot = E + post + att
+    E_tot = E_tot + att
     amp = 10.0 ** (E_tot / 20.0)
     # speckle: complex Gaussian on a (depth, lateral) grid, interpolated -> Rayleigh grains
     grain = rng.uniform(0.9, 1.3) * g.s / 256.0
@@ -506,8 +566,21 @@ def _breast(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
     gain = rng.uniform(-14, -7)
     v = np.clip(1.0 + (db + gain) / dyn, 0.0, 1.0)
     v = ndi.gaussian_filter(v.astype(np.float32), 0.45 * grain) ** rng.uniform(0.85, 1.2)
-    img = np.where(fov, np.maximum(_to_uint8(v), 1), 0).astype(np.uint8)
-    info.update(image=img, mask=mask, fov=fov, decoys=decoys, decoy_mask=decoy_mask)
+    return np.where(fov, np.maximum(_to_uint8(v), 1), 0).astype(np.uint8)
+
+
+def _breast(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
+    """A breast ultrasound image: probe, tissue layers, the lesion, decoys, acquisition."""
+    p = _breast_probe(g, rng)
+    E, skin_t, fat_t = _breast_tissue(g, rng, p)
+    post = np.zeros((g.H, g.W), dtype=np.float32)  # posterior enhancement (+) / shadowing (-) in dB
+    info: dict[str, Any] = {"geometry": "sector" if p.sector else "linear"}
+    E, lesion = _breast_lesion(g, rng, p, label, E, post, skin_t, fat_t)
+    if lesion.info:
+        info["lesion"] = lesion.info
+    E, decoy_mask, decoys = _breast_decoys(g, rng, p, E, post, skin_t, lesion)
+    img = _breast_acquisition(g, rng, p, E + post)
+    info.update(image=img, mask=lesion.mask, fov=p.fov, decoys=decoys, decoy_mask=decoy_mask)
     return info
 
 
@@ -550,8 +623,41 @@ def _breast_words(s: dict, g: _Grid) -> tuple[dict[str, str], list[str], list[st
 # brain MRI (axial, post-contrast T1)
 
 
-def _brain(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
-    H, W = g.H, g.W
+@dataclass
+class _Head:
+    """An axial head: centre, semi-axes and tilt; every pixel's coordinates in the head's frame
+    (``U`` lateral, image right = patient left; ``V`` anterior at the top, negative), its angle
+    ``th`` and normalised radius ``q`` (1 at the scalp); the radii of the skull tables and of the
+    brain surface (``qb``) in units of ``q``; ``e`` the depth below the brain surface."""
+
+    cx: float
+    cy: float
+    Rx: float
+    Ry: float
+    rot: float
+    c: float
+    s: float
+    m: float
+    U: np.ndarray
+    V: np.ndarray
+    th: np.ndarray
+    q: np.ndarray
+    scalp_t: float
+    skull_t: float
+    q_skull: float
+    q_inner: float
+    qb: float
+    R: float
+    px_q: float
+    e: np.ndarray
+
+    def uv_to_xy(self, u: float, v: float) -> tuple[float, float]:
+        """Head frame -> grid units."""
+        return self.cx + u * self.c - v * self.s, self.cy + u * self.s + v * self.c
+
+
+def _brain_head(g: _Grid, rng: np.random.Generator) -> _Head:
+    """The head's outline (an ellipse with a slightly wavy rim), tilt and layer radii."""
     m = min(g.ax, g.ay)
     cx = g.ax / 2 + rng.uniform(-0.025, 0.025)
     cy = g.ay / 2 + rng.uniform(-0.02, 0.02)
@@ -565,10 +671,6 @@ def _brain(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
     th = np.arctan2(V / Ry, U / Rx)
     shape = 1.0 + sum(a * np.cos(k * th + p) for k, a, p in _harmonics(rng, 0.025, 4))
     q = np.hypot(U / Rx, V / Ry) / shape
-
-    def uv_to_xy(u: float, v: float) -> tuple[float, float]:
-        return cx + u * c - v * s, cy + u * s + v * c
-
     scalp_t = rng.uniform(0.05, 0.075)
     skull_t = rng.uniform(0.045, 0.07)
     q_skull = 1.0 - scalp_t
@@ -577,7 +679,17 @@ def _brain(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
     R = (Rx + Ry) / 2
     px_q = g.px / R
     e = (qb - q) * R  # depth below the brain surface (grid units)
+    return _Head(cx, cy, Rx, Ry, rot, c, s, m, U, V, th, q, scalp_t, skull_t, q_skull, q_inner,
+                 qb, R, px_q, e)
 
+
+def _brain_tissue(g: _Grid, rng: np.random.Generator, h: _Head) -> tuple[
+        np.ndarray, np.ndarray, list[tuple[float, float]], np.ndarray, np.ndarray]:
+    """White and grey matter with radial sulci, the interhemispheric fissure, deep grey nuclei
+    and the lateral ventricles. Returns the image (0..1), the ventricles, their atria (head
+    frame) and two noise fields the tumours reuse."""
+    H, W = g.H, g.W
+    U, V, th, e, Rx, Ry, R, rot = h.U, h.V, h.th, h.e, h.Rx, h.Ry, h.R, h.rot
     n1 = _noise(rng, (H, W), 0.03 * g.s)
     n2 = _noise(rng, (H, W), 0.022 * g.s)
     n3 = _noise(rng, (H, W), 0.01 * g.s)
@@ -597,7 +709,7 @@ def _brain(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
     # deep grey nuclei and lateral ventricles
     vc = rng.uniform(-0.06, 0.02) * Ry
     for sgn in (-1, 1):
-        tl = _star(g, *uv_to_xy(sgn * rng.uniform(0.17, 0.22) * Rx, vc + 0.14 * Ry),
+        tl = _star(g, *h.uv_to_xy(sgn * rng.uniform(0.17, 0.22) * Rx, vc + 0.14 * Ry),
                    0.11 * Rx, 0.13 * Ry, rot, _harmonics(rng, 0.05, 3))
         w_t = _inside(tl, 4 * g.px / (0.12 * R)) * 0.8
         img_f = img_f * (1 - w_t) + (gm_v + 0.05) * w_t
@@ -616,82 +728,99 @@ def _brain(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
         vent = np.maximum(vent, _inside(lev, 2.5 * g.px / vent_w))
         atria.append((sgn * (vent_u + kappa * (1.75 * vent_l) ** 2 / 2), vc + 0.75 * vent_l))
     img_f = img_f * (1 - vent) + csf_v * vent
-    brain = q < qb
-    img_f = np.where(brain, img_f, csf_v)
+    img_f = np.where(h.q < h.qb, img_f, csf_v)
+    return img_f, vent, atria, n2, n3
 
-    # scalp (bright fat), skull (dark tables, grey diploe)
+
+def _brain_scalp_and_skull(g: _Grid, rng: np.random.Generator, h: _Head, img_f: np.ndarray,
+                           n3: np.ndarray) -> np.ndarray:
+    """Scalp (bright fat of varying thickness) and skull (dark tables, grey diploe) around the
+    brain; nothing outside the head."""
+    q, th = h.q, h.th
     scalp_fat = rng.uniform(0.86, 0.95)
     fat_var = 1.0 + 0.25 * _wave(rng, 10, -np.pi, np.pi)(th)
-    r_s = (q - q_skull) / (scalp_t * fat_var)
+    r_s = (q - h.q_skull) / (h.scalp_t * fat_var)
     scalp = np.where(r_s > 0.8, 0.45, np.where(r_s > 0.25, scalp_fat, 0.35))
-    r_k = (q - q_inner) / skull_t
+    r_k = (q - h.q_inner) / h.skull_t
     skull = np.where((r_k > 0.3) & (r_k < 0.72), rng.uniform(0.25, 0.4), 0.04)
-    img_f = np.where(q >= q_inner, skull, img_f)
-    img_f = np.where(q >= q_skull, scalp + 0.02 * n3, img_f)
-    head = q < 1.0
-    img_f = np.where(head, img_f, 0.0)
+    img_f = np.where(q >= h.q_inner, skull, img_f)
+    img_f = np.where(q >= h.q_skull, scalp + 0.02 * n3, img_f)
+    return np.where(q < 1.0, img_f, 0.0)
 
-    mask = np.zeros((H, W), dtype=bool)
-    info: dict[str, Any] = {}
-    tumour_uv: tuple[float, float] | None = None
-    if label == "glioma":
-        for _try in range(30):
-            sgn = rng.choice([-1, 1])
-            r_t = rng.uniform(0.08, 0.15) * m
-            ut = sgn * rng.uniform(0.25, 0.58) * Rx * qb
-            vt = rng.uniform(-0.55, 0.55) * Ry * qb
-            if math.hypot(ut / Rx, vt / Ry) + 1.45 * r_t / R < qb - 0.05 and abs(ut) > 1.5 * r_t:
-                break
-        x, y = uv_to_xy(ut, vt)
-        harm = _harmonics(rng, rng.uniform(0.12, 0.22), 6, 0.7)
-        lev = _star(g, x, y, r_t, r_t * rng.uniform(0.75, 1.2), rng.uniform(0, np.pi), harm)
-        core = _star(g, x, y, r_t * rng.uniform(0.35, 0.55), r_t * rng.uniform(0.3, 0.5),
-                     rng.uniform(0, np.pi), _harmonics(rng, 0.15, 5))
-        oed = _star(g, x, y, r_t * rng.uniform(1.6, 2.2), r_t * rng.uniform(1.5, 2.1),
-                    rng.uniform(0, np.pi), _harmonics(rng, 0.3, 7, 0.5))
-        w_oed = _inside(oed + 0.25 * n2, 0.3) * brain * (1 - vent)
-        img_f = img_f * (1 - 0.3 * w_oed)
-        rim = rng.uniform(0.76, 0.84) + 0.025 * n3
-        w_t = _inside(lev, 1.5 * g.px / r_t)
-        w_c = _inside(core, 2.0 * g.px / (0.45 * r_t))
-        tum = rim * (1 - w_c) + rng.uniform(0.22, 0.3) * w_c
-        img_f = img_f * (1 - w_t) + tum * w_t
-        mask = lev < 1.0
-        tumour_uv = (ut, vt)
-    elif label == "meningioma":
-        phi = rng.uniform(0, 2 * np.pi)
-        r_t = rng.uniform(0.075, 0.13) * m
-        bx, by = math.cos(phi) * Rx * qb, math.sin(phi) * Ry * qb
-        nrm = np.array([math.cos(phi) / Rx, math.sin(phi) / Ry])
-        nrm /= np.linalg.norm(nrm)
-        ut, vt = bx - 0.7 * r_t * nrm[0], by - 0.7 * r_t * nrm[1]
-        x, y = uv_to_xy(ut, vt)
-        lev = _star(g, x, y, r_t, r_t * rng.uniform(0.8, 1.0), phi + rot,
-                    _harmonics(rng, 0.04, 4))
-        inner = q < q_inner
-        w_t = _inside(lev, 1.2 * g.px / r_t) * inner
-        val = rng.uniform(0.76, 0.84) + 0.02 * n3
-        img_f = img_f * (1 - w_t) + val * w_t
-        # dural tail: a thin enhancing strip along the inner table, beside the mass
-        ang = np.abs((th - math.atan2(math.sin(phi), math.cos(phi)) + np.pi) % (2 * np.pi) - np.pi)
-        tail = np.exp(-(((q_inner - q) / (2.5 * px_q)) ** 2)) * np.clip(1 - ang / 0.45, 0, 1) \
-            * inner * (lev >= 1.0)
-        img_f = img_f + (0.72 - img_f) * tail * 0.8
-        mask = (lev < 1.0) & inner
-        tumour_uv = (ut, vt)
-    elif label == "pituitary":
-        r_t = rng.uniform(0.045, 0.065) * m
-        ut, vt = rng.uniform(-0.012, 0.012), rng.uniform(0.3, 0.42) * Ry
-        x, y = uv_to_xy(ut, vt)
-        lev = _star(g, x, y, r_t * rng.uniform(0.9, 1.2), r_t, rot, _harmonics(rng, 0.05, 3))
-        w_t = _inside(lev, 1.2 * g.px / r_t)
-        val = rng.uniform(0.74, 0.82) + 0.02 * n3
-        img_f = img_f * (1 - w_t) + val * w_t
-        mask = lev < 1.0
-        tumour_uv = (ut, vt)
-    mask &= brain
 
-    # --- bright decoys: venous sinuses, choroid plexus, cortical vessels ---------------------
+def _glioma(g: _Grid, rng: np.random.Generator, h: _Head, img_f: np.ndarray, brain: np.ndarray,
+            vent: np.ndarray, n2: np.ndarray, n3: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """An intra-axial, ring-enhancing mass with a dark necrotic core and surrounding oedema."""
+    Rx, Ry, qb, m = h.Rx, h.Ry, h.qb, h.m
+    for _try in range(30):
+        sgn = rng.choice([-1, 1])
+        r_t = rng.uniform(0.08, 0.15) * m
+        ut = sgn * rng.uniform(0.25, 0.58) * Rx * qb
+        vt = rng.uniform(-0.55, 0.55) * Ry * qb
+        if math.hypot(ut / Rx, vt / Ry) + 1.45 * r_t / h.R < qb - 0.05 and abs(ut) > 1.5 * r_t:
+            break
+    x, y = h.uv_to_xy(ut, vt)
+    harm = _harmonics(rng, rng.uniform(0.12, 0.22), 6, 0.7)
+    lev = _star(g, x, y, r_t, r_t * rng.uniform(0.75, 1.2), rng.uniform(0, np.pi), harm)
+    core = _star(g, x, y, r_t * rng.uniform(0.35, 0.55), r_t * rng.uniform(0.3, 0.5),
+                 rng.uniform(0, np.pi), _harmonics(rng, 0.15, 5))
+    oed = _star(g, x, y, r_t * rng.uniform(1.6, 2.2), r_t * rng.uniform(1.5, 2.1),
+                rng.uniform(0, np.pi), _harmonics(rng, 0.3, 7, 0.5))
+    w_oed = _inside(oed + 0.25 * n2, 0.3) * brain * (1 - vent)
+    img_f = img_f * (1 - 0.3 * w_oed)
+    rim = rng.uniform(0.76, 0.84) + 0.025 * n3
+    w_t = _inside(lev, 1.5 * g.px / r_t)
+    w_c = _inside(core, 2.0 * g.px / (0.45 * r_t))
+    tum = rim * (1 - w_c) + rng.uniform(0.22, 0.3) * w_c
+    img_f = img_f * (1 - w_t) + tum * w_t
+    return img_f, lev < 1.0, (ut, vt)
+
+
+def _meningioma(g: _Grid, rng: np.random.Generator, h: _Head, img_f: np.ndarray,
+                n3: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """An extra-axial, homogeneously enhancing mass on the inner table, with a dural tail."""
+    q, th, rot, m = h.q, h.th, h.rot, h.m
+    phi = rng.uniform(0, 2 * np.pi)
+    r_t = rng.uniform(0.075, 0.13) * m
+    bx, by = math.cos(phi) * h.Rx * h.qb, math.sin(phi) * h.Ry * h.qb
+    nrm = np.array([math.cos(phi) / h.Rx, math.sin(phi) / h.Ry])
+    nrm /= np.linalg.norm(nrm)
+    ut, vt = bx - 0.7 * r_t * nrm[0], by - 0.7 * r_t * nrm[1]
+    x, y = h.uv_to_xy(ut, vt)
+    lev = _star(g, x, y, r_t, r_t * rng.uniform(0.8, 1.0), phi + rot,
+                _harmonics(rng, 0.04, 4))
+    inner = q < h.q_inner
+    w_t = _inside(lev, 1.2 * g.px / r_t) * inner
+    val = rng.uniform(0.76, 0.84) + 0.02 * n3
+    img_f = img_f * (1 - w_t) + val * w_t
+    # dural tail: a thin enhancing strip along the inner table, beside the mass
+    ang = np.abs((th - math.atan2(math.sin(phi), math.cos(phi)) + np.pi) % (2 * np.pi) - np.pi)
+    tail = np.exp(-(((h.q_inner - q) / (2.5 * h.px_q)) ** 2)) * np.clip(1 - ang / 0.45, 0, 1) \
+        * inner * (lev >= 1.0)
+    img_f = img_f + (0.72 - img_f) * tail * 0.8
+    return img_f, (lev < 1.0) & inner, (ut, vt)
+
+
+def _pituitary(g: _Grid, rng: np.random.Generator, h: _Head, img_f: np.ndarray,
+               n3: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """A small enhancing mass in the sella, on the midline behind the orbits."""
+    r_t = rng.uniform(0.045, 0.065) * h.m
+    ut, vt = rng.uniform(-0.012, 0.012), rng.uniform(0.3, 0.42) * h.Ry
+    x, y = h.uv_to_xy(ut, vt)
+    lev = _star(g, x, y, r_t * rng.uniform(0.9, 1.2), r_t, h.rot, _harmonics(rng, 0.05, 3))
+    w_t = _inside(lev, 1.2 * g.px / r_t)
+    val = rng.uniform(0.74, 0.82) + 0.02 * n3
+    img_f = img_f * (1 - w_t) + val * w_t
+    return img_f, lev < 1.0, (ut, vt)
+
+
+def _brain_decoys(g: _Grid, rng: np.random.Generator, h: _Head, img_f: np.ndarray,
+                  head: np.ndarray, atria: list[tuple[float, float]],
+                  tumour_uv: tuple | None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Bright decoys a "brightest region" rule falls for: venous sinuses, choroid plexus, cortical
+    vessels, a thick patch of scalp fat (none near the tumour). Returns the image, the decoys'
+    mask and their descriptions."""
+    H, W, m, Rx, Ry = g.H, g.W, h.m, h.Rx, h.Ry
     decoys: list[dict[str, Any]] = []
     decoy_mask = np.zeros((H, W), dtype=bool)
 
@@ -700,8 +829,8 @@ def _brain(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
         nonlocal img_f, decoy_mask
         if tumour_uv is not None and math.hypot(u - tumour_uv[0], v - tumour_uv[1]) < 0.1 * m:
             return
-        x, y = uv_to_xy(u, v)
-        lev = _star(g, x, y, rx, ry, rot, harm)
+        x, y = h.uv_to_xy(u, v)
+        lev = _star(g, x, y, rx, ry, h.rot, harm)
         w = _inside(lev, 1.2 * g.px / min(rx, ry)) * head
         img_f = img_f * (1 - w) + val * w
         dm = (lev < 1.0) & head
@@ -710,11 +839,11 @@ def _brain(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
 
     if rng.random() < 0.85:  # superior sagittal sinus, posterior
         r = rng.uniform(0.024, 0.04) * m
-        add_decoy("sinus", 0.0, (q_inner - 0.01) * Ry - r, r * 1.1, r,
+        add_decoy("sinus", 0.0, (h.q_inner - 0.01) * Ry - r, r * 1.1, r,
                   rng.uniform(0.93, 1.02), [(3, 0.12, np.pi / 2)])
     if rng.random() < 0.5:  # superior sagittal sinus, anterior
         r = rng.uniform(0.02, 0.03) * m
-        add_decoy("sinus", 0.0, -(q_inner - 0.01) * Ry + r, r, r, rng.uniform(0.92, 1.0))
+        add_decoy("sinus", 0.0, -(h.q_inner - 0.01) * Ry + r, r, r, rng.uniform(0.92, 1.0))
     for au, av in atria:  # choroid plexus glomus in each atrium
         if rng.random() < 0.6:
             r = rng.uniform(0.022, 0.034) * m
@@ -722,30 +851,54 @@ def _brain(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
                       rng.uniform(0.92, 1.0), _harmonics(rng, 0.1, 4))
     for _ in range(int(rng.integers(1, 5))):  # cortical vessels (small)
         ang = rng.uniform(0, 2 * np.pi)
-        qq = qb - rng.uniform(0.02, 0.08)
+        qq = h.qb - rng.uniform(0.02, 0.08)
         r = rng.uniform(0.006, 0.012) * m
         add_decoy("vessel", math.cos(ang) * Rx * qq, math.sin(ang) * Ry * qq, r * 2, r,
                   rng.uniform(0.92, 1.0))
     if rng.random() < 0.35:  # thick subcutaneous fat patch
         ang = rng.uniform(0, 2 * np.pi)
-        qq = 1.0 - scalp_t * 0.5
+        qq = 1.0 - h.scalp_t * 0.5
         r = rng.uniform(0.025, 0.035) * m
         add_decoy("scalp fat", math.cos(ang) * Rx * qq, math.sin(ang) * Ry * qq, r * 1.8, r,
                   rng.uniform(0.95, 1.02))
+    return img_f, decoy_mask, decoys
 
-    # --- acquisition: bias field, Rician noise, window ----------------------------------------
+
+def _brain_acquisition(g: _Grid, rng: np.random.Generator, img_f: np.ndarray) -> np.ndarray:
+    """Bias field, Rician noise and the display window, to 8 bits."""
+    H, W = g.H, g.W
     bias = 1.0 + 0.04 * _noise(rng, (H, W), 0.4 * g.s)
     sig_n = rng.uniform(0.01, 0.025)
     img_f = img_f * bias
     img_f = np.hypot(img_f + sig_n * rng.standard_normal((H, W)), sig_n * rng.standard_normal((H, W)))
     lo, hi = rng.uniform(-0.02, 0.03), rng.uniform(0.97, 1.1)
     v = np.clip((img_f - lo) / (hi - lo), 0, 1) ** rng.uniform(0.9, 1.12)
-    img = _to_uint8(v)
+    return _to_uint8(v)
+
+
+def _brain(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
+    """An axial post-contrast T1 brain MRI: head, tissue, scalp and skull, the tumour (glioma,
+    meningioma or pituitary), bright decoys, acquisition."""
+    h = _brain_head(g, rng)
+    img_f, vent, atria, n2, n3 = _brain_tissue(g, rng, h)
+    brain = h.q < h.qb
+    img_f = _brain_scalp_and_skull(g, rng, h, img_f, n3)
+    head = h.q < 1.0
+    mask = np.zeros((g.H, g.W), dtype=bool)
+    tumour_uv: tuple[float, float] | None = None
+    if label == "glioma":
+        img_f, mask, tumour_uv = _glioma(g, rng, h, img_f, brain, vent, n2, n3)
+    elif label == "meningioma":
+        img_f, mask, tumour_uv = _meningioma(g, rng, h, img_f, n3)
+    elif label == "pituitary":
+        img_f, mask, tumour_uv = _pituitary(g, rng, h, img_f, n3)
+    mask &= brain
+    img_f, decoy_mask, decoys = _brain_decoys(g, rng, h, img_f, head, atria, tumour_uv)
+    img = _brain_acquisition(g, rng, img_f)
     brain_tissue = brain & (vent < 0.5) & ~mask & ~decoy_mask
-    info.update(image=img, mask=mask, fov=ndi.binary_fill_holes(head), decoys=decoys,
-                decoy_mask=decoy_mask, brain_mask=brain_tissue,
-                midline_col=float(g.to_px(cx, cy)[1]))
-    return info
+    return {"image": img, "mask": mask, "fov": ndi.binary_fill_holes(head), "decoys": decoys,
+            "decoy_mask": decoy_mask, "brain_mask": brain_tissue,
+            "midline_col": float(g.to_px(h.cx, h.cy)[1])}
 
 
 def _brain_words(s: dict, g: _Grid) -> tuple[dict[str, str], list[str], list[str]]:
@@ -789,7 +942,30 @@ def _brain_words(s: dict, g: _Grid) -> tuple[dict[str, str], list[str], list[str
 # chest X-ray (PA)
 
 
-def _xray(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
+@dataclass
+class _Chest:
+    """A frontal chest film's frame: the midline ``mx``, coordinates ``Yc`` (0..1 over the
+    central square) and ``dx`` (from the tilted midline, in units of the square), two noise
+    fields, the base sizes the lungs vary around, and the heart (``heart < 1`` inside)."""
+
+    sc: float
+    mx: float
+    Yc: np.ndarray
+    dx: np.ndarray
+    adx: np.ndarray
+    n1: np.ndarray
+    n2: np.ndarray
+    lw_base: float
+    yt_base: float
+    yb_base: float
+    mw: float
+    dome: float
+    hy: float
+    heart: np.ndarray
+
+
+def _xray_frame(g: _Grid, rng: np.random.Generator) -> _Chest:
+    """The patient's position on the film and the heart's outline."""
     H, W = g.H, g.W
     sc = min(g.ax, g.ay)
     mx = g.ax / 2 + rng.uniform(-0.025, 0.025)
@@ -801,7 +977,6 @@ def _xray(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
     adx = np.abs(dx)
     n1 = _noise(rng, (H, W), 0.02 * g.s)
     n2 = _noise(rng, (H, W), 0.06 * g.s)
-
     lw_base = rng.uniform(0.3, 0.39)
     yt_base = rng.uniform(0.07, 0.15)
     yb_base = rng.uniform(0.68, 0.8)
@@ -814,15 +989,24 @@ def _xray(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
     hu = (dx - hcx) * math.cos(hang) + (Yc - hy) * math.sin(hang)
     hv = -(dx - hcx) * math.sin(hang) + (Yc - hy) * math.cos(hang)
     heart = np.hypot(hu / ha, hv / hb)
-    heart_in = heart < 1.0
+    return _Chest(sc, mx, Yc, dx, adx, n1, n2, lw_base, yt_base, yb_base, mw, dome, hy, heart)
 
+
+def _xray_lungs(g: _Grid, rng: np.random.Generator, c: _Chest) -> tuple[
+        np.ndarray, np.ndarray, dict[str, dict[str, float]]]:
+    """The two lungs (radiological: the patient's right on the image's left; the right
+    hemidiaphragm higher), minus the heart. Returns the lungs' mask, the diaphragm's height per
+    column and each lung's size."""
+    H, W = g.H, g.W
+    dx, Yc, mw = c.dx, c.Yc, c.mw
+    heart_in = c.heart < 1.0
     lungs = np.zeros((H, W), dtype=bool)
     dia_y = np.zeros((H, W), dtype=np.float32)
     per_side: dict[str, dict[str, float]] = {}
     for side, sgn in (("right", -1), ("left", 1)):  # radiological: patient right = image left
-        lw = lw_base * rng.uniform(0.94, 1.06)
-        yt = yt_base + rng.uniform(-0.015, 0.015)
-        yb = yb_base + (rng.uniform(-0.06, -0.01) if side == "right" else rng.uniform(0, 0.02))
+        lw = c.lw_base * rng.uniform(0.94, 1.06)
+        yt = c.yt_base + rng.uniform(-0.015, 0.015)
+        yb = c.yb_base + (rng.uniform(-0.06, -0.01) if side == "right" else rng.uniform(0, 0.02))
         apex = mw + rng.uniform(0.3, 0.45) * (lw - mw)
         dist = sgn * dx
         t = (Yc - yt) / (yb - yt)
@@ -830,24 +1014,28 @@ def _xray(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
         dl = apex + (lw - apex) * np.sqrt(1 - (1 - np.minimum(tc / 0.7, 1)) ** 2)
         dm = apex - (apex - mw) * np.sqrt(1 - (1 - np.minimum(tc / 0.32, 1)) ** 2)
         dpk = mw + 0.45 * (lw - mw)
-        ydia = yb - dome * np.clip(1 - ((dist - dpk) / (lw - dpk)) ** 2, 0, 1) * (
+        ydia = yb - c.dome * np.clip(1 - ((dist - dpk) / (lw - dpk)) ** 2, 0, 1) * (
             1 if side == "right" else rng.uniform(0.8, 1.0))
         lung = (t >= 0) & (dist > dm) & (dist < dl) & (Yc < ydia) & ~heart_in
         lungs |= _largest_component(lung)
         dia_y = np.where(dist > 0, ydia, dia_y)
         per_side[side] = {"lw": lw, "yt": yt, "yb": yb}
-    lung_f = lungs.astype(np.float32)
-    lung_soft = _blur(lung_f, 1.0 * g.s / 256)
-    depth_in = np.sqrt(np.clip(_blur(lung_f, 0.035 * g.s), 0, 1))
+    return lungs, dia_y, per_side
 
-    # --- density map (soft-tissue equivalent thickness; higher = whiter) -------------------------
+
+def _xray_soft_tissue(g: _Grid, rng: np.random.Generator, c: _Chest, lung_soft: np.ndarray,
+                      depth_in: np.ndarray, dia_y: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Density (soft-tissue equivalent thickness; higher = whiter) of the body, the air in the
+    lungs, the abdomen with a gastric bubble, heart and mediastinum, aortic knob, trachea and
+    spine. Returns it and the sizes the bones are drawn with."""
+    dx, adx, Yc, mw, lw_base = c.dx, c.adx, c.Yc, c.mw, c.lw_base
     y_sh = rng.uniform(0.06, 0.1)
     neck = rng.uniform(0.08, 0.11)
     sh_w = lw_base + rng.uniform(0.12, 0.2)
     half_w = neck + (sh_w - neck) * _sig((Yc - y_sh) / 0.035)
     body = _sig((half_w - adx) / 0.01)
     chest_w = lw_base + rng.uniform(0.035, 0.06)
-    D = body * (0.75 + 0.3 * np.clip(1 - (dx / chest_w) ** 2, 0, 1) + 0.03 * n2)
+    D = body * (0.75 + 0.3 * np.clip(1 - (dx / chest_w) ** 2, 0, 1) + 0.03 * c.n2)
     # lungs: air removes density, more in the middle of the lung
     D = D - lung_soft * (0.42 + 0.25 * depth_in) * rng.uniform(0.9, 1.1)
     # abdomen below the diaphragm, fading downwards
@@ -856,13 +1044,13 @@ def _xray(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
         1 - 0.5 * np.clip((adx - lw_base) / 0.05, 0, 1))
     if rng.random() < 0.75:  # gastric bubble under the left hemidiaphragm (image right)
         bx = rng.uniform(0.1, 0.22)
-        by = yb_base + rng.uniform(0.03, 0.07)
+        by = c.yb_base + rng.uniform(0.03, 0.07)
         bub = _inside(np.hypot((dx - bx) / 0.05, (Yc - by) / 0.028), 0.15)
         D = D - 0.3 * bub * below
     # heart and mediastinum
-    D = D + 0.3 * _inside(heart, 0.12) * (1 - 0.7 * below)
+    D = D + 0.3 * _inside(c.heart, 0.12) * (1 - 0.7 * below)
     med_w = mw * (1.0 + 0.3 * _sig((Yc - 0.3) / 0.05))
-    D = D + 0.3 * _sig((med_w - adx) / 0.008) * _sig((hy - Yc) / 0.03) * _sig(
+    D = D + 0.3 * _sig((med_w - adx) / 0.008) * _sig((c.hy - Yc) / 0.03) * _sig(
         (Yc - y_sh - 0.04) / 0.02)
     knob = np.hypot((dx - mw * 1.1) / 0.035, (Yc - rng.uniform(0.27, 0.33)) / 0.03)
     D = D + 0.2 * _inside(knob, 0.3)
@@ -875,6 +1063,16 @@ def _xray(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
     vert = 0.7 + 0.3 * np.cos(np.pi * Yc / period) ** 2
     spine = _sig((sp_w - adx) / 0.006) * vert
     D = D + 0.18 * spine * body
+    return D, {"body": body, "y_sh": y_sh, "sh_w": sh_w, "chest_w": chest_w, "sp_w": sp_w}
+
+
+def _xray_bones_and_vessels(g: _Grid, rng: np.random.Generator, c: _Chest, D: np.ndarray,
+                            lung_soft: np.ndarray, dia_y: np.ndarray, sizes: dict[str, Any]) -> np.ndarray:
+    """Ribs (posterior arcs, faint anterior ones), clavicles, humeral heads and the vascular
+    markings radiating from the hila, added to the density."""
+    H, W = g.H, g.W
+    dx, adx, Yc, mw = c.dx, c.adx, c.Yc, c.mw
+    chest_w, sp_w, body = sizes["chest_w"], sizes["sp_w"], sizes["body"]
     # ribs: one vectorised pass over a family of arcs (posterior ribs, then faint anterior ones)
     alpha, beta = rng.uniform(0.4, 0.6), rng.uniform(1.1, 1.6)
     sp = rng.uniform(0.058, 0.07)
@@ -893,11 +1091,11 @@ def _xray(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
     ycl = rng.uniform(0.12, 0.16)
     cl = ycl - 0.2 * (adx - 0.04) + 0.45 * (adx - 0.2) ** 2 - 0.45 * 0.16**2
     clav = np.exp(-((np.abs(Yc - cl) / rng.uniform(0.01, 0.013)) ** 3)) * _sig(
-        (adx - 0.03) / 0.008) * _sig((lw_base + 0.06 - adx) / 0.01)
+        (adx - 0.03) / 0.008) * _sig((c.lw_base + 0.06 - adx) / 0.01)
     D = D + 0.24 * clav
     # humeral heads at the top corners
     for sgn in (-1, 1):
-        hh = np.hypot(dx - sgn * (sh_w - 0.02), Yc - y_sh - 0.06) / 0.065
+        hh = np.hypot(dx - sgn * (sizes["sh_w"] - 0.02), Yc - sizes["y_sh"] - 0.06) / 0.065
         D = D + 0.3 * _inside(hh, 0.2) * body
     # vascular markings: wiggly lines radiating from the hila, fading to the periphery
     for sgn in (-1, 1):
@@ -909,46 +1107,69 @@ def _xray(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
         fade = np.exp(-rr / 0.11)
         D = D + lung_soft * (sgn * dx > 0) * (0.16 * streak * fade
                                               + 0.2 * np.exp(-((rr / 0.045) ** 2)))
+    return D
 
+
+def _xray_pneumonia(g: _Grid, rng: np.random.Generator, c: _Chest, lungs: np.ndarray,
+                    lung_soft: np.ndarray) -> np.ndarray:
+    """Patchy opacities (0..1) of pneumonia, more often in the lower lungs, on one side (70 %) or
+    both."""
+    H, W = g.H, g.W
     opac = np.zeros((H, W), dtype=np.float32)
-    info: dict[str, Any] = {}
-    if label == "pneumonia":
-        rows, cols = np.nonzero(lungs)
-        wgt = (rows - rows.min() + 5.0) ** 1.5
-        wgt /= wgt.sum()
-        n_p = int(rng.integers(1, 5))
-        sides = rng.random() < 0.3  # bilateral disease
-        first_side = None
-        for _ in range(n_p):
-            i = int(rng.choice(rows.size, p=wgt))
-            if first_side is not None and not sides:
-                same = (cols < g.W * mx / g.ax) == first_side
-                i = int(rng.choice(np.flatnonzero(same), p=wgt[same] / wgt[same].sum()))
-            r0, c0 = rows[i], cols[i]
-            if first_side is None:
-                first_side = c0 < g.W * mx / g.ax
-            x, y = (c0 + 0.5) / g.s, (r0 + 0.5) / g.s
-            rad = rng.uniform(0.05, 0.11) * sc
-            lev = _star(g, x, y, rad, rad * rng.uniform(0.6, 1.1), rng.uniform(0, np.pi),
-                        _harmonics(rng, 0.25, 6, 0.5))
-            patch = _inside(lev + 0.3 * n2, 0.6) * np.clip(0.65 + 0.4 * n2, 0.25, 1.0)
-            opac = np.maximum(opac, patch)
-        opac = _blur(opac, 0.012 * g.s) * lung_soft
-        D = D + opac * rng.uniform(0.35, 0.6)
+    rows, cols = np.nonzero(lungs)
+    wgt = (rows - rows.min() + 5.0) ** 1.5
+    wgt /= wgt.sum()
+    n_p = int(rng.integers(1, 5))
+    sides = rng.random() < 0.3  # bilateral disease
+    first_side = None
+    for _ in range(n_p):
+        i = int(rng.choice(rows.size, p=wgt))
+        if first_side is not None and not sides:
+            same = (cols < g.W * c.mx / g.ax) == first_side
+            i = int(rng.choice(np.flatnonzero(same), p=wgt[same] / wgt[same].sum()))
+        r0, c0 = rows[i], cols[i]
+        if first_side is None:
+            first_side = c0 < g.W * c.mx / g.ax
+        x, y = (c0 + 0.5) / g.s, (r0 + 0.5) / g.s
+        rad = rng.uniform(0.05, 0.11) * c.sc
+        lev = _star(g, x, y, rad, rad * rng.uniform(0.6, 1.1), rng.uniform(0, np.pi),
+                    _harmonics(rng, 0.25, 6, 0.5))
+        patch = _inside(lev + 0.3 * c.n2, 0.6) * np.clip(0.65 + 0.4 * c.n2, 0.25, 1.0)
+        opac = np.maximum(opac, patch)
+    return _blur(opac, 0.012 * g.s) * lung_soft
 
-    # --- acquisition -----------------------------------------------------------------------------
+
+def _xray_acquisition(g: _Grid, rng: np.random.Generator, c: _Chest, D: np.ndarray) -> np.ndarray:
+    """X-ray attenuation of the density, detector blur, the display window and noise, to 8 bits."""
     kappa = rng.uniform(0.85, 1.1)
     img_f = 1.0 - np.exp(-kappa * np.clip(D, 0, None))
     img_f = _blur(img_f.astype(np.float32), 0.6 * g.s / 256)
     lo = np.percentile(img_f, 0.5)
     hi = np.percentile(img_f, 99.8)
     v = np.clip((img_f - lo) / (hi - lo + 1e-6), 0, 1) ** rng.uniform(1.1, 1.6)
-    v = v + rng.uniform(0.008, 0.025) * rng.standard_normal((H, W)) + 0.02 * n1 * rng.random()
-    img = _to_uint8(np.clip(v, 0, 1))
-    info.update(image=img, mask=lungs, fov=np.ones((H, W), dtype=bool), decoys=[],
-                decoy_mask=np.zeros((H, W), dtype=bool), opacity_mask=opac > 0.25,
-                midline_col=float(mx * g.s - 0.5), lungs_info=per_side)
-    return info
+    v = v + rng.uniform(0.008, 0.025) * rng.standard_normal((g.H, g.W)) + 0.02 * c.n1 * rng.random()
+    return _to_uint8(np.clip(v, 0, 1))
+
+
+def _xray(g: _Grid, rng: np.random.Generator, label: str) -> dict[str, Any]:
+    """A frontal chest X-ray: frame and heart, lungs, soft tissue, bones and vessels, pneumonia's
+    opacities, acquisition."""
+    H, W = g.H, g.W
+    c = _xray_frame(g, rng)
+    lungs, dia_y, per_side = _xray_lungs(g, rng, c)
+    lung_f = lungs.astype(np.float32)
+    lung_soft = _blur(lung_f, 1.0 * g.s / 256)
+    depth_in = np.sqrt(np.clip(_blur(lung_f, 0.035 * g.s), 0, 1))
+    D, sizes = _xray_soft_tissue(g, rng, c, lung_soft, depth_in, dia_y)
+    D = _xray_bones_and_vessels(g, rng, c, D, lung_soft, dia_y, sizes)
+    opac = np.zeros((H, W), dtype=np.float32)
+    if label == "pneumonia":
+        opac = _xray_pneumonia(g, rng, c, lungs, lung_soft)
+        D = D + opac * rng.uniform(0.35, 0.6)
+    img = _xray_acquisition(g, rng, c, D)
+    return {"image": img, "mask": lungs, "fov": np.ones((H, W), dtype=bool), "decoys": [],
+            "decoy_mask": np.zeros((H, W), dtype=bool), "opacity_mask": opac > 0.25,
+            "midline_col": float(c.mx * g.s - 0.5), "lungs_info": per_side}
 
 
 def _xray_words(s: dict, g: _Grid) -> tuple[dict[str, str], list[str], list[str]]:
@@ -1205,7 +1426,7 @@ class PhantomPairs:
     Images come from :class:`PhantomDataset` (``n_per_task`` per task, same ``seed``/``split``
     rules) and are generated once, at construction. ``captions="one"`` pairs each image with one
     of its captions, drawn reproducibly from ``seed``; ``"all"`` gives one pair per caption (the
-    image repeated). ``transform`` (e.g. a CLIP bundle's ``preprocess``) is applied once per image
+    image repeated). ``transform`` (e.g. a :class:`~medclipsam.models.ClipBundle`'s ``preprocess``) is applied once per image
     and its output stored, so training epochs do not re-run it. Items are ``(image, caption)``;
     ``.captions``, ``.tasks`` and ``.labels`` list them per pair (``.captions`` doubles as the
     groups of identical captions in retrieval).
@@ -1252,8 +1473,6 @@ class PhantomPairs:
 
 
 def _png_ok(path: Path, size_wh: tuple[int, int]) -> bool:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             if im.size != size_wh or im.mode != "L":
@@ -1265,8 +1484,6 @@ def _png_ok(path: Path, size_wh: tuple[int, int]) -> bool:
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
     with atomic_path(path) as tmp:
         Image.fromarray(array, mode="L").save(tmp, format="PNG")
 
@@ -1287,7 +1504,7 @@ def _split_counts(n: int, splits: dict[str, float]) -> dict[str, int]:
 
 
 def write_phantom_folder(
-    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
     task: str,
     n: int,
     seed: int = 0,
@@ -1298,7 +1515,7 @@ def write_phantom_folder(
     """Write ``n`` phantom samples as a folder data set; resumable and atomic.
 
     Layout: ``images/<stem>.png`` (grey), ``masks/<stem>.png`` (0/255), ``captions.csv``
-    (``image,caption,split``, one row per caption, paths relative to ``root``), ``meta.csv``
+    (``image,caption,split``, one row per caption, paths relative to ``out_dir``), ``meta.csv``
     (``stem,task,label,split``), ``splits.json`` (``{"name", "seed", "rule", "splits"}``) and
     ``phantom.json`` (the parameters). Existing complete PNGs are kept untouched, so an
     interrupted call resumes; a folder written with other parameters is refused.
@@ -1306,7 +1523,7 @@ def write_phantom_folder(
     size, k)``.
     """
     _check_task(task)
-    root = Path(root)
+    out_dir = Path(out_dir)
     hw = _check_size(size)
     splits = dict(splits) if splits is not None else {"train": 0.7, "val": 0.1, "test": 0.2}
     if not splits or any(not isinstance(k, str) or not k for k in splits):
@@ -1325,7 +1542,7 @@ def write_phantom_folder(
         "splits": splits,
         "normal_fraction": float(normal_fraction),
     }
-    cfg_path = root / "phantom.json"
+    cfg_path = out_dir / "phantom.json"
     if cfg_path.is_file():
         try:
             old = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -1335,10 +1552,10 @@ def write_phantom_folder(
         if old != config:
             raise ValueError(
                 f"{cfg_path}: this folder was written with other parameters ({old}); "
-                f"refusing to mix it with {config}. Use another root or delete it."
+                f"refusing to mix it with {config}. Use another out_dir or delete it."
             )
     counts = _split_counts(int(n), splits)
-    root.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     _write_if_changed(cfg_path, json.dumps(config, indent=1) + "\n")
     cap_rows: list[tuple[str, str, str]] = []
     meta_rows: list[tuple[str, str, str, str]] = []
@@ -1350,7 +1567,7 @@ def write_phantom_folder(
         for i in range(count):
             stem = f"{task}_{split_name}_{i:05d}"
             sample = ds[i]
-            img_path, mask_path = root / "images" / f"{stem}.png", root / "masks" / f"{stem}.png"
+            img_path, mask_path = out_dir / "images" / f"{stem}.png", out_dir / "masks" / f"{stem}.png"
             if not _png_ok(img_path, size_wh):
                 _write_png(img_path, sample.image)
             if not _png_ok(mask_path, size_wh):
@@ -1367,8 +1584,8 @@ def write_phantom_folder(
         wr.writerows(rows)
         return buf.getvalue()
 
-    _write_if_changed(root / "captions.csv", to_csv(("image", "caption", "split"), cap_rows))
-    _write_if_changed(root / "meta.csv", to_csv(("stem", "task", "label", "split"), meta_rows))
+    _write_if_changed(out_dir / "captions.csv", to_csv(("image", "caption", "split"), cap_rows))
+    _write_if_changed(out_dir / "meta.csv", to_csv(("stem", "task", "label", "split"), meta_rows))
     doc = {
         "name": f"phantom-{task}",
         "seed": int(seed),
@@ -1376,5 +1593,5 @@ def write_phantom_folder(
                  f"PhantomDataset(task, n_k, seed, size, k); counts {counts}"),
         "splits": {k: sorted(v) for k, v in split_stems.items()},
     }
-    _write_if_changed(root / "splits.json", json.dumps(doc, indent=1) + "\n")
-    return root
+    _write_if_changed(out_dir / "splits.json", json.dumps(doc, indent=1) + "\n")
+    return out_dir

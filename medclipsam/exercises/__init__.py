@@ -14,7 +14,8 @@ The checks of each exercise (:data:`EXERCISES`):
   :func:`check_gscorecam_weights`, :func:`check_combine_maps`, and :func:`check_gscorecam_map`
   (all steps chained on the toy CLIP, against the package's ``gscorecam``);
 * 3, boxes: :func:`check_saliency_to_mask`, :func:`check_boxes`;
-* 4, weak supervision: :func:`check_mean_dice`, :func:`check_interpretation`.
+* 4, weak supervision: :func:`check_mean_dice`, :func:`check_interpretation` (and, not graded,
+  :func:`compare_with_table` and :func:`summarize_table`, which the notebook calls).
 
 :func:`grade_notebooks` runs a folder of submitted notebooks and tabulates the checks
 (also ``python -m medclipsam.exercises grade SUBMISSIONS/ --out grades/``).
@@ -28,8 +29,11 @@ from .evaluation import (
     ANSWER_KEYS,
     check_interpretation,
     check_mean_dice,
+    compare_with_table,
     format_table,
+    summarize_table,
     table_from_reproduce,
+    weak_verdict,
 )
 from .grading import grade_notebooks
 from .gscorecam import (
@@ -71,10 +75,13 @@ __all__ = [
     "check_interpretation",
     "check_mean_dice",
     "check_saliency_to_mask",
+    "compare_with_table",
     "format_table",
     "grade_notebooks",
     "gscorecam_with",
     "layer_activations",
     "reference",
+    "summarize_table",
     "table_from_reproduce",
+    "weak_verdict",
 ]

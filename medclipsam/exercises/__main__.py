@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
+from pathlib import Path
+
+from .grading import grade_notebooks
 
 
 def _value(text: str):
@@ -36,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     args = parser.parse_args(argv)
 
-    from .grading import grade_notebooks
 
     params: dict = {"SMOKE": True} if args.smoke else {}
     for item in args.parameter:
@@ -62,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['failed']} failed, {r['not_run']} not run)  {r['checks']}"
         )
         if r["errors"]:
-            print(f"{'':<{width}}  errors: {r['errors']}")
+            text = r["errors"].replace("\n", "\n" + " " * (width + 10))
+            print(f"{'':<{width}}  errors: {text}")
     if args.out:
-        print(f"wrote {args.out}/grades.csv and the executed notebooks in {args.out}/executed/")
+        out = Path(args.out)
+        print(
+            f"wrote {out / 'grades.csv'} and the executed notebooks in {out / 'executed'}{os.sep}"
+        )
     return 0 if all(r["score"] == 1.0 for r in rows) else 1
 
 

@@ -4,6 +4,21 @@ outputs and writing feedback a student can act on.
 A check runs the student's function and the reference on the same inputs (each a :class:`Case`),
 compares the outputs, and, where they differ, tries known wrong variants of the formula on that
 input: when the student's output equals one, the feedback names the mistake.
+
+Naming a mistake follows three rules, so that hints never contradict each other:
+
+* **exclusive**: a failing case gets at most one hint: of the named mistakes that reproduce the
+  student's output there, the one that explains the most failing cases (ties: the first in the
+  order the check lists them, most specific first);
+* **consistent**: a case *speaks against* a named mistake when the variant's output differs from
+  the right answer there and the student's (finite, usable) output differs from the variant's; a
+  mistake is ruled out when as many cases speak against it as failing cases it explains. A
+  pooled Dice therefore never gets the hint "images with two empty masks were left out",
+  although the two agree on an input with one empty pair (the inputs where they differ speak
+  against it), while a second slip on one input (say a near-constant channel) does not hide the
+  mistake that explains all the others;
+* only when no named mistake explains a failing case may the check's ``diagnose`` add one
+  hint of another kind (an overflow, a NaN from 0 / 0, a right value with a wrong gradient).
 """
 
 from __future__ import annotations
@@ -19,6 +34,10 @@ import torch
 
 __all__ = ["FAIL_MARK", "PASS_MARK", "Case", "CheckResult", "StudentRaised"]
 
+#: A named wrong variant on one case: (the hint naming the mistake, the variant's output on the
+#: case's inputs, or None where the variant is undefined, e.g. 0 / 0).
+Mistake = tuple[str, Any]
+
 #: First word of the report line a check prints (the grader reads these).
 PASS_MARK = "[PASS]"
 FAIL_MARK = "[FAIL]"
@@ -31,7 +50,8 @@ class CheckResult:
 
     ``passed``: every case agreed with the reference; ``n_cases``/``n_failed``: how many inputs
     were tried / disagreed; ``messages``: the feedback, one paragraph per item (the first is the
-    summary line starting with ``[PASS]`` or ``[FAIL]``). ``bool(result)`` is ``passed``.
+    summary line starting with ``[PASS]`` or ``[FAIL]``); ``hints``: the distinct hints given
+    (at most one per failing case, see the module docstring). ``bool(result)`` is ``passed``.
     """
 
     name: str
@@ -39,6 +59,7 @@ class CheckResult:
     n_cases: int
     n_failed: int = 0
     messages: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -216,7 +237,83 @@ def _equal(a: Any, b: Any) -> bool:
 class _Failure:
     case: Case
     detail: str
-    hint: str | list[str] | None
+    hint: str | None
+
+
+def _first(hint: str | Sequence[str] | None) -> str | None:
+    """One hint from what a ``diagnose`` or ``error_hint`` returned (the first of a list)."""
+    if isinstance(hint, str) or hint is None:
+        return hint or None
+    return next((h for h in hint if h), None)
+
+
+def default_matches(output: Any, variant: Any, case: Case) -> bool | None:
+    """Whether ``output`` equals ``variant`` (one shape, close values); None when ``output`` is
+    no evidence either way (not numbers, or NaN/inf somewhere)."""
+    try:
+        x = to_numpy(output).astype(np.float64)
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(x).all():
+        return None
+    return same_values(x, variant)
+
+
+def name_mistakes(
+    outcomes: Sequence[tuple[Case, Any, Any, bool]],
+    mistakes: Callable[[Case], Sequence[Mistake]],
+    matches: Callable[[Any, Any, Case], bool | None],
+) -> dict[int, str]:
+    """The named mistake of each failing outcome (by its index in ``outcomes``), if any.
+
+    ``outcomes``: ``(case, expected, got, failed)`` for every case the student's function ran on;
+    ``mistakes(case)``: the named wrong variants on that case, most specific first (the same
+    list, in the same order, on every case; None as the output where a variant is undefined);
+    ``matches(output, variant, case)``: True/False, or None when ``output`` says nothing.
+    A variant counts on a case only where it differs from the right answer; it is ruled out when
+    the cases where it counts and the student's output differs from it are at least as many as
+    the failing cases it explains (module docstring).
+    """
+    evidence: list[list[tuple[str, bool]]] = []
+    against: dict[str, int] = {}
+    order: dict[str, int] = {}  # a mistake's place in the check's list (most specific first)
+    for case, expected, got, _ in outcomes:
+        here: list[tuple[str, bool]] = []
+        try:
+            variants = list(mistakes(case))
+        except Exception:  # noqa: BLE001 - a hint is a bonus, never a crash
+            variants = []
+        for place, (hint, variant) in enumerate(variants):
+            order.setdefault(hint, place)
+            if variant is None:
+                continue
+            try:
+                if matches(expected, variant, case) is not False:
+                    continue  # the variant gives the right answer here: no evidence
+                verdict = matches(got, variant, case)
+            except Exception:  # noqa: BLE001
+                continue
+            if verdict is None:
+                continue
+            here.append((hint, bool(verdict)))
+            if not verdict:
+                against[hint] = against.get(hint, 0) + 1
+        evidence.append(here)
+    # Among the mistakes not ruled out, the one that explains the most failing cases comes
+    # first (ties: the order the check lists them in, most specific first); each failing case
+    # gets the first of them that reproduces its output.
+    explains: dict[str, int] = {}
+    for (_, _, _, failed), here in zip(outcomes, evidence):
+        for h, ok in here:
+            if failed and ok:
+                explains[h] = explains.get(h, 0) + 1
+    rank = {h: (-n, order[h]) for h, n in explains.items() if n > against.get(h, 0)}
+    named: dict[int, str] = {}
+    for i, ((_, _, _, failed), here) in enumerate(zip(outcomes, evidence)):
+        fits = [h for h, ok in here if ok and h in rank]
+        if failed and fits:
+            named[i] = min(fits, key=rank.__getitem__)
+    return named
 
 
 def run_check(
@@ -227,6 +324,8 @@ def run_check(
     run: Callable[[Callable[..., Any], Case, tuple, dict], Any],
     reference: Callable[..., Any],
     compare: Callable[[Any, Any, Case], str | None],
+    mistakes: Callable[[Case], Sequence[Mistake]] | None = None,
+    matches: Callable[[Any, Any, Case], bool | None] = default_matches,
     diagnose: Callable[[Any, Case, Any], str | list[str] | None] | None = None,
     error_hint: Callable[[BaseException, Case], str | None] | None = None,
     success: str = "",
@@ -238,17 +337,22 @@ def run_check(
 
     ``run(fn, case, args, kwargs)`` calls ``fn`` (the reference, or the student's function
     wrapped so that its exceptions come out as :class:`StudentRaised`) and returns what is
-    compared; ``compare(expected, got, case)`` returns None or what differs;
-    ``diagnose(got, case, expected)`` may name the mistake (a hint or a list of hints;
-    ``error_hint(exception, case)`` when the function raised); ``after(outcomes)`` (the cases
-    that ran, with expected and actual outputs) may return a failure that only shows across
-    cases, such as an answer that ignores its input. With ``strict`` a failure raises
-    ``AssertionError`` carrying the feedback.
+    compared; ``compare(expected, got, case)`` returns None or what differs.
+    ``mistakes(case)`` lists the named wrong variants on a case, most specific first, and
+    ``matches(output, variant, case)`` says whether an output equals one (see
+    :func:`name_mistakes`: one hint per failing case, and never for a mistake that another case
+    shows the code did not make). Where no named mistake explains a failing case,
+    ``diagnose(got, case, expected)`` may give one hint of another kind (``error_hint(exception,
+    case)`` when the function raised). ``after(outcomes)`` (the cases that ran, with expected
+    and actual outputs) may return a failure that only shows across cases, such as an answer
+    that ignores its input. With ``strict`` a failure raises ``AssertionError`` carrying the
+    feedback.
     """
     if not callable(student_fn):
         raise TypeError(f"{name}: expected your function, got {type(student_fn).__name__}")
     failures: list[_Failure] = []
-    outcomes: list[tuple[Case, Any, Any]] = []
+    ran: list[tuple[Case, Any, Any, bool]] = []
+    ran_failure: dict[int, _Failure] = {}
 
     def student(*a: Any, **k: Any) -> Any:
         return invoke(student_fn, *a, **k)
@@ -262,7 +366,7 @@ def run_check(
             hint = None
             if error_hint is not None:
                 try:
-                    hint = error_hint(e.error, case)
+                    hint = _first(error_hint(e.error, case))
                 except Exception:  # noqa: BLE001 - a hint is a bonus, never a crash
                     hint = None
             failures.append(
@@ -289,25 +393,30 @@ def run_check(
                 )
             )
             continue
-        outcomes.append((case, expected, got))
         detail = compare(expected, got, case)
         if detail is not None:
-            hint = None
-            if diagnose is not None:
-                try:
-                    hint = diagnose(got, case, expected)
-                except Exception:  # noqa: BLE001 - a diagnosis is a bonus, never a crash
-                    hint = None
-            failures.append(_Failure(case, detail, hint))
-    extra = after(outcomes) if after is not None else None
+            failure = _Failure(case, detail, None)
+            failures.append(failure)
+            ran_failure[len(ran)] = failure
+        ran.append((case, expected, got, detail is not None))
+    named = name_mistakes(ran, mistakes, matches) if mistakes is not None else {}
+    for i, failure in ran_failure.items():
+        if i in named:
+            failure.hint = named[i]
+        elif diagnose is not None:
+            case, expected, got, _ = ran[i]
+            try:
+                failure.hint = _first(diagnose(got, case, expected))
+            except Exception:  # noqa: BLE001 - a diagnosis is a bonus, never a crash
+                failure.hint = None
+    extra = after([(c, e, g) for c, e, g, _ in ran]) if after is not None else None
     n = len(cases)
     if not failures and extra is None:
         msg = f"{PASS_MARK} {name}: all {n} case{'s' if n != 1 else ''} agree with the reference"
         result = CheckResult(name, True, n, 0, [msg + (f" ({success})" if success else "") + "."])
     else:
-        result = CheckResult(
-            name, False, n, len(failures), _failure_messages(name, n, failures, extra)
-        )
+        messages, hints = _failure_messages(name, n, failures, extra)
+        result = CheckResult(name, False, n, len(failures), messages, hints)
     if verbose and (result.passed or not strict):
         print(result.report())
     if strict and not result.passed:
@@ -315,26 +424,42 @@ def run_check(
     return result
 
 
-def _failure_messages(name: str, n: int, failures: list[_Failure], extra: str | None) -> list[str]:
+def _failure_messages(
+    name: str, n: int, failures: list[_Failure], extra: str | None
+) -> tuple[list[str], list[str]]:
+    """The report's lines and the distinct hints, in the order of the first case each explains
+    (a hint that only shows across cases, ``extra``, first)."""
     if not failures:
-        return [f"{FAIL_MARK} {name}: every case matched the reference, but:", "  " + str(extra)]
+        return (
+            [f"{FAIL_MARK} {name}: every case matched the reference, but:", "  " + str(extra)],
+            [str(extra)],
+        )
     msgs = [f"{FAIL_MARK} {name}: {len(failures)} of {n} case(s) differ from the reference."]
     first = failures[0]
     msgs.append(f"  First failing input: {first.case.label}")
     msgs.append("    " + first.detail)
-    hints: list[str] = [extra] if extra else []
+    explained: dict[str, list[str]] = {}
     for f in failures:
-        for h in [f.hint] if isinstance(f.hint, str) else (f.hint or []):
-            if h and h not in hints:
-                hints.append(h)
+        if f.hint:
+            explained.setdefault(f.hint, []).append(f.case.label)
+    hints = ([extra] if extra else []) + [h for h in explained if h != extra]
     for h in hints:
-        msgs.append("  Hint: " + h)
+        labels = explained.get(h, [])
+        if not labels or len(labels) == len(failures):
+            msgs.append("  Hint: " + h)
+        elif len(labels) == 1:
+            msgs.append(f'  Hint (for the input "{labels[0]}"): {h}')
+        else:
+            msgs.append(
+                f"  Hint (for {len(labels)} of the {len(failures)} failing inputs, e.g. "
+                f'"{labels[0]}"): {h}'
+            )
     others = failures[1:]
     if others:
         listed = "; ".join(f.case.label for f in others[:_MAX_LISTED])
         more = f" and {len(others) - _MAX_LISTED} more" if len(others) > _MAX_LISTED else ""
         msgs.append(f"  Also failing: {listed}{more}.")
-    return msgs
+    return msgs, hints
 
 
 def seeds(seed: int, n: int) -> list[int]:

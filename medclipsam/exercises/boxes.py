@@ -14,7 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
 
 from ..prompting import boxes_from_mask, kmeans_threshold
 from . import reference
@@ -89,13 +91,8 @@ def _mask_cases(n_trials: int, seed: int) -> list[Case]:
 
 
 def _as_mask(x: Any, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
         return None, f"returned a {type(x).__name__}; return a NumPy array of booleans"
     if x.shape != shape:
@@ -130,41 +127,59 @@ def _compare_mask(expected: np.ndarray, got: Any, case: Case) -> str | None:
     return "\n    ".join(out)
 
 
+def _mask_mistakes(case: Case) -> list[tuple[str, np.ndarray]]:
+    """Each named wrong coarse mask on this case's map, most specific first."""
+    (sal,) = case.args
+    t = kmeans_threshold(sal)  # None for a constant map (see _diagnose_mask)
+    mid = 0.5 * (float(sal.min()) + float(sal.max()))
+    try:
+        otsu = sal > threshold_otsu(sal) if t is not None else None
+    except ValueError:  # pragma: no cover
+        otsu = None
+    return [
+        (
+            "your mask is s > (min + max) / 2: k-means stopped after its first step. Iterate: "
+            "assign each value to the nearer centre (s > threshold), move each centre to the "
+            "mean of its values, threshold = midpoint of the centres, until nothing changes.",
+            sal > mid if t is not None else None,
+        ),
+        (
+            "your mask is s > 0.5, a fixed threshold; the threshold comes from 1-D k-means.",
+            sal > 0.5 if t is not None else None,
+        ),
+        (
+            "your mask is s > mean(s); the threshold comes from 1-D k-means (two clusters).",
+            sal > sal.mean() if t is not None else None,
+        ),
+        (
+            "foreground and background are swapped: the foreground is the HIGH-saliency cluster.",
+            ~(sal > t) if t is not None else None,
+        ),
+        (
+            "your mask is Otsu's threshold; the exercise asks for 1-D k-means (two clusters).",
+            otsu,
+        ),
+    ]
+
+
+def _mask_matches(output: Any, variant: np.ndarray, case: Case) -> bool | None:
+    m, problem = _as_mask(output, variant.shape)
+    if problem:
+        return None
+    return bool(np.array_equal(m, variant))
+
+
 def _diagnose_mask(got: Any, case: Case, expected: np.ndarray) -> str | None:
+    """The hint that is no wrong threshold: a constant map made all foreground."""
     (sal,) = case.args
     m, problem = _as_mask(got, sal.shape)
     if problem:
         return None
-    t = kmeans_threshold(sal)
-    if t is None:
-        if m.all():
-            return (
-                "a constant map has no contrast: return an all-False mask (nothing is more "
-                "salient than anything else)."
-            )
-        return None
-    mid = 0.5 * (float(sal.min()) + float(sal.max()))
-    if np.array_equal(m, sal > mid) and not np.array_equal(m, sal > t):
+    if kmeans_threshold(sal) is None and m.all():
         return (
-            "your mask is s > (min + max) / 2: k-means stopped after its first step. Iterate: "
-            "assign each value to the nearer centre (s > threshold), move each centre to the "
-            "mean of its values, threshold = midpoint of the centres, until nothing changes."
+            "a constant map has no contrast: return an all-False mask (nothing is more "
+            "salient than anything else)."
         )
-    if np.array_equal(m, sal > 0.5):
-        return "your mask is s > 0.5, a fixed threshold; the threshold comes from 1-D k-means."
-    if np.array_equal(m, sal > sal.mean()):
-        return "your mask is s > mean(s); the threshold comes from 1-D k-means (two clusters)."
-    if np.array_equal(m, ~(sal > t)):
-        return "foreground and background are swapped: the foreground is the HIGH-saliency cluster."
-    try:
-        from skimage.filters import threshold_otsu
-
-        if np.array_equal(m, sal > threshold_otsu(sal)):
-            return (
-                "your mask is Otsu's threshold; the exercise asks for 1-D k-means (two clusters)."
-            )
-    except (ImportError, ValueError):  # pragma: no cover
-        pass
     return None
 
 
@@ -200,6 +215,8 @@ def check_saliency_to_mask(
         run=run,
         reference=reference.saliency_to_mask,
         compare=_compare_mask,
+        mistakes=_mask_mistakes,
+        matches=_mask_matches,
         diagnose=_diagnose_mask,
         error_hint=_mask_error_hint,
         strict=strict,
@@ -281,13 +298,8 @@ def _box_cases(n_trials: int, seed: int) -> list[Case]:
 
 
 def _as_boxes(x: Any) -> tuple[np.ndarray | None, str | None]:
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
     try:
         a = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError):
@@ -319,54 +331,81 @@ def _compare_boxes(expected: np.ndarray, got: Any, case: Case) -> str | None:
     )
 
 
+def _box_mistakes(case: Case) -> list[tuple[str, np.ndarray]]:
+    """Each named wrong set of boxes on this case's mask, most specific first."""
+    (mask,) = case.args
+    n = case.kwargs["n_components"]
+    ref = boxes_from_mask(mask, mode="per_component", n_components=n, connectivity=2)
+    some = len(ref) > 0  # an empty mask has no box to get wrong (variants None there)
+    wh = ref.copy()
+    wh[:, 2:] = ref[:, 2:] - ref[:, :2] + 1
+    return [
+        (
+            "x and y are swapped: a SAM box is [x0, y0, x1, y1] with x the COLUMN and y the "
+            "ROW (np.nonzero / np.where give rows first).",
+            ref[:, [1, 0, 3, 2]] if some else None,
+        ),
+        (
+            "x1/y1 are one past the object (exclusive, like a Python slice); the package's "
+            "corners are INCLUSIVE: x1 is the last column of the object (rows[-1], not "
+            "rows[-1] + 1).",
+            ref + np.array([0, 0, 1, 1]) if some else None,
+        ),
+        (
+            "off by one at the start: x0/y0 are the first column/row of the object.",
+            ref - np.array([1, 1, 0, 0]) if some else None,
+        ),
+        (
+            "every corner is one too small: x0/y0 are the first column/row of the object and "
+            "x1/y1 the last (no - 1 anywhere).",
+            ref - np.array([1, 1, 1, 1]) if some else None,
+        ),
+        (
+            "you returned [x, y, width, height]; SAM wants the two corners [x0, y0, x1, y1].",
+            wh if some else None,
+        ),
+        (
+            "the components are merged into one box; give each of the n_components largest "
+            "components its own box (two lungs = two boxes).",
+            boxes_from_mask(mask, mode="union", n_components=n),
+        ),
+        (
+            "4-connectivity: pixels touching at a corner must count as one component. "
+            "scipy.ndimage.label defaults to 4-neighbours; pass structure=np.ones((3, 3)).",
+            boxes_from_mask(mask, mode="per_component", n_components=n, connectivity=1),
+        ),
+        (
+            "you kept every component; keep only the n_components largest.",
+            boxes_from_mask(mask, mode="per_component", n_components=None)
+            if n is not None
+            else None,
+        ),
+    ]
+
+
+def _box_matches(output: Any, variant: np.ndarray, case: Case) -> bool | None:
+    b, problem = _as_boxes(output)
+    if problem:
+        return None
+    v = np.asarray(variant, dtype=np.float64).reshape(-1, 4)
+    return b.shape == v.shape and bool(np.allclose(b, v, atol=1e-6))
+
+
 def _diagnose_boxes(got: Any, case: Case, expected: np.ndarray) -> str | None:
+    """The hints that are no single wrong formula: the order, and a box for an empty mask."""
     b, problem = _as_boxes(got)
     if problem:
         return None
-    (mask,) = case.args
-    n = case.kwargs["n_components"]
     ref = expected
-
-    def same(x: np.ndarray) -> bool:
-        return x.shape == b.shape and bool(np.allclose(b, x, atol=1e-6))
-
-    if len(ref):
-        if same(ref[:, [1, 0, 3, 2]]):
-            return (
-                "x and y are swapped: a SAM box is [x0, y0, x1, y1] with x the COLUMN and y the "
-                "ROW (np.nonzero / np.where give rows first)."
-            )
-        if same(ref + np.array([0, 0, 1, 1])):
-            return (
-                "x1/y1 are one past the object (exclusive, like a Python slice); the package's "
-                "corners are INCLUSIVE: x1 is the last column of the object (rows[-1], not "
-                "rows[-1] + 1)."
-            )
-        if same(ref - np.array([1, 1, 0, 0])) or same(ref - np.array([1, 1, 1, 1])):
-            return "off by one at the start: x0/y0 are the first column/row of the object."
-        wh = ref.copy()
-        wh[:, 2:] = ref[:, 2:] - ref[:, :2] + 1
-        if same(wh):
-            return "you returned [x, y, width, height]; SAM wants the two corners [x0, y0, x1, y1]."
-        if b.shape == ref.shape and (
-            sorted(map(tuple, b.round(6).tolist())) == sorted(map(tuple, ref.round(6).tolist()))
-        ):
-            return (
-                "the right boxes in the wrong order: sort them left to right by x0 (then y0), "
-                "not by size."
-            )
-    if same(boxes_from_mask(mask, mode="union", n_components=n)):
+    if (
+        len(ref)
+        and b.shape == ref.shape
+        and (sorted(map(tuple, b.round(6).tolist())) == sorted(map(tuple, ref.round(6).tolist())))
+    ):
         return (
-            "the components are merged into one box; give each of the n_components largest "
-            "components its own box (two lungs = two boxes)."
+            "the right boxes in the wrong order: sort them left to right by x0 (then y0), "
+            "not by size."
         )
-    if same(boxes_from_mask(mask, mode="per_component", n_components=n, connectivity=1)):
-        return (
-            "4-connectivity: pixels touching at a corner must count as one component. "
-            "scipy.ndimage.label defaults to 4-neighbours; pass structure=np.ones((3, 3))."
-        )
-    if n is not None and same(boxes_from_mask(mask, mode="per_component", n_components=None)):
-        return f"you kept every component; keep the n_components = {n} largest."
     if len(ref) == 0 and len(b):
         return "an empty mask has no component: return np.zeros((0, 4)) (no box)."
     return None
@@ -395,6 +434,8 @@ def check_boxes(
         run=run,
         reference=reference.mask_to_boxes,
         compare=_compare_boxes,
+        mistakes=_box_mistakes,
+        matches=_box_matches,
         diagnose=_diagnose_boxes,
         strict=strict,
         verbose=verbose,

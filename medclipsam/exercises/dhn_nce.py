@@ -292,25 +292,37 @@ def _compare(expected: dict, got: dict, case: Case) -> str | None:
     return None
 
 
+def _loss_mistakes(case: Case) -> list[tuple[str, torch.Tensor]]:
+    """Each named wrong loss on this case's inputs, most specific first."""
+    img, txt = case.args
+    kw = case.kwargs
+    return [
+        (hint, _variant(img, txt, kw["tau"], kw["beta1"], kw["beta2"], opts).detach())
+        for hint, opts in _MISTAKES
+    ]
+
+
+def _loss_matches(output: dict, variant: torch.Tensor, case: Case) -> bool | None:
+    if output["problem"]:
+        return None
+    v = output["value"].detach()
+    if not torch.isfinite(v).all():
+        return None
+    tol = {"rtol": max(case.extra["rtol"], 1e-6) * 10, "atol": 1e-9}
+    return same_values(v, variant, **tol)
+
+
 def _diagnose(got: dict, case: Case, expected: dict) -> str | None:
+    """The hint that is no wrong formula: an overflow. (A right value with a wrong gradient is
+    explained by the comparison itself.)"""
     if got["problem"]:
         return None
-    v = got["value"].detach()
-    if not torch.isfinite(v):
+    if not torch.isfinite(got["value"].detach()).all():
         return (
             "the loss overflows for large similarities (s_ij near 1/tau = 100): e^100 is inf "
             "in float32. Work in log space: log sum_j w_ij e^{s_ij} = "
             "logsumexp_j(log w_ij + s_ij), with log w_ij from torch.log_softmax."
         )
-    img, txt = case.args
-    kw = case.kwargs
-    tol = {"rtol": max(case.extra["rtol"], 1e-6) * 10, "atol": 1e-9}
-    if same_values(v, expected["value"], **tol):
-        return None  # the value is right (the gradient is not): no variant to name
-    for hint, opts in _MISTAKES:
-        alt = _variant(img, txt, kw["tau"], kw["beta1"], kw["beta2"], opts)
-        if same_values(v, alt, **tol) and not same_values(alt, expected["value"], **tol):
-            return hint
     return None
 
 
@@ -338,6 +350,8 @@ def check_dhn_nce(
         run=_run,
         reference=reference.dhn_nce,
         compare=_compare,
+        mistakes=_loss_mistakes,
+        matches=_loss_matches,
         diagnose=_diagnose,
         strict=strict,
         verbose=verbose,
@@ -424,17 +438,21 @@ def _weight_variants(sim: torch.Tensor, beta: float) -> list[tuple[str, torch.Te
     ]
 
 
-def _weights_diagnose(got: Any, case: Case, expected: torch.Tensor) -> str | None:
-    if not isinstance(got, torch.Tensor):
+def _weights_matches(output: Any, variant: torch.Tensor, case: Case) -> bool | None:
+    if not isinstance(output, torch.Tensor):
         return None
-    if got.is_floating_point() and not torch.isfinite(got).all():
+    if output.is_floating_point() and not torch.isfinite(output).all():
+        return None
+    return same_values(output, variant, 1e-5, 1e-7)
+
+
+def _weights_diagnose(got: Any, case: Case, expected: torch.Tensor) -> str | None:
+    """The hint that is no wrong formula: an overflow."""
+    if isinstance(got, torch.Tensor) and got.is_floating_point() and not torch.isfinite(got).all():
         return (
             "NaN/inf for large similarities: exp(150) overflows float32. Use torch.softmax "
             "(or log_softmax, then exp) on beta * s with the diagonal set to -inf."
         )
-    for hint, v in _weight_variants(*case.args):
-        if same_values(got, v, 1e-5, 1e-7) and not same_values(v, expected, 1e-5, 1e-7):
-            return hint
     return None
 
 
@@ -462,6 +480,8 @@ def check_hard_negative_weights(
         run=lambda fn, case, a, k: fn(*a, **k),
         reference=reference.hard_negative_weights,
         compare=_weights_compare,
+        mistakes=lambda case: _weight_variants(*case.args),
+        matches=_weights_matches,
         diagnose=_weights_diagnose,
         strict=strict,
         verbose=verbose,

@@ -6,7 +6,10 @@
   :func:`.reference.interpret`). It is checked on the student's own table AND on random tables, so
   an answer typed in from the student's expectations (not computed from the table) fails.
 
-:func:`table_from_reproduce` turns :func:`medclipsam.reproduce.reproduce`'s rows into that table.
+:func:`table_from_reproduce` turns :func:`medclipsam.reproduce.reproduce`'s rows into that table;
+:func:`compare_with_table` checks a ``mean_dice`` against the table's Dice column with a message
+that says what to look at; :func:`summarize_table` writes the notebook's closing sentence from the
+table (weak supervision clearly better, clearly worse, or within the overlap of the intervals).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..metrics import dice, iou
 from . import reference
@@ -25,8 +29,11 @@ __all__ = [
     "ANSWER_KEYS",
     "check_interpretation",
     "check_mean_dice",
+    "compare_with_table",
     "format_table",
+    "summarize_table",
     "table_from_reproduce",
+    "weak_verdict",
 ]
 
 #: The keys ``interpret`` must return.
@@ -97,15 +104,10 @@ def _dice_cases(n_trials: int, seed: int) -> list[Case]:
 
 
 def _as_float(x: Any) -> tuple[float | None, str | None]:
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            if x.numel() != 1:
-                return None, f"returned a tensor of shape {tuple(x.shape)}; return one number"
-            x = x.item()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            return None, f"returned a tensor of shape {tuple(x.shape)}; return one number"
+        x = x.item()
     if isinstance(x, np.ndarray):
         if x.size != 1:
             return None, (
@@ -130,33 +132,56 @@ def _compare_dice(expected: float, got: Any, case: Case) -> str | None:
     return f"expected {expected:.6f}, got {v:.6f} (per-image Dice: {per})"
 
 
-def _diagnose_dice(got: Any, case: Case, expected: float) -> str | None:
-    v, problem = _as_float(got)
-    if problem:
-        return None
+#: The named mistakes of ``mean_dice``, most specific first (see :func:`_dice_mistakes`).
+DICE_HINTS = {
+    "empty_as_zero": "two empty masks counted as Dice 0; they are a correct 'nothing here': Dice 1.",
+    "empty_left_out": "images with two empty masks were left out; they count, with Dice 1.",
+    "pooled": (
+        "you pooled the pixels of all images into one Dice; the table reports the MEAN "
+        "of the per-image Dice (each image counts once, whatever its size)."
+    ),
+    "iou": "that is the mean IoU, |P & G| / |P | G|; Dice is 2 |P & G| / (|P| + |G|).",
+    "nan_for_empty": (
+        "two empty masks give 0 / 0: define their Dice as 1 (the model correctly found "
+        "nothing), as medclipsam.metrics.dice does."
+    ),
+}
+
+
+def _dice_mistakes(case: Case) -> list[tuple[str, float | None]]:
+    """What each wrong ``mean_dice`` returns on this case (None where it is 0 / 0)."""
     preds, gts = case.args
     both_empty = [not p.any() and not g.any() for p, g in zip(preds, gts)]
-    if math.isnan(v) and any(both_empty):
-        return (
-            "two empty masks give 0 / 0: define their Dice as 1 (the model correctly found "
-            "nothing), as medclipsam.metrics.dice does."
-        )
     per = [dice(p, g) for p, g in zip(preds, gts)]
-    zero = [0.0 if e else d for d, e in zip(per, both_empty)]
-    if any(both_empty) and abs(v - float(np.mean(zero))) < 1e-9:
-        return "two empty masks counted as Dice 0; they are a correct 'nothing here': Dice 1."
     kept = [d for d, e in zip(per, both_empty) if not e]
-    if any(both_empty) and kept and abs(v - float(np.mean(kept))) < 1e-9:
-        return "images with two empty masks were left out; they count, with Dice 1."
     inter = sum(int((p & g).sum()) for p, g in zip(preds, gts))
     total = sum(int(p.sum() + g.sum()) for p, g in zip(preds, gts))
-    if total and abs(v - 2 * inter / total) < 1e-9 and len(preds) > 1:
-        return (
-            "you pooled the pixels of all images into one Dice; the table reports the MEAN "
-            "of the per-image Dice (each image counts once, whatever its size)."
-        )
-    if abs(v - float(np.mean([iou(p, g) for p, g in zip(preds, gts)]))) < 1e-9:
-        return "that is the mean IoU, |P & G| / |P | G|; Dice is 2 |P & G| / (|P| + |G|)."
+    return [
+        (
+            DICE_HINTS["empty_as_zero"],
+            float(np.mean([0.0 if e else d for d, e in zip(per, both_empty)])),
+        ),
+        (DICE_HINTS["empty_left_out"], float(np.mean(kept)) if kept else None),
+        (DICE_HINTS["pooled"], 2 * inter / total if total else None),
+        (DICE_HINTS["iou"], float(np.mean([iou(p, g) for p, g in zip(preds, gts)]))),
+    ]
+
+
+def _dice_matches(output: Any, variant: float, case: Case) -> bool | None:
+    v, problem = _as_float(output)
+    if problem or v is None or not math.isfinite(v):
+        return None
+    return abs(v - variant) <= 1e-9
+
+
+def _diagnose_dice(got: Any, case: Case, expected: float) -> str | None:
+    """The one hint that is not a wrong formula: NaN from 0 / 0 on two empty masks."""
+    v, problem = _as_float(got)
+    if problem or v is None:
+        return None
+    preds, gts = case.args
+    if math.isnan(v) and any(not p.any() and not g.any() for p, g in zip(preds, gts)):
+        return DICE_HINTS["nan_for_empty"]
     return None
 
 
@@ -181,6 +206,8 @@ def check_mean_dice(
         run=run,
         reference=reference.mean_dice,
         compare=_compare_dice,
+        mistakes=_dice_mistakes,
+        matches=_dice_matches,
         diagnose=_diagnose_dice,
         strict=strict,
         verbose=verbose,
@@ -235,6 +262,10 @@ def _fixed_tables() -> list[Case]:
         Case(
             "weak supervision hurt (weak below zero-shot)",
             (t(0.70, 0.62, 0.85, (0.65, 0.75), (0.55, 0.69)),),
+        ),
+        Case(
+            "weak clearly worse: its interval lies entirely below zero-shot's (a clear loss)",
+            (t(0.75, 0.55, 0.85, (0.70, 0.80), (0.48, 0.62)),),
         ),
         Case(
             "weak better, but the intervals overlap (not a clear gain)",
@@ -298,34 +329,66 @@ def _compare_answers(expected: dict, got: Any, case: Case) -> str | None:
     return "\n    ".join(wrong + [f"the table: {rows}"])
 
 
-def _diagnose_answers(got: Any, case: Case, expected: dict) -> list[str]:
+#: The named mistakes of ``interpret``, most specific first (see :func:`_answer_mistakes`).
+ANSWER_HINTS = {
+    "gain_sign": "weak_gain has the wrong sign: it is weak minus zero-shot Dice.",
+    "clear_by_means": (
+        "clear_gain compares the means; it asks whether the INTERVALS separate: "
+        "weak's lower end above zero-shot's upper end."
+    ),
+    "clear_when_overlap": (
+        "clear_gain is True when the intervals do NOT overlap (and weak is above); yours is True "
+        "when they overlap."
+    ),
+    "clear_either_way": (
+        "clear_gain is True only when weak is clearly ABOVE zero-shot (weak's lower end above "
+        "zero-shot's upper end); intervals that separate with weak BELOW are a clear loss, not a "
+        "gain."
+    ),
+    "best_is_min": "best_method is the row with the HIGHEST Dice (max, not min).",
+}
+
+
+def _answer_mistakes(case: Case) -> list[tuple[str, dict]]:
+    """What each wrong ``interpret`` answers on this case: the one key it gets wrong."""
     (table,) = case.args
-    if not isinstance(got, Mapping):
-        return None
     zs, weak = table[reference.ZERO_SHOT], table[reference.WEAK]
-    hints = []
-    try:
-        if abs(float(got.get("weak_gain")) + (weak["dice"] - zs["dice"])) < 1e-9:
-            hints.append("weak_gain has the wrong sign: it is weak minus zero-shot Dice.")
-    except (TypeError, ValueError):
-        pass
-    clear = got.get("clear_gain")
-    if isinstance(clear, (bool, np.bool_)):
-        overlap = weak["ci"][0] <= zs["ci"][1] and zs["ci"][0] <= weak["ci"][1]
-        by_means, by_intervals = weak["dice"] > zs["dice"], weak["ci"][0] > zs["ci"][1]
-        if by_means != by_intervals and bool(clear) == by_means:
-            hints.append(
-                "clear_gain compares the means; it asks whether the INTERVALS separate: "
-                "weak's lower end above zero-shot's upper end."
-            )
-        elif bool(clear) == overlap and bool(clear) != by_intervals:
-            hints.append(
-                "clear_gain is True when the intervals do NOT overlap (and weak is above)."
-            )
+    (zl, zh), (wl, wh) = (map(float, zs["ci"]), map(float, weak["ci"]))
+    overlap = wl <= zh and zl <= wh
     worst = min(table, key=lambda s: float(table[s]["dice"]))
-    if got.get("best_method") == worst and worst != expected["best_method"]:
-        hints.append("best_method is the row with the HIGHEST Dice (max, not min).")
-    return hints
+    return [
+        (ANSWER_HINTS["gain_sign"], {"weak_gain": float(zs["dice"]) - float(weak["dice"])}),
+        (ANSWER_HINTS["clear_by_means"], {"clear_gain": float(weak["dice"]) > float(zs["dice"])}),
+        (ANSWER_HINTS["clear_when_overlap"], {"clear_gain": overlap}),
+        (ANSWER_HINTS["clear_either_way"], {"clear_gain": not overlap}),
+        (ANSWER_HINTS["best_is_min"], {"best_method": worst}),
+    ]
+
+
+def _answer_matches(output: Any, variant: dict, case: Case) -> bool | None:
+    """Whether ``output`` gives the variant's answer on the variant's one key."""
+    if not isinstance(output, Mapping):
+        return None
+    ((key, want),) = variant.items()
+    if key not in output:
+        return None
+    have = output[key]
+    if key == "weak_gain":
+        try:
+            have = float(have)
+        except (TypeError, ValueError):
+            return None
+        return math.isfinite(have) and abs(have - want) <= 1e-9
+    if key == "best_method":
+        # ties for the best row: any tied setting is right, so a tie says nothing
+        (table,) = case.args
+        best = max(float(v["dice"]) for v in table.values())
+        if sum(float(v["dice"]) == best for v in table.values()) > 1:
+            return None
+        return have == want
+    if not isinstance(have, (bool, np.bool_)):
+        return None
+    return bool(have) == want
 
 
 def _constant_answers(outcomes: list[tuple[Case, Any, Any]]) -> str | None:
@@ -355,8 +418,8 @@ def check_interpretation(
 ) -> CheckResult:
     """Compare ``student_fn(table) -> {"best_method", "weak_helped", "weak_gain",
     "clear_gain"}`` with :func:`.reference.interpret` on your ``table`` (if given) and on
-    ``n_trials`` random tables plus edge cases (weak worse than zero-shot, overlapping
-    intervals, weak above full supervision, a filtered run best). Ties for the best row accept
+    ``n_trials`` random tables plus edge cases (weak worse than zero-shot, clearly worse,
+    overlapping intervals, weak above full supervision, a filtered run best). Ties for the best row accept
     any tied setting."""
     cases = []
     if table is not None:
@@ -377,7 +440,8 @@ def check_interpretation(
         run=run,
         reference=reference.interpret,
         compare=_compare_answers,
-        diagnose=_diagnose_answers,
+        mistakes=_answer_mistakes,
+        matches=_answer_matches,
         after=_constant_answers,
         strict=strict,
         verbose=verbose,
@@ -392,3 +456,76 @@ def format_table(table: Mapping) -> str:
         f"{s:36s} Dice {float(v['dice']):.4f}  [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
         for s, v in table.items()
     )
+
+
+def weak_verdict(table: Mapping) -> str:
+    """``"better"`` when weak supervision's interval lies entirely above zero-shot's, ``"worse"``
+    when entirely below, ``"overlap"`` otherwise (the test set cannot tell them apart)."""
+    zs, weak = table[reference.ZERO_SHOT], table[reference.WEAK]
+    if float(weak["ci"][0]) > float(zs["ci"][1]):
+        return "better"
+    if float(weak["ci"][1]) < float(zs["ci"][0]):
+        return "worse"
+    return "overlap"
+
+
+def summarize_table(table: Mapping) -> str:
+    """One sentence read off the table: the best setting, weak minus zero-shot Dice, and whether
+    the intervals say it is a clear gain, a clear loss, or not distinguishable from noise."""
+    best = max(table, key=lambda s: float(table[s]["dice"]))
+    zs, weak = table[reference.ZERO_SHOT], table[reference.WEAK]
+    gain = float(weak["dice"]) - float(zs["dice"])
+    numbers = (
+        f"weakly supervised {float(weak['dice']):.3f} "
+        f"[{float(weak['ci'][0]):.3f}, {float(weak['ci'][1]):.3f}] against zero-shot "
+        f"{float(zs['dice']):.3f} [{float(zs['ci'][0]):.3f}, {float(zs['ci'][1]):.3f}] "
+        f"({gain:+.3f} Dice)"
+    )
+    verdict = weak_verdict(table)
+    if verdict == "better":
+        said = "weak supervision helped, and its interval lies entirely above zero-shot's: a clear gain"
+    elif verdict == "worse":
+        said = (
+            "weak supervision hurt, and its interval lies entirely below zero-shot's: a clear loss"
+        )
+    else:
+        direction = "higher" if gain > 0 else "lower" if gain < 0 else "the same"
+        said = (
+            f"weak supervision scored {direction}, but the intervals overlap: on this test set "
+            "the difference may be noise"
+        )
+    return f"Best: {best} (Dice {float(table[best]['dice']):.3f}). {numbers}: {said}."
+
+
+def compare_with_table(
+    mean_dice_fn: Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float],
+    predictions: Mapping[str, Sequence[np.ndarray]],
+    gts: Sequence[np.ndarray],
+    table: Mapping,
+    *,
+    tol: float = 1e-3,
+) -> None:
+    """Print ``mean_dice_fn`` on each setting's test predictions beside the table's Dice, and
+    raise ``AssertionError`` saying what was expected and what to check when one differs."""
+    wrong = []
+    for setting, preds in predictions.items():
+        mine = float(mean_dice_fn(list(preds), list(gts)))
+        want = float(table[setting]["dice"])
+        ok = math.isfinite(mine) and abs(mine - want) <= tol
+        print(
+            f"{setting:20s} your mean Dice {mine:.4f}   the table {want:.4f}"
+            + ("" if ok else "   <- differs")
+        )
+        if not ok:
+            wrong.append(f"{setting}: your mean_dice gives {mine:.4f}, the table says {want:.4f}")
+    if wrong:
+        raise AssertionError(
+            "your mean_dice does not reproduce the table's Dice column (expected the same number "
+            f"to within {tol:g} for every setting):\n  " + "\n  ".join(wrong) + "\n"
+            "Check: (1) that check_mean_dice above passes (run its cell again after any edit); "
+            "(2) that the predictions and ground truths are paired image by image, in the order "
+            "of the test split; (3) that your function makes boolean masks (np.asarray(m, "
+            "dtype=bool)) rather than adding 0/255 values; (4) that the table is from this run: "
+            "the run resumes from OUT_DIR, so after changing SEED, TASK, N_IMAGES or EPOCHS "
+            "delete OUT_DIR (or choose a new one) and run the notebook again."
+        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ def _cell_texts(cell: Any) -> list[str]:
 
 def parse_checks(nb: Any) -> tuple[dict[str, str], list[str]]:
     """From an executed notebook: ``{check_name: "pass" | "fail" | "not run"}`` for every check
-    its code calls, and a list of the errors its cells raised (``"cell 7: NameError: ..."``)."""
+    its code calls, and a list of the errors its cells raised (``"cell 7: NameError: ..."``, the
+    whole message: a failed check's feedback spans several lines)."""
     status = {name: "not run" for name in _expected_checks(nb)}
     errors = []
     for i, cell in enumerate(nb.cells):
@@ -69,9 +71,9 @@ def parse_checks(nb: Any) -> tuple[dict[str, str], list[str]]:
                     status[name] = "pass" if mark == PASS_MARK else "fail"
         for o in cell.get("outputs", []):
             if o.get("output_type") == "error":
-                first = str(o.get("evalue", "")).strip().splitlines()[:1]
+                text = str(o.get("evalue", "")).strip()
                 errors.append(
-                    f"cell {i}: {o.get('ename', 'Error')}" + (f": {first[0]}" if first else "")
+                    f"cell {i}: {o.get('ename', 'Error')}" + (f": {text}" if text else "")
                 )
     return status, errors
 
@@ -107,8 +109,6 @@ def _grade_one(
     kernel_name: str,
     out_dir: Path | None,
 ) -> dict:
-    import time
-
     try:
         import nbformat
         from nbclient import NotebookClient
@@ -144,7 +144,7 @@ def _grade_one(
         try:
             client.execute()
         except Exception as e:  # noqa: BLE001 - a timeout or dead kernel ends this notebook only
-            run_error = f"execution stopped: {type(e).__name__}: {str(e).strip().splitlines()[:1]}"
+            run_error = f"execution stopped: {type(e).__name__}: {str(e).strip()}"
     status, errors = parse_checks(nb)
     if run_error:
         errors.append(run_error)
@@ -160,7 +160,7 @@ def _grade_one(
         "failed": failed,
         "not_run": len(status) - passed - failed,
         "checks": " ".join(f"{k}:{v.replace(' ', '_')}" for k, v in status.items()),
-        "errors": " | ".join(errors),
+        "errors": "\n\n".join(errors),
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -178,7 +178,8 @@ def grade_notebooks(
     ``parameters`` are set after each notebook's ``parameters`` cell (e.g. ``{"SMOKE": True}``
     for a quick run); ``timeout`` is per cell, in seconds. Returns one row per notebook with the
     columns of :data:`GRADE_COLUMNS`: ``notebook`` is the file name (``folder/name`` when two
-    submissions share one), ``score`` = passed checks / checks the notebook calls.
+    submissions share one), ``score`` = passed checks / checks the notebook calls, ``errors`` the
+    full text of each error a cell raised (a blank line between two).
     With ``out_dir``, writes ``out_dir/grades.csv`` and the executed notebooks (with the
     feedback printed in them) under ``out_dir/executed/``.
     """
@@ -202,8 +203,10 @@ def grade_notebooks(
         for f, label in zip(files, labels)
     ]
     if out is not None:
+        # Every text field quoted: an error message spans lines and may hold commas and quotes,
+        # which csv.reader / pandas.read_csv / spreadsheets then read back as one cell.
         with atomic_path(out / "grades.csv") as tmp, open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(GRADE_COLUMNS))
+            w = csv.DictWriter(fh, fieldnames=list(GRADE_COLUMNS), quoting=csv.QUOTE_NONNUMERIC)
             w.writeheader()
             w.writerows(rows)
     return rows

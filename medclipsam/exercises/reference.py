@@ -25,8 +25,8 @@ from ..losses import dhn_nce as _dhn_nce
 from ..losses import hard_negative_weights as _hard_negative_weights
 from ..metrics import dice as _dice
 from ..prompting import boxes_from_mask, coarse_mask
-from ..saliency.gscorecam import cam_to_map
-from ..saliency.gscorecam import channel_masks as _channel_masks
+from ..saliency.cam import cam_to_map
+from ..saliency.cam import channel_masks as _channel_masks
 
 __all__ = [
     "channel_masks",

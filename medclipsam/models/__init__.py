@@ -1,5 +1,5 @@
 """Models: the weight registry, CLIP loading (BiomedCLIP, open_clip, toy), SAM loading
-(vit_b/l/h, MedSAM, toy).
+(vit_b/l/h, MedSAM, toy, SAM 2), SAM 3 (text-prompted).
 
 Names are imported lazily, so ``import medclipsam.models`` stays cheap and the registry works
 without importing torch, open_clip or segment_anything.
@@ -38,6 +38,17 @@ _EXPORTS = {
     "infer_sam_arch": "sam",
     "load_sam": "sam",
     "save_sam_checkpoint": "sam",
+    # SAM 2 and SAM 3 (transformers format, Hugging Face hub)
+    "GatedModelError": "_hub",
+    "HubModelError": "_hub",
+    "HubModelMissingError": "_hub",
+    "SAM2_MODELS": "sam2",
+    "Sam2Predictor": "sam2",
+    "build_sam2": "sam2",
+    "load_sam2": "sam2",
+    "Sam3TextModel": "sam3",
+    "build_sam3": "sam3",
+    "load_sam3": "sam3",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -41,11 +41,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_download
+from open_clip import get_model_preprocess_cfg
+from open_clip.coca_model import CoCa
+from open_clip.model import CLIP, CustomTextCLIP
+from open_clip.tokenizer import HFTokenizer
 
-from .._utils import atomic_path, get_device
+from .._utils import atomic_path, checkpoint_error_detail, get_device
+from ..data.convert import to_unit_float
 from ._state import state_mismatch
+from .tokenizer import WordTokenizer
 
 __all__ = [
     "BIOMEDCLIP_HUB_ID",
@@ -60,7 +69,6 @@ __all__ = [
     "load_clip",
     "prepare_image",
     "save_clip_checkpoint",
-    "to_rgb_float",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,50 +96,6 @@ class HubFilesMissingError(FileNotFoundError):
 
 # --------------------------------------------------------------------------------------------
 # images and geometry
-
-
-def to_rgb_float(image: Any) -> torch.Tensor:
-    """Any image -> float tensor (3, H, W) in [0, 1].
-
-    Accepts a PIL image, a NumPy array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha dropped),
-    or a torch tensor (3, H, W)/(1, H, W)/(H, W). uint8 is divided by 255; floats already in
-    [0, 1] are kept; anything else (16-bit, CT units, floats outside [0, 1]) is min-max scaled.
-    Grey images are repeated to three channels. Intensity windowing is the data module's job.
-    """
-    if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL, without importing it here
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
-            arr = arr[..., :3] if arr.shape[-1] != 1 else arr[..., 0]
-        if arr.ndim not in (2, 3):
-            raise ValueError(f"expected an image of shape (H, W) or (H, W, C), got {arr.shape}")
-        if arr.dtype == np.uint8:
-            t = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
-        else:
-            t = _minmax_unless_unit(torch.from_numpy(arr.astype(np.float32, copy=False)))
-        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
-    elif isinstance(image, torch.Tensor):
-        t = image.detach()
-        if t.ndim == 2:
-            t = t[None]
-        if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(
-                f"expected a tensor of shape (3, H, W), (1, H, W) or (H, W), got {tuple(t.shape)}"
-            )
-        t = t.float() / 255.0 if t.dtype == torch.uint8 else _minmax_unless_unit(t.float())
-    else:
-        raise TypeError(f"expected a PIL image, NumPy array or torch tensor, got {type(image)}")
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
-    return t.contiguous()
-
-
-def _minmax_unless_unit(t: torch.Tensor) -> torch.Tensor:
-    lo, hi = float(t.min()), float(t.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return t
-    return (t - lo) / max(hi - lo, 1e-8)
 
 
 @dataclass(frozen=True)
@@ -256,10 +220,13 @@ def prepare_image(
     ``mode``: ``"pad"`` (default) scales the longer side to ``size`` and centres the image on
     black, so nothing is cut or distorted; ``"resize"`` stretches to a square; ``"crop"`` is
     open_clip's resize-short-side-then-centre-crop (parts of the image are not seen).
+    ``image``: an array, PIL image or tensor, made a [0, 1] RGB picture by the package's one rule
+    (:func:`medclipsam.data.convert.to_unit_float`: uint8 / 255, other types from their
+    percentile range).
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    rgb = to_rgb_float(image)
+    rgb = torch.from_numpy(to_unit_float(image, "rgb")).permute(2, 0, 1).contiguous()
     _, height, width = rgb.shape
     geom, new_h, new_w = _geometry(height, width, int(size), mode)
     x = rgb[None]
@@ -312,7 +279,7 @@ class LetterboxTransform:
 
 
 # --------------------------------------------------------------------------------------------
-# the bundle
+# the ClipBundle: a CLIP model with everything needed to feed it (called ``clip`` everywhere)
 
 
 @dataclass
@@ -355,7 +322,7 @@ class ClipBundle:
 
     def encode_image(self, images: Any, normalize: bool = True) -> torch.Tensor:
         """Image features (B, D). ``images``: a preprocessed (B, 3, S, S) tensor, or one image or
-        a list of images in any form :func:`to_rgb_float` accepts."""
+        a list of images in any form :func:`medclipsam.data.convert.as_array` accepts."""
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             batch = images
         else:
@@ -373,28 +340,16 @@ class ClipBundle:
 
 
 def _hub_cache_folder() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except Exception:  # pragma: no cover - huggingface_hub comes with open_clip
-        return "the Hugging Face cache"
+    return str(hf_constants.HF_HUB_CACHE)
 
 
 def _hub_offline() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover
-        return False
+    return bool(hf_constants.HF_HUB_OFFLINE)
 
 
 def _hub_file(repo_id: str, filename: str) -> str | None:
     """Local path of ``filename`` of hub repo ``repo_id`` (from the cache, or downloaded); None if
     it cannot be had (offline and not cached, missing upstream, no network)."""
-    from huggingface_hub import hf_hub_download
-
     try:
         return hf_hub_download(repo_id=repo_id, filename=filename)
     except Exception as e:  # offline, not found, network: all mean "not available here"
@@ -434,9 +389,6 @@ def _check_text_tower_files(model_cfg: dict, model_label: str) -> None:
 
 def _make_tokenizer(model_cfg: dict, fallback_name: str | None = None) -> Callable:
     """The tokenizer a model config asks for (HF tokenizer or open_clip's SimpleTokenizer)."""
-    import open_clip
-    from open_clip.tokenizer import HFTokenizer
-
     text_cfg = model_cfg.get("text_cfg", {})
     context_length = int(text_cfg.get("context_length", 77))
     hf_name = text_cfg.get("hf_tokenizer_name")
@@ -462,9 +414,6 @@ def _make_tokenizer(model_cfg: dict, fallback_name: str | None = None) -> Callab
 
 def _build_from_config(model_cfg: dict) -> torch.nn.Module:
     """Instantiate an open_clip model (random weights) from a model config dict."""
-    from open_clip.coca_model import CoCa
-    from open_clip.model import CLIP, CustomTextCLIP
-
     cfg = deepcopy(model_cfg)
     vision_cfg = cfg.setdefault("vision_cfg", {})
     text_cfg = cfg.setdefault("text_cfg", {})
@@ -514,16 +463,19 @@ def _read_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        detail = checkpoint_error_detail(e)
+        if detail.startswith("it holds pickled"):
+            raise CheckpointError(f"{path}: refused: {detail}.") from None
+        if detail.startswith("torch.load(weights_only=True)"):
+            raise CheckpointError(f"{path}: cannot read this checkpoint: {detail}.") from None
         raise CheckpointError(
-            f"{path}: cannot read this checkpoint ({type(e).__name__}: {str(e)[:300]}). "
+            f"{path}: cannot read this checkpoint ({detail}). "
             "The file may be truncated or corrupt, or not a PyTorch checkpoint; checkpoints are "
             "loaded with torch.load(weights_only=True), which refuses pickled code."
         ) from e
 
 
 def _preprocess_values(model: torch.nn.Module, preprocess_cfg: dict | None) -> dict:
-    from open_clip import get_model_preprocess_cfg
-
     cfg = dict(get_model_preprocess_cfg(model))
     cfg.update(preprocess_cfg or {})
     size = cfg.get("size", getattr(getattr(model, "visual", None), "image_size", 224))
@@ -576,8 +528,6 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _load_hub(repo_id: str, name: str, device: Any, pretrained: bool, mode: str) -> ClipBundle:
-    import open_clip
-
     label = f"CLIP model {name!r}" if name != repo_id else f"hf-hub:{repo_id}"
     config_path = _hub_file(repo_id, "open_clip_config.json")
     if config_path is None:
@@ -620,8 +570,6 @@ def _load_hub(repo_id: str, name: str, device: Any, pretrained: bool, mode: str)
 
 def _load_local_dir(folder: Path, name: str, device: Any, pretrained: bool, mode: str) -> ClipBundle:
     """An open_clip model from a local folder (a hub snapshot): config + weights, no network."""
-    import open_clip
-
     config_path = folder / "open_clip_config.json"
     if not config_path.is_file():
         present = sorted(p.name for p in folder.iterdir())[:12]
@@ -664,8 +612,6 @@ def _load_local_dir(folder: Path, name: str, device: Any, pretrained: bool, mode
 
 
 def _load_builtin(spec: str, name: str, device: Any, pretrained: bool, mode: str) -> ClipBundle:
-    import open_clip
-
     model_name, _, tag = spec.partition(":")
     model_cfg = open_clip.get_model_config(model_name)
     if model_cfg is None:
@@ -724,8 +670,6 @@ def _load_file(
             _check_text_tower_files(model_cfg, f"the checkpoint {path}")
             model = _build_from_config(model_cfg)
         else:
-            import open_clip
-
             model = open_clip.create_model(
                 source, pretrained=None, load_weights=False, pretrained_text=False
             )
@@ -736,8 +680,6 @@ def _load_file(
             raise CheckpointError(f"{path}: 'state_dict' entry is {e}") from e
         _load_state(model, sd, path, f"the architecture saved in {path.name}")
         if isinstance(obj.get("tokenizer"), dict):
-            from .tokenizer import WordTokenizer
-
             tokenizer = WordTokenizer.from_config(obj["tokenizer"])
         else:
             tokenizer = _make_tokenizer(model_cfg or {}, fallback_name=source)
@@ -781,11 +723,11 @@ def load_clip(
 
     ``pretrained=False`` builds the architecture with random weights (no weight download).
     ``arch`` is the architecture a plain state-dict file is loaded into. ``preprocess_mode`` is
-    the default of the bundle's :class:`LetterboxTransform` (``"pad"``, ``"resize"``, ``"crop"``).
+    the default of the clip's :class:`LetterboxTransform` (``"pad"``, ``"resize"``, ``"crop"``).
     Raises :class:`HubFilesMissingError` when hub configuration files are neither cached nor
     downloadable, and :class:`CheckpointError` for unreadable or mismatching checkpoint files.
     Hub weights that are missing while the configuration is there give random weights and a
-    warning (``bundle.pretrained`` is then False).
+    warning (``clip.pretrained`` is then False).
     """
     if preprocess_mode not in _MODES:
         raise ValueError(f"preprocess_mode must be one of {_MODES}, got {preprocess_mode!r}")
@@ -818,7 +760,7 @@ def load_clip(
 
 
 def save_clip_checkpoint(
-    bundle_or_model: ClipBundle | torch.nn.Module,
+    clip_or_model: ClipBundle | torch.nn.Module,
     path: str | os.PathLike,
     *,
     model_name: str | None = None,
@@ -837,21 +779,19 @@ def save_clip_checkpoint(
     ``torch.load(weights_only=True)``. A tokenizer with a ``to_config()`` (the toy CLIP's
     :class:`~medclipsam.models.tokenizer.WordTokenizer`) is stored too and used when loading.
     """
-    if isinstance(bundle_or_model, ClipBundle):
-        model = bundle_or_model.model
-        tokenizer = tokenizer or bundle_or_model.tokenizer
-        model_name = model_name or bundle_or_model.source
-        model_config = model_config or bundle_or_model.model_config
-        preprocess_cfg = preprocess_cfg or bundle_or_model.preprocess_cfg
-    elif isinstance(bundle_or_model, torch.nn.Module):
-        model = bundle_or_model
+    if isinstance(clip_or_model, ClipBundle):
+        model = clip_or_model.model
+        tokenizer = tokenizer or clip_or_model.tokenizer
+        model_name = model_name or clip_or_model.source
+        model_config = model_config or clip_or_model.model_config
+        preprocess_cfg = preprocess_cfg or clip_or_model.preprocess_cfg
+    elif isinstance(clip_or_model, torch.nn.Module):
+        model = clip_or_model
         if model_config is None and model_name is not None:
-            import open_clip
-
             if not model_name.startswith("hf-hub:"):
                 model_config = open_clip.get_model_config(model_name)
     else:
-        raise TypeError(f"expected a ClipBundle or a torch module, got {type(bundle_or_model)}")
+        raise TypeError(f"expected a ClipBundle or a torch module, got {type(clip_or_model)}")
     if model_config is None and model_name is None:
         raise ValueError("save_clip_checkpoint: a bare model needs model_name= or model_config=")
     try:

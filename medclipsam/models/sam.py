@@ -49,9 +49,11 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 
-from .._utils import atomic_path, get_device
+from .._utils import atomic_path, checkpoint_error_detail, get_device
 from ._state import state_mismatch
+from ._transforms import StretchTransform
 from .registry import weight_path
+from .sam2 import is_sam2, load_sam2
 
 __all__ = [
     "SAM_ARCHS",
@@ -193,8 +195,13 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        detail = checkpoint_error_detail(e)
+        if detail.startswith("it holds pickled"):
+            raise SamCheckpointError(f"{path}: refused: {detail}.") from None
+        if detail.startswith("torch.load(weights_only=True)"):
+            raise SamCheckpointError(f"{path}: cannot read this SAM checkpoint: {detail}.") from None
         raise SamCheckpointError(
-            f"{path}: cannot read this SAM checkpoint ({type(e).__name__}: {str(e)[:300]}). "
+            f"{path}: cannot read this SAM checkpoint ({detail}). "
             "The file may be truncated or corrupt (compare its size and checksum with the "
             "original), or not a PyTorch file; it is loaded with torch.load(weights_only=True)."
         ) from e
@@ -275,46 +282,17 @@ def _guess_kind(path: Path, obj: Any) -> tuple[str, str]:
     return "sam", "nothing in it or in its name says MedSAM"
 
 
-class _StretchTransform:
-    """Per-axis resize to a square (MedSAM's convention), with SAM's transform interface."""
-
-    def __init__(self, target_length: int) -> None:
-        self.target_length = target_length
-
-    def _scale(self, original_size: tuple[int, ...]) -> tuple[float, float]:
-        h, w = original_size
-        return self.target_length / w, self.target_length / h
-
-    def apply_image(self, image: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-        t = F.interpolate(
-            t, size=(self.target_length,) * 2, mode="bicubic", antialias=True, align_corners=False
-        )
-        return t[0].permute(1, 2, 0).clamp(0, 255).round().byte().numpy()
-
-    def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
-        sx, sy = self._scale(original_size)
-        coords = np.array(coords, dtype=float, copy=True)
-        coords[..., 0] *= sx
-        coords[..., 1] *= sy
-        return coords
-
-    def apply_boxes(self, boxes: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
-        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
-
-    def apply_coords_torch(
-        self, coords: torch.Tensor, original_size: tuple[int, ...]
-    ) -> torch.Tensor:
-        sx, sy = self._scale(original_size)
-        coords = coords.clone().float()
-        coords[..., 0] *= sx
-        coords[..., 1] *= sy
-        return coords
-
-    def apply_boxes_torch(
-        self, boxes: torch.Tensor, original_size: tuple[int, ...]
-    ) -> torch.Tensor:
-        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+def _warn_assumed_kind(path: Path, kind: str, why: str) -> None:
+    """Say which predictor a file given by path alone was assumed to need, and how to choose."""
+    what = {"sam": "a plain SAM (segment_anything's preprocessing: letterbox, ImageNet mean/std)",
+            "medsam": "MedSAM (MedSAM's preprocessing: stretched to a square, min-max to [0, 1])"}
+    if kind == "sam":
+        how = (f"if it is MedSAM, load it with load_sam('medsam', checkpoint={str(path)!r}) "
+               f"(command line: --sam medsam --sam-checkpoint {path}) or kind='medsam'")
+    else:
+        how = "if it is a plain SAM, pass kind='sam' (or rename the file)"
+    warnings.warn(f"{path.name}: loaded as {what[kind]}, since {why}; {how}.", UserWarning,
+                  stacklevel=3)
 
 
 class MedSamPredictor(SamPredictor):
@@ -327,7 +305,7 @@ class MedSamPredictor(SamPredictor):
 
     def __init__(self, sam_model: Sam) -> None:
         super().__init__(sam_model)
-        self.transform = _StretchTransform(sam_model.image_encoder.img_size)
+        self.transform = StretchTransform(sam_model.image_encoder.img_size)
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
@@ -393,7 +371,9 @@ def load_sam(
     cache: str | os.PathLike | None = None,
     kind: str | None = None,
 ) -> SamPredictor:
-    """Load SAM/MedSAM and wrap it in a predictor (``MedSamPredictor`` for MedSAM).
+    """Load SAM/MedSAM and wrap it in a predictor (``MedSamPredictor`` for MedSAM; a
+    :class:`~medclipsam.models.sam2.Sam2Predictor` for a SAM 2 name such as
+    ``"sam2-hiera-tiny"`` or a SAM 2 model folder).
 
     ``checkpoint`` replaces the registry's file for a named model (``load_sam("medsam",
     checkpoint=PATH)``: MedSAM from your copy, with MedSAM's preprocessing). ``download=False``
@@ -406,6 +386,8 @@ def load_sam(
     if kind is not None and kind not in SAM_KINDS:
         raise ValueError(f"kind must be one of {SAM_KINDS} or None, got {kind!r}")
     text = os.fspath(name_or_path)
+    if is_sam2(text):  # SAM 2 (transformers format): a hub name or folder; see models/sam2.py
+        return load_sam2(text, device=device, download=download)
     if text == "toy":
         toy = _WEIGHTS_DIR / "toy_sam.pt"
         if not toy.is_file():
@@ -427,25 +409,12 @@ def load_sam(
         if not path.is_file():
             raise FileNotFoundError(
                 f"{text!r} is neither a SAM model name ({', '.join([*SAM_ARCHS, 'medsam'])}, "
-                f"'toy') nor an existing checkpoint file"
+                f"'toy', sam2-hiera-tiny/small/base-plus/large) nor an existing checkpoint file"
             )
         obj = _read(path)
         sam = _from_file(path, arch, obj=obj)
         if kind is None:
             kind, why = _guess_kind(path, obj)
-            what = {"sam": "a plain SAM (segment_anything's preprocessing: letterbox, ImageNet "
-                           "mean/std)",
-                    "medsam": "MedSAM (MedSAM's preprocessing: stretched to a square, min-max "
-                              "to [0, 1])"}
-            if kind == "sam":
-                how = (f"if it is MedSAM, load it with load_sam('medsam', checkpoint={str(path)!r}) "
-                       f"(command line: --sam medsam --sam-checkpoint {path}) or kind='medsam'")
-            else:
-                how = "if it is a plain SAM, pass kind='sam' (or rename the file)"
-            warnings.warn(
-                f"{path.name}: loaded as {what[kind]}, since {why}; {how}.",
-                UserWarning,
-                stacklevel=2,
-            )
+            _warn_assumed_kind(path, kind, why)
     sam = sam.to(get_device(device)).eval()
     return MedSamPredictor(sam) if kind == "medsam" else SamPredictor(sam)

@@ -53,7 +53,8 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from .._utils import warmup_cosine
 from ..data.phantom import TASKS, PhantomDataset
 from ..metrics import dice
-from .sam import build_sam, save_sam_checkpoint
+from ..vocab import SAM_PROMPT_MODES
+from .sam import build_sam, load_sam, save_sam_checkpoint
 
 __all__ = [
     "MIN_COMPONENT_FRACTION",
@@ -523,7 +524,7 @@ def train_toy_sam(
             emb = sam.image_encoder(x)
             total = torch.zeros(())
             ious = []
-            for kind in ("box", "points", "box+points"):
+            for kind in SAM_PROMPT_MODES:
                 sel = [j for j, p in enumerate(prompts) if p.kind == kind]
                 if not sel:
                     continue
@@ -658,8 +659,6 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, threads=args.threads,
                          n_train_per_task=args.n_train_per_task, init=args.init)
     if args.eval_per_task > 0:
-        from .sam import load_sam
-
         pred = load_sam(info["path"], device="cpu")
         print("Dice with ground-truth boxes:", evaluate_toy_sam(pred, n_per_task=args.eval_per_task))
     return 0

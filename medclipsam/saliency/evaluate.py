@@ -14,8 +14,18 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
+from ..data.phantom import (
+    INTENSITY_RULE,
+    PROMPTS,
+    PhantomDataset,
+    intensity_rule_point,
+    pointing_hit,
+)
 from ..metrics import dice, pointing_game, saliency_auc
+from ..vocab import TASKS
+from .api import METHODS
 from .gradcam import grad_cam
 
 __all__ = ["localisation_table", "saliency_dice"]
@@ -38,16 +48,12 @@ def saliency_dice(saliency: np.ndarray, gt: np.ndarray, threshold: float = 0.5) 
 
 
 def _intensity_map(image: np.ndarray, rule: str, sigma: float) -> np.ndarray:
-    from scipy import ndimage
-
     s = ndimage.gaussian_filter(image.astype(np.float32), sigma)
     return -s if rule == "darkest" else s
 
 
 def _as_callable(method: Callable | str) -> Callable:
     if isinstance(method, str):
-        from .api import METHODS
-
         if method not in METHODS:
             raise ValueError(f"unknown saliency method {method!r}; known: {sorted(METHODS)}")
         return METHODS[method]
@@ -55,8 +61,8 @@ def _as_callable(method: Callable | str) -> Callable:
 
 
 def localisation_table(
-    bundle,
-    tasks: Sequence[str] = ("breast", "brain", "xray"),
+    clip,
+    tasks: Sequence[str] = TASKS,
     *,
     n_per_task: int = 40,
     seed: int = 0,
@@ -69,7 +75,7 @@ def localisation_table(
 ) -> list[dict]:
     """Pointing game, AUC and Dice per task for saliency methods and the two baselines.
 
-    ``bundle`` is a :class:`~medclipsam.models.clip.ClipBundle`. One method (``method``, default
+    ``clip`` is a :class:`~medclipsam.models.clip.ClipBundle`. One method (``method``, default
     GradCAM) gives the columns ``pointing``, ``auc``, ``dice``; several (``methods={"gscorecam":
     gscorecam, "gradcam": "gradcam"}``, callables with the common saliency signature
     ``(model, images, text_features) -> [B, H, W]`` or names in
@@ -78,14 +84,6 @@ def localisation_table(
     :func:`saliency_dice` at ``threshold``. Images without a finding are skipped (nothing to point
     at). Returns one row per task.
     """
-    from ..data.phantom import (
-        INTENSITY_RULE,
-        PROMPTS,
-        PhantomDataset,
-        intensity_rule_point,
-        pointing_hit,
-    )
-
     if method is not None and methods is not None:
         raise ValueError("pass either method= or methods=, not both")
     if methods is None:
@@ -94,22 +92,22 @@ def localisation_table(
         if not methods:
             raise ValueError("methods= must name at least one saliency method")
         named = {name: _as_callable(m) for name, m in methods.items()}
-    device = bundle.device
+    device = clip.device
     rng = np.random.default_rng(seed)
     rows = []
     for task in tasks:
         ds = PhantomDataset(task, n_per_task, seed=seed, size=size, split=split)
         samples = [s for s in (ds[i] for i in range(len(ds))) if s.mask.any()]
         with torch.no_grad():
-            text = bundle.model.encode_text(bundle.tokenize([PROMPTS[task]]))
+            text = clip.model.encode_text(clip.tokenize([PROMPTS[task]]))
         scores: dict[str, list[float]] = defaultdict(list)
         for b in range(0, len(samples), batch_size):
             chunk = samples[b : b + batch_size]
-            prepared = [bundle.prepare(s.rgb) for s in chunk]
+            prepared = [clip.prepare(s.rgb) for s in chunk]
             x = torch.stack([p[0] for p in prepared]).to(device)
             for name, fn in named.items():
                 suffix = f"_{name}" if name else ""
-                maps = fn(bundle.model, x, text.expand(len(chunk), -1))
+                maps = fn(clip.model, x, text.expand(len(chunk), -1))
                 for s, (_, geom), m in zip(chunk, prepared, maps):
                     sal = geom.to_image(m.detach().float().cpu()).numpy()
                     scores["pointing" + suffix].append(pointing_game(sal, s.mask))

@@ -18,6 +18,10 @@ matmul 190 GFLOP/s fp32, 410 bf16 when quiet): about 62 s per image in fp32 and 
 The text feature is normalised once and never re-encoded; masks are built on the model's device
 for the k kept channels only, one scoring batch at a time.
 
+The target layer, the forward/backward pass, the channel masks and the final ReLU/resize/normalise
+are the CAM core's (:mod:`medclipsam.saliency.cam`); this module holds what is gScoreCAM's own:
+the top-k choice, the batched scoring of masked images and the softmax weights.
+
 ``precision="fast"`` scores with a copy of the image tower cast once to bfloat16 (CPUs with bf16
 support) or float16 (CUDA), cached per model and rebuilt when its parameters change; the gradient
 pass stays float32, so the channel choice and the masks are the exact ones.
@@ -32,27 +36,34 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIP, CustomTextCLIP
 
 from .._utils import cpu_has_bf16
-from .gradcam import normalize_maps
-from .targets import TargetLayer, resolve_target_layer
+from ..vocab import SALIENCY_PRECISIONS
+from .cam import (
+    cam_to_map,
+    channel_masks,
+    check_images,
+    exp_logit_scale,
+    gradients_per_logit,
+    layer_activations_and_gradients,
+    layer_outputs_and_logits,
+    normalized_text,
+    resolve_target,
+)
+from .targets import TargetLayer
 
 __all__ = [
     "GScoreCamDetails",
-    "cam_to_map",
-    "channel_masks",
     "clear_cast_cache",
     "default_batch_size",
     "fast_dtype",
     "gscorecam",
     "gscorecam_details",
     "gscorecam_multi",
-    "layer_activations_and_gradients",
-    "resolve_target",
 ]
 
 _WEIGHTINGS = ("selected", "reference")
-_PRECISIONS = ("fp32", "fast", "bf16", "fp16")
 
 
 @dataclass
@@ -73,19 +84,6 @@ class GScoreCamDetails:
     weights: torch.Tensor
     layer: str
     dtype: torch.dtype
-
-
-def resolve_target(model: torch.nn.Module, target: TargetLayer | str | None) -> TargetLayer:
-    """``target`` as a :class:`TargetLayer`: None or ``"default"`` (the layer whose patch tokens
-    reach the output), ``"reference"`` (the reference code's layer), a dotted module path, or a
-    :class:`TargetLayer` as is."""
-    if target is None or isinstance(target, TargetLayer):
-        return target or resolve_target_layer(model)
-    if isinstance(target, str):
-        if target in ("default", "reference"):
-            return resolve_target_layer(model, preset=target)
-        return resolve_target_layer(model, layer=target)
-    raise TypeError(f"target must be a TargetLayer, a preset name or a layer path, got {type(target)}")
 
 
 def default_batch_size(device: torch.device | str) -> int:
@@ -115,8 +113,8 @@ def fast_dtype(device: torch.device | str) -> torch.dtype:
 
 
 def _scoring_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    if precision not in SALIENCY_PRECISIONS:
+        raise ValueError(f"precision must be one of {SALIENCY_PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return torch.float32
     if precision == "fast":
@@ -131,10 +129,6 @@ def _scoring_dtype(precision: str, device: torch.device) -> torch.dtype:
 def _visual_only(model: torch.nn.Module) -> bool:
     """True when ``model.encode_image`` is open_clip's plain ``visual(x)`` (so a copy of the image
     tower alone scores the same)."""
-    try:
-        from open_clip.model import CLIP, CustomTextCLIP
-    except ImportError:  # pragma: no cover - open_clip is a dependency
-        return False
     fn = getattr(type(model), "encode_image", None)
     return hasattr(model, "visual") and fn in (CLIP.encode_image, CustomTextCLIP.encode_image)
 
@@ -181,97 +175,7 @@ def _encoder(model: torch.nn.Module, dtype: torch.dtype) -> Callable[[torch.Tens
 
 
 # --------------------------------------------------------------------------------------------
-# the three steps
-
-
-def _logit_scale(model: torch.nn.Module) -> float:
-    scale = getattr(model, "logit_scale", None)
-    return 1.0 if scale is None else float(torch.as_tensor(scale).detach().float().exp())
-
-
-def _text(text_features: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
-    t = text_features.detach().to(device=device, dtype=torch.float32)
-    if t.ndim == 1:
-        t = t[None]
-    if t.ndim != 2 or t.shape[0] not in (1, n):
-        raise ValueError(
-            f"text_features must be [{n}, D] or [1, D] (one prompt per image), got {tuple(t.shape)}"
-        )
-    return F.normalize(t, dim=-1).expand(n, -1)
-
-
-def _check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
-        raise ValueError(f"images must be a preprocessed [B, 3, H, W] tensor, got {shape}")
-
-
-def _activations_and_image_features(
-    model: torch.nn.Module, images: torch.Tensor, target: TargetLayer
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass: the target layer's output (a leaf that requires grad, so gradients can be
-    taken with respect to it whatever the parameters' ``requires_grad``) and the unnormalised
-    image features that depend on it."""
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_m, _i, out):
-        torch.set_grad_enabled(True)  # from here on: the layers after the target need a graph
-        first = out[0] if isinstance(out, tuple) else out
-        leaf = first.detach().float().requires_grad_(True)
-        store["act"] = leaf
-        cast = leaf.to(first.dtype)
-        return (cast, *out[1:]) if isinstance(out, tuple) else cast
-
-    handle = target.module.register_forward_hook(hook)
-    grad_mode = torch.is_grad_enabled()
-    try:
-        torch.set_grad_enabled(False)  # no graph for the layers before the target
-        feats = model.encode_image(images.detach())
-    finally:
-        torch.set_grad_enabled(grad_mode)
-        handle.remove()
-    if "act" not in store:
-        raise RuntimeError(f"the target layer {target.name} was not called by encode_image")
-    return store["act"], feats
-
-
-def layer_activations_and_gradients(
-    model: torch.nn.Module, images: torch.Tensor, txt: torch.Tensor, target: TargetLayer
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target layer's activations ``A`` and the gradients ``d logit / d A`` of each image's
-    logit with its (normalised) text feature row of ``txt``, both ``[B, C, h, w]`` float32: what
-    gScoreCAM starts from (one forward and one backward pass)."""
-    act_raw, feats = _activations_and_image_features(model, images, target)
-    logits = _logit_scale(model) * (F.normalize(feats.float(), dim=-1) * txt).sum(-1)
-    # The images are independent, so the gradient of the summed logits holds each image's own.
-    (grad_raw,) = _gradients(logits.sum()[None], act_raw)
-    act = target.to_grid(act_raw.detach()).float().contiguous()
-    return act, target.to_grid(grad_raw).float().contiguous()
-
-
-def channel_masks(maps: torch.Tensor, size) -> torch.Tensor:
-    """Channel maps ``[N, h, w]`` as masks over the image: upsampled to ``size`` (bilinear,
-    half-pixel centres) and min-max normalised each to [0, 1] (a flat map gives zeros)."""
-    up = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)
-    return normalize_maps(up[:, 0])
-
-
-def cam_to_map(cam: torch.Tensor, size) -> torch.Tensor:
-    """A weighted sum of channels ``[Q, h, w]`` as the final map: ReLU, upsampled to ``size``
-    (bilinear, half-pixel centres), min-max normalised to [0, 1]."""
-    up = F.interpolate(F.relu(cam)[:, None], size=size, mode="bilinear", align_corners=False)
-    return normalize_maps(up[:, 0])
-
-
-def _gradients(logits: torch.Tensor, act: torch.Tensor) -> list[torch.Tensor]:
-    """Gradient of each logit (one per row of ``logits``) with respect to ``act``."""
-    grads = []
-    for i in range(logits.shape[0]):
-        (g,) = torch.autograd.grad(
-            logits[i], act, retain_graph=i < logits.shape[0] - 1, allow_unused=True
-        )
-        grads.append(torch.zeros_like(act) if g is None else g)
-    return grads
+# gScoreCAM's own steps: score the masked images, weigh the channels
 
 
 def _masked_features(
@@ -345,12 +249,12 @@ def gscorecam_details(
     precision: str = "fp32",
 ) -> GScoreCamDetails:
     """:func:`gscorecam` with everything it computed (channels, scores, weights); see there."""
-    _check_images(images)
+    check_images(images)
     _check_options(weighting, k, batch_size)
     target = resolve_target(model, target)
     device = images.device
     n = images.shape[0]
-    txt = _text(text_features, n, device)
+    txt = normalized_text(text_features, n, device)
 
     act, grads = layer_activations_and_gradients(model, images, txt, target)
     importance = grads.mean(dim=(2, 3))
@@ -364,7 +268,7 @@ def gscorecam_details(
     feats_masked = _masked_features(
         _encoder(model, dtype), dtype, images.detach(), act, image_idx, channels.reshape(-1), bs
     )
-    scores = _logit_scale(model) * (feats_masked.view(n, kk, -1) * txt[:, None]).sum(-1)
+    scores = exp_logit_scale(model) * (feats_masked.view(n, kk, -1) * txt[:, None]).sum(-1)
     weights, maps = _combine(act, channels, scores, weighting, images.shape[-2:])
     return GScoreCamDetails(maps, importance, channels, scores, weights, target.name, dtype)
 
@@ -433,7 +337,7 @@ def gscorecam_multi(
     feature is compared with every prompt: at most ``min(C, P*k)`` forwards instead of ``P*k``
     (never more than looping over prompts). Each map equals :func:`gscorecam` of that prompt.
     """
-    _check_images(image)
+    check_images(image)
     _check_options(weighting, k, batch_size)
     if image.shape[0] != 1:
         raise ValueError(f"gscorecam_multi takes one image [1, 3, H, W], got {tuple(image.shape)}")
@@ -442,11 +346,10 @@ def gscorecam_multi(
     t = text_features.detach()
     t = t[None] if t.ndim == 1 else t
     p = t.shape[0]
-    txt = _text(t, p, device)
+    txt = normalized_text(t, p, device)
 
-    act_raw, feats = _activations_and_image_features(model, image, target)
-    logits = _logit_scale(model) * (F.normalize(feats.float(), dim=-1) * txt).sum(-1)  # [P]
-    grads = _gradients(logits, act_raw)
+    act_raw, logits = layer_outputs_and_logits(model, image, txt, target)  # logits [P]
+    grads = gradients_per_logit(logits, act_raw)
     act1 = target.to_grid(act_raw.detach()).float().contiguous()  # [1, C, h, w]
     importance = torch.cat([target.to_grid(g).float().mean(dim=(2, 3)) for g in grads])  # [P, C]
     c = act1.shape[1]
@@ -465,7 +368,7 @@ def gscorecam_multi(
         union,
         bs,
     )
-    all_scores = _logit_scale(model) * feats_masked @ txt.T  # [U, P]
+    all_scores = exp_logit_scale(model) * feats_masked @ txt.T  # [U, P]
     pos = torch.searchsorted(union, channels)  # [P, k] rows of the union
     scores = all_scores.gather(0, pos.T).T  # scores[p, j] = all_scores[pos[p, j], p]
     act = act1.expand(p, -1, -1, -1)

@@ -33,6 +33,9 @@ reference keeps the KL of its last forward pass, one Adam step earlier), prefix 
 dropped, resized to the input with bilinear interpolation (half-pixel centres, as everywhere
 in this package) and min-max normalised.
 
+The hook, the frozen model and the final resize/normalise are the CAM core's
+(:mod:`medclipsam.saliency.cam`); the bottleneck and its training are this module's own.
+
 Layer: ``layer_index`` counts blocks from 0, like the reference's ``vlayer``: the bottleneck
 sits on the output of that block. The default is ``round(0.75 * depth)``: 9 of 12 for
 BiomedCLIP's ViT-B/16 (MedCLIP-SAMv2's setting for breast ultrasound; it searches 7-9), 18 of
@@ -46,7 +49,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .gradcam import normalize_maps
+from .cam import frozen, hooked, upsample_and_normalize
 from .targets import TargetLayer, resolve_target_layer
 
 __all__ = ["M2IB_DEFAULTS", "NOISE_MODES", "default_layer_index", "m2ib", "m2ib_target"]
@@ -197,41 +200,26 @@ def m2ib(
             z = z.transpose(0, 1)
         return (z, *out[1:]) if isinstance(out, tuple) else z
 
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    modes = [(m, m.training) for m in model.modules()]
-    handle = target.module.register_forward_hook(bottleneck)
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        model.eval()
-        with torch.enable_grad():
-            if steps == 0:  # the untrained bottleneck's map
-                with torch.no_grad():
-                    model.encode_image(x_in)
-            opt = None
-            for _ in range(steps):
-                img = F.normalize(model.encode_image(x_in).float(), dim=-1)
-                cos = (img * txt).sum(-1).view(b, s).mean(1)
-                kl = state["kl"].flatten(1).mean(1)
-                loss = (beta * kl - cos).sum()  # images are independent: a sum of per-image losses
-                if opt is None:
-                    opt = torch.optim.Adam([alpha_box["alpha"]], lr=lr)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    finally:
-        handle.remove()
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
-        for m, t in modes:
-            m.training = t
+    with frozen(model), hooked(target.module, bottleneck), torch.enable_grad():
+        if steps == 0:  # the untrained bottleneck's map
+            with torch.no_grad():
+                model.encode_image(x_in)
+        opt = None
+        for _ in range(steps):
+            img = F.normalize(model.encode_image(x_in).float(), dim=-1)
+            cos = (img * txt).sum(-1).view(b, s).mean(1)
+            kl = state["kl"].flatten(1).mean(1)
+            loss = (beta * kl - cos).sum()  # images are independent: a sum of per-image losses
+            if opt is None:
+                opt = torch.optim.Adam([alpha_box["alpha"]], lr=lr)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     with torch.no_grad():
         kl = _kl(alpha_box["alpha"].detach()[:, 0], state["xh"]).sum(-1)  # [B, N]
         if target.grid is None:  # conv layer: tokens are the h*w positions
             sal = kl.view(b, 1, *state["hw"].tolist())
         else:
             sal = target.to_grid(kl.unsqueeze(-1))
-        sal = F.interpolate(sal, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return normalize_maps(sal).to(images.device)
+        return upsample_and_normalize(sal[:, 0], images.shape[-2:]).to(images.device)
 

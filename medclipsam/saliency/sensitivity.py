@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .api import PromptBatch, method_name
+
 __all__ = [
     "CONTROL_PROMPTS",
     "DEFAULT_THRESHOLD",
@@ -92,6 +94,8 @@ def map_distance(a: Any, b: Any) -> float:
         raise ValueError(f"maps differ in size: {np.shape(a)} vs {np.shape(b)}")
     if not np.all(np.isfinite(x)) or not np.all(np.isfinite(y)):
         raise ValueError("maps contain NaN or infinite values")
+    if np.array_equal(x, y):
+        return 0.0  # exactly: the dot products below round differently on different CPUs
     x = x - x.mean()
     y = y - y.mean()
     nx, ny = float(np.sqrt(x @ x)), float(np.sqrt(y @ y))
@@ -101,7 +105,12 @@ def map_distance(a: Any, b: Any) -> float:
     if nx <= tol or ny <= tol:
         return 1.0
     r = float(x @ y) / (nx * ny)
-    return float(min(1.0, max(0.0, 1.0 - r)))
+    d = 1.0 - r
+    # Maps equal up to brightness and contrast give r = 1 up to rounding (~1e-16 * sqrt(n),
+    # which depends on the CPU's vector width): call that 0.
+    if d < 1e-12:
+        return 0.0
+    return float(min(1.0, d))
 
 
 @dataclass
@@ -165,11 +174,6 @@ class SensitivityReport:
         }
 
 
-def _method_name(method: Callable) -> str:
-    inner = getattr(method, "func", method)  # functools.partial
-    return getattr(inner, "__name__", type(inner).__name__)
-
-
 def _takes_seed(method: Callable) -> bool:
     try:
         params = inspect.signature(method).parameters
@@ -179,7 +183,7 @@ def _takes_seed(method: Callable) -> bool:
 
 
 def prompt_sensitivity(
-    bundle,
+    clip: Any,
     image: Any,
     prompt: str,
     method: Callable[..., torch.Tensor],
@@ -194,8 +198,9 @@ def prompt_sensitivity(
     """How much ``method``'s saliency map of ``image`` changes when ``prompt`` is replaced by
     control prompts.
 
-    ``bundle``: a :class:`~medclipsam.models.clip.ClipBundle`; ``image``: anything
-    ``bundle.prepare`` accepts; ``method``: a saliency callable
+    ``clip``: a :class:`~medclipsam.models.clip.ClipBundle`; ``image``: anything
+    :class:`~medclipsam.saliency.api.PromptBatch` accepts (array, PIL image, tensor, path);
+    ``method``: a saliency callable
     ``(model, images, text_features, *, target=None, **kw) -> [B, H, W]`` (``grad_cam``,
     ``m2ib``, ...), called once on a batch of the image repeated for the prompt and every control;
     ``method_kwargs`` go to it. ``controls``: a list of control texts or a ``{name: text}``
@@ -223,44 +228,32 @@ def prompt_sensitivity(
     if not ctrl:
         raise ValueError("no control prompts to compare with")
 
-    x, geom = bundle.prepare(image)
-    texts = [prompt, *ctrl.values()]
-    n = len(texts)
-    device = bundle.device
-    with torch.no_grad():
-        text_features = bundle.model.encode_text(bundle.tokenize(texts))
-    images = x.unsqueeze(0).to(device).expand(n, -1, -1, -1).contiguous()
-    maps = method(bundle.model, images, text_features, **method_kwargs)
-    if not isinstance(maps, torch.Tensor) or maps.ndim != 3 or maps.shape[0] != n:
-        raise ValueError(
-            f"{_method_name(method)} returned {getattr(maps, 'shape', type(maps))}; expected [{n}, H, W]"
-        )
-    maps = maps.detach().float().cpu()
-    on_image = [np.asarray(geom.to_image(m), dtype=np.float32) for m in maps]
+    batch = PromptBatch(clip, image, [prompt, *ctrl.values()])
+    on_image = batch.on_image(batch.run(method, **method_kwargs), normalize=False)
     prompt_map = on_image[0]
     control_maps = dict(zip(ctrl, on_image[1:]))
     distances = {name: map_distance(prompt_map, m) for name, m in control_maps.items()}
     closest = min(distances, key=distances.get)
     sensitivity = distances[closest]
-    method_name = _method_name(method)
+    name = method_name(method)
 
     floor = None
     if noise_floor if noise_floor is not None else _takes_seed(method):
         kw = dict(method_kwargs, seed=int(method_kwargs.get("seed", 0)) + 1)
-        again = method(bundle.model, images[:1], text_features[:1], **kw)
-        floor = map_distance(prompt_map, geom.to_image(again.detach().float().cpu()[0]))
+        again = batch.on_image(batch.run(method, rows=slice(0, 1), **kw), normalize=False)
+        floor = map_distance(prompt_map, again[0])
 
     message = None
     if sensitivity < threshold:
         message = (
-            f"{method_name}'s map for {prompt!r} is almost the same as for the control "
+            f"{name}'s map for {prompt!r} is almost the same as for the control "
             f"{closest!r} ({ctrl[closest]!r}): distance {sensitivity:.3f} < {threshold:g}. The map "
             "shows what the image tower finds salient rather than where the prompt is; do not "
             "trust it as a localisation of the prompt."
         )
     elif floor is not None and sensitivity < 2.0 * floor:
         message = (
-            f"{method_name}'s map for {prompt!r} differs from the control {closest!r} "
+            f"{name}'s map for {prompt!r} differs from the control {closest!r} "
             f"({ctrl[closest]!r}) by {sensitivity:.3f}, not clearly more than two runs of the same "
             f"prompt differ ({floor:.3f}): the differences are noise, not the prompt."
         )
@@ -268,7 +261,7 @@ def prompt_sensitivity(
         warnings.warn(message, PromptInsensitiveWarning, stacklevel=2)
     return SensitivityReport(
         prompt=prompt,
-        method=method_name,
+        method=name,
         prompt_map=prompt_map,
         controls=ctrl,
         control_maps=control_maps,

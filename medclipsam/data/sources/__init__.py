@@ -19,23 +19,15 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ...vocab import DATA_SOURCES
 from ._common import SourceFormatError
 
-__all__ = ["SOURCES", "SourceFormatError", "get_source"]
-
-#: Source name -> module name.
-SOURCES: dict[str, str] = {
-    "busi": "busi",
-    "udiat": "udiat",
-    "brain_figshare": "brain_figshare",
-    "covidqu": "covidqu",
-    "roco": "roco",
-}
+__all__ = ["DATA_SOURCES", "SourceFormatError", "get_source"]
 
 
 def get_source(name: str) -> ModuleType:
     """The converter module of a source (``"busi"``, ``"brain_figshare"``, ...)."""
     key = name.lower().replace("-", "_")
-    if key not in SOURCES:
-        raise ValueError(f"unknown data source {name!r}; known: {', '.join(SOURCES)}")
-    return importlib.import_module(f".{SOURCES[key]}", __name__)
+    if key not in DATA_SOURCES:
+        raise ValueError(f"unknown data source {name!r}; known: {', '.join(DATA_SOURCES)}")
+    return importlib.import_module(f".{key}", __name__)

@@ -10,7 +10,10 @@ Every converter turns one public data set into the project's folder layout::
 
 This module holds what they share: getting the source (an archive, an extracted folder, or a
 download), extracting archives safely and only once, resuming, checking counts, writing the
-metadata files and the command line.
+metadata files and the command line. A converter describes its data set once (:class:`Source`);
+its ``prepare()`` starts with :func:`begin`, converts inside :func:`conversion`, ends with
+:func:`finish`, and its ``main()`` is :func:`converter_main`. What stays in each converter is what
+differs: where the files are, how an image and its mask are read, and what counts to expect.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import re
 import shutil
 import sys
 import tarfile
+import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,16 +36,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..._utils import UnsafeArchiveError, atomic_write_text, cache_dir, safe_extract
+from ...download import DownloadError, sha256sum
+from ...download import download as fetch
+from ..datasets import write_split
+from ..io import ImageReadError, load_array, read_mask, write_image, write_mask
 
 __all__ = [
     "Item",
     "Report",
+    "Source",
     "SourceFormatError",
     "add_common_arguments",
+    "begin",
     "committed_split",
     "convert_items",
+    "converter_main",
+    "finish",
     "find_dirs",
     "obtain_source",
     "open_source",
@@ -64,6 +77,29 @@ SPLITS_DIR = Path(__file__).resolve().parent.parent / "splits"
 
 class SourceFormatError(ValueError):
     """The given source is not the expected data set (or is damaged); the message says why."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the shared steps need to know about one data set.
+
+    ``key``: module, split-file and command name (``"busi"``: ``prepare_busi``,
+    ``splits/busi.json``); ``name``: shown in messages; ``how_to_get``: where a user gets it (in
+    errors and ``--help``); ``archive_name``: the file a download is saved as in the cache;
+    ``urls``: official downloads (empty: it cannot be downloaded); ``nested``: zips inside the
+    archive are extracted too.
+    """
+
+    key: str
+    name: str
+    how_to_get: str
+    archive_name: str = ""
+    urls: tuple[str, ...] = ()
+    nested: bool = False
+
+    @property
+    def command(self) -> str:
+        return f"prepare_{self.key}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +230,6 @@ def obtain_source(
         where = f"{path} does not exist" if path is not None else "no source given"
         extra = "" if urls else " (it cannot be downloaded automatically)"
         raise FileNotFoundError(f"{dataset}: {where}{extra}.\n{how_to_get}")
-    from ...download import download as fetch
 
     dest = path if path is not None else cache_dir() / "datasets" / default_name
     return fetch(list(urls), dest, sha256=sha256, progress=progress)
@@ -208,7 +243,6 @@ def check_archive_hash(path: Path, sha256: str | None, known: str | None, report
     """
     if not path.is_file():
         return
-    from ...download import sha256sum
 
     actual = sha256sum(path)
     expected = (sha256 or known or "").strip().lower() or None
@@ -305,6 +339,41 @@ def conversion(out_dir: Path, keep_extracted: bool) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def begin(
+    info: Source,
+    source: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    *,
+    download: bool = False,
+    urls: Sequence[str] | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> tuple[Path, Path, Report]:
+    """The common start of ``prepare()``: the source (downloaded first when asked and possible;
+    see :func:`obtain_source`) with its SHA-256 checked or printed, the output folder and the
+    :class:`Report`. Returns ``(source path, output folder, report)``."""
+    out = Path(out_dir).expanduser()
+    report = Report(info.name, log=log)
+    src = obtain_source(
+        source,
+        dataset=info.name,
+        default_name=info.archive_name,
+        urls=info.urls if urls is None else urls,
+        download=download,
+        how_to_get=info.how_to_get,
+        progress=progress,
+    )
+    check_archive_hash(src, sha256, None, report)
+    return src, out, report
+
+
+def take(items: Sequence[Any], limit: int | None) -> tuple[list[Any], bool]:
+    """The first ``limit`` items (all when None), and whether that is all of them."""
+    complete = limit is None or limit >= len(items)
+    return list(items if limit is None else items[:limit]), complete
+
+
 # --------------------------------------------------------------------------------------------
 # writing outputs
 
@@ -318,8 +387,6 @@ def outputs_exist(out_dir: Path, stem: str, *, mask: bool = True) -> bool:
 
 def store_image(path: Path, array: np.ndarray) -> Path:
     """Write an image losslessly, storing grey images that come as RGB(A) as one channel."""
-    from ..io import write_image
-
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -350,8 +417,6 @@ def image_mask_loader(image: Path, mask: Path) -> Callable[[], tuple[np.ndarray,
     """A deferred read of one image (native values) and its mask, for an :class:`Item`."""
 
     def load() -> tuple[np.ndarray, np.ndarray]:
-        from ..io import load_array, read_mask
-
         return load_array(image), read_mask(mask)
 
     return load
@@ -365,8 +430,6 @@ def convert_items(
     An item that cannot be read (or whose mask does not match the image) is skipped and
     reported. Returns the meta.csv rows of the items now present in ``out_dir``.
     """
-    from ..io import ImageReadError, write_mask
-
     rows: list[dict[str, Any]] = []
     written = resumed = failed = 0
     for item in progress_bar(items, desc=desc, enabled=progress):
@@ -423,7 +486,7 @@ def write_done(out_dir: Path, report: Report, *, complete: bool, limit: int | No
 
 
 def finish_output(
-    out: Path,
+    out_dir: Path,
     *,
     name: str,
     splits: dict[str, list[str]],
@@ -438,11 +501,36 @@ def finish_output(
 ) -> None:
     """The last steps of every converter: ``splits.json``, the table (``meta.csv`` or
     ``captions.csv``), then the ``DONE`` marker, so a folder with DONE is complete."""
-    from ..datasets import write_split
+    write_split(out_dir / "splits.json", splits, name=name, seed=seed, rule=rule)
+    write_csv(out_dir / table, rows, columns)
+    write_done(out_dir, report, complete=complete, limit=limit)
 
-    write_split(out / "splits.json", splits, name=name, seed=seed, rule=rule)
-    write_csv(out / table, rows, columns)
-    write_done(out, report, complete=complete, limit=limit)
+
+def finish(
+    info: Source,
+    out_dir: Path,
+    rows: Sequence[dict[str, Any]],
+    report: Report,
+    *,
+    complete: bool,
+    limit: int | None,
+    columns: Sequence[str],
+    rule: str,
+    seed: int | None = None,
+    splits: dict[str, list[str]] | None = None,
+    table: str = "meta.csv",
+) -> None:
+    """The common end of ``prepare()``. ``splits`` defaults to the committed split file of the
+    data set restricted to the stems converted (stems it does not know, and for a complete run
+    split stems without data, are reported); then :func:`finish_output`."""
+    if splits is None:
+        stems = [r["stem"] for r in rows]
+        assignment = check_against_split(
+            stems, committed_split(info.key)["splits"], report, complete=complete
+        )
+        splits = splits_from_assignment(assignment, stems)
+    finish_output(out_dir, name=info.key, splits=splits, seed=seed, rule=rule, rows=rows,
+                  columns=columns, report=report, complete=complete, limit=limit, table=table)
 
 
 def committed_split(name: str) -> dict[str, Any]:
@@ -494,8 +582,6 @@ def check_against_split(
 
 def _xlsx_rows(path: Path) -> list[list[str]]:
     """Rows of the first worksheet of an .xlsx file, as strings (no openpyxl needed)."""
-    import xml.etree.ElementTree as ET
-
     ns = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main"}
     try:
         zf = zipfile.ZipFile(path)
@@ -568,15 +654,20 @@ def progress_bar(items: Sequence[Any], *, desc: str, enabled: bool) -> Iterable[
     """Wrap ``items`` in a tqdm bar (a widget in notebooks) when ``enabled``."""
     if not enabled:
         return items
-    from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, leave=False)
 
 
 def add_common_arguments(
-    parser: argparse.ArgumentParser, *, source_help: str, can_download: bool
+    parser: argparse.ArgumentParser,
+    *,
+    source_help: str,
+    can_download: bool,
+    archive: bool = True,
+    limit_help: str = "convert only the first N items (a quick try; DONE says so)",
 ) -> None:
-    """The arguments every converter shares."""
+    """The arguments every converter shares (``archive=False``: a source that is a folder, with
+    no checksum to check and nothing to extract)."""
     parser.add_argument("source", nargs="?" if can_download else None, help=source_help)
     parser.add_argument(
         "out",
@@ -596,23 +687,20 @@ def add_common_arguments(
             default=None,
             help="download from this URL instead of the official one (repeat for mirrors)",
         )
-    parser.add_argument(
-        "--sha256",
-        default=None,
-        help="check the source archive against this SHA-256 (none is published; "
-        "by default its hash is only printed)",
-    )
-    parser.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="convert only the first N items (a quick try; DONE says so)",
-    )
-    parser.add_argument(
-        "--keep-extracted",
-        action="store_true",
-        help=f"keep the extracted archive in OUT/{WORK_DIR_NAME} afterwards",
-    )
+    if archive:
+        parser.add_argument(
+            "--sha256",
+            default=None,
+            help="check the source archive against this SHA-256 (none is published; "
+            "by default its hash is only printed)",
+        )
+    parser.add_argument("--limit", type=int, default=None, help=limit_help)
+    if archive:
+        parser.add_argument(
+            "--keep-extracted",
+            action="store_true",
+            help=f"keep the extracted archive in OUT/{WORK_DIR_NAME} afterwards",
+        )
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when any anomaly was found"
     )
@@ -621,8 +709,6 @@ def add_common_arguments(
 
 def run_main(prepare_call: Callable[[], Path], *, strict: bool, name: str) -> int:
     """Run a converter for a command line: clear one-line errors instead of tracebacks."""
-    from ...download import DownloadError
-
     try:
         out = prepare_call()
     except (SourceFormatError, UnsafeArchiveError, FileNotFoundError, DownloadError) as e:
@@ -638,3 +724,35 @@ def run_main(prepare_call: Callable[[], Path], *, strict: bool, name: str) -> in
         f"anomal{'y' if n_anomalies == 1 else 'ies'} (listed in {out / 'DONE'})"
     )
     return 1 if strict and n_anomalies else 0
+
+
+def converter_main(
+    info: Source,
+    prepare: Callable[..., Path],
+    argv: Sequence[str] | None,
+    *,
+    description: str,
+    source_help: str,
+    archive: bool = True,
+    limit_help: str | None = None,
+    extend: Callable[[argparse.ArgumentParser], None] | None = None,
+    options: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+) -> int:
+    """A converter's whole command line: the shared options (plus ``extend``'s), then
+    ``prepare(source, out, ...)`` with them (plus ``options(args)``) under :func:`run_main`."""
+    parser = argparse.ArgumentParser(prog=info.command, description=f"{description} {info.how_to_get}")
+    add_common_arguments(parser, source_help=source_help, can_download=bool(info.urls),
+                         archive=archive, **({"limit_help": limit_help} if limit_help else {}))
+    if extend is not None:
+        extend(parser)
+    args = parser.parse_args(argv)
+    kwargs: dict[str, Any] = {"limit": args.limit, "progress": not args.quiet,
+                              "log": None if args.quiet else print}
+    if archive:
+        kwargs.update(sha256=args.sha256, keep_extracted=args.keep_extracted)
+    if info.urls:
+        kwargs.update(download=args.download, urls=args.url or info.urls)
+    if options is not None:
+        kwargs.update(options(args))
+    return run_main(lambda: prepare(args.source, args.out, **kwargs), strict=args.strict,
+                    name=info.command)

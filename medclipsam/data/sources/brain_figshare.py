@@ -19,33 +19,35 @@ or, without it, ``make_split`` grouped by patient, seed 0.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+import scipy.io
 
 from ..._utils import atomic_write_text
+from ..datasets import make_split
 from ._common import (
     SPLITS_DIR,
     Item,
     Report,
+    Source,
     SourceFormatError,
-    add_common_arguments,
-    check_archive_hash,
+    begin,
     committed_split,
     conversion,
     convert_items,
+    converter_main,
     find_files,
-    finish_output,
-    obtain_source,
+    finish,
     open_source,
     progress_bar,
-    run_main,
     short_list,
     splits_from_assignment,
+    take,
 )
 
 __all__ = [
@@ -89,6 +91,8 @@ HOW_TO_GET = (
     "e0140381 (2015)."
 )
 META_COLUMNS = ("stem", "label", "source_file", "label_id", "patient_id", "fold")
+SOURCE = Source("brain_figshare", NAME, HOW_TO_GET, archive_name="brain_tumor_dataset_1512427.zip",
+                urls=URLS, nested=True)
 
 
 def brain_stem(number: int) -> str:
@@ -117,8 +121,6 @@ def write_brain_split_rule(path: str | Path = SPLITS_DIR / "brain_figshare.json"
 
 
 def _is_hdf5(path: Path) -> bool:
-    import h5py
-
     return bool(h5py.is_hdf5(path))
 
 
@@ -141,8 +143,6 @@ def read_cjdata(path: str | Path, *, pixels: bool = True) -> dict[str, Any]:
     path = Path(path)
     try:
         if _is_hdf5(path):
-            import h5py
-
             with h5py.File(path, "r") as f:
                 if "cjdata" not in f:
                     raise SourceFormatError(f"{path}: no 'cjdata' struct in this .mat file")
@@ -155,8 +155,6 @@ def read_cjdata(path: str | Path, *, pixels: bool = True) -> dict[str, Any]:
                     out["image"] = np.ascontiguousarray(np.asarray(cj["image"]).T)
                     out["mask"] = np.ascontiguousarray(np.asarray(cj["tumorMask"]).T) != 0
                 return out
-        import scipy.io
-
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
         if "cjdata" not in mat:
             raise SourceFormatError(f"{path}: no 'cjdata' struct in this .mat file")
@@ -179,8 +177,6 @@ def read_cvind(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         if _is_hdf5(path):
-            import h5py
-
             with h5py.File(path, "r") as f:
                 key = (
                     "cvind" if "cvind" in f else next((k for k in f if not k.startswith("#")), None)
@@ -189,8 +185,6 @@ def read_cvind(path: str | Path) -> np.ndarray:
                     raise SourceFormatError(f"{path}: no variable in this .mat file")
                 arr = np.asarray(f[key]).ravel()
         else:
-            import scipy.io
-
             mat = scipy.io.loadmat(path)
             keys = [k for k in mat if not k.startswith("__")]
             key = "cvind" if "cvind" in mat else (keys[0] if keys else None)
@@ -228,6 +222,115 @@ def _loader(path: Path, report: Report) -> Callable[[], tuple[np.ndarray, np.nda
 # --------------------------------------------------------------------------------------------
 
 
+def _find_mats(roots: Sequence[Path], src: Path, report: Report) -> dict[int, Path]:
+    """The numbered ``.mat`` files (``1.mat`` ...), by number."""
+    mats: dict[int, Path] = {}
+    for p in find_files(roots, r"\d+\.mat"):
+        number = int(p.stem)
+        if number in mats:
+            report.info(f"{p.name} found twice; using {mats[number]}")
+            continue
+        mats[number] = p
+    if not mats:
+        raise SourceFormatError(
+            f"{src}: this does not look like the figshare brain tumour data set: no "
+            "numbered .mat files (1.mat ... 3064.mat), nor zips holding them, were found"
+        )
+    return mats
+
+
+def _find_folds(roots: Sequence[Path], report: Report) -> np.ndarray | None:
+    """The official folds from ``cvind.mat`` (None without it: reported)."""
+    cvind_files = find_files(roots, r"cvind\.mat")
+    cvind = read_cvind(cvind_files[0]) if cvind_files else None
+    if cvind is None:
+        report.anomaly(
+            "cvind.mat not found: patient-wise split made with make_split "
+            "(groups = patient ids, seed 0) instead of the official folds"
+        )
+    elif not np.isin(cvind, list(FOLD_TO_SPLIT)).all():
+        raise SourceFormatError(
+            f"{cvind_files[0]}: fold numbers outside 1..5: "
+            f"{sorted(set(cvind.tolist()) - set(FOLD_TO_SPLIT))}"
+        )
+    return cvind
+
+
+def _collect(mats: dict[int, Path], numbers: Sequence[int], cvind: np.ndarray | None,
+             report: Report, progress: bool) -> list[Item]:
+    """One item per slice whose header (label, patient) reads; its fold when known."""
+    items: list[Item] = []
+    for n in progress_bar(numbers, desc=f"{NAME} (headers)", enabled=progress):
+        try:
+            head = read_cjdata(mats[n], pixels=False)
+        except SourceFormatError as e:
+            report.anomaly(f"skipped: {e}")
+            continue
+        label = LABELS.get(head["label"])
+        if label is None:
+            report.anomaly(f"{mats[n].name}: skipped, unknown label {head['label']}")
+            continue
+        fold = int(cvind[n - 1]) if cvind is not None and n <= len(cvind) else None
+        if cvind is not None and fold is None:
+            report.anomaly(f"{mats[n].name}: no entry in cvind.mat (it has {len(cvind)})")
+        row = {
+            "stem": brain_stem(n),
+            "label": label,
+            "source_file": mats[n].name,
+            "label_id": head["label"],
+            "patient_id": head["pid"],
+            "fold": fold,
+        }
+        items.append(Item(brain_stem(n), row, _loader(mats[n], report)))
+    return items
+
+
+def _check_counts(rows: Sequence[dict[str, Any]], report: Report, complete: bool,
+                  n_mats: int, cvind: np.ndarray | None) -> None:
+    """Slice, class and patient counts against the published ones (complete runs); DONE's counts."""
+    patients = {r["patient_id"] for r in rows}
+    if complete:
+        have = {r["stem"] for r in rows}
+        missing = [f"{i}.mat" for i in range(1, EXPECTED_TOTAL + 1) if brain_stem(i) not in have]
+        report.expect("slices", EXPECTED_TOTAL, len(rows), missing)
+        for label, expected in EXPECTED_COUNTS.items():
+            report.expect(f"{label} slices", expected, sum(r["label"] == label for r in rows))
+        report.expect("patients", EXPECTED_PATIENTS, len(patients))
+        if cvind is not None and len(cvind) != n_mats:
+            report.anomaly(f"cvind.mat has {len(cvind)} entries for {n_mats} .mat files")
+    report.counts.update(
+        images=len(rows),
+        patients=len(patients),
+        **{lb: sum(r["label"] == lb for r in rows) for lb in LABELS.values()},
+    )
+
+
+def _splits(rows: Sequence[dict[str, Any]], cvind: np.ndarray | None,
+            report: Report) -> tuple[dict[str, list[str]], int | None]:
+    """Patient-wise splits from the official folds (else :func:`make_split` grouped by patient),
+    the seed used (None for the folds); patients in more than one split are reported."""
+    stems = [r["stem"] for r in rows]
+    if cvind is not None:
+        rule = committed_split("brain_figshare")
+        fold_to_split = {int(k): v for k, v in rule["fold_to_split"].items()}
+        assignment = {r["stem"]: fold_to_split[r["fold"]] for r in rows if r["fold"]}
+        splits, seed = splits_from_assignment(assignment, stems), None
+    else:
+        splits = make_split(stems, seed=SPLIT_SEED, groups=[r["patient_id"] for r in rows])
+        assignment = {s: name for name, members in splits.items() for s in members}
+        seed = SPLIT_SEED
+    by_patient: dict[str, set[str]] = {}
+    for r in rows:
+        if r["stem"] in assignment:
+            by_patient.setdefault(r["patient_id"], set()).add(assignment[r["stem"]])
+    mixed = sorted(p for p, s in by_patient.items() if len(s) > 1)
+    if mixed:
+        report.anomaly(
+            f"{len(mixed)} patient(s) have slices in more than one split: " + short_list(mixed)
+        )
+    return splits, seed
+
+
 def prepare(
     source: str | Path | None,
     out_dir: str | Path,
@@ -246,160 +349,33 @@ def prepare(
     folder of ``.mat`` files. ``download=True`` fetches the zip from ``urls`` when ``source`` is
     missing. Re-running resumes. Returns ``out_dir``.
     """
-    from ..datasets import make_split
-
-    out = Path(out_dir).expanduser()
-    report = Report(NAME, log=log)
-    src = obtain_source(
-        source,
-        dataset=NAME,
-        default_name="brain_tumor_dataset_1512427.zip",
-        urls=urls,
-        download=download,
-        how_to_get=HOW_TO_GET,
-        progress=progress,
-    )
-    check_archive_hash(src, sha256, None, report)
+    src, out, report = begin(SOURCE, source, out_dir, download=download, urls=urls,
+                             sha256=sha256, progress=progress, log=log)
     with conversion(out, keep_extracted) as work:
-        roots = open_source(src, work, nested=True)
-        mats: dict[int, Path] = {}
-        for p in find_files(roots, r"\d+\.mat"):
-            number = int(p.stem)
-            if number in mats:
-                report.info(f"{p.name} found twice; using {mats[number]}")
-                continue
-            mats[number] = p
-        if not mats:
-            raise SourceFormatError(
-                f"{src}: this does not look like the figshare brain tumour data set: no "
-                "numbered .mat files (1.mat ... 3064.mat), nor zips holding them, were found"
-            )
-        cvind_files = find_files(roots, r"cvind\.mat")
-        cvind = read_cvind(cvind_files[0]) if cvind_files else None
-        if cvind is None:
-            report.anomaly(
-                "cvind.mat not found: patient-wise split made with make_split "
-                "(groups = patient ids, seed 0) instead of the official folds"
-            )
-        elif not np.isin(cvind, list(FOLD_TO_SPLIT)).all():
-            raise SourceFormatError(
-                f"{cvind_files[0]}: fold numbers outside 1..5: "
-                f"{sorted(set(cvind.tolist()) - set(FOLD_TO_SPLIT))}"
-            )
-
-        numbers = sorted(mats)
-        complete = limit is None or limit >= len(numbers)
-        if limit is not None:
-            numbers = numbers[:limit]
-        items: list[Item] = []
-        for n in progress_bar(numbers, desc=f"{NAME} (headers)", enabled=progress):
-            try:
-                head = read_cjdata(mats[n], pixels=False)
-            except SourceFormatError as e:
-                report.anomaly(f"skipped: {e}")
-                continue
-            label = LABELS.get(head["label"])
-            if label is None:
-                report.anomaly(f"{mats[n].name}: skipped, unknown label {head['label']}")
-                continue
-            fold = int(cvind[n - 1]) if cvind is not None and n <= len(cvind) else None
-            if cvind is not None and fold is None:
-                report.anomaly(f"{mats[n].name}: no entry in cvind.mat (it has {len(cvind)})")
-            row = {
-                "stem": brain_stem(n),
-                "label": label,
-                "source_file": mats[n].name,
-                "label_id": head["label"],
-                "patient_id": head["pid"],
-                "fold": fold,
-            }
-            items.append(Item(brain_stem(n), row, _loader(mats[n], report)))
+        roots = open_source(src, work, nested=SOURCE.nested)
+        mats = _find_mats(roots, src, report)
+        cvind = _find_folds(roots, report)
+        numbers, complete = take(sorted(mats), limit)
+        items = _collect(mats, numbers, cvind, report, progress)
         rows = convert_items(items, out, report, progress=progress, desc=NAME)
-
-        patients = {r["patient_id"] for r in rows}
-        if complete:
-            have = {r["stem"] for r in rows}
-            missing = [
-                f"{i}.mat" for i in range(1, EXPECTED_TOTAL + 1) if brain_stem(i) not in have
-            ]
-            report.expect("slices", EXPECTED_TOTAL, len(rows), missing)
-            for label, expected in EXPECTED_COUNTS.items():
-                report.expect(f"{label} slices", expected, sum(r["label"] == label for r in rows))
-            report.expect("patients", EXPECTED_PATIENTS, len(patients))
-            if cvind is not None and len(cvind) != len(mats):
-                report.anomaly(f"cvind.mat has {len(cvind)} entries for {len(mats)} .mat files")
-        report.counts.update(
-            images=len(rows),
-            patients=len(patients),
-            **{lb: sum(r["label"] == lb for r in rows) for lb in LABELS.values()},
-        )
-
-        stems = [r["stem"] for r in rows]
-        if cvind is not None:
-            rule = committed_split("brain_figshare")
-            fold_to_split = {int(k): v for k, v in rule["fold_to_split"].items()}
-            assignment = {r["stem"]: fold_to_split[r["fold"]] for r in rows if r["fold"]}
-            splits = splits_from_assignment(assignment, stems)
-            seed = None
-        else:
-            splits = make_split(stems, seed=SPLIT_SEED, groups=[r["patient_id"] for r in rows])
-            assignment = {s: name for name, members in splits.items() for s in members}
-            seed = SPLIT_SEED
-        by_patient: dict[str, set[str]] = {}
-        for r in rows:
-            if r["stem"] in assignment:
-                by_patient.setdefault(r["patient_id"], set()).add(assignment[r["stem"]])
-        mixed = sorted(p for p, s in by_patient.items() if len(s) > 1)
-        if mixed:
-            report.anomaly(
-                f"{len(mixed)} patient(s) have slices in more than one split: " + short_list(mixed)
-            )
-        finish_output(
-            out,
-            name="brain_figshare",
-            splits=splits,
-            seed=seed,
-            rule=SPLIT_RULE,
-            rows=rows,
-            columns=META_COLUMNS,
-            report=report,
-            complete=complete,
-            limit=limit,
-        )
+        _check_counts(rows, report, complete, len(mats), cvind)
+        splits, seed = _splits(rows, cvind, report)
+        finish(SOURCE, out, rows, report, complete=complete, limit=limit, columns=META_COLUMNS,
+               rule=SPLIT_RULE, seed=seed, splits=splits)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python data_scripts/prepare_brain_figshare.py 1512427.zip data/brain``."""
-    parser = argparse.ArgumentParser(
-        prog="prepare_brain_figshare",
+    return converter_main(
+        SOURCE, prepare, argv,
         description="Convert the figshare brain tumour MRI data set (3064 slices, 233 patients) "
         "into the medclipsam folder layout: OUT/images (16-bit PNG), OUT/masks "
         "(0/255), OUT/meta.csv (tumour type, patient id, fold), OUT/splits.json "
-        "(patient-wise: cvind folds 1-3 train, 4 val, 5 test), OUT/DONE. " + HOW_TO_GET,
-    )
-    add_common_arguments(
-        parser,
-        can_download=True,
+        "(patient-wise: cvind folds 1-3 train, 4 val, 5 test), OUT/DONE.",
         source_help="the figshare zip, or a folder with the four "
         "brainTumorDataPublic_*.zip and cvind.mat, or with the "
         ".mat files (with --download: where to save the zip)",
-    )
-    args = parser.parse_args(argv)
-    return run_main(
-        lambda: prepare(
-            args.source,
-            args.out,
-            download=args.download,
-            urls=args.url or URLS,
-            sha256=args.sha256,
-            limit=args.limit,
-            keep_extracted=args.keep_extracted,
-            progress=not args.quiet,
-            log=None if args.quiet else print,
-        ),
-        strict=args.strict,
-        name="prepare_brain_figshare",
     )
 
 

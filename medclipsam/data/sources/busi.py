@@ -14,7 +14,6 @@ kept in ``meta.csv``. The split (``splits/busi.json``) is stratified by class, s
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,24 +21,23 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets import make_split, write_split
+from ..io import load_array, read_mask
 from ._common import (
     SPLITS_DIR,
     Item,
     Report,
+    Source,
     SourceFormatError,
-    add_common_arguments,
-    check_against_split,
-    check_archive_hash,
-    committed_split,
+    begin,
     conversion,
     convert_items,
+    converter_main,
     find_dirs,
-    finish_output,
-    obtain_source,
+    finish,
     open_source,
-    run_main,
     short_list,
-    splits_from_assignment,
+    take,
 )
 
 __all__ = [
@@ -73,6 +71,7 @@ HOW_TO_GET = (
     "--download to fetch it. Cite Al-Dhabyani et al., Data in Brief 28 (2020) 104863."
 )
 META_COLUMNS = ("stem", "label", "source_file", "original_name", "mask_files", "n_masks")
+SOURCE = Source("busi", NAME, HOW_TO_GET, archive_name="Dataset_BUSI.zip", urls=URLS)
 
 _FILE_RE = re.compile(r"(benign|malignant|normal)\s*\((\d+)\)(_mask(?:_(\d+))?)?\.png", re.I)
 
@@ -89,8 +88,6 @@ def known_stems() -> list[str]:
 
 def build_busi_split(seed: int = SPLIT_SEED) -> dict[str, list[str]]:
     """The committed BUSI split: 70/10/20 within each class, so every split has all classes."""
-    from ..datasets import make_split
-
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for label in CLASSES:
         stems = [busi_stem(label, i) for i in range(1, EXPECTED_COUNTS[label] + 1)]
@@ -101,8 +98,6 @@ def build_busi_split(seed: int = SPLIT_SEED) -> dict[str, list[str]]:
 
 def write_busi_split(path: str | Path = SPLITS_DIR / "busi.json") -> Path:
     """(Re)write the committed split file from :func:`build_busi_split`."""
-    from ..datasets import write_split
-
     return Path(
         write_split(Path(path), build_busi_split(), name="busi", seed=SPLIT_SEED, rule=SPLIT_RULE)
     )
@@ -125,8 +120,6 @@ def _find_class_dirs(roots: Sequence[Path]) -> dict[str, Path]:
 
 
 def _union_masks(paths: Sequence[Path]) -> np.ndarray:
-    from ..io import read_mask
-
     masks = [read_mask(p) for p in paths]
     for p, m in zip(paths[1:], masks[1:]):
         if m.shape != masks[0].shape:
@@ -139,8 +132,6 @@ def _union_masks(paths: Sequence[Path]) -> np.ndarray:
 
 def _loader(image: Path, masks: Sequence[Path]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     def load() -> tuple[np.ndarray, np.ndarray]:
-        from ..io import load_array
-
         return load_array(image), _union_masks(masks)
 
     return load
@@ -197,6 +188,22 @@ def _collect(class_dirs: dict[str, Path], report: Report) -> list[Item]:
     return items
 
 
+def _check_counts(rows: Sequence[dict[str, Any]], report: Report, complete: bool) -> None:
+    """Per-class counts against the published ones (complete runs), and the counts for DONE."""
+    if complete:
+        for label in CLASSES:
+            have = {r["stem"] for r in rows if r["label"] == label}
+            want = [busi_stem(label, i) for i in range(1, EXPECTED_COUNTS[label] + 1)]
+            missing = [
+                f"{label} ({s.rsplit('_', 1)[1].lstrip('0')})" for s in want if s not in have
+            ]
+            report.expect(f"{label} images", EXPECTED_COUNTS[label], len(have), missing)
+    for label in CLASSES:
+        report.counts[label] = sum(r["label"] == label for r in rows)
+    report.counts["images"] = len(rows)
+    report.counts["multi_mask_images"] = sum(int(r["n_masks"]) > 1 for r in rows)
+
+
 def prepare(
     source: str | Path | None,
     out_dir: str | Path,
@@ -216,89 +223,30 @@ def prepare(
     images already written are kept. Returns ``out_dir``. Raises :class:`SourceFormatError`
     when the source is not BUSI, ``UnsafeArchiveError`` for an archive with escaping paths.
     """
-
-    out = Path(out_dir).expanduser()
-    report = Report(NAME, log=log)
-    src = obtain_source(
-        source,
-        dataset=NAME,
-        default_name="Dataset_BUSI.zip",
-        urls=urls,
-        download=download,
-        how_to_get=HOW_TO_GET,
-        progress=progress,
-    )
-    check_archive_hash(src, sha256, None, report)
+    src, out, report = begin(SOURCE, source, out_dir, download=download, urls=urls,
+                             sha256=sha256, progress=progress, log=log)
     with conversion(out, keep_extracted) as work:
-        roots = open_source(src, work)
-        items = _collect(_find_class_dirs(roots), report)
+        items = _collect(_find_class_dirs(open_source(src, work)), report)
         if not items:
             raise SourceFormatError(f"{src}: BUSI folders found but no image/mask pairs in them")
-        complete = limit is None or limit >= len(items)
-        if limit is not None:
-            items = items[:limit]
+        items, complete = take(items, limit)
         rows = convert_items(items, out, report, progress=progress, desc=NAME)
-        stems = [r["stem"] for r in rows]
-        if complete:
-            for label in CLASSES:
-                have = {r["stem"] for r in rows if r["label"] == label}
-                want = [busi_stem(label, i) for i in range(1, EXPECTED_COUNTS[label] + 1)]
-                missing = [
-                    f"{label} ({s.rsplit('_', 1)[1].lstrip('0')})" for s in want if s not in have
-                ]
-                report.expect(f"{label} images", EXPECTED_COUNTS[label], len(have), missing)
-        for label in CLASSES:
-            report.counts[label] = sum(r["label"] == label for r in rows)
-        report.counts["images"] = len(rows)
-        report.counts["multi_mask_images"] = sum(int(r["n_masks"]) > 1 for r in rows)
-        assignment = check_against_split(
-            stems, committed_split("busi")["splits"], report, complete=complete
-        )
-        finish_output(
-            out,
-            name="busi",
-            splits=splits_from_assignment(assignment, stems),
-            seed=SPLIT_SEED,
-            rule=SPLIT_RULE,
-            rows=rows,
-            columns=META_COLUMNS,
-            report=report,
-            complete=complete,
-            limit=limit,
-        )
+        _check_counts(rows, report, complete)
+        finish(SOURCE, out, rows, report, complete=complete, limit=limit, columns=META_COLUMNS,
+               seed=SPLIT_SEED, rule=SPLIT_RULE)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python data_scripts/prepare_busi.py Dataset_BUSI.zip data/busi``."""
-    parser = argparse.ArgumentParser(
-        prog="prepare_busi",
+    return converter_main(
+        SOURCE, prepare, argv,
         description="Convert BUSI (breast ultrasound, 780 images with lesion masks) into the "
         "medclipsam folder layout: OUT/images, OUT/masks (0/255; several masks of "
         "one image are united), OUT/meta.csv (class, original name), "
-        "OUT/splits.json (stratified 70/10/20, seed 0), OUT/DONE. " + HOW_TO_GET,
-    )
-    add_common_arguments(
-        parser,
-        can_download=True,
+        "OUT/splits.json (stratified 70/10/20, seed 0), OUT/DONE.",
         source_help="Dataset_BUSI.zip or the folder extracted from it "
         "(with --download: where to save the zip)",
-    )
-    args = parser.parse_args(argv)
-    return run_main(
-        lambda: prepare(
-            args.source,
-            args.out,
-            download=args.download,
-            urls=args.url or URLS,
-            sha256=args.sha256,
-            limit=args.limit,
-            keep_extracted=args.keep_extracted,
-            progress=not args.quiet,
-            log=None if args.quiet else print,
-        ),
-        strict=args.strict,
-        name="prepare_busi",
     )
 
 

@@ -13,7 +13,6 @@ by the class (``covid19_``, ``noncovid_``, ``normal_``) so that they stay unique
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,22 +23,22 @@ from ._common import (
     SPLITS_DIR,
     Item,
     Report,
+    Source,
     SourceFormatError,
-    add_common_arguments,
-    check_archive_hash,
+    begin,
     committed_split,
     conversion,
     convert_items,
+    converter_main,
     find_dirs,
     find_files,
-    finish_output,
+    finish,
     image_mask_loader,
-    obtain_source,
     open_source,
-    run_main,
     short_list,
     slugify,
     splits_from_assignment,
+    take,
 )
 
 __all__ = [
@@ -81,6 +80,7 @@ HOW_TO_GET = (
     "extracted from it). Cite Tahir et al., Comput Biol Med 139 (2021) 105002."
 )
 META_COLUMNS = ("stem", "label", "source_file", "official_split")
+SOURCE = Source("covidqu", NAME, HOW_TO_GET, archive_name="covidqu.zip", nested=True)
 
 
 def covidqu_stem(label: str, name: str) -> str:
@@ -140,6 +140,63 @@ def _child(folder: Path, name: str) -> Path | None:
     return None
 
 
+def _pair_folders(base: Path, folder: str, label: str, report: Report) -> tuple[Path, Path] | None:
+    """``<folder>/<label>/images`` and ``.../lung masks`` (case-insensitive), or None (reported)."""
+    split_dir = _child(base, folder)
+    class_dir = _child(split_dir, label) if split_dir else None
+    img_dir = _child(class_dir, "images") if class_dir else None
+    mask_dir = _child(class_dir, "lung masks") if class_dir else None
+    if img_dir is None or mask_dir is None:
+        report.anomaly(f"{folder}/{label}/: images/ or lung masks/ folder missing")
+        return None
+    return img_dir, mask_dir
+
+
+def _collect(base: Path, folder_to_split: dict[str, str], limit: int | None,
+             report: Report) -> tuple[list[Item], bool, dict[tuple[str, str], int]]:
+    """One item per image with a lung mask, the first ``limit`` of each split folder and class;
+    whether that is all of them; images found per (folder, class)."""
+    items: list[Item] = []
+    complete = True
+    seen: dict[str, str] = {}
+    found: dict[tuple[str, str], int] = {}
+    renamed = 0
+    for folder, split in folder_to_split.items():
+        for label in CLASSES:
+            dirs = _pair_folders(base, folder, label, report)
+            if dirs is None:
+                continue
+            images = {p.name: p for p in find_files(dirs[0], r".+\.(png|jpg|jpeg)")}
+            masks = {p.name: p for p in find_files(dirs[1], r".+\.(png|jpg|jpeg)")}
+            found[(folder, label)] = len(images)
+            no_mask = sorted(set(images) - set(masks))
+            if no_mask:
+                report.anomaly(
+                    f"{folder}/{label}: skipped {len(no_mask)} image(s) without a "
+                    "lung mask: " + short_list(no_mask)
+                )
+            names, all_of_them = take(sorted(set(images) & set(masks)), limit)
+            complete = complete and all_of_them
+            for name in names:
+                stem = covidqu_stem(label, name)
+                where = f"{folder}/{label}/images/{name}"
+                if stem in seen:  # same name in two split folders: qualify it
+                    stem = f"{CLASSES[label]}_{split}_{slugify(Path(name).stem)}"
+                    renamed += 1
+                if stem in seen:
+                    report.anomaly(f"{where}: skipped, same stem {stem} as {seen[stem]}")
+                    continue
+                seen[stem] = where
+                row = {"stem": stem, "label": label, "source_file": where, "official_split": split}
+                items.append(Item(stem, row, image_mask_loader(images[name], masks[name])))
+    if renamed:
+        report.info(
+            f"{renamed} file name(s) occur in more than one split folder; their "
+            "stems include the split (e.g. covid19_test_...)"
+        )
+    return items, complete, found
+
+
 def prepare(
     source: str | Path,
     out_dir: str | Path,
@@ -156,24 +213,12 @@ def prepare(
     There is no download (Kaggle needs an account). ``limit`` converts the first N images of
     each split folder and class. Re-running resumes. Returns ``out_dir``.
     """
-
-    out = Path(out_dir).expanduser()
-    report = Report(NAME, log=log)
-    src = obtain_source(
-        source,
-        dataset=NAME,
-        default_name="covidqu.zip",
-        urls=None,
-        download=download,
-        how_to_get=HOW_TO_GET,
-        progress=progress,
-    )
-    check_archive_hash(src, sha256, None, report)
+    src, out, report = begin(SOURCE, source, out_dir, download=download, sha256=sha256,
+                             progress=progress, log=log)
     rule = committed_split("covidqu")
     folder_to_split = {k.lower(): v for k, v in rule["folder_to_split"].items()}
     with conversion(out, keep_extracted) as work:
-        roots = open_source(src, work, nested=True)
-        base = _split_root(roots)
+        base = _split_root(open_source(src, work, nested=SOURCE.nested))
         extra = sorted(
             p.name for p in base.iterdir() if p.is_dir() and p.name.lower() not in folder_to_split
         )
@@ -181,106 +226,32 @@ def prepare(
             report.anomaly(
                 f"{base.name}/: folder(s) not in the split rule, ignored: " + short_list(extra)
             )
-        items: list[Item] = []
-        complete = True
-        seen: dict[str, str] = {}
-        found: dict[tuple[str, str], int] = {}
-        renamed = 0
-        for folder, split in rule["folder_to_split"].items():
-            split_dir = _child(base, folder)
-            for label in CLASSES:
-                class_dir = _child(split_dir, label) if split_dir else None
-                img_dir = _child(class_dir, "images") if class_dir else None
-                mask_dir = _child(class_dir, "lung masks") if class_dir else None
-                if img_dir is None or mask_dir is None:
-                    report.anomaly(f"{folder}/{label}/: images/ or lung masks/ folder missing")
-                    continue
-                images = {p.name: p for p in find_files(img_dir, r".+\.(png|jpg|jpeg)")}
-                masks = {p.name: p for p in find_files(mask_dir, r".+\.(png|jpg|jpeg)")}
-                found[(folder, label)] = len(images)
-                no_mask = sorted(set(images) - set(masks))
-                if no_mask:
-                    report.anomaly(
-                        f"{folder}/{label}: skipped {len(no_mask)} image(s) without a "
-                        "lung mask: " + short_list(no_mask)
-                    )
-                names = sorted(set(images) & set(masks))
-                if limit is not None and limit < len(names):
-                    names, complete = names[:limit], False
-                for name in names:
-                    stem = covidqu_stem(label, name)
-                    where = f"{folder}/{label}/images/{name}"
-                    if stem in seen:  # same name in two split folders: qualify it
-                        stem = f"{CLASSES[label]}_{split}_{slugify(Path(name).stem)}"
-                        renamed += 1
-                    if stem in seen:
-                        report.anomaly(f"{where}: skipped, same stem {stem} as {seen[stem]}")
-                        continue
-                    seen[stem] = where
-                    row = {
-                        "stem": stem,
-                        "label": label,
-                        "source_file": where,
-                        "official_split": split,
-                    }
-                    items.append(Item(stem, row, image_mask_loader(images[name], masks[name])))
+        items, complete, found = _collect(base, rule["folder_to_split"], limit, report)
         if not items:
             raise SourceFormatError(f"{base}: no image/lung-mask pairs found")
-        if renamed:
-            report.info(
-                f"{renamed} file name(s) occur in more than one split folder; their "
-                "stems include the split (e.g. covid19_test_...)"
-            )
         if complete:
             for key, expected in EXPECTED_COUNTS.items():
                 if key in found:
                     report.expect(f"images in {key[0]}/{key[1]}", expected, found[key])
         rows = convert_items(items, out, report, progress=progress, desc=NAME)
-        stems = [r["stem"] for r in rows]
         report.counts["images"] = len(rows)
         for label in CLASSES:
             report.counts[label] = sum(r["label"] == label for r in rows)
-        splits = splits_from_assignment({r["stem"]: r["official_split"] for r in rows}, stems)
-        finish_output(
-            out,
-            name="covidqu",
-            splits=splits,
-            seed=None,
-            rule=SPLIT_RULE,
-            rows=rows,
-            columns=META_COLUMNS,
-            report=report,
-            complete=complete,
-            limit=limit,
-        )
+        official = {r["stem"]: r["official_split"] for r in rows}
+        finish(SOURCE, out, rows, report, complete=complete, limit=limit, columns=META_COLUMNS,
+               rule=SPLIT_RULE, splits=splits_from_assignment(official, [r["stem"] for r in rows]))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python data_scripts/prepare_covidqu.py archive.zip data/covidqu``."""
-    parser = argparse.ArgumentParser(
-        prog="prepare_covidqu",
+    return converter_main(
+        SOURCE, prepare, argv,
         description="Convert COVID-QU-Ex's lung segmentation data (33,920 chest X-rays with lung "
         "masks) into the medclipsam folder layout: OUT/images, OUT/masks (0/255), "
         "OUT/meta.csv (class, official split), OUT/splits.json (the official "
-        "Train/Val/Test folders), OUT/DONE. " + HOW_TO_GET,
-    )
-    add_common_arguments(
-        parser, can_download=False, source_help="the Kaggle zip, or the folder extracted from it"
-    )
-    args = parser.parse_args(argv)
-    return run_main(
-        lambda: prepare(
-            args.source,
-            args.out,
-            sha256=args.sha256,
-            limit=args.limit,
-            keep_extracted=args.keep_extracted,
-            progress=not args.quiet,
-            log=None if args.quiet else print,
-        ),
-        strict=args.strict,
-        name="prepare_covidqu",
+        "Train/Val/Test folders), OUT/DONE.",
+        source_help="the Kaggle zip, or the folder extracted from it",
     )
 
 

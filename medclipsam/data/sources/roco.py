@@ -34,15 +34,17 @@ from ..._utils import atomic_path, atomic_write_text
 from ._common import (
     SPLITS_DIR,
     Report,
+    Source,
     SourceFormatError,
     committed_split,
     conversion,
+    converter_main,
     find_dirs,
     find_files,
-    finish_output,
+    finish,
     progress_bar,
-    run_main,
     short_list,
+    take,
 )
 
 __all__ = [
@@ -74,6 +76,7 @@ HOW_TO_GET = (
     "et al., LABELS/CVII/STENT@MICCAI 2018."
 )
 CAPTION_COLUMNS = ("image", "caption", "split", "roco_id", "subset")
+SOURCE = Source("roco", NAME, HOW_TO_GET)
 
 
 def build_roco_split_rule() -> dict[str, Any]:
@@ -149,6 +152,66 @@ def _data_root(source: Path) -> dict[tuple[str, str], Path]:
     return found
 
 
+def _find_image(roco_id: str, image_dir: Path, files: dict[str, str],
+                by_stem: dict[str, Path]) -> Path | None:
+    """The downloaded image of ``roco_id``: by its dlinks.txt name, else by file stem."""
+    image = image_dir / files[roco_id] if roco_id in files else None
+    if image is None or not image.is_file():
+        image = by_stem.get(roco_id) or by_stem.get(Path(files.get(roco_id, "")).stem)
+    return image if image is not None and image.is_file() else None
+
+
+def _add_folder(where: Path, name: str, sub: str, split: str, out_dir: Path, *, link: str,
+                min_caption_chars: int, limit: int | None, progress: bool, report: Report,
+                tally: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """Place the images of one ``<split folder>/<subset>`` and return their captions.csv rows, and
+    whether every caption was taken (``limit``); ``tally`` counts short captions, missing images,
+    written and resumed files."""
+    captions, bad = read_captions(where / "captions.txt")
+    if bad:
+        report.anomaly(
+            f"{name}/{sub}/captions.txt: {len(bad)} malformed line(s) "
+            f"ignored (lines {short_list(map(str, bad))})"
+        )
+    files = read_dlinks(where / "dlinks.txt") if (where / "dlinks.txt").is_file() else {}
+    image_dir = where / "images"
+    by_stem = {p.stem: p for p in find_files(image_dir, r".+")} if image_dir.is_dir() else {}
+    ids, complete = take(sorted(captions), limit)
+    rows = []
+    for roco_id in progress_bar(ids, desc=f"{NAME} {name}/{sub}", enabled=progress):
+        caption = captions[roco_id]
+        if len(caption) < min_caption_chars:
+            tally["short"] += 1
+            continue
+        image = _find_image(roco_id, image_dir, files, by_stem)
+        if image is None:
+            tally["missing_ids"].append(roco_id)
+            continue
+        dest = out_dir / "images" / f"{roco_id}{image.suffix.lower()}"
+        if dest.exists():
+            tally["resumed"] += 1
+        else:
+            _place(image, dest, link)
+            tally["written"] += 1
+        rows.append({"image": f"images/{dest.name}", "caption": caption, "split": split,
+                     "roco_id": roco_id, "subset": sub})
+    return rows, complete
+
+
+def _check_source(src: Path, subset: str, link: str) -> None:
+    if subset not in (*SUBSETS, "all"):
+        raise ValueError(f"subset must be one of {', '.join(SUBSETS)} or all, got {subset!r}")
+    if link not in ("copy", "hardlink", "symlink"):
+        raise ValueError(f"link must be copy, hardlink or symlink, got {link!r}")
+    if not src.exists():
+        raise FileNotFoundError(f"{NAME}: {src} does not exist.\n{HOW_TO_GET}")
+    if not src.is_dir():
+        raise SourceFormatError(
+            f"{src}: ROCO is a folder (the roco-dataset repository with "
+            "downloaded images), not a file"
+        )
+
+
 def prepare(
     source: str | Path,
     out_dir: str | Path,
@@ -166,21 +229,10 @@ def prepare(
     downloaded by its scripts. ``link``: ``copy`` (default), ``hardlink`` or ``symlink``.
     ``limit`` keeps the first N captions of each split. Re-running resumes. Returns ``out_dir``.
     """
-    if subset not in (*SUBSETS, "all"):
-        raise ValueError(f"subset must be one of {', '.join(SUBSETS)} or all, got {subset!r}")
-    if link not in ("copy", "hardlink", "symlink"):
-        raise ValueError(f"link must be copy, hardlink or symlink, got {link!r}")
     src = Path(source).expanduser()
-    if not src.exists():
-        raise FileNotFoundError(f"{NAME}: {src} does not exist.\n{HOW_TO_GET}")
-    if not src.is_dir():
-        raise SourceFormatError(
-            f"{src}: ROCO is a folder (the roco-dataset repository with "
-            "downloaded images), not a file"
-        )
+    _check_source(src, subset, link)
     out = Path(out_dir).expanduser()
     report = Report(NAME, log=log)
-    folder_to_split = committed_split("roco")["folder_to_split"]
     wanted = SUBSETS if subset == "all" else (subset,)
     folders = _data_root(src)
     if not any(key[1] in wanted for key in folders):
@@ -190,112 +242,52 @@ def prepare(
         )
     with conversion(out, keep_extracted=False):
         rows: list[dict[str, Any]] = []
-        splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-        short = missing = written = resumed = 0
-        missing_ids: list[str] = []
+        tally: dict[str, Any] = {"short": 0, "written": 0, "resumed": 0, "missing_ids": []}
         complete = True
-        for folder, split in folder_to_split.items():
+        for name, split in committed_split("roco")["folder_to_split"].items():
             for sub in wanted:
-                where = folders.get((folder, sub))
+                where = folders.get((name, sub))
                 if where is None:
-                    report.anomaly(f"no {folder}/{sub}/captions.txt found")
+                    report.anomaly(f"no {name}/{sub}/captions.txt found")
                     continue
-                captions, bad = read_captions(where / "captions.txt")
-                if bad:
-                    report.anomaly(
-                        f"{folder}/{sub}/captions.txt: {len(bad)} malformed line(s) "
-                        f"ignored (lines {short_list(map(str, bad))})"
-                    )
-                files = (
-                    read_dlinks(where / "dlinks.txt") if (where / "dlinks.txt").is_file() else {}
-                )
-                image_dir = where / "images"
-                by_stem = (
-                    {p.stem: p for p in find_files(image_dir, r".+")} if image_dir.is_dir() else {}
-                )
-                ids = sorted(captions)
-                if limit is not None and limit < len(ids):
-                    ids, complete = ids[:limit], False
-                for roco_id in progress_bar(ids, desc=f"{NAME} {folder}/{sub}", enabled=progress):
-                    caption = captions[roco_id]
-                    if len(caption) < min_caption_chars:
-                        short += 1
-                        continue
-                    image = image_dir / files[roco_id] if roco_id in files else None
-                    if image is None or not image.is_file():
-                        image = by_stem.get(roco_id) or by_stem.get(
-                            Path(files.get(roco_id, "")).stem
-                        )
-                    if image is None or not image.is_file():
-                        missing += 1
-                        missing_ids.append(roco_id)
-                        continue
-                    dest = out / "images" / f"{roco_id}{image.suffix.lower()}"
-                    if dest.exists():
-                        resumed += 1
-                    else:
-                        _place(image, dest, link)
-                        written += 1
-                    rows.append(
-                        {
-                            "image": f"images/{dest.name}",
-                            "caption": caption,
-                            "split": split,
-                            "roco_id": roco_id,
-                            "subset": sub,
-                        }
-                    )
-                    splits.setdefault(split, []).append(roco_id)
-        if short:
-            report.info(f"dropped {short} caption(s) shorter than {min_caption_chars} characters")
-        if missing:
-            report.anomaly(
-                f"{missing} image(s) missing (not downloaded?): " + short_list(missing_ids)
-            )
-        if not rows:
-            raise SourceFormatError(
-                f"{src}: no ROCO image was found for any caption; run the "
-                "roco-dataset download script first"
-            )
-        report.counts.update(
-            pairs=len(rows),
-            written=written,
-            already_present=resumed,
-            dropped_short_captions=short,
-            missing_images=missing,
-            **{s: len(v) for s, v in splits.items()},
-        )
-
-        finish_output(
-            out,
-            name="roco",
-            splits=splits,
-            seed=None,
-            rule=SPLIT_RULE,
-            rows=rows,
-            columns=CAPTION_COLUMNS,
-            report=report,
-            complete=complete,
-            limit=limit,
-            table="captions.csv",
-        )
+                got, all_of_them = _add_folder(
+                    where, name, sub, split, out, link=link, min_caption_chars=min_caption_chars,
+                    limit=limit, progress=progress, report=report, tally=tally)
+                rows += got
+                complete = complete and all_of_them
+        splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        for r in rows:
+            splits.setdefault(r["split"], []).append(r["roco_id"])
+        _report(rows, splits, tally, min_caption_chars, src, report)
+        finish(SOURCE, out, rows, report, complete=complete, limit=limit,
+               columns=CAPTION_COLUMNS, rule=SPLIT_RULE, splits=splits, table="captions.csv")
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python data_scripts/prepare_roco.py roco-dataset data/roco``."""
-    parser = argparse.ArgumentParser(
-        prog="prepare_roco",
-        description="Build the ROCO image-caption set for CLIP fine-tuning: OUT/images/<ROCO id>"
-        ".<ext>, OUT/captions.csv (image,caption,split,roco_id,subset), "
-        "OUT/splits.json (official train/validation/test), OUT/DONE. Captions under "
-        f"{MIN_CAPTION_CHARS} characters are dropped. " + HOW_TO_GET,
+def _report(rows: list[dict[str, Any]], splits: dict[str, list[str]], tally: dict[str, Any],
+            min_caption_chars: int, src: Path, report: Report) -> None:
+    """Tell what was dropped and missing; no pair at all is an error; the counts for DONE."""
+    if tally["short"]:
+        report.info(f"dropped {tally['short']} caption(s) shorter than {min_caption_chars} characters")
+    missing = tally["missing_ids"]
+    if missing:
+        report.anomaly(f"{len(missing)} image(s) missing (not downloaded?): " + short_list(missing))
+    if not rows:
+        raise SourceFormatError(
+            f"{src}: no ROCO image was found for any caption; run the "
+            "roco-dataset download script first"
+        )
+    report.counts.update(
+        pairs=len(rows),
+        written=tally["written"],
+        already_present=tally["resumed"],
+        dropped_short_captions=tally["short"],
+        missing_images=len(missing),
+        **{s: len(v) for s, v in splits.items()},
     )
-    parser.add_argument(
-        "source",
-        help="the roco-dataset repository (or its data/ folder) with the images downloaded",
-    )
-    parser.add_argument("out", help="output folder (re-running resumes)")
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--subset",
         choices=(*SUBSETS, "all"),
@@ -314,30 +306,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=MIN_CAPTION_CHARS,
         help=f"drop shorter captions (default {MIN_CAPTION_CHARS})",
     )
-    parser.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="keep only the first N captions of each split (a quick try)",
-    )
-    parser.add_argument(
-        "--strict", action="store_true", help="exit with status 1 when any anomaly was found"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    args = parser.parse_args(argv)
-    return run_main(
-        lambda: prepare(
-            args.source,
-            args.out,
-            subset=args.subset,
-            link=args.link,
-            min_caption_chars=args.min_caption_chars,
-            limit=args.limit,
-            progress=not args.quiet,
-            log=None if args.quiet else print,
-        ),
-        strict=args.strict,
-        name="prepare_roco",
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python data_scripts/prepare_roco.py roco-dataset data/roco``."""
+    return converter_main(
+        SOURCE, prepare, argv,
+        description="Build the ROCO image-caption set for CLIP fine-tuning: OUT/images/<ROCO id>"
+        ".<ext>, OUT/captions.csv (image,caption,split,roco_id,subset), "
+        "OUT/splits.json (official train/validation/test), OUT/DONE. Captions under "
+        f"{MIN_CAPTION_CHARS} characters are dropped.",
+        source_help="the roco-dataset repository (or its data/ folder) with the images downloaded",
+        archive=False,
+        limit_help="keep only the first N captions of each split (a quick try)",
+        extend=_arguments,
+        options=lambda a: {"subset": a.subset, "link": a.link,
+                           "min_caption_chars": a.min_caption_chars},
     )
 
 

@@ -15,7 +15,6 @@ Output stems are ``udiat_000001`` ...; the split (``splits/udiat.json``) is 70/1
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,27 +22,25 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets import make_split, write_split
 from ._common import (
     SPLITS_DIR,
     Item,
     Report,
+    Source,
     SourceFormatError,
-    add_common_arguments,
-    check_against_split,
-    check_archive_hash,
-    committed_split,
+    begin,
     conversion,
     convert_items,
+    converter_main,
     find_dirs,
     find_files,
-    finish_output,
+    finish,
     image_mask_loader,
-    obtain_source,
     open_source,
     read_table,
-    run_main,
     short_list,
-    splits_from_assignment,
+    take,
 )
 
 __all__ = [
@@ -73,6 +70,7 @@ HOW_TO_GET = (
     "then pass the archive (or the folder extracted from it) to this script."
 )
 META_COLUMNS = ("stem", "label", "source_file", "mask_file", "lesion_type")
+SOURCE = Source("udiat", NAME, HOW_TO_GET, archive_name="UDIAT_DatasetB.zip")
 
 _TABLE_PATTERN = r".+\.(xlsx|xls|csv|tsv)"
 _CLASS_WORDS = {"benign", "malignant"}
@@ -90,15 +88,11 @@ def known_stems() -> list[str]:
 
 def build_udiat_split(seed: int = SPLIT_SEED) -> dict[str, list[str]]:
     """The committed UDIAT split (70/10/20, seed 0)."""
-    from ..datasets import make_split
-
     return make_split(known_stems(), seed=seed)
 
 
 def write_udiat_split(path: str | Path = SPLITS_DIR / "udiat.json") -> Path:
     """(Re)write the committed split file from :func:`build_udiat_split`."""
-    from ..datasets import write_split
-
     return Path(
         write_split(Path(path), build_udiat_split(), name="udiat", seed=SPLIT_SEED, rule=SPLIT_RULE)
     )
@@ -170,6 +164,76 @@ def _find_pair_dirs(roots: Sequence[Path]) -> tuple[Path, Path]:
     )
 
 
+def _numbered(folder: Path) -> dict[int, Path]:
+    """The numbered image files (``000001.png`` ...) directly in ``folder``, by number."""
+    return {
+        n: p
+        for p in find_files(folder, r".+\.(png|bmp|jpg|tif|tiff)")
+        if p.parent == folder and (n := _number(p.name)) is not None
+    }
+
+
+def _classes(roots: Sequence[Path], numbers: set[int], report: Report) -> dict[int, tuple[str, str]]:
+    """Class and lesion type per image number from the first readable spreadsheet ({} without)."""
+    tables = find_files(roots, _TABLE_PATTERN)
+    for table in tables:
+        try:
+            classes = read_class_table(table, numbers)
+        except SourceFormatError as e:
+            report.anomaly(f"spreadsheet not used: {e}")
+            continue
+        report.info(f"classes from {table.name}")
+        return classes
+    if not tables:
+        report.info("no spreadsheet found: class 'unknown' for every image")
+    return {}
+
+
+def _collect(roots: Sequence[Path], report: Report) -> tuple[list[Item], bool]:
+    """One item per image with a mask; whether class labels were found."""
+    orig_dir, gt_dir = _find_pair_dirs(roots)
+    images, masks = _numbered(orig_dir), _numbered(gt_dir)
+    if not images:
+        raise SourceFormatError(f"{orig_dir}: no numbered images (000001.png ...) found")
+    no_mask = sorted(set(images) - set(masks))
+    if no_mask:
+        report.anomaly(
+            "skipped image(s) without a mask in GT/: " + short_list(images[n].name for n in no_mask)
+        )
+    no_image = sorted(set(masks) - set(images))
+    if no_image:
+        report.anomaly("mask(s) without an image: " + short_list(masks[n].name for n in no_image))
+    classes = _classes(roots, set(images), report)
+    items = []
+    for n in sorted(set(images) & set(masks)):
+        label, lesion = classes.get(n, ("unknown", ""))
+        stem = udiat_stem(n)
+        row: dict[str, Any] = {
+            "stem": stem,
+            "label": label,
+            "source_file": f"{orig_dir.name}/{images[n].name}",
+            "mask_file": f"{gt_dir.name}/{masks[n].name}",
+            "lesion_type": lesion,
+        }
+        items.append(Item(stem, row, image_mask_loader(images[n], masks[n])))
+    return items, bool(classes)
+
+
+def _check_counts(rows: Sequence[dict[str, Any]], report: Report, complete: bool,
+                  has_classes: bool) -> None:
+    """Image and class counts against the published ones (complete runs), and the counts for DONE."""
+    if complete:
+        stems = {r["stem"] for r in rows}
+        missing = [f"{i:06d}.png" for i in range(1, EXPECTED_TOTAL + 1) if udiat_stem(i) not in stems]
+        report.expect("images", EXPECTED_TOTAL, len(rows), missing)
+        if has_classes:
+            for label, expected in EXPECTED_COUNTS.items():
+                report.expect(f"{label} images", expected, sum(r["label"] == label for r in rows))
+    for label in (*EXPECTED_COUNTS, "unknown"):
+        report.counts[label] = sum(r["label"] == label for r in rows)
+    report.counts["images"] = len(rows)
+
+
 def prepare(
     source: str | Path,
     out_dir: str | Path,
@@ -186,137 +250,28 @@ def prepare(
     There is no download (``download=True`` only explains where to get it). Classes come from
     the spreadsheet when present. Re-running resumes. Returns ``out_dir``.
     """
-
-    out = Path(out_dir).expanduser()
-    report = Report(NAME, log=log)
-    src = obtain_source(
-        source,
-        dataset=NAME,
-        default_name="UDIAT_DatasetB.zip",
-        urls=None,
-        download=download,
-        how_to_get=HOW_TO_GET,
-        progress=progress,
-    )
-    check_archive_hash(src, sha256, None, report)
+    src, out, report = begin(SOURCE, source, out_dir, download=download, sha256=sha256,
+                             progress=progress, log=log)
     with conversion(out, keep_extracted) as work:
-        roots = open_source(src, work)
-        orig_dir, gt_dir = _find_pair_dirs(roots)
-        images = {
-            n: p
-            for p in find_files(orig_dir, r".+\.(png|bmp|jpg|tif|tiff)")
-            if p.parent == orig_dir and (n := _number(p.name)) is not None
-        }
-        masks = {
-            n: p
-            for p in find_files(gt_dir, r".+\.(png|bmp|jpg|tif|tiff)")
-            if p.parent == gt_dir and (n := _number(p.name)) is not None
-        }
-        if not images:
-            raise SourceFormatError(f"{orig_dir}: no numbered images (000001.png ...) found")
-        no_mask = sorted(set(images) - set(masks))
-        if no_mask:
-            report.anomaly(
-                "skipped image(s) without a mask in GT/: "
-                + short_list(images[n].name for n in no_mask)
-            )
-        no_image = sorted(set(masks) - set(images))
-        if no_image:
-            report.anomaly(
-                "mask(s) without an image: " + short_list(masks[n].name for n in no_image)
-            )
-
-        classes: dict[int, tuple[str, str]] = {}
-        tables = find_files(roots, _TABLE_PATTERN)
-        for table in tables:
-            try:
-                classes = read_class_table(table, set(images))
-            except SourceFormatError as e:
-                report.anomaly(f"spreadsheet not used: {e}")
-                continue
-            report.info(f"classes from {table.name}")
-            break
-        if not tables:
-            report.info("no spreadsheet found: class 'unknown' for every image")
-
-        items = []
-        for n in sorted(set(images) & set(masks)):
-            label, lesion = classes.get(n, ("unknown", ""))
-            stem = udiat_stem(n)
-            row: dict[str, Any] = {
-                "stem": stem,
-                "label": label,
-                "source_file": f"{orig_dir.name}/{images[n].name}",
-                "mask_file": f"{gt_dir.name}/{masks[n].name}",
-                "lesion_type": lesion,
-            }
-            items.append(Item(stem, row, image_mask_loader(images[n], masks[n])))
-        complete = limit is None or limit >= len(items)
-        if limit is not None:
-            items = items[:limit]
+        items, has_classes = _collect(open_source(src, work), report)
+        items, complete = take(items, limit)
         rows = convert_items(items, out, report, progress=progress, desc=NAME)
-        stems = [r["stem"] for r in rows]
-        if complete:
-            missing = [
-                f"{i:06d}.png"
-                for i in range(1, EXPECTED_TOTAL + 1)
-                if udiat_stem(i) not in set(stems)
-            ]
-            report.expect("images", EXPECTED_TOTAL, len(rows), missing)
-            if classes:
-                for label, expected in EXPECTED_COUNTS.items():
-                    report.expect(
-                        f"{label} images", expected, sum(r["label"] == label for r in rows)
-                    )
-        for label in (*EXPECTED_COUNTS, "unknown"):
-            report.counts[label] = sum(r["label"] == label for r in rows)
-        report.counts["images"] = len(rows)
-        assignment = check_against_split(
-            stems, committed_split("udiat")["splits"], report, complete=complete
-        )
-        finish_output(
-            out,
-            name="udiat",
-            splits=splits_from_assignment(assignment, stems),
-            seed=SPLIT_SEED,
-            rule=SPLIT_RULE,
-            rows=rows,
-            columns=META_COLUMNS,
-            report=report,
-            complete=complete,
-            limit=limit,
-        )
+        _check_counts(rows, report, complete, has_classes)
+        finish(SOURCE, out, rows, report, complete=complete, limit=limit, columns=META_COLUMNS,
+               seed=SPLIT_SEED, rule=SPLIT_RULE)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python data_scripts/prepare_udiat.py DatasetB.zip data/udiat``."""
-    parser = argparse.ArgumentParser(
-        prog="prepare_udiat",
+    return converter_main(
+        SOURCE, prepare, argv,
         description="Convert UDIAT Dataset B (breast ultrasound, 163 images with lesion masks) "
         "into the medclipsam folder layout: OUT/images, OUT/masks (0/255), "
         "OUT/meta.csv (class from the spreadsheet if present, else 'unknown'), "
-        "OUT/splits.json (70/10/20, seed 0), OUT/DONE. " + HOW_TO_GET,
-    )
-    add_common_arguments(
-        parser,
-        can_download=False,
+        "OUT/splits.json (70/10/20, seed 0), OUT/DONE.",
         source_help="the archive the authors sent, or the folder extracted "
         "from it (with original/ and GT/ somewhere inside)",
-    )
-    args = parser.parse_args(argv)
-    return run_main(
-        lambda: prepare(
-            args.source,
-            args.out,
-            sha256=args.sha256,
-            limit=args.limit,
-            keep_extracted=args.keep_extracted,
-            progress=not args.quiet,
-            log=None if args.quiet else print,
-        ),
-        strict=args.strict,
-        name="prepare_udiat",
     )
 
 

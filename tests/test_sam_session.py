@@ -11,8 +11,8 @@ from medclipsam.data.phantom import PhantomDataset
 from medclipsam.metrics import dice
 from medclipsam.models.sam import load_sam
 from medclipsam.models.toy_sam import component_boxes
-from medclipsam.prompting import make_prompts
-from medclipsam.sam_prompting import SamSession
+from medclipsam.prompting import make_sam_prompts
+from medclipsam.sam_session import SamSession
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,11 @@ def test_two_boxes_in_one_call_equal_the_union_of_single_calls(session):
     both = session.predict(boxes)
     singles = [session.predict(b) for b in boxes]
     union = singles[0].mask | singles[1].mask
-    assert np.array_equal(both.mask, union)
-    assert np.array_equal(both.masks[0], singles[0].mask)
+    # One batched call and two single calls run differently shaped matrix products, whose
+    # rounding depends on the CPU's kernels: the masks agree up to pixels sitting on SAM's
+    # threshold, not necessarily bit for bit.
+    assert (both.mask != union).mean() < 1e-3
+    assert (both.masks[0] != singles[0].mask).mean() < 1e-3
     assert both.scores == pytest.approx([r.scores[0] for r in singles], abs=1e-5)
     assert dice(both.mask, s.mask) > 0.9
     best = session.predict(boxes, union=False)  # the best-scoring lung alone
@@ -109,23 +112,23 @@ def test_multimask_keeps_the_mask_with_the_highest_predicted_iou(session, predic
     assert np.array_equal(r.masks[0], masks[k])
 
 
-def test_prompts_from_a_saliency_map(session):
+def test_sam_prompts_from_a_saliency_map(session):
     (s,) = _samples("xray", 1)
     session.set_image(s.image)
-    boxes = make_prompts(_blurred(s.mask), box_mode="per_component", n_components=2)
-    assert boxes.ok and boxes.n_prompts == 2
-    assert dice(session.predict_prompts(boxes).mask, s.mask) > 0.9
-    pts = make_prompts(_blurred(s.mask), box_mode="per_component", n_components=2,
+    boxes = make_sam_prompts(_blurred(s.mask), box_mode="per_component", n_components=2)
+    assert boxes.ok and boxes.n_sam_prompts == 2
+    assert dice(session.predict_sam_prompts(boxes).mask, s.mask) > 0.9
+    pts = make_sam_prompts(_blurred(s.mask), box_mode="per_component", n_components=2,
                        mode="points", points=3, negatives=1)
-    assert dice(session.predict_prompts(pts).mask, s.mask) > 0.8
-    both = make_prompts(_blurred(s.mask), box_mode="per_component", n_components=2,
+    assert dice(session.predict_sam_prompts(pts).mask, s.mask) > 0.8
+    both = make_sam_prompts(_blurred(s.mask), box_mode="per_component", n_components=2,
                         mode="box+points", points=2, negatives=1)
-    assert dice(session.predict_prompts(both).mask, s.mask) > 0.9
-    fallback = make_prompts(np.zeros(s.mask.shape))
+    assert dice(session.predict_sam_prompts(both).mask, s.mask) > 0.9
+    fallback = make_sam_prompts(np.zeros(s.mask.shape))
     assert "whole_image_box" in fallback.flags
-    assert session.predict_prompts(fallback).mask.shape == s.mask.shape
+    assert session.predict_sam_prompts(fallback).mask.shape == s.mask.shape
     with pytest.raises(ValueError, match="prompts were made for"):
-        session.predict_prompts(make_prompts(np.zeros((64, 64))))
+        session.predict_sam_prompts(make_sam_prompts(np.zeros((64, 64))))
 
 
 def test_bad_calls_fail_clearly(predictor):

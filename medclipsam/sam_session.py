@@ -1,10 +1,10 @@
-"""Prompting SAM: one image embedding per image, any number of box/point prompts against it.
+"""Running SAM: one image embedding per image, any number of SAM prompts (boxes, points) against it.
 
 :class:`SamSession` wraps a ``segment_anything.SamPredictor`` (or our ``MedSamPredictor``; see
 :func:`medclipsam.models.load_sam`). ``set_image`` runs the image encoder, the expensive part,
-once per image (setting the same pixels again is free); ``predict`` then decodes any prompts
+once per image (setting the same pixels again is free); ``predict`` then decodes any SAM prompts
 against the stored embedding, all boxes of one call in a single batched ``predict_torch`` call
-(one mask per box; several masks are unioned: MedCLIP-SAM's "multi-contour" prompts for two
+(one mask per box; several masks are unioned: MedCLIP-SAM's "multi-contour" boxes for two
 lungs). ``encoder_calls`` counts how often the image encoder actually ran.
 
 Coordinates are those of :mod:`medclipsam.prompting`: boxes ``[x0, y0, x1, y1]`` and points
@@ -21,18 +21,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .prompting import Prompts, to_uint8_rgb
+from .data.convert import to_uint8
+from .prompting import SamPrompts
 
 __all__ = ["SamResult", "SamSession"]
 
 
 @dataclass
 class SamResult:
-    """SAM's answer to the prompts of one :meth:`SamSession.predict` call.
+    """SAM's answer to the SAM prompts of one :meth:`SamSession.predict` call.
 
-    ``masks``: ``(N, H, W)`` bool, one per prompt, at the image's size; ``scores``: ``(N,)``
+    ``masks``: ``(N, H, W)`` bool, one per SAM prompt, at the image's size; ``scores``: ``(N,)``
     SAM's predicted IoU of each returned mask; ``choice``: ``(N,)`` which of SAM's three masks
-    was taken per prompt (0 without ``multimask``); ``low_res_logits``: ``(N, 1, 4 g, 4 g)``
+    was taken per SAM prompt (0 without ``multimask``); ``low_res_logits``: ``(N, 1, 4 g, 4 g)``
     float32 logits of the returned masks for an embedding grid g (256 x 256 for SAM, 64 x 64
     for the toy SAM; SAM's ``mask_input`` format, for a refinement pass);
     ``mask``: ``(H, W)`` bool, the union of ``masks`` when ``union`` was asked, otherwise the
@@ -47,12 +48,12 @@ class SamResult:
 
     @property
     def score(self) -> float:
-        """The highest predicted IoU among the prompts."""
+        """The highest predicted IoU among the SAM prompts."""
         return float(self.scores.max())
 
 
 class SamSession:
-    """A ``SamPredictor`` with a stored image embedding, batched prompts and an encoder counter.
+    """A ``SamPredictor`` with a stored image embedding, batched SAM prompts and an encoder counter.
 
     Use as a context manager (or call :meth:`close`) to remove the counting hook from the
     model when done; the predictor itself stays usable.
@@ -104,10 +105,10 @@ class SamSession:
         return self._shape
 
     def set_image(self, image: np.ndarray) -> bool:
-        """Compute and store the embedding of ``image`` (grey or RGB, uint8 or float: see
-        :func:`medclipsam.prompting.to_uint8_rgb`). Returns False, computing nothing, when the
-        predictor already holds these exact pixels from this session."""
-        rgb = to_uint8_rgb(image)
+        """Compute and store the embedding of ``image`` (any array, PIL image or tensor, made
+        the uint8 RGB picture by :func:`medclipsam.data.convert.to_uint8`). Returns False,
+        computing nothing, when the predictor already holds these exact pixels from this session."""
+        rgb = to_uint8(image, "rgb")
         digest = hashlib.blake2b(rgb.tobytes(), digest_size=16)
         digest.update(repr(rgb.shape).encode())
         key = digest.hexdigest()
@@ -118,7 +119,7 @@ class SamSession:
         self._key, self._features, self._shape = key, p.features, rgb.shape[:2]
         return True
 
-    # -- prompts ---------------------------------------------------------------------------
+    # -- SAM prompts -----------------------------------------------------------------------
 
     def _check_set(self) -> tuple[int, int]:
         p = self.predictor
@@ -140,13 +141,13 @@ class SamSession:
         multimask: bool = False,
         union: bool = True,
     ) -> SamResult:
-        """Masks for ``N`` prompts against the stored embedding, in one batched call.
+        """Masks for ``N`` SAM prompts against the stored embedding, in one batched call.
 
-        ``boxes``: ``(4,)`` or ``(N, 4)`` xyxy. ``points``: ``(P, 2)`` (one prompt) or
+        ``boxes``: ``(4,)`` or ``(N, 4)`` xyxy. ``points``: ``(P, 2)`` (one SAM prompt) or
         ``(N, P, 2)`` ``(x, y)``, with ``point_labels`` ``(P,)`` or ``(N, P)``. With both, box i
-        and point group i form prompt i (N must agree). ``multimask=True`` asks SAM for three
-        masks per prompt and keeps the one with the highest predicted IoU (SAM's advice for a
-        lone point); otherwise one mask per prompt. ``union``: see :class:`SamResult`.
+        and point group i form SAM prompt i (N must agree). ``multimask=True`` asks SAM for three
+        masks per SAM prompt and keeps the one with the highest predicted IoU (SAM's advice for a
+        lone point); otherwise one mask per SAM prompt. ``union``: see :class:`SamResult`.
         """
         h, w = self._check_set()
         p = self.predictor
@@ -200,19 +201,19 @@ class SamSession:
         mask = masks_np.any(axis=0) if union else masks_np[int(np.argmax(scores))]
         return SamResult(mask, masks_np, scores, choice.cpu().numpy(), low_np)
 
-    def predict_prompts(
-        self, prompts: Prompts, *, multimask: bool | None = None, union: bool = True
+    def predict_sam_prompts(
+        self, sam_prompts: SamPrompts, *, multimask: bool | None = None, union: bool = True
     ) -> SamResult:
-        """:meth:`predict` with :class:`medclipsam.prompting.Prompts` (from
-        :func:`medclipsam.prompting.make_prompts`) made at this image's size.
-        ``multimask=None``: three masks per prompt for points alone, one when there is a box."""
+        """:meth:`predict` with :class:`medclipsam.prompting.SamPrompts` (from
+        :func:`medclipsam.prompting.make_sam_prompts`) made at this image's size.
+        ``multimask=None``: three masks per SAM prompt for points alone, one when there is a box."""
         shape = self._check_set()
-        if prompts.mask.shape != tuple(shape):
+        if sam_prompts.mask.shape != tuple(shape):
             raise ValueError(
-                f"prompts were made for a {prompts.mask.shape} map but the image is {shape}"
+                f"SAM prompts were made for a {sam_prompts.mask.shape} map but the image is {shape}"
             )
         if multimask is None:
-            multimask = prompts.boxes is None
+            multimask = sam_prompts.boxes is None
         return self.predict(
-            prompts.boxes, prompts.points, prompts.point_labels, multimask=multimask, union=union
+            sam_prompts.boxes, sam_prompts.points, sam_prompts.point_labels, multimask=multimask, union=union
         )
