@@ -93,21 +93,34 @@ def _pipeline(args: argparse.Namespace, **overrides: Any):
                                                 device=args.device)
     if args.clip == "toy" and args.sam == "toy":
         return MedCLIPSAM.toy(device=args.device, **overrides)
-    return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device, **overrides)
+    return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device,
+                                      sam_checkpoint=getattr(args, "sam_checkpoint", None),
+                                      **overrides)
+
+
+def _saliency_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--saliency, --k, --precision and --postprocess as PipelineConfig overrides (options left
+    out keep the API's defaults, and the toy world's k)."""
+    over: dict[str, Any] = {k: v for k, v in (("saliency", args.saliency), ("postprocess", args.postprocess))
+                            if v is not None}
+    saliency_kwargs = {k: v for k, v in (("k", args.k), ("precision", args.precision)) if v is not None}
+    if saliency_kwargs and over.get("saliency", _PIPE.saliency) != "gscorecam":
+        raise ValueError(f"--k and --precision are gScoreCAM's; --saliency is {args.saliency}")
+    if saliency_kwargs:
+        over["saliency_kwargs"] = saliency_kwargs
+    return over
 
 
 def _segment_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~medclipsam.config.PipelineConfig` fields the user set (others keep the API's
     defaults, and the toy world's where it has its own)."""
-    saliency_kwargs = {k: v for k, v in (("k", args.k), ("precision", args.precision)) if v is not None}
-    names = {"saliency": "saliency", "postprocess": "postprocess", "threshold": "threshold",
-             "components": "n_components", "box_mode": "box_mode", "sam_prompt_mode": "sam_prompt_mode",
-             "points": "points", "negatives": "negatives", "seed": "seed"}
-    over = {field: getattr(args, opt) for opt, field in names.items() if getattr(args, opt) is not None}
+    names = {"threshold": "threshold", "components": "n_components", "box_mode": "box_mode",
+             "sam_prompt_mode": "sam_prompt_mode", "points": "points", "negatives": "negatives",
+             "seed": "seed"}
+    over = _saliency_overrides(args)
+    over.update({field: getattr(args, opt) for opt, field in names.items() if getattr(args, opt) is not None})
     if args.multimask:
         over["multimask"] = True
-    if saliency_kwargs:
-        over["saliency_kwargs"] = saliency_kwargs
     return over
 
 
@@ -165,9 +178,11 @@ def _split_stems(args: argparse.Namespace, name: str | None) -> list[str] | None
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     _check_folder_run(args)
     stems = _split_stems(args, args.split)
+    over = _saliency_overrides(args)
+    PipelineConfig(**over).validate()  # refuse a bad combination before loading any model
     from .reproduce import pseudo_label  # after the checks: a bad argument fails before models load
 
-    pipe = _pipeline(args)
+    pipe = _pipeline(args, **over)
     rows = _run_quietly_failing(
         lambda: pseudo_label(pipe, args.images, args.out, args.prompt, task=args.task,
                              stems=stems, progress=not args.quiet, strict=args.strict)
@@ -215,6 +230,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         _check_prompt(args.prompt)
     _need_positive(epochs=args.epochs, batch_size=args.batch_size, size=args.size)
+    _check_model_args(args)
     from .reproduce import reproduce  # after the checks: a bad argument fails before models load
 
     cfg = WeakConfig(epochs=args.epochs, size=args.size, batch_size=args.batch_size, device=args.device)
@@ -409,10 +425,13 @@ def _need_positive(**values: Any) -> None:
 
 def _check_model_args(args: argparse.Namespace) -> None:
     clip, sam = str(args.clip), str(args.sam)
-    if not clip.startswith("hf-hub:") and (
+    if clip.startswith("local-dir:"):
+        _need_dirs(clip=clip[len("local-dir:"):])
+    elif not clip.startswith("hf-hub:") and (
         "/" in clip or os.sep in clip or clip.lower().endswith(_CHECKPOINT_SUFFIXES)
-    ) and not Path(clip).expanduser().is_file():
-        raise FileNotFoundError(f"--clip {clip}: checkpoint file not found")
+    ) and not Path(clip).expanduser().exists():
+        raise FileNotFoundError(f"--clip {clip}: checkpoint file or model folder not found")
+    _check_sam_checkpoint(sam, getattr(args, "sam_checkpoint", None))
     if sam.partition(":")[0].lower() in TEXT_BACKENDS:
         return
     if sam.lower() not in _SAM_NAMES and not Path(sam).expanduser().exists():
@@ -420,6 +439,18 @@ def _check_model_args(args: argparse.Namespace) -> None:
             f"--sam {sam}: neither a SAM model name ({', '.join(_SAM_NAMES)}, "
             f"{TEXT_BACKENDS[0]}) nor an existing checkpoint file or model folder"
         )
+
+
+def _check_sam_checkpoint(sam: str, checkpoint: str | None) -> None:
+    """--sam-checkpoint replaces the file of a named SAM; it must exist."""
+    if checkpoint is None:
+        return
+    named = [m for m in SAM_MODELS if m != "toy"]
+    if sam.lower() not in named:
+        raise ValueError(f"--sam-checkpoint is the file for --sam {'|'.join(named)}, not --sam {sam} "
+                         "(e.g. --sam medsam --sam-checkpoint medsam_vit_b.pth)")
+    if not Path(checkpoint).expanduser().is_file():
+        raise FileNotFoundError(f"--sam-checkpoint {checkpoint}: file not found")
 
 
 def _check_folder_run(args: argparse.Namespace) -> None:
@@ -480,12 +511,29 @@ def _threads(p: argparse.ArgumentParser) -> None:
 
 def _models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", default="toy",
-                   help="toy | biomedclip | an open_clip name | a checkpoint path (default: %(default)s)")
+                   help="toy | biomedclip | an open_clip name | a checkpoint file | a model folder (a "
+                   "Hugging Face snapshot) | local-dir:PATH (default: %(default)s)")
     p.add_argument("--sam", default="toy",
                    help="toy | vit_b | vit_l | vit_h | medsam | sam2-hiera-tiny/small/base-plus/large | "
                    "a checkpoint or model folder | sam3-text[:FOLDER] (SAM 3 from the text alone) "
                    "(default: %(default)s)")
+    p.add_argument("--sam-checkpoint", metavar="PATH",
+                   help="your own file for --sam vit_b|vit_l|vit_h|medsam (--sam medsam --sam-checkpoint "
+                   "medsam_vit_b.pth: MedSAM with MedSAM's preprocessing) (default: the registry's "
+                   "verified download)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
+
+
+def _saliency_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--saliency", choices=SALIENCY_METHODS,
+                   help=f"saliency method (default: {_PIPE.saliency})")
+    p.add_argument("--k", type=int,
+                   help=f"gScoreCAM channels (default: the method's, 300 as in the paper; {_TOY_K} in the "
+                   "toy world); on one CPU thread with BiomedCLIP about 0.6 s per channel per image")
+    p.add_argument("--precision", choices=SALIENCY_PRECISIONS, help="gScoreCAM scoring precision (default: fp32)")
+    p.add_argument("--postprocess", choices=POSTPROCESS_METHODS,
+                   help=f"saliency -> coarse mask (default: {_PIPE.postprocess}; without the crf extra "
+                   "the pipeline uses kmeans and flags each result)")
 
 
 def _add_demo(sub: Any) -> None:
@@ -516,14 +564,7 @@ def _add_segment(sub: Any) -> None:
     _models(sg)
     sg.add_argument("--task", choices=TASKS,
                     help="apply the task's preset, e.g. xray: two lungs, one box each (default: none)")
-    sg.add_argument("--saliency", choices=SALIENCY_METHODS,
-                    help=f"saliency method (default: {_PIPE.saliency})")
-    sg.add_argument("--k", type=int,
-                    help=f"gScoreCAM channels (default: the method's, 300; {_TOY_K} in the toy world)")
-    sg.add_argument("--precision", choices=SALIENCY_PRECISIONS, help="gScoreCAM scoring precision (default: fp32)")
-    sg.add_argument("--postprocess", choices=POSTPROCESS_METHODS,
-                    help=f"saliency -> coarse mask (default: {_PIPE.postprocess}; without the crf extra "
-                    "the pipeline uses kmeans and flags each result)")
+    _saliency_options(sg)
     sg.add_argument("--threshold", type=float,
                     help=f"for --postprocess threshold (default: {_PIPE.threshold})")
     sg.add_argument("--components", type=int,
@@ -671,6 +712,7 @@ def _add_pseudo_label(sub: Any) -> None:
     pl.add_argument("--split", help="only this split's stems, e.g. train (default: every image)")
     pl.add_argument("--splits", help="split file (default: splits.json beside the images folder)")
     _models(pl)
+    _saliency_options(pl)
     pl.add_argument("--strict", action="store_true",
                     help="stop at the first image that cannot be read (default: off: record it as "
                     "failed and go on; exit code 1 if any failed)")

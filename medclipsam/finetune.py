@@ -268,18 +268,55 @@ class _Dist:
             torch.distributed.barrier()
 
 
+def ddp_device(
+    device_pref: str | None, local_rank: int, local_world: int, cuda_count: int
+) -> torch.device:
+    """The device of one process under torchrun (``LOCAL_RANK`` ``local_rank`` of
+    ``local_world`` processes on this machine, ``cuda_count`` visible GPUs).
+
+    ``"auto"``/``"cuda"``: ``cuda:LOCAL_RANK`` (the CPU when there is no GPU, for ``"auto"``).
+    ``"cuda:N"``: GPU N when this machine runs one process; with several, each process takes
+    ``cuda:LOCAL_RANK`` and a warning says that N was not used (choose GPUs with
+    ``CUDA_VISIBLE_DEVICES``). ``"cpu"`` (or another device type): as given. A CUDA device that
+    does not exist is an error, never a silent fall-back to the CPU.
+    """
+    pref = "auto" if device_pref in (None, "") else str(device_pref)
+    asked = torch.device("cuda" if pref == "auto" and cuda_count else
+                         "cpu" if pref == "auto" else pref)
+    if asked.type != "cuda":
+        return asked
+    if cuda_count < 1:
+        raise RuntimeError(f"device {pref!r} under torchrun, but this machine has no CUDA device")
+    index = asked.index
+    if index is None:
+        index = local_rank
+    elif local_world > 1 and index != local_rank:
+        log.warning(
+            "device %s ignored for process %d of %d on this machine: each process uses "
+            "cuda:LOCAL_RANK (cuda:%d); choose the GPUs with CUDA_VISIBLE_DEVICES",
+            pref, local_rank, local_world, local_rank,
+        )
+        index = local_rank
+    if index >= cuda_count:
+        raise RuntimeError(
+            f"device cuda:{index} (from {pref!r}, LOCAL_RANK {local_rank}) does not exist: "
+            f"{cuda_count} CUDA device(s) visible"
+        )
+    return torch.device("cuda", index)
+
+
 def _init_distributed(device_pref: str) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist(), get_device(device_pref)
     dist = torch.distributed
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = ddp_device(device_pref, local_rank, local_world, cuda_count)
+    want_cuda = device.type == "cuda"
     if want_cuda:
-        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     owns = False
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if want_cuda else "gloo")

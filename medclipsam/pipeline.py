@@ -9,6 +9,8 @@
 
     pipe = MedCLIPSAM.from_pretrained(clip="biomedclip", sam="vit_b")   # real world (downloads)
     pipe.run_folder("images/", "breast tumor", "out/")                # masks/*.png + results.csv
+    pipe.sweep(images, "breast tumor", [{"postprocess": "otsu"}, {"sam_prompt_mode": "points"}])
+                                                    # several settings, one SAM embedding per image
 
 Every intermediate is kept in the :class:`SegmentationResult`. Settings live in
 :class:`~medclipsam.config.PipelineConfig`; per-task presets (:data:`~medclipsam.config.TASK_PRESETS`)
@@ -82,6 +84,7 @@ __all__ = [
     "check_prompt",
     "evaluate_phantom",
     "evaluate_predictions",
+    "evaluate_settings",
     "read_results",
 ]
 
@@ -153,6 +156,8 @@ class MedCLIPSAM:
         self.config = replace(config or PipelineConfig(), **overrides)
         self.config.validate()
         self.session = SamSession(sam)
+        #: ``"toy"`` (:meth:`toy`), ``"real"`` (:meth:`from_pretrained`) or ``"custom"``.
+        self.world = "custom"
 
     # -- construction --------------------------------------------------------------------------
 
@@ -169,15 +174,32 @@ class MedCLIPSAM:
             if key == "saliency_kwargs" and overrides.get("saliency", "gscorecam") != "gscorecam":
                 continue
             overrides.setdefault(key, value() if callable(value) else value)
-        return cls(load_clip("toy", device=device), load_sam("toy", device=device), **overrides)
+        pipe = cls(load_clip("toy", device=device), load_sam("toy", device=device), **overrides)
+        pipe.world = "toy"
+        return pipe
 
     @classmethod
     def from_pretrained(
-        cls, clip: str = "biomedclip", sam: str = "vit_b", *, device: Any = "auto", **overrides: Any
+        cls,
+        clip: str = "biomedclip",
+        sam: str = "vit_b",
+        *,
+        device: Any = "auto",
+        sam_checkpoint: str | Path | None = None,
+        sam_kind: str | None = None,
+        **overrides: Any,
     ) -> MedCLIPSAM:
-        """The real world: BiomedCLIP (or a fine-tuned checkpoint path) and SAM/MedSAM weights,
-        downloaded and verified on first use (see :mod:`medclipsam.models`)."""
-        return cls(load_clip(clip, device=device), load_sam(sam, device=device), **overrides)
+        """The real world: BiomedCLIP (or a fine-tuned checkpoint, a model folder) and SAM/MedSAM
+        weights, downloaded and verified on first use (see :mod:`medclipsam.models`).
+
+        ``sam_checkpoint``: your own file for the named SAM (``sam="medsam",
+        sam_checkpoint=PATH`` is MedSAM with MedSAM's preprocessing); ``sam_kind`` (``"sam"`` /
+        ``"medsam"``) chooses the predictor for a file given as ``sam=PATH`` (see
+        :func:`~medclipsam.models.load_sam`)."""
+        predictor = load_sam(sam, device=device, checkpoint=sam_checkpoint, kind=sam_kind)
+        pipe = cls(load_clip(clip, device=device), predictor, **overrides)
+        pipe.world = "real"
+        return pipe
 
     def close(self) -> None:
         """Remove the encoder-counting hook the SAM session put on the model."""
@@ -239,16 +261,90 @@ class MedCLIPSAM:
             given = [maps] if single else list(maps)
             if len(given) != len(items):
                 raise ValueError(f"{len(items)} images but {len(given)} saliency maps")
-        if overrides.get("saliency", self.config.saliency) != self.config.saliency:
-            overrides.setdefault("saliency_kwargs", {})  # another method: its own defaults
-        cfg = replace(self.config.for_task(task), **overrides)
-        cfg.validate()
+        cfg = self._call_config(task, overrides)
         out = []
         for i, (im, pr, name, sal) in enumerate(
             _progress(zip(items, plist, ids, given), len(items), progress)
         ):
             out.append(self._one(im, pr, cfg, name, seed=cfg.seed + i, saliency=sal))
         return out[0] if single else out
+
+    def _call_config(self, task: str | None, overrides: dict[str, Any]) -> PipelineConfig:
+        """The configuration of one call: the task's preset, then ``overrides``."""
+        overrides = dict(overrides)
+        if overrides.get("saliency", self.config.saliency) != self.config.saliency:
+            overrides.setdefault("saliency_kwargs", {})  # another method: its own defaults
+        cfg = replace(self.config.for_task(task), **overrides)
+        cfg.validate()
+        return cfg
+
+    def sweep(
+        self,
+        images: Sequence[Any],
+        prompts: str | Sequence[str],
+        settings: Sequence[dict[str, Any]],
+        *,
+        task: str | None = None,
+        ids: Sequence[str] | None = None,
+        maps: Sequence[Any] | None = None,
+        progress: bool = False,
+    ) -> list[list[SegmentationResult]]:
+        """Every setting on every image: ``results[s][i]`` is what ``predict(images[i],
+        prompt, task=task, **settings[s])`` gives, computed image by image so that SAM embeds
+        each image once and each distinct saliency setting runs once per image, whatever the
+        settings vary (post-processing, prompts, controls, k ...). An ablation over S settings
+        and N images costs N SAM encoder runs instead of S x N.
+
+        ``settings``: dicts of :class:`PipelineConfig` overrides (``{}`` is the configuration as
+        it is). ``maps``: the saliency maps of the configuration's own method, one per image, to
+        reuse (settings with another saliency method or options compute theirs).
+        """
+        items = list(images)
+        plist = [prompts] * len(items) if isinstance(prompts, str) else list(prompts)
+        if len(plist) != len(items):
+            raise ValueError(f"{len(items)} images but {len(plist)} prompts; give one prompt or one per image")
+        for pr in plist:
+            check_prompt(pr)
+        ids = list(ids) if ids is not None else [str(i) for i in range(len(items))]
+        given = list(maps) if maps is not None else [None] * len(items)
+        if len(given) != len(items):
+            raise ValueError(f"{len(items)} images but {len(given)} saliency maps")
+        cfgs = [self._call_config(task, dict(over)) for over in settings]
+        out: list[list[SegmentationResult]] = [[] for _ in cfgs]
+        for i, (im, pr, name, sal) in enumerate(
+            _progress(zip(items, plist, ids, given), len(items), progress)
+        ):
+            for s, result in enumerate(self._sweep_one(im, pr, name, i, sal, cfgs, task)):
+                out[s].append(result)
+        return out
+
+    def _sweep_one(self, image: Any, prompt: str, name: str, index: int, given: Any,
+                   cfgs: list[PipelineConfig], task: str | None) -> list[SegmentationResult]:
+        """Every configuration of :meth:`sweep` on one image: the picture converted once per
+        working size, each distinct saliency setting run once (``given``: the map of the
+        configuration's own method, or None), SAM's embedding reused by the session."""
+        base = self.config.for_task(task)
+        own = (base.saliency, _freeze(base.saliency_kwargs), base.seed + index)
+        pictures: dict[int | None, _Picture] = {}
+        maps: dict[tuple, np.ndarray] = {}
+        results = []
+        for cfg in cfgs:
+            t0 = time.perf_counter()
+            seed = cfg.seed + index  # as in predict
+            if cfg.max_side not in pictures:
+                pictures[cfg.max_side] = _picture(image, name, cfg.max_side, stacklevel=4)
+            pic = pictures[cfg.max_side]
+            if pic.rgb is None:
+                results.append(_empty_result(prompt, pic.shape, name, ("constant_image",),
+                                             time.perf_counter() - t0))
+                continue
+            setting = (cfg.saliency, _freeze(cfg.saliency_kwargs), seed)
+            key = (cfg.max_side, *setting)
+            if key not in maps:
+                maps[key] = (pic.map_in(given) if given is not None and setting == own
+                             else self._saliency(pic.rgb, [prompt], cfg, seed)[0])
+            results.append(self._segment(pic, prompt, maps[key], cfg, name, seed, t0))
+        return results
 
     def sam_prompts_from(self, saliency: np.ndarray, image: np.ndarray,
                      config: PipelineConfig | None = None, seed: int | None = None) -> SamPrompts:
@@ -262,42 +358,29 @@ class MedCLIPSAM:
         pr = make_sam_prompts(
             saliency, image=image, postprocess=post, threshold=cfg.threshold,
             box_mode=cfg.box_mode, n_components=cfg.n_components, mode=cfg.sam_prompt_mode,
-            points=cfg.points, negatives=cfg.negatives, seed=cfg.seed if seed is None else seed,
+            points=cfg.points, negatives=cfg.negatives, min_box_area=cfg.min_box_area,
+            seed=cfg.seed if seed is None else seed,
         )
         return replace(pr, flags=tuple(pr.flags) + extra_flags) if extra_flags else pr
 
     def _one(self, image: Any, prompt: str, cfg: PipelineConfig, name: str, seed: int,
              saliency: np.ndarray | None = None) -> SegmentationResult:
-        t: dict[str, float] = {}
         t0 = time.perf_counter()
-        # The one conversion (medclipsam.data.convert): CLIP, the CRF and SAM all take this picture;
-        # a grey image stays grey until the size guard has shrunk it.
-        full = load_picture(image, "auto")
-        h, w = full.shape[:2]
-        pixels = full.reshape(-1, full.shape[2]) if full.ndim == 3 else full.reshape(-1)
-        if full.size and bool((pixels == pixels[0]).all()):
-            value = pixels[0].tolist()
-            warnings.warn(f"{name or 'image'}: constant image (every pixel {value}): "
-                          "nothing to segment; empty mask, flag 'constant_image'",
-                          UserWarning, stacklevel=3)
-            return _empty_result(prompt, (h, w), name, ("constant_image",), time.perf_counter() - t0)
-        rgb, scale = _working_image(full, cfg.max_side)
-        del full
-        if rgb.ndim == 2:
-            rgb = np.ascontiguousarray(np.repeat(rgb[:, :, None], 3, axis=2))
-        if scale is not None:
-            warnings.warn(f"{name or 'image'}: {w}x{h} is larger than max_side={cfg.max_side}: "
-                          f"processed at {rgb.shape[1]}x{rgb.shape[0]} and mapped back "
-                          "(flag 'large_image_downscaled')", UserWarning, stacklevel=3)
+        pic = _picture(image, name, cfg.max_side, stacklevel=4)
+        if pic.rgb is None:
+            return _empty_result(prompt, pic.shape, name, ("constant_image",), time.perf_counter() - t0)
         if saliency is None:
-            sal = self._saliency(rgb, [prompt], cfg, seed)[0]
+            sal = self._saliency(pic.rgb, [prompt], cfg, seed)[0]
         else:
-            sal = np.asarray(saliency, dtype=np.float32)
-            if sal.shape != (h, w):
-                raise ValueError(f"saliency map {sal.shape} does not match the image {(h, w)}")
-            if scale is not None:
-                sal = _resize_map(sal, rgb.shape[:2])
-        t["saliency"] = time.perf_counter() - t0
+            sal = pic.map_in(saliency)
+        return self._segment(pic, prompt, sal, cfg, name, seed, t0)
+
+    def _segment(self, pic: _Picture, prompt: str, sal: np.ndarray, cfg: PipelineConfig,
+                 name: str, seed: int, t0: float) -> SegmentationResult:
+        """SAM prompts from ``sal`` (the saliency map at the working size), SAM's mask, and
+        everything mapped back to the full image. ``t0``: when this image's work began."""
+        rgb, scale, (h, w) = pic.rgb, pic.scale, pic.shape
+        t: dict[str, float] = {"saliency": time.perf_counter() - t0}
         t1 = time.perf_counter()
         pr = self.sam_prompts_from(sal, rgb, cfg, seed=seed)
         t["sam_prompts"] = time.perf_counter() - t1
@@ -442,6 +525,48 @@ def check_prompt(prompt: Any) -> str:
     return prompt
 
 
+@dataclass
+class _Picture:
+    """One image as the pipeline works on it: ``rgb`` the uint8 RGB picture at the working size
+    (None for a constant image: nothing to segment), ``shape`` the full image's (H, W), ``scale``
+    the factors from working to full coordinates (None when the image fits ``max_side``)."""
+
+    rgb: np.ndarray | None
+    shape: tuple[int, int]
+    scale: tuple[float, float] | None = None
+
+    def map_in(self, saliency: Any) -> np.ndarray:
+        """A saliency map of the full image, checked, at the working size."""
+        sal = np.asarray(saliency, dtype=np.float32)
+        if sal.shape != self.shape:
+            raise ValueError(f"saliency map {sal.shape} does not match the image {self.shape}")
+        return sal if self.scale is None else _resize_map(sal, self.rgb.shape[:2])
+
+
+def _picture(image: Any, name: str, max_side: int | None, stacklevel: int) -> _Picture:
+    """The one conversion (medclipsam.data.convert): CLIP, the CRF and SAM all take this picture;
+    a grey image stays grey until the size guard has shrunk it. A constant image and one larger
+    than ``max_side`` are said in a warning (at ``stacklevel`` from here)."""
+    full = load_picture(image, "auto")
+    h, w = full.shape[:2]
+    pixels = full.reshape(-1, full.shape[2]) if full.ndim == 3 else full.reshape(-1)
+    if full.size and bool((pixels == pixels[0]).all()):
+        value = pixels[0].tolist()
+        warnings.warn(f"{name or 'image'}: constant image (every pixel {value}): "
+                      "nothing to segment; empty mask, flag 'constant_image'",
+                      UserWarning, stacklevel=stacklevel)
+        return _Picture(None, (h, w))
+    rgb, scale = _working_image(full, max_side)
+    del full
+    if rgb.ndim == 2:
+        rgb = np.ascontiguousarray(np.repeat(rgb[:, :, None], 3, axis=2))
+    if scale is not None:
+        warnings.warn(f"{name or 'image'}: {w}x{h} is larger than max_side={max_side}: "
+                      f"processed at {rgb.shape[1]}x{rgb.shape[0]} and mapped back "
+                      "(flag 'large_image_downscaled')", UserWarning, stacklevel=stacklevel)
+    return _Picture(rgb, (h, w), scale)
+
+
 def _empty_result(prompt: str, shape: tuple[int, int], name: str, flags: tuple[str, ...],
                   seconds: float) -> SegmentationResult:
     zeros = np.zeros(shape, dtype=bool)
@@ -527,6 +652,37 @@ def evaluate_predictions(
     return rows, results
 
 
+def evaluate_settings(
+    pipe: MedCLIPSAM,
+    images: Sequence[Any],
+    masks: Sequence[np.ndarray],
+    prompt: str,
+    settings: Sequence[dict[str, Any]],
+    *,
+    task: str | None = None,
+    maps: Sequence[Any] | None = None,
+    nsd_tolerance: float = 2.0,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[dict]:
+    """An ablation: each of ``settings`` (dicts of :class:`PipelineConfig` overrides) scored on
+    ``images`` against ``masks`` (used only to score), through :meth:`MedCLIPSAM.sweep` (one SAM
+    embedding per image, each saliency setting once per image). Returns one
+    :func:`~medclipsam.metrics.summarize` dict per setting (mean and bootstrap interval of
+    Dice, IoU, HD95, NSD), with ``"setting"``, ``"flagged"`` (images with a flag) and
+    ``"results"`` (the :class:`SegmentationResult` list) added."""
+    gts = list(masks)
+    per_setting = pipe.sweep(list(images), prompt, settings, task=task, maps=maps)
+    out = []
+    for over, results in zip(settings, per_setting):
+        rows = evaluate_masks([r.mask for r in results], gts, nsd_tolerance=nsd_tolerance)
+        summ = summarize(rows, n_boot=n_boot, seed=seed)
+        summ.update(setting=dict(over), flagged=sum(bool(r.flags) for r in results),
+                    results=results)
+        out.append(summ)
+    return out
+
+
 def evaluate_phantom(
     pipe: MedCLIPSAM,
     tasks: Sequence[str] = TASKS,
@@ -592,6 +748,10 @@ def _crf_available() -> bool:
             )
             _CRF.append(False)
     return _CRF[0]
+
+
+def _freeze(d: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in d.items()))
 
 
 def _progress(it: Iterable, total: int, show: bool) -> Iterable:

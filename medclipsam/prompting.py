@@ -257,6 +257,11 @@ def _box_of(region: np.ndarray) -> np.ndarray:
     return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
 
 
+def _box_area(region: np.ndarray) -> float:
+    x0, y0, x1, y1 = _box_of(region)
+    return float((x1 - x0 + 1) * (y1 - y0 + 1))
+
+
 def boxes_from_mask(
     mask: np.ndarray,
     mode: Literal["largest", "per_component", "union"] = "largest",
@@ -419,6 +424,8 @@ class SamPrompts:
     * ``"no_component"``: the coarse mask is empty; the box is then the whole image
       (``"whole_image_box"``) and a lone positive point sits at the saliency maximum
       (``"fallback_point"``, the centre for a flat map);
+    * ``"small_box_dropped"``: a region's box was smaller than ``min_box_area`` of the image and
+      was not used (when none is left, the ``"no_component"`` fallback follows);
     * ``"fewer_components"``: fewer components than ``n_components`` were found;
     * ``"fewer_points"``: a region had room for fewer points than asked.
     """
@@ -491,6 +498,7 @@ def make_sam_prompts(
     negatives: int = 0,
     point_strategy: Literal["interior", "peak", "random"] = "interior",
     box_margin: float = 0.0,
+    min_box_area: float = 0.0,
     seed: int = 0,
 ) -> SamPrompts:
     """Saliency map -> coarse mask -> the ``n_components`` largest components -> prompts.
@@ -500,6 +508,8 @@ def make_sam_prompts(
     points, or both (points per region: ``points`` positives inside it, ``negatives`` outside
     every kept component and, given ``image``, inside its :func:`content_mask`;
     :func:`sample_points` with ``point_strategy`` and ``seed``).
+    ``min_box_area``: a region whose box (inclusive pixels) covers less than this share of the
+    image is dropped (flag ``"small_box_dropped"``): a speck of a few pixels is no prompt for SAM.
     Fallbacks are flagged in :attr:`SamPrompts.flags`, never silent.
     """
     if mode not in SAM_PROMPT_MODES:
@@ -518,6 +528,12 @@ def make_sam_prompts(
         coarse = coarse_mask(s, postprocess, image=image, threshold=threshold, crf=crf)
     kept = keep_largest_components(coarse, n_components, connectivity, min_area)
     regions = _regions(kept, box_mode, n_components, connectivity)
+    if min_box_area > 0 and regions:
+        big = [r for r in regions if _box_area(r) >= min_box_area * h * w]
+        if len(big) < len(regions):
+            flags.append("small_box_dropped")
+            regions = big
+            kept = kept & np.logical_or.reduce(big) if big else np.zeros_like(kept)
     want_boxes, want_points = mode in ("box", "box+points"), mode in ("points", "box+points")
     if not regions:
         flags.append("no_component")

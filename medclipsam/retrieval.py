@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["retrieval_protocol", "topk_accuracy"]
+__all__ = ["retrieval_protocol", "topk_accuracy", "topk_hits"]
 
 
 def topk_accuracy(
@@ -23,26 +23,43 @@ def topk_accuracy(
 
     ``groups`` (optional, one per pair, e.g. the caption string) makes a retrieved item count as
     correct when it belongs to the same group as the true one: two images with the identical
-    caption are then not each other's errors.
+    caption are then not each other's errors. The embeddings may live on any device (all the
+    work stays there; only the final numbers come back).
     """
     img = torch.nn.functional.normalize(image_emb.float(), dim=-1)
     txt = torch.nn.functional.normalize(text_emb.float(), dim=-1)
     sim = img @ txt.t()
-    n = sim.shape[0]
-    if groups is None:
-        same = torch.eye(n, dtype=torch.bool)
-    else:
-        g = list(groups)
-        same = torch.tensor([[a == b for b in g] for a in g], dtype=torch.bool)
+    same = _same_group(sim.shape[0], groups, sim.device)
     out = {}
     for k in ks:
-        k_eff = min(k, n)
-        i2t = sim.topk(k_eff, dim=1).indices
-        t2i = sim.t().topk(k_eff, dim=1).indices
-        rows = torch.arange(n)[:, None]
-        out[f"i2t_top{k}"] = 100.0 * float(same[rows, i2t].any(1).float().mean())
-        out[f"t2i_top{k}"] = 100.0 * float(same[rows, t2i].any(1).float().mean())
+        i2t, t2i = topk_hits(sim, same, k)
+        out[f"i2t_top{k}"] = 100.0 * float(i2t.float().mean())
+        out[f"t2i_top{k}"] = 100.0 * float(t2i.float().mean())
     return out
+
+
+def _same_group(n: int, groups: Sequence | None, device: torch.device) -> torch.Tensor:
+    """(n, n) bool: pair j counts as a right answer for pair i (the diagonal, or same group)."""
+    if groups is None:
+        return torch.eye(n, dtype=torch.bool, device=device)
+    g = list(groups)
+    if len(g) != n:
+        raise ValueError(f"{n} pairs but {len(g)} groups")
+    return torch.tensor([[a == b for b in g] for a in g], dtype=torch.bool).to(device)
+
+
+def topk_hits(sim: torch.Tensor, same: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair, whether a right answer is among the top ``k`` (image to text, text to image).
+
+    ``sim``: (n, n) image-text similarities; ``same``: (n, n) bool right answers (on ``sim``'s
+    device). Returns two (n,) bool tensors on ``sim``'s device.
+    """
+    n = sim.shape[0]
+    k_eff = min(int(k), n)
+    rows = torch.arange(n, device=sim.device)[:, None]
+    i2t = sim.topk(k_eff, dim=1).indices
+    t2i = sim.t().topk(k_eff, dim=1).indices
+    return same[rows, i2t].any(1), same[rows, t2i].any(1)
 
 
 def retrieval_protocol(

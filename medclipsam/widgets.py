@@ -68,6 +68,7 @@ from .data import FolderDataset
 from .data.io import load_picture, read_image
 from .data.phantom import PROMPTS, TASKS, PhantomDataset
 from .metrics import dice as dice_score
+from .models import load_sam
 from .pipeline import MedCLIPSAM
 from .prompting import SamPrompts
 from .saliency.cam import resolve_target
@@ -75,6 +76,7 @@ from .saliency.sensitivity import DEFAULT_THRESHOLD
 from .sam_session import SamSession
 from .viz import overlay, sample_grid
 from .vocab import CONTROL_SALIENCY, POSTPROCESS_METHODS, SALIENCY_METHODS, SAM_PROMPT_MODES
+from .worlds import pipeline_for_world
 
 __all__ = ["ExplorerImage", "PromptExplorer"]
 
@@ -124,6 +126,18 @@ def _dot(img: np.ndarray, x: float, y: float, color: tuple[int, int, int], r: in
     img[max(0, yi - r2): min(h, yi + r2 + 1), max(0, xi - r2): min(w, xi + r2 + 1)] = color
 
 
+def _phantom_images(per_task: int, size: int, seed: int) -> dict[str, ExplorerImage]:
+    """``per_task`` held-out phantom images (with a finding) of each task, with their ground
+    truth and each task's prompt."""
+    images: dict[str, ExplorerImage] = {}
+    for task in TASKS:
+        ds = PhantomDataset(task, 8 * per_task, seed=seed, size=size, split="test")
+        picked = [s for s in ds if s.mask.any()][:per_task]
+        for i, s in enumerate(picked):
+            images[f"{task} {i + 1} ({s.label})"] = ExplorerImage(s.rgb, s.mask, task, PROMPTS[task])
+    return images
+
+
 def _freeze(d: Mapping) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in d.items()))
 
@@ -136,10 +150,13 @@ class PromptExplorer:
     from, by name (a predictor, or a no-argument callable that loads one on first use, e.g.
     ``lambda: load_sam("medsam")``); the pipeline's own SAM is always offered first as
     ``sam_name``. ``prompt``: the first prompt (default: the first image's suggested prompt).
-    ``display_size``: width in CSS pixels of each panel. ``text_baseline``: a segmenter from the
-    text alone (a :class:`~medclipsam.text_baselines.Sam3TextBaseline`, or a no-argument callable
-    loading one on first use, e.g. ``Sam3TextBaseline.from_pretrained``): the *compare prompts* tab
-    then shows its mask and Dice for each prompt beside MedCLIP-SAM's.
+    ``k``: gScoreCAM's channels to start with (default: the pipeline's ``saliency_kwargs["k"]``,
+    else min(300, C)); on one CPU thread with BiomedCLIP each channel costs about 0.6 s per
+    image, so a smaller k keeps the explorer responsive. ``display_size``: width in CSS pixels of
+    each panel. ``text_baseline``: a segmenter from the text alone (a
+    :class:`~medclipsam.text_baselines.Sam3TextBaseline`, or a no-argument callable loading one on
+    first use, e.g. ``Sam3TextBaseline.from_pretrained``): the *compare prompts* tab then shows its
+    mask and Dice for each prompt beside MedCLIP-SAM's.
     """
 
     def __init__(
@@ -153,9 +170,13 @@ class PromptExplorer:
         display_size: int = 256,
         compare_prompts: Sequence[str] | None = None,
         text_baseline: Any = None,
+        k: int | None = None,
     ) -> None:
         if not images:
             raise ValueError("give at least one image to explore")
+        if k is not None and int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self._k = None if k is None else int(k)
         self.pipeline = pipeline
         self.images: dict[str, ExplorerImage] = {}
         self._saliency_cache: dict[tuple, np.ndarray] = {}
@@ -196,14 +217,47 @@ class PromptExplorer:
             **kwargs: Any) -> PromptExplorer:
         """The toy world: :meth:`MedCLIPSAM.toy` over ``per_task`` held-out phantom images (with
         a finding) of each task, with their ground truth and each task's prompt."""
-        images: dict[str, ExplorerImage] = {}
-        for task in TASKS:
-            ds = PhantomDataset(task, 8 * per_task, seed=seed, size=size, split="test")
-            picked = [s for s in ds if s.mask.any()][:per_task]
-            for i, s in enumerate(picked):
-                images[f"{task} {i + 1} ({s.label})"] = ExplorerImage(s.rgb, s.mask, task, PROMPTS[task])
         kwargs.setdefault("sam_name", "toy SAM")
-        return cls(MedCLIPSAM.toy(device=device), images, **kwargs)
+        return cls(MedCLIPSAM.toy(device=device), _phantom_images(per_task, size, seed), **kwargs)
+
+    @classmethod
+    def for_world(cls, world: str, *, data_dir: str | Path | None = None, prompt: str | None = None,
+                  task: str | None = None, clip: str = "biomedclip", sam: str = "vit_b",
+                  sam_checkpoint: str | Path | None = None, k: int | None = None,
+                  device: Any = "auto", per_task: int = 3, limit: int = 12,
+                  fallback: bool = True, **kwargs: Any) -> PromptExplorer:
+        """The explorer a lesson builds from its parameters (see :mod:`medclipsam.worlds`).
+
+        ``"real"``: the pipeline of ``clip``, ``sam`` (``sam_checkpoint``) and ``k`` over the
+        images (and masks) of ``data_dir`` (a folder with ``images/``, as ``medclipsam
+        prepare`` writes; the first ``limit``), or over ``per_task`` phantom images per task when
+        no folder is given; MedSAM and SAM ViT-H are offered too, loaded when picked. When the
+        real models cannot be loaded: the toy world (phantom images), with a message.
+        ``"toy"``: :meth:`toy` (``k`` still applies). ``kwargs`` go to the constructor.
+        """
+        pipe = pipeline_for_world(world, clip=clip, sam=sam, sam_checkpoint=sam_checkpoint, k=k,
+                                  device=device, fallback=fallback)
+        if pipe.world != "real":
+            if data_dir:
+                print(f"(the toy world explores phantom images; DATA_DIR {data_dir} is not used)")
+            kwargs.setdefault("sam_name", "toy SAM")
+            return cls(pipe, _phantom_images(per_task, 256, 0), k=k, **kwargs)
+        if sam_checkpoint or str(sam) not in ("vit_b", "vit_l", "vit_h", "medsam"):
+            kwargs.setdefault("sam_name", f"SAM ({Path(str(sam_checkpoint or sam)).name})")
+        else:
+            kwargs.setdefault("sam_name", {"vit_b": "SAM ViT-B", "vit_l": "SAM ViT-L",
+                                           "vit_h": "SAM ViT-H", "medsam": "MedSAM"}[str(sam)])
+        if "sam_models" not in kwargs:
+            offered = {"MedSAM": "medsam", "SAM ViT-H": "vit_h"}
+            kwargs["sam_models"] = {
+                label: (lambda name=name: load_sam(name, device=device))
+                for label, name in offered.items() if label != kwargs["sam_name"]
+            }
+        if data_dir:
+            return cls.from_folder(pipe, data_dir, prompt=prompt, task=task, limit=limit, k=k,
+                                   **kwargs)
+        print("(no DATA_DIR: the real models explore phantom images)")
+        return cls(pipe, _phantom_images(per_task, 256, 0), prompt=prompt, k=k, **kwargs)
 
     @classmethod
     def from_folder(cls, pipeline: MedCLIPSAM, root: str | Path, *, prompt: str | None = None,
@@ -347,6 +401,8 @@ class PromptExplorer:
         return int(params[-1].shape[0]) if params else 512
 
     def _default_k(self) -> int:
+        if self._k is not None:
+            return min(self._k, self._channels())
         k = self._cfg().saliency_kwargs.get("k") if self._cfg().saliency == "gscorecam" else None
         return int(k) if isinstance(k, int) else min(300, self._channels())
 

@@ -43,3 +43,14 @@ def toy_pipe(one_thread):
     p = MedCLIPSAM.toy()
     yield p
     p.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (the lessons' real branch over random-weight BiomedCLIP and SAM
+    ViT-B: minutes each) run only when asked for: ``python -m pytest -m slow``."""
+    if "slow" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with python -m pytest -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

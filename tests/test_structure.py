@@ -18,7 +18,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("finetune", "loss_comparison"),  # stage 1
     ("saliency",),  # stage 2
     ("prompting", "sam_session"),  # stage 3
-    ("pipeline", "text_baselines"),  # the zero-shot method (and SAM 3 from the text alone)
+    # the zero-shot method (and SAM 3 from the text alone); the pipeline of a lesson's world
+    ("pipeline", "text_baselines", "worlds"),
     ("weak", "reproduce"),  # stage 4
     ("demo", "widgets", "exercises", "compare", "cli", "__main__"),  # what users run
 ]

@@ -6,6 +6,12 @@ images for them without misaligning non-square images.
 * ``"biomedclip"``: ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`` through
   open_clip (the Hugging Face hub, or its local cache when ``HF_HUB_OFFLINE=1``);
 * any ``"hf-hub:org/repo"`` open_clip identifier;
+* a local open_clip / Hugging Face snapshot folder (``open_clip_config.json`` beside
+  ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``: what ``hf download
+  microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 --local-dir DIR`` writes), given as the
+  folder's path or as ``"local-dir:PATH"`` (open_clip's spelling). BiomedCLIP's text tower still
+  needs its text encoder's config and vocabulary from the Hugging Face cache (or a folder named
+  by ``hf_model_name`` in the config);
 * an open_clip built-in name, optionally with a pretrained tag: ``"ViT-B-16"``,
   ``"ViT-B-16:openai"``;
 * a checkpoint file: ours (written by :func:`save_clip_checkpoint`: a dict with ``model_config``
@@ -565,13 +571,57 @@ def _load_hub(repo_id: str, name: str, device: Any, pretrained: bool, mode: str)
     )
 
 
+def _load_local_dir(folder: Path, name: str, device: Any, pretrained: bool, mode: str) -> ClipBundle:
+    """An open_clip model from a local folder (a hub snapshot): config + weights, no network."""
+    config_path = folder / "open_clip_config.json"
+    if not config_path.is_file():
+        present = sorted(p.name for p in folder.iterdir())[:12]
+        raise CheckpointError(
+            f"{folder}: not an open_clip model folder: it has no open_clip_config.json "
+            f"(it holds {present or 'nothing'}). A Hugging Face snapshot of an open_clip model "
+            "(e.g. `hf download microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 "
+            "--local-dir DIR`) has one; a checkpoint file is passed by its own path."
+        )
+    try:
+        folder_cfg = json.loads(config_path.read_text(encoding="utf-8"))
+        model_cfg = folder_cfg["model_cfg"]
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{config_path}: not a valid open_clip_config.json ({e})") from e
+    label = f"the CLIP model in {folder}"
+    _check_text_tower_files(model_cfg, label)
+    weights = [folder / f for f in _HUB_WEIGHT_FILES if (folder / f).is_file()]
+    have_weights = pretrained and bool(weights)
+    if pretrained and not weights:
+        warnings.warn(
+            f"{folder} has open_clip_config.json but no weights ({' or '.join(_HUB_WEIGHT_FILES)}): "
+            "the model has RANDOM weights, so its scores and saliency maps mean nothing. Copy "
+            "the weight file into the folder to fix this.",
+            UserWarning,
+            stacklevel=3,
+        )
+    spec = f"local-dir:{folder}"
+    try:
+        model = open_clip.create_model(spec, load_weights=have_weights, pretrained_text=False)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"{folder}: the weights do not fit the architecture in open_clip_config.json "
+            f"({type(e).__name__}: {str(e)[:300]})"
+        ) from e
+    tokenizer = _make_tokenizer(model_cfg, fallback_name=spec)
+    return _bundle(
+        model, tokenizer, name, device, model_cfg, spec, bool(have_weights),
+        folder_cfg.get("preprocess_cfg"), mode,
+    )
+
+
 def _load_builtin(spec: str, name: str, device: Any, pretrained: bool, mode: str) -> ClipBundle:
     model_name, _, tag = spec.partition(":")
     model_cfg = open_clip.get_model_config(model_name)
     if model_cfg is None:
         raise ValueError(
             f"unknown CLIP model {spec!r}: not 'biomedclip', 'toy', an 'hf-hub:' id, an "
-            f"existing checkpoint file, or an open_clip model name (open_clip.list_models())"
+            f"existing checkpoint file or model folder ('local-dir:PATH'), or an open_clip "
+            f"model name (open_clip.list_models())"
         )
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if pretrained and not tag:
@@ -693,6 +743,11 @@ def load_clip(
                 "reinstall medclipsam, or train them again with scripts/train_toy_models.py"
             )
         return _load_file(toy, device, True, arch, preprocess_mode, name="toy")
+    if text.startswith("local-dir:"):
+        folder = Path(text[len("local-dir:") :]).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"CLIP model folder not found: {folder} (from {text!r})")
+        return _load_local_dir(folder, folder.name, device, pretrained, preprocess_mode)
     path = Path(text).expanduser()
     if path.is_file():
         return _load_file(path, device, pretrained, arch, preprocess_mode)
@@ -700,6 +755,8 @@ def load_clip(
     if key.startswith("hf-hub:"):
         name = text.lower() if text.lower() in _ALIASES else key
         return _load_hub(key[len("hf-hub:") :], name, device, pretrained, preprocess_mode)
+    if path.is_dir():  # after the aliases: a folder named "biomedclip" does not shadow the hub id
+        return _load_local_dir(path, path.name, device, pretrained, preprocess_mode)
     if os.sep in text or path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors"):
         raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
     return _load_builtin(text, text, device, pretrained, preprocess_mode)

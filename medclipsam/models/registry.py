@@ -12,6 +12,20 @@ About the SAM checksums: segment_anything's file names end in six hex digits
 torch.hub's convention): the full MD5 values below are the ones published for these files in many
 independent projects, and each starts with its file-name suffix. No SHA-256 is published by the
 authors, so ``sha256`` stays ``None``; do not fill it in without hashing the official file.
+
+A user's file is never deleted. A file at the cache path that does not match its checksum (a
+fine-tuned copy, a MedSAM file under a SAM name, a truncated copy) stays where it is while the
+official file is downloaded under a temporary name; only when that download verifies is the
+user's file moved aside (``<stem>.not-verified.pth``, never overwritten) and the official one put
+in its place, with a warning naming both. Offline, or when the download fails, the error says
+what differs and how to use the file anyway (``load_sam(NAME, checkpoint=PATH)``).
+
+The ``.verified`` stamp. Hashing a 2.4 GB checkpoint takes seconds, so a file that verified once
+gets a stamp beside it (``<file>.verified``) recording the checksum it matched and the file's size,
+inode, modification time and status-change time (``st_ctime``, which no tool can set back). The
+next load skips the hash while all of these are unchanged; any write, copy or replacement of the
+file changes at least one of them and the file is hashed again. Delete the stamp to force a check.
+Files given by path (``checkpoint=PATH``) are never checked or stamped: they are the user's choice.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +60,8 @@ class ManualDownloadError(FileNotFoundError):
 
 
 class WeightVerificationError(DownloadError):
-    """A weight file does not match its registered checksum (the bad copy has been removed)."""
+    """A weight file does not match its registered checksum. A bad download is removed; a file
+    that was already at the cache path is kept (the message says how to use it anyway)."""
 
 
 @dataclass(frozen=True)
@@ -175,18 +191,56 @@ def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _stamp(path: Path) -> str:
+def _expected(spec: WeightSpec) -> str:
+    """The checksum a stamp vouches for (a stamp for other expectations does not count)."""
+    return spec.sha256 or spec.md5 or spec.sha256_prefix or f"size={spec.size}"
+
+
+def _stamp(path: Path, spec: WeightSpec) -> str:
     st = path.stat()
-    return f"{st.st_size} {st.st_mtime_ns}\n"
+    return f"{_expected(spec)} {st.st_size} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}\n"
 
 
-def _is_stamped(path: Path) -> bool:
-    """True if ``path`` was verified before and has not changed since (skips re-hashing GBs)."""
+def _is_stamped(path: Path, spec: WeightSpec) -> bool:
+    """True if ``path`` verified against ``spec`` before and has not changed since (skips
+    re-hashing GBs; see the module docstring for what "changed" covers)."""
     stamp = _stamp_path(path)
     try:
-        return stamp.read_text() == _stamp(path)
+        return stamp.read_text() == _stamp(path, spec)
     except OSError:
         return False
+
+
+def _write_stamp(path: Path, spec: WeightSpec) -> None:
+    atomic_write_text(_stamp_path(path), _stamp(path, spec))
+
+
+def _load_name(spec: WeightSpec) -> str:
+    """The name ``load_sam`` knows this file by (``sam_vit_b`` -> ``vit_b``)."""
+    return spec.name.removeprefix("sam_")
+
+
+def _aside(dest: Path) -> Path:
+    """A free name beside ``dest`` for a user's file that is moved out of the way."""
+    for i in range(1000):
+        tag = ".not-verified" + (f"-{i}" if i else "")
+        candidate = dest.with_name(f"{dest.stem}{tag}{dest.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(f"no free name beside {dest} to keep the file that is there")
+
+
+def _mismatch_message(spec: WeightSpec, dest: Path, problem: str) -> str:
+    name = _load_name(spec)
+    return (
+        f"{dest}: this is not the official {spec.name!r} weight file ({problem}). It was left "
+        "where it is.\n"
+        f"To use this file anyway (a fine-tuned or converted copy): "
+        f"load_sam({name!r}, checkpoint={str(dest)!r}), or on the command line "
+        f"--sam {name} --sam-checkpoint {dest}.\n"
+        "To get the official file: move this one elsewhere (or rename it) and run again with "
+        "network access, or put the official file there by hand."
+    )
 
 
 def _has_checks(spec: WeightSpec) -> bool:
@@ -228,8 +282,15 @@ def weight_path(
     ``spec`` overrides the registry entry (another mirror, or a test server). The file lives at
     ``weights_dir(cache) / spec.filename``. A file already there is verified once against the
     registered checksums (a ``.verified`` stamp beside it avoids re-hashing gigabytes on each
-    load). A download goes to a staging name and is moved into place only after every check
-    passes: a wrong file is deleted and raises :class:`WeightVerificationError`.
+    load; see the module docstring). A download goes to a staging name and is moved into place
+    only after every check passes: a wrong download is deleted and raises
+    :class:`WeightVerificationError`.
+
+    A file already at the path that does not verify is never deleted: offline (or with
+    ``download=False``, or no URL) :class:`WeightVerificationError` says what differs and how to
+    use it anyway; online, the official file is downloaded beside it and, once verified, takes
+    its place while the user's file is moved to ``<stem>.not-verified<suffix>`` (a warning
+    names it); if the download fails, the user's file stays where it was.
 
     Raises :class:`~medclipsam.download.OfflineError` (offline, or no server answered) and
     :class:`ManualDownloadError` (``download=False``, or a file with no direct URL); both messages
@@ -238,20 +299,20 @@ def weight_path(
     spec = spec if spec is not None else get_spec(name)
     dest = (weights_dir(cache) / spec.filename).absolute()
 
+    mismatch = None  # what is wrong with a file that was already there (kept in any case)
     if dest.exists():
-        if not _has_checks(spec) or _is_stamped(dest):
+        if not _has_checks(spec) or _is_stamped(dest, spec):
             return dest
         problem = verify_file(dest, spec)
         if problem is None:
-            atomic_write_text(_stamp_path(dest), _stamp(dest))
+            _write_stamp(dest, spec)
             return dest
+        mismatch = _mismatch_message(spec, dest, problem)
         if not download or not spec.urls or is_offline():
+            why = "the file in the cache is not the expected one"
             raise WeightVerificationError(
-                f"{dest}: this is not the expected {spec.name!r} weight file ({problem}). "
-                "Delete it and fetch it again.\n"
-                + _manual_message(spec, dest, "the copy in the cache is wrong")
+                mismatch + "\n" + _manual_message(spec, dest, why)
             )
-        dest.unlink()  # ours to replace: the cache folder only ever holds verified downloads
 
     if not spec.urls:
         raise ManualDownloadError(_manual_message(spec, dest, "it has no direct download URL"))
@@ -275,15 +336,34 @@ def weight_path(
     except OfflineError as e:
         first = str(e).splitlines()[0]
         why = first.split(": ", 1)[-1].rstrip(".")
-        raise OfflineError(_manual_message(spec, dest, why)) from None
+        msg = _manual_message(spec, dest, why)
+        raise OfflineError(mismatch + "\n" + msg if mismatch else msg) from None
+    except DownloadError as e:
+        if mismatch is None:
+            raise
+        raise DownloadError(f"{mismatch}\nDownloading the official file failed: {e}") from e
     problem = verify_file(staging, spec)
     if problem is not None:
         with contextlib.suppress(FileNotFoundError):
             staging.unlink()
+        kept = f"; {dest} was left as it was" if mismatch else ""
         raise WeightVerificationError(
             f"downloaded {spec.filename} from {' / '.join(spec.urls)} is not the expected file "
-            f"({problem}); it was deleted, nothing was added to {dest.parent}"
+            f"({problem}); it was deleted, nothing was added to {dest.parent}{kept}"
+        )
+    if mismatch is not None and dest.exists():
+        keep = _aside(dest)
+        os.replace(dest, keep)
+        with contextlib.suppress(FileNotFoundError):
+            _stamp_path(dest).unlink()
+        warnings.warn(
+            f"{dest} was not the official {spec.name!r} file; it was moved to {keep} (nothing "
+            f"was deleted) and the official file downloaded in its place. To use your file: "
+            f"load_sam({_load_name(spec)!r}, checkpoint={str(keep)!r}); delete it if you do "
+            "not need it.",
+            UserWarning,
+            stacklevel=2,
         )
     os.replace(staging, dest)
-    atomic_write_text(_stamp_path(dest), _stamp(dest))
+    _write_stamp(dest, spec)
     return dest

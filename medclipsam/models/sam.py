@@ -5,6 +5,12 @@ downloaded once through :mod:`medclipsam.models.registry`), ``"medsam"`` (SAM Vi
 weights, fetched by hand: see the registry), a path to a ``.pth`` file (a plain SAM state dict,
 a ``{"model": ...}``/``{"state_dict": ...}`` training checkpoint, or our own
 ``{"sam_config": ..., "state_dict": ...}`` format from :func:`save_sam_checkpoint`), and ``"toy"``.
+
+Which predictor a file gets (SAM's or MedSAM's preprocessing) is its *kind*: ``"medsam"`` for the
+name ``"medsam"``, ``"sam"`` for ``"vit_b"``/``"vit_l"``/``"vit_h"``, and ``kind=`` overrides both
+(``load_sam("medsam", checkpoint=PATH)`` is MedSAM from a file of your own). A file given by path
+alone is assumed to be MedSAM when our checkpoint's ``meta`` says ``kind="medsam"`` or its file
+name contains "medsam", else plain SAM; a warning says which was assumed and how to choose.
 All weights are read with ``torch.load(weights_only=True)``; segment_anything's own builders call
 ``torch.load`` without it, so the state dict is loaded here instead.
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from copy import deepcopy
 from functools import partial
 from pathlib import Path
@@ -51,6 +58,7 @@ from .sam2 import is_sam2, load_sam2
 __all__ = [
     "SAM_ARCHS",
     "SAM_CHECKPOINT_FORMAT",
+    "SAM_KINDS",
     "MedSamPredictor",
     "SamCheckpointError",
     "build_sam",
@@ -96,6 +104,8 @@ SAM_ARCHS: dict[str, dict[str, Any]] = {
     },
 }
 SAM_CHECKPOINT_FORMAT = "medclipsam-sam/1"
+#: Predictor kinds: segment_anything's own preprocessing, or MedSAM's (:class:`MedSamPredictor`).
+SAM_KINDS = ("sam", "medsam")
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 _PIXEL_MEAN = [123.675, 116.28, 103.53]
 _PIXEL_STD = [58.395, 57.12, 57.375]
@@ -245,10 +255,13 @@ def _load_into(sam: Sam, sd: dict[str, torch.Tensor], path: Path) -> None:
     sam.load_state_dict(sd, strict=True)
 
 
-def _from_file(path: Path, arch: str | dict | None, default_arch: str | None = None) -> Sam:
+def _from_file(
+    path: Path, arch: str | dict | None, default_arch: str | None = None, obj: Any = None
+) -> Sam:
     """Architecture: ``arch`` if given, else the file's ``sam_config``, else ``default_arch``
-    (a named model), else inferred from the state dict's shapes."""
-    obj = _read(path)
+    (a named model), else inferred from the state dict's shapes. ``obj``: the file's contents
+    when already read."""
+    obj = _read(path) if obj is None else obj
     if arch is None and isinstance(obj, dict) and isinstance(obj.get("sam_config"), dict):
         arch = obj["sam_config"]
     sd = _state_dict_of(obj, path)
@@ -257,6 +270,29 @@ def _from_file(path: Path, arch: str | dict | None, default_arch: str | None = N
     sam = build_sam(arch)
     _load_into(sam, sd, path)
     return sam
+
+
+def _guess_kind(path: Path, obj: Any) -> tuple[str, str]:
+    """(kind, why) for a checkpoint given by path alone."""
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    if isinstance(meta, dict) and meta.get("kind") in SAM_KINDS:
+        return meta["kind"], f"its meta says kind={meta['kind']!r}"
+    if "medsam" in path.name.lower():
+        return "medsam", "its file name contains 'medsam'"
+    return "sam", "nothing in it or in its name says MedSAM"
+
+
+def _warn_assumed_kind(path: Path, kind: str, why: str) -> None:
+    """Say which predictor a file given by path alone was assumed to need, and how to choose."""
+    what = {"sam": "a plain SAM (segment_anything's preprocessing: letterbox, ImageNet mean/std)",
+            "medsam": "MedSAM (MedSAM's preprocessing: stretched to a square, min-max to [0, 1])"}
+    if kind == "sam":
+        how = (f"if it is MedSAM, load it with load_sam('medsam', checkpoint={str(path)!r}) "
+               f"(command line: --sam medsam --sam-checkpoint {path}) or kind='medsam'")
+    else:
+        how = "if it is a plain SAM, pass kind='sam' (or rename the file)"
+    warnings.warn(f"{path.name}: loaded as {what[kind]}, since {why}; {how}.", UserWarning,
+                  stacklevel=3)
 
 
 class MedSamPredictor(SamPredictor):
@@ -333,20 +369,25 @@ def load_sam(
     download: bool = True,
     arch: str | dict | None = None,
     cache: str | os.PathLike | None = None,
+    kind: str | None = None,
 ) -> SamPredictor:
-    """Load SAM/MedSAM and wrap it in a predictor (``MedSamPredictor`` for ``"medsam"``; a
+    """Load SAM/MedSAM and wrap it in a predictor (``MedSamPredictor`` for MedSAM; a
     :class:`~medclipsam.models.sam2.Sam2Predictor` for a SAM 2 name such as
     ``"sam2-hiera-tiny"`` or a SAM 2 model folder).
 
-    ``checkpoint`` replaces the registry's file for a named model. ``download=False`` never
-    touches the network (a missing file raises an error telling where to put it). ``arch``
-    overrides the architecture inferred from a file's state dict. ``cache`` overrides the
-    weight folder (default ``cache_dir() / "weights"``).
+    ``checkpoint`` replaces the registry's file for a named model (``load_sam("medsam",
+    checkpoint=PATH)``: MedSAM from your copy, with MedSAM's preprocessing). ``download=False``
+    never touches the network (a missing file raises an error telling where to put it). ``arch``
+    overrides the architecture inferred from a file's state dict. ``cache`` overrides the weight
+    folder (default ``cache_dir() / "weights"``). ``kind`` (``"sam"`` or ``"medsam"``) chooses
+    the predictor whatever the name; without it a file given by path alone is assumed to be one
+    or the other (see the module docstring) and a warning says which.
     """
+    if kind is not None and kind not in SAM_KINDS:
+        raise ValueError(f"kind must be one of {SAM_KINDS} or None, got {kind!r}")
     text = os.fspath(name_or_path)
     if is_sam2(text):  # SAM 2 (transformers format): a hub name or folder; see models/sam2.py
         return load_sam2(text, device=device, download=download)
-    medsam = text.lower() == "medsam"
     if text == "toy":
         toy = _WEIGHTS_DIR / "toy_sam.pt"
         if not toy.is_file():
@@ -355,11 +396,14 @@ def load_sam(
                 "reinstall medclipsam, or train them again with scripts/train_toy_models.py"
             )
         sam = _from_file(toy, arch)
-    elif text in SAM_ARCHS or medsam:
+        kind = kind or "sam"
+    elif text in SAM_ARCHS or text.lower() == "medsam":
+        medsam = text.lower() == "medsam"
         base = "vit_b" if medsam else text
         if checkpoint is None:
             checkpoint = weight_path("medsam" if medsam else f"sam_{base}", cache, download)
-        sam = _from_file(Path(checkpoint), arch, base)
+        sam = _from_file(Path(checkpoint).expanduser(), arch, base)
+        kind = kind or ("medsam" if medsam else "sam")
     else:
         path = Path(text).expanduser()
         if not path.is_file():
@@ -367,6 +411,10 @@ def load_sam(
                 f"{text!r} is neither a SAM model name ({', '.join([*SAM_ARCHS, 'medsam'])}, "
                 f"'toy', sam2-hiera-tiny/small/base-plus/large) nor an existing checkpoint file"
             )
-        sam = _from_file(path, arch)
+        obj = _read(path)
+        sam = _from_file(path, arch, obj=obj)
+        if kind is None:
+            kind, why = _guess_kind(path, obj)
+            _warn_assumed_kind(path, kind, why)
     sam = sam.to(get_device(device)).eval()
-    return MedSamPredictor(sam) if medsam else SamPredictor(sam)
+    return MedSamPredictor(sam) if kind == "medsam" else SamPredictor(sam)

@@ -91,6 +91,13 @@ def exp_logit_scale(model: torch.nn.Module) -> float:
     return 1.0 if scale is None else float(torch.as_tensor(scale).detach().float().exp())
 
 
+def _exp_logit_scale_on_device(model: torch.nn.Module) -> torch.Tensor | float:
+    """:func:`exp_logit_scale` as a float32 0-dim tensor where the model keeps it: the same value,
+    without copying it to the host (no GPU synchronisation; a model on ``meta`` works too)."""
+    scale = getattr(model, "logit_scale", None)
+    return 1.0 if scale is None else torch.as_tensor(scale).detach().float().exp()
+
+
 # --------------------------------------------------------------------------------------------
 # hooks
 
@@ -173,7 +180,7 @@ def layer_outputs_and_logits(
     """The target layer's raw output (the leaf of the graph) and the image-text logits ``[Q]`` of
     each image with each normalised text row ``txt [Q, D]`` (broadcast against the images)."""
     act_raw, feats = _activations_and_image_features(model, images, target)
-    logits = exp_logit_scale(model) * (F.normalize(feats.float(), dim=-1) * txt).sum(-1)
+    logits = _exp_logit_scale_on_device(model) * (F.normalize(feats.float(), dim=-1) * txt).sum(-1)
     return act_raw, logits
 
 
