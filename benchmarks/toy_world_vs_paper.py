@@ -71,7 +71,7 @@ def run_settings(pipe: MedCLIPSAM, data: dict, k: int, m2ib: bool) -> dict[str, 
         samples = data[task]
         images = [s.rgb for s in samples]
 
-        def score(name: str, out) -> None:
+        def score(name: str, out, task: str = task, samples: list = samples) -> None:
             rows.setdefault(name, {})[task] = np.array([dice(r.mask, s.mask) for r, s in zip(out, samples)])
 
         default_maps = None
