@@ -231,8 +231,9 @@ class PromptExplorer:
         ``"real"``: the pipeline of ``clip``, ``sam`` (``sam_checkpoint``) and ``k`` over the
         images (and masks) of ``data_dir`` (a folder with ``images/``, as ``medclipsam
         prepare`` writes; the first ``limit``), or over ``per_task`` phantom images per task when
-        no folder is given; MedSAM and SAM ViT-H are offered too, loaded when picked. When the
-        real models cannot be loaded: the toy world (phantom images), with a message.
+        no folder is given; MedSAM, SAM ViT-H and SAM 2.1 tiny are offered too, loaded when
+        picked. When the real models cannot be loaded: the toy world (phantom images), with a
+        message.
         ``"toy"``: :meth:`toy` (``k`` still applies). ``kwargs`` go to the constructor.
         """
         pipe = pipeline_for_world(world, clip=clip, sam=sam, sam_checkpoint=sam_checkpoint, k=k,
@@ -248,7 +249,8 @@ class PromptExplorer:
             kwargs.setdefault("sam_name", {"vit_b": "SAM ViT-B", "vit_l": "SAM ViT-L",
                                            "vit_h": "SAM ViT-H", "medsam": "MedSAM"}[str(sam)])
         if "sam_models" not in kwargs:
-            offered = {"MedSAM": "medsam", "SAM ViT-H": "vit_h"}
+            offered = {"MedSAM": "medsam", "SAM ViT-H": "vit_h",
+                       "SAM 2.1 tiny": "sam2-hiera-tiny"}
             kwargs["sam_models"] = {
                 label: (lambda name=name: load_sam(name, device=device))
                 for label, name in offered.items() if label != kwargs["sam_name"]

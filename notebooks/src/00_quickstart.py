@@ -61,24 +61,17 @@ show_environment(world=WORLD, device=DEVICE)
 # %%
 import matplotlib.pyplot as plt
 
-from medclipsam import MedCLIPSAM
 from medclipsam.data import load_picture  # the picture predict() used (the one image rule)
 from medclipsam.data.phantom import PROMPTS, PhantomDataset
 from medclipsam.metrics import dice, nsd
 from medclipsam.prompting import coarse_mask
 from medclipsam.teaching import diagnose_box, share, state
 from medclipsam.viz import result_figure
+from medclipsam.worlds import pipeline_for_world
 
 prompt = PROMPT or PROMPTS[TASK]
-overrides = {} if K is None else {"saliency_kwargs": {"k": int(K)}}
-pipe = None
-if WORLD == "real":
-    try:
-        pipe = MedCLIPSAM.from_pretrained(clip=CLIP, sam=SAM, device=DEVICE, **overrides)
-    except (OSError, RuntimeError, ValueError, ImportError) as err:  # offline, or no weights
-        print(f"real weights not available ({type(err).__name__}: {str(err)[:200]}...)\n-> using the toy world")
-if pipe is None:
-    pipe = MedCLIPSAM.toy(device="cpu" if DEVICE == "auto" else DEVICE, **overrides)
+# the real models if WORLD == "real" and they can be loaded, else the toy world (it says which, and why)
+pipe = pipeline_for_world(WORLD, clip=CLIP, sam=SAM, sam_checkpoint=SAM_CHECKPOINT, k=K, device=DEVICE)
 print(pipe)
 
 # %%

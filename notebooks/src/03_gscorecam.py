@@ -64,7 +64,6 @@ import torch
 
 from medclipsam.config import TOY_DEFAULTS
 from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
-from medclipsam.models import load_clip
 from medclipsam.prompting import content_mask
 from medclipsam.saliency.api import saliency_maps
 from medclipsam.saliency.evaluate import localisation_table
@@ -74,14 +73,16 @@ from medclipsam.saliency.m2ib import m2ib
 from medclipsam.saliency.sensitivity import prompt_sensitivity
 from medclipsam.teaching import compare, state, versus_paper
 from medclipsam.viz import overlay, sample_grid
+from medclipsam.worlds import clip_for_world, default_k
 
 if FULL:
     N_LOC = N_LOC_FULL
 if SMOKE:
     N_LOC = 4
-clip = load_clip("toy" if WORLD == "toy" else CLIP, device=DEVICE)
-if K is None:  # the pipeline's default k for this world
-    K = TOY_DEFAULTS["saliency_kwargs"]()["k"] if WORLD == "toy" else 300
+# CLIP if WORLD == "real" and it can be loaded, else the toy CLIP (it says which, and why)
+clip, world = clip_for_world(WORLD, clip=CLIP, device=DEVICE)
+if K is None:  # the pipeline's default k for the world loaded (the toy's: MedCLIPSAM.toy's)
+    K = TOY_DEFAULTS["saliency_kwargs"]()["k"] if world == "toy" else default_k("real")
 print(f"gScoreCAM keeps k = {K} channels throughout this notebook")
 samples = {t: PhantomDataset(t, 2, seed=SEED, size=256, split="test", normal_fraction=0.0)[0] for t in TASKS}
 

@@ -54,22 +54,19 @@ import time
 
 import matplotlib.pyplot as plt
 
-from medclipsam import MedCLIPSAM
 from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
 from medclipsam.metrics import dice, evaluate_masks, summarize
 from medclipsam.prompting import coarse_mask, content_mask, make_sam_prompts
 from medclipsam.teaching import compare, state, versus_paper
 from medclipsam.viz import PROMPT_LEGEND, overlay, result_panels, sample_grid
+from medclipsam.worlds import pipeline_for_world
 
 if FULL:
     N_EVAL = N_EVAL_FULL
 if SMOKE:
     N_EVAL, SIZE = 3, 160
-overrides = {} if K is None else {"saliency_kwargs": {"k": int(K)}}
-if WORLD == "toy":
-    pipe = MedCLIPSAM.toy(device=DEVICE, **overrides)
-else:
-    pipe = MedCLIPSAM.from_pretrained(clip=CLIP, sam=SAM, device=DEVICE, **overrides)
+# the real models if WORLD == "real" and they can be loaded, else the toy world (it says which, and why)
+pipe = pipeline_for_world(WORLD, clip=CLIP, sam=SAM, sam_checkpoint=SAM_CHECKPOINT, k=K, device=DEVICE)
 print(pipe)
 samples = {t: PhantomDataset(t, N_EVAL, seed=SEED, size=SIZE, split="test", normal_fraction=0.0)[:] for t in TASKS}
 first = {t: pipe.predict(samples[t][0].rgb, PROMPTS[t], task=t) for t in TASKS}

@@ -44,18 +44,26 @@ if "google.colab" in sys.modules:
 # %% [markdown]
 # ## Parameters
 #
-# `WORLD = "real"` builds the explorer over BiomedCLIP + SAM ViT-B and the images (and masks, if
-# any) of `DATA_DIR` (a folder with `images/` and optionally `masks/`, as `medclipsam prepare`
-# writes); without the weights or data it falls back to the toy world. `DRIVE = True` also runs the
-# section that drives the explorer from code (what CI does: there is no one to click there).
+# `WORLD = "real"` builds the explorer over `CLIP` + `SAM` (BiomedCLIP and SAM ViT-B by default,
+# downloaded once into the cache; `SAM_CHECKPOINT` your own file for a named SAM) and the images (and
+# masks, if any) of `DATA_DIR` (a folder with `images/` and optionally `masks/`, as `medclipsam
+# prepare` writes), or `PER_TASK` phantom images per task without one; MedSAM, SAM ViT-H and SAM 2.1
+# tiny are offered beside it, loaded when picked. Without the weights it falls back to the toy world
+# with a message. `K` is gScoreCAM's number of channels to start with (`None`: the world's default).
+# `DRIVE = True` also runs the section that drives the explorer from code (what CI does: there is no
+# one to click there).
 
 # %% tags=["parameters"]
 WORLD = "toy"          # "toy" or "real"
 SMOKE = False          # CI: fewer images and settings
 DEVICE = "auto"
-DATA_DIR = None        # real world: a folder with images/ (and masks/)
+CLIP = "biomedclip"    # real world: the CLIP (a name, a fine-tuned checkpoint or a folder)
+SAM = "vit_b"          # real world: vit_b | vit_l | vit_h | medsam | a checkpoint file
+SAM_CHECKPOINT = None  # real world: your own weights for the named SAM
+K = None               # gScoreCAM channels to start with (None: the world's default)
+DATA_DIR = None        # real world: a folder with images/ (and masks/); None: phantom images
 PROMPT = None          # real world: the prompt to start with
-PER_TASK = 3           # toy world: phantom images per task
+PER_TASK = 3           # phantom images per task (the toy world, or the real one without DATA_DIR)
 DRIVE = True           # run the programmatic walk-through below
 COMPARE = ["breast tumor", "benign breast lesion", "brain tumor", "normal tissue"]
 
@@ -70,27 +78,10 @@ import matplotlib.pyplot as plt
 
 from medclipsam.widgets import PromptExplorer
 
-explorer = None
-if WORLD == "real":
-    try:
-        from medclipsam import MedCLIPSAM
-
-        if not DATA_DIR:
-            raise ValueError("set DATA_DIR to a folder with images/ (and masks/)")
-        pipe = MedCLIPSAM.from_pretrained(clip="biomedclip", sam="vit_b", device=DEVICE)
-        from medclipsam.models import load_sam
-
-        # more SAMs to choose from, loaded (downloaded once) the first time they are picked
-        more_sams = {"MedSAM": lambda: load_sam("medsam", device=DEVICE),
-                     "SAM ViT-H": lambda: load_sam("vit_h", device=DEVICE),
-                     "SAM 2.1 tiny": lambda: load_sam("sam2-hiera-tiny", device=DEVICE)}
-        explorer = PromptExplorer.from_folder(pipe, DATA_DIR, prompt=PROMPT, compare_prompts=COMPARE,
-                                              sam_name="SAM ViT-B", sam_models=more_sams)
-    except Exception as err:  # offline, no weights, no data: the toy world instead
-        print(f"real world not available ({type(err).__name__}: {str(err)[:200]})\n-> using the toy world")
-if explorer is None:
-    explorer = PromptExplorer.toy(per_task=1 if SMOKE else PER_TASK, compare_prompts=COMPARE,
-                                  device="cpu" if DEVICE == "auto" else DEVICE)
+# the real models if WORLD == "real" and they can be loaded, else the toy world (it says which, and why)
+explorer = PromptExplorer.for_world(WORLD, data_dir=DATA_DIR, prompt=PROMPT, clip=CLIP, sam=SAM,
+                                    sam_checkpoint=SAM_CHECKPOINT, k=K, device=DEVICE,
+                                    per_task=1 if SMOKE else PER_TASK, compare_prompts=COMPARE)
 explorer
 
 
@@ -125,7 +116,7 @@ def ran(before):
     return {k: explorer.counts[k] - before[k] for k in before if explorer.counts[k] != before[k]}
 
 if DRIVE:
-    breast = next(n for n in explorer.images if n.startswith("breast")) if WORLD == "toy" else None
+    breast = next((n for n in explorer.images if n.startswith("breast ")), None)  # phantom images
     if breast:
         explorer.select(breast)
     print("now showing:", {k: explorer.state[k] for k in ("image", "prompt", "method", "k", "dice")})
