@@ -14,7 +14,7 @@ checkpoint, a model folder or ``"local-dir:PATH"``); ``SAM`` anything
 MedSAM with MedSAM's preprocessing). ``K`` is gScoreCAM's number of channels: about 0.6 s each per
 image on one CPU thread with BiomedCLIP, so the paper's 300 takes about 210 s per image with SAM ViT-B
 and 32 about 55 s (``benchmarks/real_path_times.py``); ``None`` keeps each world's default (300 real,
-24 toy).
+the toy's :data:`~medclipsam.config.TOY_DEFAULTS` k toy).
 
 Every function prints one line saying what was loaded (``real world: ...`` or ``toy world: ...``),
 and where the real world failed, why, before falling back (``fallback=False`` raises instead).
@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .config import TOY_DEFAULTS
 from .models import load_clip
 from .pipeline import MedCLIPSAM
 
@@ -33,8 +34,8 @@ __all__ = ["LOAD_ERRORS", "WORLDS", "clip_for_world", "default_k", "pipeline_for
 WORLDS = ("toy", "real")
 #: What loading real models raises when they cannot be had here (offline, missing or wrong files).
 LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError, ValueError, ImportError)
-#: gScoreCAM's k per world when ``k`` is None: the paper's 300, and the toy CLIP's tuned 24.
-DEFAULT_K = {"real": 300, "toy": 24}
+#: gScoreCAM's k per world when ``k`` is None: the paper's 300, and the toy pipeline's default.
+DEFAULT_K = {"real": 300, "toy": TOY_DEFAULTS["saliency_kwargs"]()["k"]}
 
 
 def _check_world(world: str) -> None:
@@ -53,7 +54,7 @@ def _why(err: BaseException) -> str:
 
 
 def default_k(world: str) -> int:
-    """gScoreCAM's k in ``world`` when none is given (300 real, as in the paper; 24 toy)."""
+    """gScoreCAM's k in ``world`` when none is given (300 real, as in the paper; the toy pipeline's default toy)."""
     _check_world(world)
     return DEFAULT_K[world]
 

@@ -17,6 +17,7 @@ import torch
 from hf_cache import BIOMEDCLIP_CONFIG, use_hf_cache, write_biomedclip_cache
 from httpserver import FileServer
 
+from medclipsam.config import TOY_DEFAULTS
 from medclipsam.download import DownloadError
 from medclipsam.models import registry
 from medclipsam.models.clip import CheckpointError, load_clip
@@ -282,7 +283,7 @@ def test_pipeline_for_world_says_what_it_built_and_falls_back_with_the_reason(
         pipeline_for_world("real", clip=str(missing), sam=str(tiny_sam_file), fallback=False)
     with pytest.raises(ValueError, match="WORLD"):
         pipeline_for_world("Real")
-    assert default_k("real") == 300 and default_k("toy") == 24
+    assert default_k("real") == 300 and default_k("toy") == TOY_DEFAULTS["saliency_kwargs"]()["k"] == 48
 
 
 def test_clip_for_world_falls_back_to_the_toy_clip(tmp_path, capsys):
