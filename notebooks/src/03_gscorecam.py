@@ -141,9 +141,11 @@ print("the paper (v2, average DSC % of the whole pipeline, real data):", PAPER_P
 # Computed from the table: the best map per task (by the Dice of the map), and this run's order of the
 # methods beside the paper's. Mind the difference: the paper's numbers are the Dice of the whole
 # pipeline's masks (after CRF, boxes and SAM), ours here the Dice of the thresholded map; lesson 04
-# measures the whole pipeline. Where the two orders differ, ask which part of the toy could cause it:
-# a toy CLIP whose gradients already point at the finding would favour GradCAM; one whose channels
-# respond to any dark blob would blur ScoreCAM's all-channel map.
+# measures the whole pipeline. Where the two orders differ, ask which part of the toy could cause it.
+# Two candidates to test: if the gradient ranks the channels little better than chance (a small model,
+# trained for an hour), gScoreCAM's top k is close to a random subset, and scoring all channels averages
+# out more noise; and M2IB's bottleneck sits on block 2 of the toy's 4 blocks, where the features are
+# less semantic than block 9 of BiomedCLIP's 12.
 
 # %%
 state(*[compare({m: r["dice_" + m] for m in methods}, what="map Dice", context=r["task"]) for r in rows],
