@@ -33,6 +33,8 @@ def words(text: str) -> set[str]:
 #: Digests of the pixels, mask, captions and metadata of a few samples of every class, as the
 #: generators made them (GENERATOR_VERSION 1). A refactoring of the generators must not change a
 #: single one; a deliberate change of the phantom world bumps GENERATOR_VERSION and these digests.
+#: The X-ray digests changed once without a bump: the heart's mask joined the metadata (for the toy
+#: CLIP's captions); with that key left out they are the old digests, so no pixel moved.
 PINNED = {
     ('breast', 'normal', 3, 128): 'bfd291975d15022b',
     ('breast', 'normal', 17, (96, 160)): '783709a57f820516',
@@ -48,10 +50,10 @@ PINNED = {
     ('brain', 'meningioma', 17, (96, 160)): 'af308b68f919c7f5',
     ('brain', 'pituitary', 3, 128): '4ba45f4aa5575789',
     ('brain', 'pituitary', 17, (96, 160)): 'c61ada0e54c1f265',
-    ('xray', 'normal', 3, 128): 'f420c28ad610bde4',
-    ('xray', 'normal', 17, (96, 160)): 'd63442b14c7a2237',
-    ('xray', 'pneumonia', 3, 128): '48833c63a6ae6f04',
-    ('xray', 'pneumonia', 17, (96, 160)): '8bd0281cea2194a0',
+    ('xray', 'normal', 3, 128): '87ca7cd271e1acbd',
+    ('xray', 'normal', 17, (96, 160)): 'd7f0c69ee671b2ea',
+    ('xray', 'pneumonia', 3, 128): '335ed8e639d8b706',
+    ('xray', 'pneumonia', 17, (96, 160)): 'ca1142aabd6a7661',
 }
 
 
