@@ -140,11 +140,15 @@ def _tower_of(name: str) -> str:
     return "text"
 
 
-def _block_stack(model: nn.Module, tower: str) -> tuple[str, nn.ModuleList] | None:
-    """The longest ``nn.ModuleList`` inside ``tower``: the transformer blocks."""
-    best: tuple[str, nn.ModuleList] | None = None
+def _block_stack(model: nn.Module, tower: str) -> tuple[str, nn.Module] | None:
+    """The longest list of same-type blocks inside ``tower``: the transformer blocks (an
+    ``nn.ModuleList`` in open_clip and BERT, an ``nn.Sequential`` in timm's ViTs: BiomedCLIP's
+    and the toy CLIP's ``visual.trunk.blocks``)."""
+    best: tuple[str, nn.Module] | None = None
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.ModuleList) or not name or _tower_of(name + ".") != tower:
+        if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or not name or _tower_of(name + ".") != tower:
+            continue
+        if len({type(m) for m in mod}) != 1:  # a stack of blocks repeats one block type
             continue
         if best is None or len(mod) > len(best[1]):
             best = (name, mod)

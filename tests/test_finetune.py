@@ -163,12 +163,12 @@ def test_freezing_options_freeze_what_they_say(pairs, tmp_path, option):
         if option == "image":
             return image
         # last block of each tower and the output side train; embeddings and earlier blocks not
-        if name.startswith("visual.transformer.resblocks."):
-            return not name.startswith("visual.transformer.resblocks.3.")
+        if name.startswith("visual.trunk.blocks."):  # timm's ViT, as in BiomedCLIP: 4 blocks
+            return not name.startswith("visual.trunk.blocks.3.")
         if name.startswith("transformer.resblocks."):
             return not name.startswith("transformer.resblocks.2.")
-        return any(s in name for s in ("conv1", "class_embedding", "positional_embedding",
-                                       "ln_pre", "token_embedding"))
+        return any(s in name for s in ("patch_embed", "cls_token", "pos_embed", "norm_pre",
+                                       "positional_embedding", "token_embedding"))
 
     n_frozen = 0
     for name, p in after.items():
