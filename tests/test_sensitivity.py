@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from medclipsam.config import TOY_DEFAULTS
 from medclipsam.data.phantom import PROMPTS, PhantomDataset
 from medclipsam.models import load_clip
 from medclipsam.saliency import grad_cam
 from medclipsam.saliency.cam import normalize_maps
+from medclipsam.saliency.gscorecam import gscorecam
 from medclipsam.saliency.m2ib import m2ib
 from medclipsam.saliency.sensitivity import (
     DEFAULT_THRESHOLD,
@@ -68,14 +70,15 @@ def test_default_controls_include_another_organ_and_never_the_prompt():
 
 
 @pytest.mark.parametrize("index", [1, 3])  # a meningioma and a glioma
-def test_gradcam_on_toy_brain_tumours_depends_on_the_prompt(toy, index):
+def test_gscorecam_on_toy_brain_tumours_depends_on_the_prompt(toy, index):
     sample = PhantomDataset("brain", 4, seed=0, split="test")[index]
     with warnings.catch_warnings():
         warnings.simplefilter("error", PromptInsensitiveWarning)
-        report = prompt_sensitivity(toy, sample.rgb, PROMPTS["brain"], grad_cam, task="brain")
+        report = prompt_sensitivity(toy, sample.rgb, PROMPTS["brain"], gscorecam, task="brain",
+                                    k=TOY_DEFAULTS["saliency_kwargs"]()["k"])
     assert report.sensitivity > DEFAULT_THRESHOLD + 0.05
     assert report.warning is None and not report.insensitive
-    assert report.noise_floor is None  # grad_cam takes no seed: deterministic
+    assert report.noise_floor is None  # gscorecam takes no seed: deterministic
     assert report.prompt_map.shape == sample.image.shape
     assert set(report.control_maps) == set(report.distances) == set(report.controls)
     text = str(report)
