@@ -73,7 +73,8 @@ from .data.phantom import PROMPTS, PhantomDataset
 from .metrics import evaluate_masks, summarize
 from .models import load_clip, load_sam
 from .prompting import SamPrompts, make_sam_prompts
-from .saliency.api import saliency_maps
+from .saliency.api import is_gscorecam, saliency_maps
+from .saliency.gscorecam import MaskedFeatureStore
 from .sam_session import SamSession
 from .viz import result_figure, save_figure
 from .vocab import CONTROL_SALIENCY, TASKS
@@ -211,19 +212,22 @@ class MedCLIPSAM:
     # -- one image ------------------------------------------------------------------------------
 
     def saliency(self, image: Any, prompts: str | Sequence[str], config: PipelineConfig | None = None,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0, store: MaskedFeatureStore | None = None) -> np.ndarray:
         """Saliency maps ``(P, H, W)`` float32 in [0, 1] of ``prompts`` over ``image``, in the
-        image's own coordinates (text features computed once for all prompts)."""
-        return self._saliency(load_picture(image), prompts, config or self.config, seed)
+        image's own coordinates (text features computed once for all prompts). ``store``: with
+        gScoreCAM, a :class:`~medclipsam.saliency.gscorecam.MaskedFeatureStore` the caller keeps
+        for this image, so channels scored by an earlier call are not scored again."""
+        return self._saliency(load_picture(image), prompts, config or self.config, seed, store)
 
     def _saliency(self, rgb: np.ndarray, prompts: str | Sequence[str], cfg: PipelineConfig,
-                  seed: int) -> np.ndarray:
+                  seed: int, store: MaskedFeatureStore | None = None) -> np.ndarray:
         """:meth:`saliency` of a picture already converted by :func:`~medclipsam.data.io.load_picture`."""
         plist = [prompts] if isinstance(prompts, str) else list(prompts)
         if cfg.saliency in CONTROL_SALIENCY:
             return np.stack([_control_map(cfg.saliency, rgb.shape[:2], seed + i) for i in range(len(plist))])
 
-        maps = saliency_maps(self.clip, rgb, plist, method=cfg.saliency, **cfg.saliency_kwargs)
+        extra = {"store": store} if store is not None and is_gscorecam(cfg.saliency) else {}
+        maps = saliency_maps(self.clip, rgb, plist, method=cfg.saliency, **cfg.saliency_kwargs, **extra)
         return np.asarray(maps, dtype=np.float32)
 
     def predict(
