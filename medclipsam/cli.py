@@ -80,6 +80,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _process_device(device: str) -> str:
+    """``device`` as given; under torchrun (``WORLD_SIZE`` > 1) each process's own device
+    (``cuda:LOCAL_RANK`` for "auto"/"cuda", :func:`~medclipsam.finetune.ddp_device`), so that a
+    folder run sharded over N processes uses N GPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    import torch
+
+    from .finetune import ddp_device
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return str(ddp_device(device, int(os.environ.get("LOCAL_RANK", "0")),
+                          int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), cuda))
+
+
 def _pipeline(args: argparse.Namespace, **overrides: Any):
     """The toy world when both models are "toy", else the named real models (downloaded);
     ``--sam sam3-text[:FOLDER]`` is SAM 3 segmenting from the text alone."""
@@ -91,9 +106,10 @@ def _pipeline(args: argparse.Namespace, **overrides: Any):
 
         return Sam3TextBaseline.from_pretrained(args.sam.partition(":")[2] or "facebook/sam3",
                                                 device=args.device)
+    device = _process_device(args.device)
     if args.clip == "toy" and args.sam == "toy":
-        return MedCLIPSAM.toy(device=args.device, **overrides)
-    return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=args.device,
+        return MedCLIPSAM.toy(device=device, **overrides)
+    return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=device,
                                       sam_checkpoint=getattr(args, "sam_checkpoint", None),
                                       **overrides)
 

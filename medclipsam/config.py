@@ -56,7 +56,7 @@ class PipelineConfig:
 
     * ``saliency``: ``"gscorecam"`` (paper), ``"gradcam"``, ``"m2ib"`` (v2), or a control
       (``"random"``, ``"uniform"``); ``saliency_kwargs`` go to the method (e.g. ``k``,
-      ``precision``, ``weighting``).
+      ``precision``, ``weighting``, ``convention``).
     * ``postprocess``: ``"crf"`` (v1, default; needs the ``crf`` extra: without it the pipeline
       uses k-means and says so in each result's flags, ``"crf_unavailable_used_kmeans"``),
       ``"kmeans"`` (v2), ``"threshold"`` (at ``threshold``), ``"otsu"``.

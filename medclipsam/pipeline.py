@@ -47,6 +47,7 @@ drive the result, so the Dice drop they cause measures how much the prompt does.
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import os
@@ -73,7 +74,8 @@ from .data.phantom import PROMPTS, PhantomDataset
 from .metrics import evaluate_masks, summarize
 from .models import load_clip, load_sam
 from .prompting import SamPrompts, make_sam_prompts
-from .saliency.api import saliency_maps
+from .saliency.api import is_gscorecam, saliency_maps
+from .saliency.gscorecam import MaskedFeatureStore
 from .sam_session import SamSession
 from .viz import result_figure, save_figure
 from .vocab import CONTROL_SALIENCY, TASKS
@@ -211,19 +213,22 @@ class MedCLIPSAM:
     # -- one image ------------------------------------------------------------------------------
 
     def saliency(self, image: Any, prompts: str | Sequence[str], config: PipelineConfig | None = None,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0, store: MaskedFeatureStore | None = None) -> np.ndarray:
         """Saliency maps ``(P, H, W)`` float32 in [0, 1] of ``prompts`` over ``image``, in the
-        image's own coordinates (text features computed once for all prompts)."""
-        return self._saliency(load_picture(image), prompts, config or self.config, seed)
+        image's own coordinates (text features computed once for all prompts). ``store``: with
+        gScoreCAM, a :class:`~medclipsam.saliency.gscorecam.MaskedFeatureStore` the caller keeps
+        for this image, so channels scored by an earlier call are not scored again."""
+        return self._saliency(load_picture(image), prompts, config or self.config, seed, store)
 
     def _saliency(self, rgb: np.ndarray, prompts: str | Sequence[str], cfg: PipelineConfig,
-                  seed: int) -> np.ndarray:
+                  seed: int, store: MaskedFeatureStore | None = None) -> np.ndarray:
         """:meth:`saliency` of a picture already converted by :func:`~medclipsam.data.io.load_picture`."""
         plist = [prompts] if isinstance(prompts, str) else list(prompts)
         if cfg.saliency in CONTROL_SALIENCY:
             return np.stack([_control_map(cfg.saliency, rgb.shape[:2], seed + i) for i in range(len(plist))])
 
-        maps = saliency_maps(self.clip, rgb, plist, method=cfg.saliency, **cfg.saliency_kwargs)
+        extra = {"store": store} if store is not None and is_gscorecam(cfg.saliency) else {}
+        maps = saliency_maps(self.clip, rgb, plist, method=cfg.saliency, **cfg.saliency_kwargs, **extra)
         return np.asarray(maps, dtype=np.float32)
 
     def predict(
@@ -422,6 +427,7 @@ class MedCLIPSAM:
         stems: Sequence[str] | None = None,
         progress: bool = True,
         strict: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> list[dict]:
         """Segment every image of ``images_dir`` (not recursive), writing as it goes:
         ``out_dir/masks/<stem>.png`` (0/255), one row per image in ``out_dir/results.csv`` and
@@ -434,7 +440,15 @@ class MedCLIPSAM:
         becomes a row with ``status`` ``"failed"`` and the reason in ``error``, and the run goes
         on; a warning at the end names the failed files. ``strict=True`` stops at the first
         failure instead (its row is written first). Failed images are retried on resume.
-        Returns all rows (``status`` ``"ok"`` or ``"failed"``), sorted by id."""
+        Returns all rows (``status`` ``"ok"`` or ``"failed"``), sorted by id.
+
+        Several processes (``torchrun --nproc_per_node N``, one per GPU): each process takes
+        every N-th of the sorted stems (``shard=(rank, N)``; default: ``RANK`` and ``WORLD_SIZE``
+        from torchrun), appends its rows to ``results.part<rank>.csv``, and at the end rank 0
+        merges them into the one ``results.csv`` (the processes meet through
+        ``torch.distributed``, gloo, which is initialised here when torchrun has not done it).
+        Each returns the rows of its own share. An interrupted sharded run resumes as any other
+        (with any number of processes): the part files are read as finished rows."""
         check_prompt(prompt)
         images_dir, out_dir = Path(images_dir), Path(out_dir)
         by_stem, _ = list_image_files(images_dir)
@@ -454,33 +468,29 @@ class MedCLIPSAM:
         if not stems:
             raise FileNotFoundError(f"{images_dir}: no image files found")
         cfg = self.config.for_task(task)
-        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir, out_dir / "masks", out_dir / "overlays")
+        rank, world = _shard(shard)
+        if rank == 0:
+            (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out_dir, out_dir / "masks", out_dir / "overlays")
+        _barrier(world)
         settings = {"prompt": prompt, "task": task, "config": cfg.to_dict()}
-        run_file = out_dir / "run.json"
-        csv_path = out_dir / "results.csv"
-        kept: dict[str, dict] = {}
-        if run_file.exists() and csv_path.exists():
-            previous = json.loads(run_file.read_text())
-            if previous != json.loads(json.dumps(settings)):
-                raise ValueError(
-                    f"{out_dir} holds a run with other settings ({run_file}); use another out_dir "
-                    "or delete it"
-                )
-            if resume:
-                wanted = set(stems)
-                for r in read_results(csv_path):
-                    ok = r.get("status", "ok") in ("ok", "") and r.get("mask_file")
-                    if ok and (out_dir / r["mask_file"]).is_file():
-                        kept[r["id"]] = r
-                    elif not ok and r["id"] not in wanted:
-                        kept[r["id"]] = r  # another subset's failure: keep it on record
-        atomic_write_text(run_file, json.dumps(settings, indent=1) + "\n")
-        _write_rows(csv_path, list(kept.values()))  # every finished row, also of other stems
+        run_file, csv_path = out_dir / "run.json", out_dir / "results.csv"
+        kept = _finished_rows(out_dir, settings, stems, resume)
+        _barrier(world)  # every rank has read the old state before rank 0 rewrites it
+        if rank == 0:
+            atomic_write_text(run_file, json.dumps(settings, indent=1) + "\n")
+            _write_rows(csv_path, list(kept.values()))  # every finished row, also of other stems
+            for part in _part_files(out_dir):  # merged into results.csv just now
+                part.unlink()
+        _barrier(world)
+        stems = stems[rank::world]  # this process's share (all of them without torchrun)
+        if world > 1:
+            csv_path = out_dir / f"results.part{rank}.csv"  # merged by rank 0 at the end
+            _write_rows(csv_path, [])  # its header
         rows = [kept[s] for s in stems if s in kept]
         todo = [s for s in stems if s not in kept]
         failed: list[dict] = []
-        for stem in _progress(todo, len(todo), progress):
+        for stem in _progress(todo, len(todo), progress and rank == 0):
             path = by_stem[stem][0]
             # the seed depends on the file, not on its position, so subsets give the same masks
             seed = cfg.seed + zlib.crc32(stem.encode()) % 2**31
@@ -503,12 +513,82 @@ class MedCLIPSAM:
                 continue
             rows.append(row)
             _append_row(csv_path, row)
+        if world > 1:
+            _barrier(world)  # every share done: one results.csv
+            if rank == 0:
+                merged = {r["id"]: r for r in read_results(out_dir / "results.csv")}
+                for part in _part_files(out_dir):
+                    merged.update({r["id"]: r for r in read_results(part)})
+                _write_rows(out_dir / "results.csv", sorted(merged.values(), key=lambda r: r["id"]))
+                for part in _part_files(out_dir):
+                    part.unlink()
+            _barrier(world)
+            csv_path = out_dir / "results.csv"
         if failed:
             shown = "; ".join(f"{r['id']}: {r['error']}" for r in failed[:5])
             more = f"; ... and {len(failed) - 5} more" if len(failed) > 5 else ""
             warnings.warn(f"{len(failed)} of {len(todo)} image(s) failed and were skipped "
                           f"(status 'failed' in {csv_path}): {shown}{more}", UserWarning, stacklevel=2)
         return sorted(rows, key=lambda r: r["id"])
+
+
+# --------------------------------------------------------------------------------------------
+# folder runs: what is finished, and several processes (torchrun)
+
+
+def _finished_rows(out_dir: Path, settings: dict, stems: Sequence[str], resume: bool) -> dict[str, dict]:
+    """The rows of ``out_dir``'s earlier run that need not be redone (read from ``results.csv``
+    and the part files of an interrupted sharded run); refuses a run with other settings."""
+    run_file, csv_path = out_dir / "run.json", out_dir / "results.csv"
+    kept: dict[str, dict] = {}
+    sources = [csv_path, *_part_files(out_dir)] if csv_path.exists() else _part_files(out_dir)
+    if not (run_file.exists() and sources):
+        return kept
+    previous = json.loads(run_file.read_text())
+    if previous != json.loads(json.dumps(settings)):
+        raise ValueError(
+            f"{out_dir} holds a run with other settings ({run_file}); use another out_dir or delete it"
+        )
+    if not resume:
+        return kept
+    wanted = set(stems)
+    for source in sources:
+        for r in read_results(source):
+            ok = r.get("status", "ok") in ("ok", "") and r.get("mask_file")
+            if ok and (out_dir / r["mask_file"]).is_file():
+                kept[r["id"]] = r
+            elif not ok and r["id"] not in wanted:
+                kept[r["id"]] = r  # another subset's failure: keep it on record
+    return kept
+
+
+def _part_files(out_dir: Path) -> list[Path]:
+    return sorted(out_dir.glob("results.part*.csv"))
+
+
+def _shard(shard: tuple[int, int] | None) -> tuple[int, int]:
+    """(rank, world size): ``shard`` as given, else torchrun's ``RANK``/``WORLD_SIZE`` (0, 1
+    without torchrun). With more than one process the gloo process group is started if needed."""
+    if shard is None:
+        shard = (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+    rank, world = int(shard[0]), int(shard[1])
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    if world > 1 and not torch.distributed.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise RuntimeError(
+                f"shard {shard}: several processes need torchrun (or MASTER_ADDR/MASTER_PORT) "
+                "to meet at the end and merge results.csv"
+            )
+        torch.distributed.init_process_group(
+            "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(hours=24)
+        )
+    return rank, world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
 
 
 # --------------------------------------------------------------------------------------------

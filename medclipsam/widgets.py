@@ -71,7 +71,9 @@ from .metrics import dice as dice_score
 from .models import load_sam
 from .pipeline import MedCLIPSAM
 from .prompting import SamPrompts
+from .saliency.api import is_gscorecam
 from .saliency.cam import resolve_target
+from .saliency.gscorecam import MaskedFeatureStore
 from .saliency.sensitivity import DEFAULT_THRESHOLD
 from .sam_session import SamSession
 from .viz import overlay, sample_grid
@@ -182,6 +184,9 @@ class PromptExplorer:
         self._saliency_cache: dict[tuple, np.ndarray] = {}
         self._sam_prompts_cache: dict[tuple, SamPrompts] = {}
         self._sensitivity_cache: dict[tuple, float] = {}
+        # gScoreCAM's masked-image features of the image shown (any prompt, the controls too):
+        # a new prompt or the compare view scores only channels no earlier call scored.
+        self.feature_store = MaskedFeatureStore()
         for name, item in images.items():
             self._add_image(str(name), item)
         self._sam_sources: dict[str, Any] = {sam_name: pipeline.sam, **dict(sam_models or {})}
@@ -623,8 +628,8 @@ class PromptExplorer:
         key = self._saliency_key(cfg, prompt)
         if key not in self._saliency_cache:
             self.counts["saliency"] += 1
-            self._saliency_cache[key] = self.pipeline.saliency(self.current.image, [prompt], cfg,
-                                                               seed=cfg.seed)[0]
+            self._saliency_cache[key] = self.pipeline.saliency(
+                self.current.image, [prompt], cfg, seed=cfg.seed, store=self.feature_store)[0]
         return self._saliency_cache[key]
 
     def _sam_prompts_for(self, sal_key: tuple, sal: np.ndarray, cfg: PipelineConfig) -> SamPrompts:
@@ -765,9 +770,10 @@ class PromptExplorer:
         key = self._saliency_key(cfg, prompt) + (self.task,)
         if key not in self._sensitivity_cache:
             self.counts["sensitivity"] += 1
+            extra = {"store": self.feature_store} if is_gscorecam(cfg.saliency) else {}
             rep = prompt_sensitivity(self.pipeline.clip, self.current.image, prompt,
                                      METHODS[cfg.saliency], task=self.task, warn=False,
-                                     **cfg.saliency_kwargs)
+                                     **cfg.saliency_kwargs, **extra)
             self._sensitivity_cache[key] = float(rep.sensitivity)
         return self._sensitivity_cache[key]
 

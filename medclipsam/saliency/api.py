@@ -27,7 +27,7 @@ from .gscorecam import gscorecam, gscorecam_multi
 from .m2ib import m2ib
 from .targets import TargetLayer
 
-__all__ = ["METHODS", "PromptBatch", "method_name", "saliency_maps"]
+__all__ = ["METHODS", "PromptBatch", "is_gscorecam", "method_name", "saliency_maps"]
 
 
 def _gradcam(
@@ -110,9 +110,18 @@ class PromptBatch:
     def run(self, method: Callable[..., torch.Tensor], rows: slice | None = None,
             **kwargs: Any) -> torch.Tensor:
         """``method`` on the image repeated once per prompt (one batch; ``rows`` selects
-        prompts): model-space maps ``[P, S, S]``, float32 on the CPU."""
+        prompts): model-space maps ``[P, S, S]``, float32 on the CPU.
+
+        gScoreCAM with several prompts (or with a ``store=``) goes through
+        :func:`~medclipsam.saliency.gscorecam.gscorecam_multi`: one image, so the masked images
+        are scored once for all prompts (the same maps as one prompt at a time)."""
         txt = self.text_features if rows is None else self.text_features[rows]
         n = txt.shape[0]
+        if is_gscorecam(method) and (n > 1 or kwargs.get("store") is not None):
+            maps = gscorecam_multi(self.model, self.image_input, txt, **kwargs)
+            return maps.detach().float().cpu()
+        if is_gscorecam(method):
+            kwargs.pop("store", None)  # None here: one prompt without a store, the plain path
         images = self.image_input.expand(n, -1, -1, -1).contiguous()
         maps = method(self.model, images, txt, **kwargs)
         if not isinstance(maps, torch.Tensor) or maps.ndim != 3 or maps.shape[0] != n:
@@ -134,6 +143,11 @@ class PromptBatch:
             maps = torch.where(hi - lo > 1e-8, (maps - lo) / (hi - lo).clamp_min(1e-8),
                                torch.zeros_like(maps))
         return maps.numpy().astype(np.float32)
+
+
+def is_gscorecam(method: Any) -> bool:
+    """True for gScoreCAM by name, its :data:`METHODS` entry or the function itself."""
+    return method in ("gscorecam", _gscorecam, gscorecam)
 
 
 def method_name(method: Callable) -> str:
@@ -162,7 +176,9 @@ def saliency_maps(
 
     The model-input maps are mapped back onto the image's own pixel grid and min-max normalised
     over the image (:meth:`PromptBatch.on_image`). With gScoreCAM and several prompts,
-    :func:`~medclipsam.saliency.gscorecam.gscorecam_multi` shares the scoring between prompts.
+    :func:`~medclipsam.saliency.gscorecam.gscorecam_multi` shares the scoring between prompts;
+    ``store=`` (a :class:`~medclipsam.saliency.gscorecam.MaskedFeatureStore` the caller keeps)
+    shares it with earlier calls on the same image too.
     """
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not texts or not all(isinstance(t, str) for t in texts):
@@ -174,8 +190,4 @@ def saliency_maps(
     else:
         fn = method
     batch = PromptBatch(clip, image, texts, mode)
-    if fn is _gscorecam and len(texts) > 1:
-        maps = gscorecam_multi(batch.model, batch.image_input, batch.text_features, **kwargs)
-    else:
-        maps = batch.run(fn, **kwargs)
-    return batch.on_image(maps)
+    return batch.on_image(batch.run(fn, **kwargs))

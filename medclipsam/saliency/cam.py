@@ -35,6 +35,7 @@ __all__ = [
     "cam_to_map",
     "channel_masks",
     "check_images",
+    "reference_channel_masks",
     "exp_logit_scale",
     "frozen",
     "gradients_per_logit",
@@ -226,3 +227,19 @@ def channel_masks(maps: torch.Tensor, size) -> torch.Tensor:
     """Channel maps ``[N, h, w]`` as masks over the image: upsampled to ``size`` (bilinear,
     half-pixel centres) and min-max normalised each to [0, 1] (a flat map gives zeros)."""
     return upsample_and_normalize(maps, size)
+
+
+#: The reference code's min-max guard: ``(x - min) / (max - min + 1e-6)``.
+REFERENCE_MASK_EPS = 1e-6
+
+
+def reference_channel_masks(maps: torch.Tensor, size) -> torch.Tensor:
+    """Channel masks as the reference code makes them: upsampled with corner-aligned bilinear
+    interpolation (``align_corners=True``, ``nn.UpsamplingBilinear2d``) and min-max normalised as
+    ``(x - min) / (max - min + 1e-6)`` (a flat map gives zeros). Only for reproducing the
+    reference: the package's own convention is :func:`channel_masks`."""
+    up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=True)[:, 0]
+    flat = up.flatten(1)
+    lo = flat.min(1).values.view(-1, 1, 1)
+    hi = flat.max(1).values.view(-1, 1, 1)
+    return (up - lo) / (hi - lo + REFERENCE_MASK_EPS)

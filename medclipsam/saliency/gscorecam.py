@@ -49,12 +49,15 @@ from .cam import (
     layer_activations_and_gradients,
     layer_outputs_and_logits,
     normalized_text,
+    reference_channel_masks,
     resolve_target,
 )
 from .targets import TargetLayer
 
 __all__ = [
+    "CONVENTIONS",
     "GScoreCamDetails",
+    "MaskedFeatureStore",
     "clear_cast_cache",
     "default_batch_size",
     "fast_dtype",
@@ -64,6 +67,10 @@ __all__ = [
 ]
 
 _WEIGHTINGS = ("selected", "reference")
+#: How channel masks are made: ``"package"`` (bilinear with half-pixel centres, min-max with a
+#: flat map giving zeros: the one interpolation convention of the package) or ``"reference"``
+#: (the reference code's corner-aligned upsampling and ``+ 1e-6`` in the min-max denominator).
+CONVENTIONS = ("package", "reference")
 
 
 @dataclass
@@ -186,15 +193,19 @@ def _masked_features(
     image_idx: torch.Tensor,
     channel_idx: torch.Tensor,
     batch_size: int,
+    convention: str = "package",
 ) -> torch.Tensor:
     """Normalised image features [N, D] of ``images[image_idx[i]] * mask(act[image_idx[i],
     channel_idx[i]])``, scored in batches; the masks are made per batch (never all at once)."""
     size = images.shape[-2:]
+    make_masks = reference_channel_masks if convention == "reference" else channel_masks
     out = []
+    if image_idx.numel() == 0:
+        return images.new_zeros(0, 0, dtype=torch.float32)
     with torch.inference_mode():
         for s in range(0, image_idx.numel(), batch_size):
             b, c = image_idx[s : s + batch_size], channel_idx[s : s + batch_size]
-            masks = channel_masks(act[b, c], size)
+            masks = make_masks(act[b, c], size)
             x = (images[b] * masks[:, None]).to(dtype)
             out.append(F.normalize(encode(x).float(), dim=-1))
     return torch.cat(out)
@@ -216,9 +227,13 @@ def _combine(
     return weights, cam_to_map(cam, size)
 
 
-def _check_options(weighting: str, k: int | float | None, batch_size: int | None) -> None:
+def _check_options(
+    weighting: str, k: int | float | None, batch_size: int | None, convention: str = "package"
+) -> None:
     if weighting not in _WEIGHTINGS:
         raise ValueError(f"weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if isinstance(k, float) and not 0.0 < k <= 1.0:
         raise ValueError(f"a fractional k must lie in (0, 1] (a share of the channels), got {k}")
     if isinstance(k, int) and k < 1:
@@ -237,6 +252,48 @@ def _channels_kept(k: int | float | None, c: int) -> int:
     return min(int(k), c)
 
 
+class MaskedFeatureStore:
+    """The normalised features of one image's masked copies, by channel, kept across calls.
+
+    A masked image ``image * mask(A_c)`` depends on the image, the channel c, the model, the
+    target layer, the scoring dtype and the mask convention, never on the prompt. Pass one store
+    to :func:`gscorecam_multi` (or ``store=`` through :func:`~medclipsam.saliency.saliency_maps`,
+    the prompt-sensitivity check, the explorer) and a later call on the same image scores only the
+    channels no earlier call scored. The store holds one image at a time: a call with another
+    image, model (or changed weights), layer, dtype or convention empties it first.
+    ``scored`` counts the masked images it had scored (for tests and benchmarks).
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._image: torch.Tensor | None = None
+        self.features: dict[int, torch.Tensor] = {}
+        self.scored = 0
+
+    def bind(self, model: torch.nn.Module, image: torch.Tensor, layer: str, dtype: torch.dtype,
+             convention: str) -> None:
+        """Keep the features if they are of this image and setting, else start empty."""
+        key = (id(model), _signature(model), layer, dtype, convention, tuple(image.shape),
+               image.dtype, image.device)
+        same = key == self._key and self._image is not None and torch.equal(self._image, image)
+        if not same:
+            self._key, self._image, self.features = key, image.detach().clone(), {}
+
+    def missing(self, channels: torch.Tensor) -> torch.Tensor:
+        """The channels of ``channels`` not scored yet."""
+        keep = [i for i, c in enumerate(channels.tolist()) if c not in self.features]
+        return channels[torch.tensor(keep, dtype=torch.long, device=channels.device)]
+
+    def add(self, channels: torch.Tensor, feats: torch.Tensor) -> None:
+        for c, f in zip(channels.tolist(), feats):
+            self.features[c] = f
+        self.scored += channels.numel()
+
+    def get(self, channels: torch.Tensor) -> torch.Tensor:
+        """Features ``[N, D]`` of ``channels`` (all scored)."""
+        return torch.stack([self.features[c] for c in channels.tolist()])
+
+
 def gscorecam_details(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -247,10 +304,11 @@ def gscorecam_details(
     target: TargetLayer | str | None = None,
     weighting: str = "selected",
     precision: str = "fp32",
+    convention: str = "package",
 ) -> GScoreCamDetails:
     """:func:`gscorecam` with everything it computed (channels, scores, weights); see there."""
     check_images(images)
-    _check_options(weighting, k, batch_size)
+    _check_options(weighting, k, batch_size, convention)
     target = resolve_target(model, target)
     device = images.device
     n = images.shape[0]
@@ -266,7 +324,8 @@ def gscorecam_details(
     bs = int(batch_size or default_batch_size(device))
     image_idx = torch.arange(n, device=device).repeat_interleave(kk)
     feats_masked = _masked_features(
-        _encoder(model, dtype), dtype, images.detach(), act, image_idx, channels.reshape(-1), bs
+        _encoder(model, dtype), dtype, images.detach(), act, image_idx, channels.reshape(-1), bs,
+        convention,
     )
     scores = exp_logit_scale(model) * (feats_masked.view(n, kk, -1) * txt[:, None]).sum(-1)
     weights, maps = _combine(act, channels, scores, weighting, images.shape[-2:])
@@ -283,6 +342,7 @@ def gscorecam(
     target: TargetLayer | str | None = None,
     weighting: str = "selected",
     precision: str = "fp32",
+    convention: str = "package",
 ) -> torch.Tensor:
     """gScoreCAM maps ``[B, H, W]`` in [0, 1] at the model-input resolution.
 
@@ -301,6 +361,12 @@ def gscorecam(
     or below 0) the unselected channels dominate and the map tends to the plain sum of all
     activations whatever the prompt. That is why it is not the default.
 
+    ``convention``: how the channel masks are made (:data:`CONVENTIONS`). ``"package"`` (default):
+    half-pixel centres, as everywhere else in the package. ``"reference"``: the reference code's
+    corner-aligned upsampling (``align_corners=True``) and ``(x - min) / (max - min + 1e-6)``.
+    The reference itself is ``target="reference", weighting="reference", convention="reference"``
+    (its final resize uses half-pixel centres, as ours does; its batch size does not change maps).
+
     ``precision``: ``"fp32"`` (exact), ``"fast"`` (scoring in bfloat16 on CPUs that support it,
     float16 on CUDA, float32 otherwise; :func:`fast_dtype`), or ``"bf16"``/``"fp16"`` explicitly.
     The low-precision copy of the image tower is made once per model and cached.
@@ -314,6 +380,7 @@ def gscorecam(
         target=target,
         weighting=weighting,
         precision=precision,
+        convention=convention,
     ).maps
 
 
@@ -327,6 +394,8 @@ def gscorecam_multi(
     target: TargetLayer | str | None = None,
     weighting: str = "selected",
     precision: str = "fp32",
+    convention: str = "package",
+    store: MaskedFeatureStore | None = None,
     return_details: bool = False,
 ) -> torch.Tensor | GScoreCamDetails:
     """gScoreCAM maps ``[P, H, W]`` of one image ``[1, 3, H, W]`` for P prompts ``[P, D]``.
@@ -336,9 +405,11 @@ def gscorecam_multi(
     prompt, so the union of the prompts' k-channel sets is scored once and each masked image's
     feature is compared with every prompt: at most ``min(C, P*k)`` forwards instead of ``P*k``
     (never more than looping over prompts). Each map equals :func:`gscorecam` of that prompt.
+    ``store``: a :class:`MaskedFeatureStore` kept by the caller across calls on the same image:
+    only channels it does not hold yet are scored (a new prompt on an image already seen).
     """
     check_images(image)
-    _check_options(weighting, k, batch_size)
+    _check_options(weighting, k, batch_size, convention)
     if image.shape[0] != 1:
         raise ValueError(f"gscorecam_multi takes one image [1, 3, H, W], got {tuple(image.shape)}")
     target = resolve_target(model, target)
@@ -352,22 +423,24 @@ def gscorecam_multi(
     grads = gradients_per_logit(logits, act_raw)
     act1 = target.to_grid(act_raw.detach()).float().contiguous()  # [1, C, h, w]
     importance = torch.cat([target.to_grid(g).float().mean(dim=(2, 3)) for g in grads])  # [P, C]
-    c = act1.shape[1]
-    kk = _channels_kept(k, c)
+    kk = _channels_kept(k, act1.shape[1])
     channels = importance.topk(kk, dim=1).indices  # [P, k]
 
     union = torch.unique(channels)  # sorted
     dtype = _scoring_dtype(precision, device)
     bs = int(batch_size or default_batch_size(device))
-    feats_masked = _masked_features(
-        _encoder(model, dtype),
-        dtype,
-        image.detach(),
-        act1,
-        torch.zeros_like(union),
-        union,
-        bs,
+    if store is not None:
+        store.bind(model, image, target.name, dtype, convention)
+    todo = union if store is None else store.missing(union)
+    feats_new = _masked_features(
+        _encoder(model, dtype), dtype, image.detach(), act1, torch.zeros_like(todo), todo, bs,
+        convention,
     )
+    if store is not None:
+        store.add(todo, feats_new)
+        feats_masked = store.get(union)
+    else:
+        feats_masked = feats_new
     all_scores = exp_logit_scale(model) * feats_masked @ txt.T  # [U, P]
     pos = torch.searchsorted(union, channels)  # [P, k] rows of the union
     scores = all_scores.gather(0, pos.T).T  # scores[p, j] = all_scores[pos[p, j], p]
