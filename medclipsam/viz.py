@@ -133,8 +133,11 @@ def sample_grid(
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
+    wrapped = [textwrap.fill(t, wrap) for t in titles] if titles is not None else []
+    lines = max((t.count("\n") + 1 for t in wrapped), default=0)
+    # each row gets the image's height plus room for its tallest title (8 pt lines and a margin)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows * 1.15), squeeze=False
+        nrows, ncols, figsize=(cell_size * ncols, nrows * (cell_size + 0.15 * lines + 0.15)), squeeze=False
     )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -142,11 +145,13 @@ def sample_grid(
             continue
         img = np.asarray(images[i])
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255 if img.dtype == np.uint8 else None)
-        if titles is not None:
-            ax.set_title(textwrap.fill(titles[i], wrap), fontsize=8)
+        if wrapped:
+            ax.set_title(wrapped[i], fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
     _decorate(fig, colorbar, legend, suptitle)
+    if lines and nrows > 1:  # tight_layout leaves too little room for titles above square images
+        fig.subplots_adjust(hspace=(0.14 * lines + 0.12) / cell_size)
     return fig
 
 
