@@ -20,8 +20,8 @@
 # - **M2IB** (MedCLIP-SAMv2) learns, per token and channel, how much of the features can be replaced by
 #   noise before the image stops matching the text; the saliency is the information kept.
 #
-# We compare them on the phantom tasks (at the defaults in a few minutes on a 2-core CPU; M2IB in the
-# table only with `FULL = True`, about 20-35 s per image on such a CPU), look at k, at a trap in the reference code's choice of
+# We compare them on the phantom tasks (the whole lesson takes about a minute on a 2-core CPU at its
+# defaults, 38-59 s measured; M2IB joins the table with `FULL = True`, about 2 min), look at k, at a trap in the reference code's choice of
 # layer, at its softmax convention, and at a check every user should run: does the map depend on the
 # prompt at all?
 
