@@ -255,12 +255,9 @@ class MedCLIPSAM:
         """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        plist = [prompts] * len(items) if isinstance(prompts, str) else list(prompts)
-        if len(plist) != len(items):
-            raise ValueError(f"{len(items)} images but {len(plist)} prompts; give one prompt or one per image")
+        plist, ids = _per_image(items, prompts, ids)
         for pr in plist:
             check_prompt(pr)
-        ids = list(ids) if ids is not None else [str(i) for i in range(len(items))]
         given = [None] * len(items)
         if maps is not None:
             given = [maps] if single else list(maps)
@@ -305,12 +302,9 @@ class MedCLIPSAM:
         reuse (settings with another saliency method or options compute theirs).
         """
         items = list(images)
-        plist = [prompts] * len(items) if isinstance(prompts, str) else list(prompts)
-        if len(plist) != len(items):
-            raise ValueError(f"{len(items)} images but {len(plist)} prompts; give one prompt or one per image")
+        plist, ids = _per_image(items, prompts, ids)
         for pr in plist:
             check_prompt(pr)
-        ids = list(ids) if ids is not None else [str(i) for i in range(len(items))]
         given = list(maps) if maps is not None else [None] * len(items)
         if len(given) != len(items):
             raise ValueError(f"{len(items)} images but {len(given)} saliency maps")
@@ -593,6 +587,15 @@ def _barrier(world: int) -> None:
 
 # --------------------------------------------------------------------------------------------
 # bad input: prompts, constant and very large images
+
+
+def _per_image(items: Sequence[Any], prompts: str | Sequence[str],
+               ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """One prompt and one id per image: a single prompt is repeated, ids default to the positions."""
+    plist = [prompts] * len(items) if isinstance(prompts, str) else list(prompts)
+    if len(plist) != len(items):
+        raise ValueError(f"{len(items)} images but {len(plist)} prompts; give one prompt or one per image")
+    return plist, list(ids) if ids is not None else [str(i) for i in range(len(items))]
 
 
 def check_prompt(prompt: Any) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 
 from .data.io import load_picture
 from .models.sam3 import load_sam3
-from .pipeline import MedCLIPSAM, SegmentationResult, _progress
+from .pipeline import MedCLIPSAM, SegmentationResult, _per_image, _progress
 
 __all__ = ["Sam3TextBaseline", "Sam3TextConfig"]
 
@@ -109,10 +109,7 @@ class Sam3TextBaseline:
         image); ``overrides`` change :class:`Sam3TextConfig` fields for this call."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        plist = [prompts] * len(items) if isinstance(prompts, str) else list(prompts)
-        if len(plist) != len(items):
-            raise ValueError(f"{len(items)} images but {len(plist)} prompts; give one prompt or one per image")
-        ids = list(ids) if ids is not None else [str(i) for i in range(len(items))]
+        plist, ids = _per_image(items, prompts, ids)
         cfg = replace(self.config.for_task(task), **overrides)
         _check(cfg)
         out = [self._one(im, pr, cfg, name, seed=0)
