@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cam_loops import loop_gscorecam
 from open_clip.model import CLIP
 from pytorch_grad_cam import GradCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -117,49 +118,6 @@ def test_gradcam_is_the_librarys_gradcam(case, request):
     assert np.abs(ours - ref).max() < TOL
 
 
-def _loop_gscorecam(model, image, text, k, weighting):
-    """gScoreCAM for one image, one channel at a time, exactly as the method is written down."""
-    target = resolve_target_layer(model)
-    store = {}
-
-    def hook(_m, _i, out):
-        out.retain_grad()
-        store["a"] = out
-
-    handle = target.module.register_forward_hook(hook)
-    scale = model.logit_scale.exp().item()
-    t = F.normalize(text.float(), dim=-1)[0]
-    with torch.enable_grad():
-        logit = scale * F.normalize(model.encode_image(image), dim=-1)[0] @ t
-        logit.backward()
-    handle.remove()
-    acts = target.to_grid(store["a"].detach())[0]  # [C, h, w]
-    importance = target.to_grid(store["a"].grad)[0].mean(dim=(1, 2))
-    kept = torch.argsort(importance, descending=True)[:k].tolist()
-    scores = []
-    for c in kept:
-        mask = F.interpolate(acts[c][None, None], size=image.shape[-2:], mode="bilinear",
-                             align_corners=False)[0, 0]
-        span = mask.max() - mask.min()
-        mask = (mask - mask.min()) / span if span > 1e-8 else torch.zeros_like(mask)
-        with torch.no_grad():
-            feat = F.normalize(model.encode_image(image * mask), dim=-1)[0]
-        scores.append(scale * float(feat @ t))
-    scores = torch.tensor(scores)
-    cam = torch.zeros_like(acts[0])
-    if weighting == "selected":
-        for w, c in zip(torch.softmax(scores, 0).tolist(), kept):
-            cam += w * acts[c]
-    else:
-        full = torch.zeros(acts.shape[0])
-        full[kept] = scores
-        for c, w in enumerate(torch.softmax(full, 0).tolist()):
-            cam += w * acts[c]
-    cam = F.interpolate(F.relu(cam)[None, None], size=image.shape[-2:], mode="bilinear",
-                        align_corners=False)[0, 0]
-    return (cam - cam.min()) / (cam.max() - cam.min())
-
-
 @pytest.mark.parametrize("weighting", ["selected", "reference"])
 @pytest.mark.parametrize("case", ["toy_case", "vit_case"])
 def test_gscorecam_equals_a_plain_loop(case, weighting, request):
@@ -167,5 +125,5 @@ def test_gscorecam_equals_a_plain_loop(case, weighting, request):
     k = 12
     ours = gscorecam(model, x, text, k=k, weighting=weighting, batch_size=5)
     for i in range(len(x)):
-        ref = _loop_gscorecam(model, x[i : i + 1], text, k, weighting)
+        ref = loop_gscorecam(model, x[i : i + 1], text, k, weighting=weighting)
         assert (ours[i] - ref).abs().max().item() < 1e-4
