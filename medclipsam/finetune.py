@@ -83,6 +83,7 @@ from ._utils import get_device, rng_state, seed_everything, set_rng_state
 from .config import FinetuneConfig
 from .losses import ContrastiveLoss
 from .models import save_clip_checkpoint
+from .models.clip import trim_padding
 from .retrieval import retrieval_protocol, topk_accuracy
 from .training import (
     Checkpoints,
@@ -385,7 +386,8 @@ def evaluate_retrieval(
     for images, texts in loader:
         with autocast(device, amp_dtype):
             img_list.append(core.encode_image(images.to(device), normalize=True).float().cpu())
-            txt_list.append(core.encode_text(texts.to(device), normalize=True).float().cpu())
+            tokens = trim_padding(core, texts.to(device))
+            txt_list.append(core.encode_text(tokens, normalize=True).float().cpu())
     core.train(was_training)
     img = torch.cat(img_list)
     txt = torch.cat(txt_list)
@@ -599,7 +601,8 @@ class _Run:
         for j in range(group):
             images, texts = next(batches)
             images = images.to(device, non_blocking=True)
-            texts = texts.to(device, non_blocking=True)
+            # trailing padding columns changed nothing but cost most of a 256-token text tower
+            texts = trim_padding(_unwrap(self.train_model), texts.to(device, non_blocking=True))
             sync = self.dist.world == 1 or j == group - 1
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
                 with autocast(device, self.amp_dtype):

@@ -26,6 +26,7 @@ import torch
 from .config import FinetuneConfig
 from .finetune import finetune
 from .models import load_clip
+from .models.clip import trim_padding
 from .retrieval import retrieval_protocol, topk_accuracy
 from .vocab import LOSS_NAMES
 
@@ -61,7 +62,7 @@ def embed_pairs(clip: Any, pairs: Any, batch_size: int = 128) -> tuple[torch.Ten
                 x = torch.stack(
                     [im if isinstance(im, torch.Tensor) else clip.preprocess(im) for im, _ in items]
                 )
-                t = clip.tokenize([c for _, c in items])
+                t = trim_padding(model, clip.tokenize([c for _, c in items]))
                 img.append(model.encode_image(x.to(clip.device), normalize=True).float().cpu())
                 txt.append(model.encode_text(t.to(clip.device), normalize=True).float().cpu())
     finally:

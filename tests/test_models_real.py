@@ -23,6 +23,7 @@ from medclipsam.models.clip import (
     load_clip,
     prepare_image,
     save_clip_checkpoint,
+    trim_padding,
 )
 from medclipsam.models.registry import (
     ManualDownloadError,
@@ -461,3 +462,30 @@ def test_an_open_clip_model_by_name_builds_offline_with_random_weights():
         txt_f = clip.model.encode_text(clip.tokenize(["a chest x-ray", "lungs"]))
     assert img_f.shape == (1, 1024) and txt_f.shape == (2, 1024)
     assert torch.isfinite(img_f).all() and not torch.allclose(txt_f[0], txt_f[1])
+
+
+def test_biomedclip_text_features_do_not_depend_on_trailing_padding(biomedclip):
+    """Prompts are encoded without the context's trailing padding (a 3-word prompt uses a few of
+    256 positions): the features must be those of the full, padded context."""
+    clip = biomedclip[0]
+    prompts = ["breast tumor", "a benign hypoechoic mass seen in a breast ultrasound image"]
+    full = clip.tokenize(prompts)
+    trimmed = trim_padding(clip.model, full)
+    pad = clip.model.text.config.pad_token_id
+    assert full.shape[1] == 256
+    assert trimmed.shape[1] == int((full != pad).sum(1).max())  # the longest prompt, [SEP] kept
+    assert torch.equal(trimmed, full[:, : trimmed.shape[1]])
+    with torch.no_grad():
+        padded = clip.model.encode_text(full)
+        short = clip.model.encode_text(trimmed)
+        bundle = clip.encode_text(prompts, normalize=False)
+        cut = clip.model.encode_text(full[:, : trimmed.shape[1] - 1])  # one real token too few
+    assert torch.allclose(short, padded, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(bundle, padded, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(cut, padded, atol=1e-3)  # the check can tell a wrong cut
+
+
+def test_trim_padding_leaves_other_text_towers_alone():
+    toy = load_clip("toy", device="cpu")
+    tokens = toy.tokenize(["breast tumor"])
+    assert trim_padding(toy.model, tokens) is tokens

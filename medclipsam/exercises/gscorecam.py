@@ -700,7 +700,7 @@ def check_gscorecam_map(
         )[i]
         x, _ = clip.prepare(sample.rgb)
         with torch.no_grad():
-            txt = clip.model.encode_text(clip.tokenize([PROMPTS[task]])).float()
+            txt = clip.encode_text([PROMPTS[task]], normalize=False).float()
         cases.append(
             Case(
                 f"toy CLIP, {task} phantom {i} (seed {seed}), prompt {PROMPTS[task]!r}, k={k}",

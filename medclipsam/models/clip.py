@@ -332,8 +332,22 @@ class ClipBundle:
         return self.model.encode_image(batch.to(self.device), normalize=normalize)
 
     def encode_text(self, texts: str | Sequence[str], normalize: bool = True) -> torch.Tensor:
-        """Text features (B, D)."""
-        return self.model.encode_text(self.tokenize(texts), normalize=normalize)
+        """Text features (B, D) (padding trimmed where that changes nothing: :func:`trim_padding`)."""
+        return self.model.encode_text(trim_padding(self.model, self.tokenize(texts)), normalize=normalize)
+
+
+def trim_padding(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` without the trailing columns that are padding in every row, for text towers
+    whose attention mask makes padding inert (open_clip's Hugging Face towers, such as
+    BiomedCLIP's PubMedBERT): the same features to float rounding for a fraction of the work (a
+    three-word prompt is about 8 of BiomedCLIP's 256 context positions). Other towers (open_clip's
+    own text transformer, the toy's) get ``tokens`` unchanged."""
+    text = getattr(model, "text", None)
+    pad = getattr(getattr(text, "config", None), "pad_token_id", None)
+    if type(text).__name__ != "HFTextEncoder" or pad is None or tokens.ndim != 2:
+        return tokens
+    used = (tokens != pad).any(0).nonzero()
+    return tokens[:, : int(used.max()) + 1 if len(used) else 1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class PromptBatch:
         self.image_input = x[None].to(clip.device)
         self.prompts = list(prompts)
         with torch.no_grad():
-            self.text_features = self.model.encode_text(clip.tokenize(self.prompts)).float()
+            self.text_features = clip.encode_text(self.prompts, normalize=False).float()
 
     def run(self, method: Callable[..., torch.Tensor], rows: slice | None = None,
             **kwargs: Any) -> torch.Tensor:

@@ -99,7 +99,7 @@ def localisation_table(
         ds = PhantomDataset(task, n_per_task, seed=seed, size=size, split=split)
         samples = [s for s in (ds[i] for i in range(len(ds))) if s.mask.any()]
         with torch.no_grad():
-            text = clip.model.encode_text(clip.tokenize([PROMPTS[task]]))
+            text = clip.encode_text([PROMPTS[task]], normalize=False)
         scores: dict[str, list[float]] = defaultdict(list)
         for b in range(0, len(samples), batch_size):
             chunk = samples[b : b + batch_size]
