@@ -28,8 +28,9 @@ def hardware_header() -> str:
 def print_table(rows: list[dict], floatfmt: str = "{:.3f}") -> None:
     if not rows:
         return
-    cols = list(rows[0])
-    cells = [[floatfmt.format(r[c]) if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # every row's columns, in order seen
+    cells = [[floatfmt.format(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+             for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for row in cells:

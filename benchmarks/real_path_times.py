@@ -83,7 +83,8 @@ def _link(files: list[Path], folder: Path) -> Path:
     return folder
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, rows_out: list | None = None) -> int:
+    """The command line; ``rows_out`` (a list) also receives the table's rows."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clip", default="biomedclip")
     p.add_argument("--sam", default="vit_b")
@@ -200,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{a.images} image(s) of {a.size} x {a.size} px per entry point and k; seconds per image")
     print_table(rows, floatfmt="{:.1f}")
+    if rows_out is not None:
+        rows_out.extend(rows)
     pipe.close()
     return 0
 
