@@ -278,3 +278,39 @@ def test_gscorecam_finds_the_phantom_findings(toy):
         assert r["auc_gscorecam"] > 0.75 and r["auc_gscorecam"] > r["auc_random"] + 0.25
         assert r["dice_gscorecam"] > r["dice_random"]
         assert 0.0 <= r["dice_gradcam"] <= 1.0 and "pointing_gradcam" in r
+
+
+# --------------------------------------------------------------------------------------------
+# the random-pick control
+
+
+def test_random_pick_scores_seeded_random_channels_and_otherwise_is_gscorecam(toy, breast):
+    x, text, _ = breast
+    k = 6
+    grad = gscorecam_details(toy.model, x, text, k=k)
+    rand = gscorecam_details(toy.model, x, text, k=k, pick="random", pick_seed=3)
+    c = grad.importance.shape[1]
+    for b in range(len(x)):  # image b draws with pick_seed + b, independently of the gradient
+        drawn = torch.randperm(c, generator=torch.Generator().manual_seed(3 + b))[:k]
+        assert torch.equal(rand.channels[b], drawn)
+    assert not torch.equal(rand.channels, grad.channels)
+    again = gscorecam(toy.model, x, text, k=k, pick="random", pick_seed=3)
+    assert torch.equal(again, rand.maps)  # seeded: the same maps on a rerun
+    other = gscorecam(toy.model, x, text, k=k, pick="random", pick_seed=4)
+    assert (other - rand.maps).abs().max() > 1e-3
+    # everything but the pick is gScoreCAM: with k = C both picks keep every channel
+    full_g = gscorecam(toy.model, x[:1], text, k=None)
+    full_r = gscorecam(toy.model, x[:1], text, k=None, pick="random")
+    assert (full_g - full_r).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="pick must be one of"):
+        gscorecam(toy.model, x[:1], text, k=k, pick="best")
+
+
+def test_random_pick_with_several_prompts_equals_one_prompt_at_a_time(toy, breast):
+    x, _, _ = breast
+    with torch.no_grad():
+        texts = toy.model.encode_text(toy.tokenize([PROMPTS["breast"], PROMPTS["brain"]]))
+    multi = gscorecam_multi(toy.model, x[:1], texts, k=5, pick="random", pick_seed=2)
+    for i in range(2):
+        one = gscorecam(toy.model, x[:1], texts[i : i + 1], k=5, pick="random", pick_seed=2)[0]
+        assert (multi[i] - one).abs().max() < 1e-5

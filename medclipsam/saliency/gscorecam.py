@@ -252,6 +252,24 @@ def _channels_kept(k: int | float | None, c: int) -> int:
     return min(int(k), c)
 
 
+#: How gScoreCAM picks its k channels: ``"gradient"`` (the method: the k largest mean gradients)
+#: or ``"random"`` (k channels drawn at random: a control for whether the gradient's pick helps).
+PICKS = ("gradient", "random")
+
+
+def _pick_channels(importance: torch.Tensor, kk: int, pick: str, seed: int) -> torch.Tensor:
+    """Channel indices ``[B, kk]`` for each row of ``importance`` ``[B, C]``: the largest first
+    (``"gradient"``), or drawn at random with ``seed + row`` (``"random"``)."""
+    if pick == "gradient":
+        return importance.topk(kk, dim=1).indices
+    if pick != "random":
+        raise ValueError(f"pick must be one of {PICKS}, got {pick!r}")
+    c = importance.shape[1]
+    rows = [torch.randperm(c, generator=torch.Generator().manual_seed(int(seed) + b))[:kk]
+            for b in range(importance.shape[0])]
+    return torch.stack(rows).to(importance.device)
+
+
 class MaskedFeatureStore:
     """The normalised features of one image's masked copies, by channel, kept across calls.
 
@@ -305,6 +323,8 @@ def gscorecam_details(
     weighting: str = "selected",
     precision: str = "fp32",
     convention: str = "package",
+    pick: str = "gradient",
+    pick_seed: int = 0,
 ) -> GScoreCamDetails:
     """:func:`gscorecam` with everything it computed (channels, scores, weights); see there."""
     check_images(images)
@@ -318,7 +338,7 @@ def gscorecam_details(
     importance = grads.mean(dim=(2, 3))
     c = act.shape[1]
     kk = _channels_kept(k, c)
-    channels = importance.topk(kk, dim=1).indices  # [B, k], largest first
+    channels = _pick_channels(importance, kk, pick, pick_seed)  # [B, k], largest first
 
     dtype = _scoring_dtype(precision, device)
     bs = int(batch_size or default_batch_size(device))
@@ -343,6 +363,8 @@ def gscorecam(
     weighting: str = "selected",
     precision: str = "fp32",
     convention: str = "package",
+    pick: str = "gradient",
+    pick_seed: int = 0,
 ) -> torch.Tensor:
     """gScoreCAM maps ``[B, H, W]`` in [0, 1] at the model-input resolution.
 
@@ -370,6 +392,12 @@ def gscorecam(
     ``precision``: ``"fp32"`` (exact), ``"fast"`` (scoring in bfloat16 on CPUs that support it,
     float16 on CUDA, float32 otherwise; :func:`fast_dtype`), or ``"bf16"``/``"fp16"`` explicitly.
     The low-precision copy of the image tower is made once per model and cached.
+
+    ``pick="random"`` keeps k channels drawn at random (image b of the batch with ``pick_seed + b``)
+    instead of the k largest mean gradients, everything else unchanged: a control that tells
+    whether the gradient's pick helps on a model (lesson 03, ``benchmarks/toy_channel_picks.py``).
+    (Not called ``seed``: a method taking a ``seed`` is treated as stochastic by the sensitivity
+    check, and gScoreCAM with a seeded pick is deterministic.)
     """
     return gscorecam_details(
         model,
@@ -381,6 +409,8 @@ def gscorecam(
         weighting=weighting,
         precision=precision,
         convention=convention,
+        pick=pick,
+        pick_seed=pick_seed,
     ).maps
 
 
@@ -397,6 +427,8 @@ def gscorecam_multi(
     convention: str = "package",
     store: MaskedFeatureStore | None = None,
     return_details: bool = False,
+    pick: str = "gradient",
+    pick_seed: int = 0,
 ) -> torch.Tensor | GScoreCamDetails:
     """gScoreCAM maps ``[P, H, W]`` of one image ``[1, 3, H, W]`` for P prompts ``[P, D]``.
 
@@ -407,6 +439,7 @@ def gscorecam_multi(
     (never more than looping over prompts). Each map equals :func:`gscorecam` of that prompt.
     ``store``: a :class:`MaskedFeatureStore` kept by the caller across calls on the same image:
     only channels it does not hold yet are scored (a new prompt on an image already seen).
+    ``pick``, ``pick_seed``: as in :func:`gscorecam`.
     """
     check_images(image)
     _check_options(weighting, k, batch_size, convention)
@@ -424,7 +457,10 @@ def gscorecam_multi(
     act1 = target.to_grid(act_raw.detach()).float().contiguous()  # [1, C, h, w]
     importance = torch.cat([target.to_grid(g).float().mean(dim=(2, 3)) for g in grads])  # [P, C]
     kk = _channels_kept(k, act1.shape[1])
-    channels = importance.topk(kk, dim=1).indices  # [P, k]
+    if pick == "random":  # one draw for the image whatever the prompt, as gscorecam makes it
+        channels = _pick_channels(importance[:1], kk, pick, pick_seed).expand(p, -1).contiguous()
+    else:
+        channels = _pick_channels(importance, kk, pick, pick_seed)  # [P, k]
 
     union = torch.unique(channels)  # sorted
     dtype = _scoring_dtype(precision, device)
