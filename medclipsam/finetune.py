@@ -601,7 +601,8 @@ class _Run:
         for j in range(group):
             images, texts = next(batches)
             images = images.to(device, non_blocking=True)
-            # trailing padding columns changed nothing but cost most of a 256-token text tower
+            # trailing padding columns change no feature (the attention mask hides them) but cost most
+            # of a 256-token text tower's work
             texts = trim_padding(_unwrap(self.train_model), texts.to(device, non_blocking=True))
             sync = self.dist.world == 1 or j == group - 1
             with contextlib.nullcontext() if sync else self.train_model.no_sync():

@@ -340,7 +340,7 @@ def trim_padding(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """``tokens`` without the trailing columns that are padding in every row, for text towers
     whose attention mask makes padding inert (open_clip's Hugging Face towers, such as
     BiomedCLIP's PubMedBERT): the same features to float rounding for a fraction of the work (a
-    three-word prompt is about 8 of BiomedCLIP's 256 context positions). Other towers (open_clip's
+    short prompt uses a handful of BiomedCLIP's 256 context positions). Other towers (open_clip's
     own text transformer, the toy's) get ``tokens`` unchanged."""
     text = getattr(model, "text", None)
     pad = getattr(getattr(text, "config", None), "pad_token_id", None)

@@ -338,7 +338,7 @@ def gscorecam_details(
     importance = grads.mean(dim=(2, 3))
     c = act.shape[1]
     kk = _channels_kept(k, c)
-    channels = _pick_channels(importance, kk, pick, pick_seed)  # [B, k], largest first
+    channels = _pick_channels(importance, kk, pick, pick_seed)  # [B, k]
 
     dtype = _scoring_dtype(precision, device)
     bs = int(batch_size or default_batch_size(device))

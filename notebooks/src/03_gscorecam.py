@@ -21,7 +21,7 @@
 #   noise before the image stops matching the text; the saliency is the information kept.
 #
 # We compare them on the phantom tasks (the whole lesson takes about a minute on a 2-core CPU at its
-# defaults, 64-71 s measured; M2IB joins the table with `FULL = True`, about 2 min), look at k, at a trap in the reference code's choice of
+# defaults, 64-74 s measured; M2IB joins the table with `FULL = True`, about 2 min), look at k, at a trap in the reference code's choice of
 # layer, at its softmax convention, and at a check every user should run: does the map depend on the
 # prompt at all?
 
@@ -146,8 +146,8 @@ print("the paper (v2, average DSC % of the whole pipeline, real data):", PAPER_P
 # methods beside the paper's. Mind the difference: the paper's numbers are the Dice of the whole
 # pipeline's masks (after CRF, boxes and SAM), ours here the Dice of the thresholded map; lesson 04
 # measures the whole pipeline. Where the two orders differ, ask which part of the toy could cause it.
-# Two candidates: the gradient may rank the channels no better than chance on a small model trained for
-# an hour (then the top k is no better than a random k, and scoring all channels averages out more
+# Two candidates: the gradient may rank the channels no better than chance on a small model trained in
+# 94 minutes (then the top k is no better than a random k, and scoring all channels averages out more
 # noise); and M2IB's bottleneck sits on block 2 of the toy's 4 blocks, where the features are less
 # semantic than block 9 of BiomedCLIP's 12. The last sentence below tests the first candidate: the
 # gradient's k channels against k drawn at random.
