@@ -50,14 +50,11 @@ def wall(fn, *args, **kwargs):
     return time.perf_counter() - t0, out
 
 
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    """The fp32 matmul rate (GFLOP/s, wall clock, current threads): the machine's roofline."""
-    import torch
+def matmul_gflops() -> float:
+    """The 2048^2 fp32 matmul rate (GFLOP/s, wall clock, current threads): the machine's roofline."""
+    from shared_scoring_speed import matmul_gflops as rate
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(wall(torch.matmul, a, b)[0] for _ in range(reps))
-    return 2 * n**3 / best / 1e9
+    return rate(2048, clock=time.perf_counter)
 
 
 def forward_gflop(model, image) -> float:
