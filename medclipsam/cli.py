@@ -1,7 +1,7 @@
 """The ``medclipsam`` command line.
 
 Sub-commands:
-  demo      the main job on the built-in toy (phantom) world; writes figures and a table
+  demo      the main job on the built-in offline (phantom) world; writes figures and a table
   segment   text prompt + a folder of images -> masks (zero-shot MedCLIP-SAM)
   evaluate  score a folder of predicted masks against ground truth (Dice, IoU, HD95, NSD)
   pseudo-label  zero-shot masks of a data set's split as pseudo-labels (with a manifest)
@@ -16,7 +16,7 @@ Sub-commands:
 Design notes. Every option says its default in ``--help``, and that default is the Python API's:
 the settings come from :mod:`medclipsam.config` (the same dataclasses the API uses), the choices
 from :mod:`medclipsam.vocab`, and an option the user leaves out is not passed at all, so the API's
-own default applies (``segment`` and ``MedCLIPSAM.toy().predict`` give the same masks). Building the
+own default applies (``segment`` and ``MedCLIPSAM.offline().predict`` give the same masks). Building the
 parser imports neither torch nor the models (``medclipsam SUB --help`` answers at once): each
 command imports what it needs when it runs, the one place in the package where imports sit inside
 functions on purpose. Heavy commands take ``--threads N`` (torch's CPU threads).
@@ -43,7 +43,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .config import TOY_DEFAULTS, FinetuneConfig, PipelineConfig, WeakConfig
+from .config import OFFLINE_DEFAULTS, FinetuneConfig, PipelineConfig, WeakConfig
 from .vocab import (
     BOX_MODES,
     DATA_SOURCES,
@@ -65,7 +65,7 @@ __all__ = ["build_parser", "main"]
 _PIPE = PipelineConfig()
 _WEAK = WeakConfig()
 _FT = FinetuneConfig()
-_TOY_K = TOY_DEFAULTS["saliency_kwargs"]()["k"]
+_OFFLINE_K = OFFLINE_DEFAULTS["saliency_kwargs"]()["k"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,8 +95,16 @@ def _process_device(device: str) -> str:
                           int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), cuda))
 
 
+def _offline(args: argparse.Namespace) -> bool:
+    """Whether the models named are the offline world's (the toy CLIP with LiteMedSAM, no file of
+    one's own)."""
+    return (args.clip == "toy" and str(args.sam).lower() == "litemedsam"
+            and not getattr(args, "sam_checkpoint", None))
+
+
 def _pipeline(args: argparse.Namespace, **overrides: Any):
-    """The toy world when both models are "toy", else the named real models (downloaded);
+    """The offline world for ``--clip toy --sam litemedsam`` (the defaults), else the named
+    models (real ones downloaded once);
     ``--sam sam3-text[:FOLDER]`` is SAM 3 segmenting from the text alone."""
     from .compare import is_text_backend
     from .pipeline import MedCLIPSAM
@@ -107,8 +115,8 @@ def _pipeline(args: argparse.Namespace, **overrides: Any):
         return Sam3TextBaseline.from_pretrained(args.sam.partition(":")[2] or "facebook/sam3",
                                                 device=args.device)
     device = _process_device(args.device)
-    if args.clip == "toy" and args.sam == "toy":
-        return MedCLIPSAM.toy(device=device, **overrides)
+    if _offline(args):
+        return MedCLIPSAM.offline(device=device, **overrides)
     return MedCLIPSAM.from_pretrained(args.clip, args.sam, device=device,
                                       sam_checkpoint=getattr(args, "sam_checkpoint", None),
                                       **overrides)
@@ -116,7 +124,7 @@ def _pipeline(args: argparse.Namespace, **overrides: Any):
 
 def _saliency_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """--saliency, --k, --precision and --postprocess as PipelineConfig overrides (options left
-    out keep the API's defaults, and the toy world's k)."""
+    out keep the API's defaults, and the offline world's k)."""
     over: dict[str, Any] = {k: v for k, v in (("saliency", args.saliency), ("postprocess", args.postprocess))
                             if v is not None}
     saliency_kwargs = {k: v for k, v in (("k", args.k), ("precision", args.precision)) if v is not None}
@@ -129,7 +137,7 @@ def _saliency_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _segment_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~medclipsam.config.PipelineConfig` fields the user set (others keep the API's
-    defaults, and the toy world's where it has its own)."""
+    defaults, and the offline world's where it has its own)."""
     names = {"threshold": "threshold", "components": "n_components", "box_mode": "box_mode",
              "sam_prompt_mode": "sam_prompt_mode", "points": "points", "negatives": "negatives",
              "seed": "seed"}
@@ -250,7 +258,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce  # after the checks: a bad argument fails before models load
 
     cfg = WeakConfig(epochs=args.epochs, size=args.size, batch_size=args.batch_size, device=args.device)
-    pipe = None if args.clip == "toy" and args.sam == "toy" else _pipeline(args)
+    pipe = None if _offline(args) else _pipeline(args)
     reproduce(args.data, args.out, task=args.task, prompt=args.prompt, config=cfg, pipe=pipe,
               drop_uncertain=args.drop_uncertain, progress=not args.quiet)
     print((Path(args.out) / "table.md").read_text())
@@ -461,7 +469,7 @@ def _check_sam_checkpoint(sam: str, checkpoint: str | None) -> None:
     """--sam-checkpoint replaces the file of a named SAM; it must exist."""
     if checkpoint is None:
         return
-    named = [m for m in SAM_MODELS if m != "toy"]
+    named = list(SAM_MODELS)
     if sam.lower() not in named:
         raise ValueError(f"--sam-checkpoint is the file for --sam {'|'.join(named)}, not --sam {sam} "
                          "(e.g. --sam medsam --sam-checkpoint medsam_vit_b.pth)")
@@ -529,12 +537,13 @@ def _models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", default="toy",
                    help="toy | biomedclip | an open_clip name | a checkpoint file | a model folder (a "
                    "Hugging Face snapshot) | local-dir:PATH (default: %(default)s)")
-    p.add_argument("--sam", default="toy",
-                   help="toy | vit_b | vit_l | vit_h | medsam | sam2-hiera-tiny/small/base-plus/large | "
+    p.add_argument("--sam", default="litemedsam",
+                   help="litemedsam (ships with the package, no download) | vit_b | vit_l | vit_h | medsam | "
+                   "sam2-hiera-tiny/small/base-plus/large | "
                    "a checkpoint or model folder | sam3-text[:FOLDER] (SAM 3 from the text alone) "
                    "(default: %(default)s)")
     p.add_argument("--sam-checkpoint", metavar="PATH",
-                   help="your own file for --sam vit_b|vit_l|vit_h|medsam (--sam medsam --sam-checkpoint "
+                   help="your own file for --sam litemedsam|vit_b|vit_l|vit_h|medsam (--sam medsam --sam-checkpoint "
                    "medsam_vit_b.pth: MedSAM with MedSAM's preprocessing) (default: the registry's "
                    "verified download)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: %(default)s)")
@@ -544,8 +553,8 @@ def _saliency_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--saliency", choices=SALIENCY_METHODS,
                    help=f"saliency method (default: {_PIPE.saliency})")
     p.add_argument("--k", type=int,
-                   help=f"gScoreCAM channels (default: the method's, 300 as in the paper; {_TOY_K} in the "
-                   "toy world); on one CPU thread with BiomedCLIP about 0.6 s per channel per image")
+                   help=f"gScoreCAM channels (default: the method's, 300 as in the paper; {_OFFLINE_K} in the "
+                   "offline world); on one CPU thread with BiomedCLIP about 0.6 s per channel per image")
     p.add_argument("--precision", choices=SALIENCY_PRECISIONS, help="gScoreCAM scoring precision (default: fp32)")
     p.add_argument("--postprocess", choices=POSTPROCESS_METHODS,
                    help=f"saliency -> coarse mask (default: {_PIPE.postprocess}; without the crf extra "
@@ -572,7 +581,7 @@ def _add_segment(sub: Any) -> None:
         "-> box/point prompts -> SAM. Writes OUT/masks/<stem>.png, OUT/results.csv (one row per "
         "image, written as it goes) and OUT/run.json; an interrupted run resumes. Options left out "
         "keep the Python API's defaults (MedCLIPSAM / PipelineConfig), so the CLI and "
-        "MedCLIPSAM.toy().predict give the same masks.",
+        "MedCLIPSAM.offline().predict give the same masks.",
     )
     sg.add_argument("--images", required=True, help="folder of images (PNG/JPEG/TIFF/DICOM/NIfTI)")
     sg.add_argument("--prompt", required=True, help='what to segment, e.g. "breast tumor"')
@@ -588,7 +597,7 @@ def _add_segment(sub: Any) -> None:
     sg.add_argument("--box-mode", choices=BOX_MODES,
                     help=f"boxes from the kept components (default: {_PIPE.box_mode}; the task's preset with --task)")
     sg.add_argument("--sam-prompt-mode", choices=SAM_PROMPT_MODES,
-                    help=f"what SAM is given (default: {TOY_DEFAULTS['sam_prompt_mode']} in the toy world, "
+                    help=f"what SAM is given (default: {OFFLINE_DEFAULTS['sam_prompt_mode']} in the offline world, "
                     f"{_PIPE.sam_prompt_mode} otherwise)")
     sg.add_argument("--points", type=int, help=f"positive points per region (default: {_PIPE.points})")
     sg.add_argument("--negatives", type=int, help=f"negative points per region (default: {_PIPE.negatives})")
@@ -801,7 +810,7 @@ def _add_compare(sub: Any) -> None:
     cp.add_argument("--data", required=True, help="data set folder with images/ and masks/")
     cp.add_argument("--prompt", required=True, help='the text prompt, e.g. "breast tumor"')
     cp.add_argument("--backends", required=True,
-                    help="comma-separated: toy, sam (= vit_b), vit_l, vit_h, medsam, "
+                    help="comma-separated: litemedsam, sam (= vit_b), vit_l, vit_h, medsam, "
                     "sam2-hiera-tiny/small/base-plus/large, a checkpoint or model folder, "
                     "sam3-text (facebook/sam3) or sam3-text:FOLDER")
     cp.add_argument("--out", required=True, help="output folder")

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ._utils import atomic_path, atomic_write_text
-from .config import TOY_DEFAULTS, PipelineConfig
+from .config import OFFLINE_DEFAULTS, PipelineConfig
 from .data.datasets import FolderDataset
 from .data.io import read_mask, write_mask
 from .metrics import dice, evaluate_masks, summarize
@@ -143,8 +143,8 @@ def compare_backends(
         else:
             if isinstance(clip, str):  # loaded once, when the first MedCLIP-SAM row needs it
                 clip = load_clip(clip, device=device)
-            if config is None:  # the toy world's defaults for the toy CLIP (see MedCLIPSAM.toy)
-                config = PipelineConfig(**({k: v() if callable(v) else v for k, v in TOY_DEFAULTS.items()}
+            if config is None:  # the offline world's defaults for the toy CLIP (see MedCLIPSAM.offline)
+                config = PipelineConfig(**({k: v() if callable(v) else v for k, v in OFFLINE_DEFAULTS.items()}
                                            if toy else {}))
             pipe = MedCLIPSAM(clip, backend, config)
             try:

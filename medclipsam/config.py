@@ -3,8 +3,8 @@ command line share, so ``medclipsam SUB --help`` shows the API's own defaults wi
 torch.
 
 * :class:`PipelineConfig` (:class:`medclipsam.pipeline.MedCLIPSAM`), with :data:`TASK_PRESETS` (what
-  the paper changes per task) and :data:`TOY_DEFAULTS` (what :meth:`~medclipsam.pipeline.MedCLIPSAM.toy`
-  starts from);
+  the paper changes per task) and :data:`OFFLINE_DEFAULTS` (what
+  :meth:`~medclipsam.pipeline.MedCLIPSAM.offline` starts from);
 * :class:`FinetuneConfig` (:func:`medclipsam.finetune.finetune`);
 * :class:`WeakConfig` (:func:`medclipsam.weak.train_segmenter` and prediction with its network).
 
@@ -30,14 +30,14 @@ from .vocab import (
     TRAINING_PRECISIONS,
 )
 
-__all__ = ["MAX_SIDE", "TASK_PRESETS", "TOY_DEFAULTS", "FinetuneConfig", "PipelineConfig", "WeakConfig"]
+__all__ = ["MAX_SIDE", "OFFLINE_DEFAULTS", "TASK_PRESETS", "FinetuneConfig", "PipelineConfig", "WeakConfig"]
 
 #: Default working resolution of the pipeline (longer side, pixels): SAM's own input size.
 MAX_SIDE = 1024
 
 
-#: The settings :meth:`medclipsam.pipeline.MedCLIPSAM.toy` starts from (see there).
-TOY_DEFAULTS: dict[str, Any] = {"saliency_kwargs": lambda: {"k": 48}, "sam_prompt_mode": "box+points"}
+#: The settings :meth:`medclipsam.pipeline.MedCLIPSAM.offline` starts from (see there).
+OFFLINE_DEFAULTS: dict[str, Any] = {"saliency_kwargs": lambda: {"k": 48}, "sam_prompt_mode": "box"}
 
 #: What the paper changes per task (everything else stays at the :class:`PipelineConfig` default),
 #: and the smallest box each task accepts (a share of the image: lesions can be small, a lung is

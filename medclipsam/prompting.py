@@ -15,7 +15,7 @@ overlay as if it were grey). Steps:
 Coordinate conventions (those of ``segment_anything``): a box is ``[x0, y0, x1, y1]`` with x the
 column and y the row, in pixels of the image the saliency map covers; ``x1``/``y1`` are
 **inclusive** (the last column/row of the object, as segment_anything's ``batched_mask_to_box``
-and our toy SAM's training boxes); a point is ``(x, y)`` = (column, row) of a pixel. SAM adds 0.5
+and LiteMedSAM's official boxes); a point is ``(x, y)`` = (column, row) of a pixel. SAM adds 0.5
 to both to address pixel centres. Point labels: 1 positive, 0 negative, -1 padding ("not a
 point", SAM's own convention for prompts of unequal length).
 """

@@ -91,7 +91,7 @@ def reproduce(
     progress: bool = True,
 ) -> list[dict]:
     """Run the method on ``data_dir`` (see the module doc) and write ``out_dir/table.csv`` and
-    ``out_dir/table.md``. ``pipe`` defaults to :meth:`MedCLIPSAM.toy`, ``config`` (a
+    ``out_dir/table.md``. ``pipe`` defaults to :meth:`MedCLIPSAM.offline`, ``config`` (a
     :class:`~medclipsam.weak.WeakConfig`) to its defaults; ``drop_uncertain`` > 0 adds the
     uncertainty-filtered weak run. Returns the table rows (one per setting)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -102,7 +102,7 @@ def reproduce(
             raise ValueError(f"{data_dir / 'splits.json'}: the {name!r} split is missing or empty")
     prompt = prompt or PROMPTS[task]
     if pipe is None:
-        pipe = MedCLIPSAM.toy()
+        pipe = MedCLIPSAM.offline()
     base = config or WeakConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

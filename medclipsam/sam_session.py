@@ -35,7 +35,7 @@ class SamResult:
     SAM's predicted IoU of each returned mask; ``choice``: ``(N,)`` which of SAM's three masks
     was taken per SAM prompt (0 without ``multimask``); ``low_res_logits``: ``(N, 1, 4 g, 4 g)``
     float32 logits of the returned masks for an embedding grid g (256 x 256 for SAM, 64 x 64
-    for the toy SAM; SAM's ``mask_input`` format, for a refinement pass);
+    for LiteMedSAM; SAM's ``mask_input`` format, for a refinement pass);
     ``mask``: ``(H, W)`` bool, the union of ``masks`` when ``union`` was asked, otherwise the
     mask with the highest score.
     """

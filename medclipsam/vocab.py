@@ -45,7 +45,7 @@ BOX_MODES: tuple[str, ...] = ("largest", "per_component", "union")
 SAM_PROMPT_MODES: tuple[str, ...] = ("box", "points", "box+points")
 
 #: SAM checkpoints the weight registry knows by name (:func:`medclipsam.models.load_sam`).
-SAM_MODELS: tuple[str, ...] = ("toy", "vit_b", "vit_l", "vit_h", "medsam")
+SAM_MODELS: tuple[str, ...] = ("litemedsam", "vit_b", "vit_l", "vit_h", "medsam")
 #: SAM 2.1 models on the Hugging Face hub (:data:`medclipsam.models.sam2.SAM2_MODELS`).
 SAM2_MODELS: tuple[str, ...] = (
     "sam2-hiera-tiny", "sam2-hiera-small", "sam2-hiera-base-plus", "sam2-hiera-large",

@@ -3,7 +3,7 @@
 ::
 
     from medclipsam.widgets import PromptExplorer
-    ex = PromptExplorer.toy()          # toy CLIP + toy SAM + a few phantom images of each task
+    ex = PromptExplorer.offline()      # toy CLIP + LiteMedSAM + a few phantom images of each task
     ex                                 # displays it (or display(ex.widget))
 
 Choose an image (or upload one), type a prompt, pick the saliency method, k, the post-processing,
@@ -218,12 +218,13 @@ class PromptExplorer:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def toy(cls, *, per_task: int = 3, size: int = 256, seed: int = 0, device: Any = "cpu",
-            **kwargs: Any) -> PromptExplorer:
-        """The toy world: :meth:`MedCLIPSAM.toy` over ``per_task`` held-out phantom images (with
-        a finding) of each task, with their ground truth and each task's prompt."""
-        kwargs.setdefault("sam_name", "toy SAM")
-        return cls(MedCLIPSAM.toy(device=device), _phantom_images(per_task, size, seed), **kwargs)
+    def offline(cls, *, per_task: int = 3, size: int = 256, seed: int = 0, device: Any = "cpu",
+                **kwargs: Any) -> PromptExplorer:
+        """The offline world: :meth:`MedCLIPSAM.offline` (toy CLIP + LiteMedSAM) over
+        ``per_task`` held-out phantom images (with a finding) of each task, with their ground
+        truth and each task's prompt."""
+        kwargs.setdefault("sam_name", "LiteMedSAM")
+        return cls(MedCLIPSAM.offline(device=device), _phantom_images(per_task, size, seed), **kwargs)
 
     @classmethod
     def for_world(cls, world: str, *, data_dir: str | Path | None = None, prompt: str | None = None,
@@ -237,22 +238,23 @@ class PromptExplorer:
         images (and masks) of ``data_dir`` (a folder with ``images/``, as ``medclipsam
         prepare`` writes; the first ``limit``), or over ``per_task`` phantom images per task when
         no folder is given; MedSAM, SAM ViT-H and SAM 2.1 tiny are offered too, loaded when
-        picked. When the real models cannot be loaded: the toy world (phantom images), with a
-        message.
-        ``"toy"``: :meth:`toy` (``k`` still applies). ``kwargs`` go to the constructor.
+        picked. When the real models cannot be loaded: the offline world (phantom images), with
+        a message.
+        ``"offline"``: :meth:`offline` (``k`` still applies). ``kwargs`` go to the constructor.
         """
         pipe = pipeline_for_world(world, clip=clip, sam=sam, sam_checkpoint=sam_checkpoint, k=k,
                                   device=device, fallback=fallback)
         if pipe.world != "real":
             if data_dir:
-                print(f"(the toy world explores phantom images; DATA_DIR {data_dir} is not used)")
-            kwargs.setdefault("sam_name", "toy SAM")
+                print(f"(the offline world explores phantom images; DATA_DIR {data_dir} is not used)")
+            kwargs.setdefault("sam_name", "LiteMedSAM")
             return cls(pipe, _phantom_images(per_task, 256, 0), k=k, **kwargs)
-        if sam_checkpoint or str(sam) not in ("vit_b", "vit_l", "vit_h", "medsam"):
+        if sam_checkpoint or str(sam) not in ("vit_b", "vit_l", "vit_h", "medsam", "litemedsam"):
             kwargs.setdefault("sam_name", f"SAM ({Path(str(sam_checkpoint or sam)).name})")
         else:
             kwargs.setdefault("sam_name", {"vit_b": "SAM ViT-B", "vit_l": "SAM ViT-L",
-                                           "vit_h": "SAM ViT-H", "medsam": "MedSAM"}[str(sam)])
+                                           "vit_h": "SAM ViT-H", "medsam": "MedSAM",
+                                           "litemedsam": "LiteMedSAM"}[str(sam)])
         if "sam_models" not in kwargs:
             offered = {"MedSAM": "medsam", "SAM ViT-H": "vit_h",
                        "SAM 2.1 tiny": "sam2-hiera-tiny"}

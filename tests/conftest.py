@@ -36,11 +36,24 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def toy_pipe(one_thread):
-    """The toy-world pipeline (``MedCLIPSAM.toy()``) for a test module, on one torch thread."""
+def offline_pipe(one_thread):
+    """The offline world's pipeline (``MedCLIPSAM.offline()``: toy CLIP + the real LiteMedSAM) for
+    a test module, on one torch thread: for tests of what the method draws."""
     from medclipsam import MedCLIPSAM
 
-    p = MedCLIPSAM.toy()
+    p = MedCLIPSAM.offline()
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def standin_pipe(one_thread):
+    """The offline settings with the small SAM stand-in of ``tests/toy_sam.py`` instead of
+    LiteMedSAM, for a test module: for tests whose subject is not what SAM draws (folder runs,
+    resume, bad input, plumbing), where LiteMedSAM's encoder would only cost time."""
+    from toy_sam import standin_pipeline
+
+    p = standin_pipeline()
     yield p
     p.close()
 

@@ -54,28 +54,28 @@ def _table(path: Path) -> list[dict]:
 # one image
 
 
-def test_a_constant_image_is_flagged_not_segmented(toy_pipe):
+def test_a_constant_image_is_flagged_not_segmented(standin_pipe):
     flat = np.full((96, 128), 77, np.uint8)
     with pytest.warns(UserWarning, match="constant image"):
-        res = toy_pipe.predict(flat, "breast tumor")
+        res = standin_pipe.predict(flat, "breast tumor")
     assert res.flags == ("constant_image",)
     assert res.mask.shape == (96, 128) and not res.mask.any() and res.boxes is None
     assert res.row()["flags"] == "constant_image"
     teal = np.zeros((40, 50, 3), np.uint8) + np.array([0, 128, 128], np.uint8)  # one colour
     with pytest.warns(UserWarning, match=r"constant image \(every pixel \[0, 128, 128\]\)"):
-        assert toy_pipe.predict(teal, "breast tumor").flags == ("constant_image",)
+        assert standin_pipe.predict(teal, "breast tumor").flags == ("constant_image",)
 
 
-def test_empty_prompts_are_refused(toy_pipe, tmp_path):
+def test_empty_prompts_are_refused(standin_pipe, tmp_path):
     s = _phantoms(1)[0]
     for bad in ("", "   ", "\t\n"):
         with pytest.raises(ValueError, match="empty prompt"):
-            toy_pipe.predict(s.rgb, bad)
+            standin_pipe.predict(s.rgb, bad)
         with pytest.raises(ValueError, match="empty prompt"):
-            toy_pipe.run_folder(tmp_path, bad, tmp_path / "out", progress=False)
+            standin_pipe.run_folder(tmp_path, bad, tmp_path / "out", progress=False)
 
 
-def test_a_large_image_is_processed_at_a_working_size_and_mapped_back(toy_pipe):
+def test_a_large_image_is_processed_at_a_working_size_and_mapped_back(standin_pipe):
     # A 256 px phantom blown up to 1024 px, segmented with max_side=256: the pipeline works on
     # the shrunk picture (where the toy models are at home) and maps everything back, so the
     # result is the working picture's result at four times the size.
@@ -83,9 +83,9 @@ def test_a_large_image_is_processed_at_a_working_size_and_mapped_back(toy_pipe):
     big = np.asarray(Image.fromarray(s.image).resize((1024, 1024), Image.BILINEAR))
     big_gt = np.asarray(Image.fromarray(s.mask).resize((1024, 1024), Image.NEAREST))
     work = np.array(Image.fromarray(big).resize((256, 256), Image.BOX, reducing_gap=3.0))
-    small = toy_pipe.predict(work, "breast tumor")
+    small = standin_pipe.predict(work, "breast tumor")
     with pytest.warns(UserWarning, match="larger than max_side=256"):
-        res = toy_pipe.predict(big, "breast tumor", max_side=256)
+        res = standin_pipe.predict(big, "breast tumor", max_side=256)
     assert "large_image_downscaled" in res.flags
     assert res.mask.shape == res.saliency.shape == res.coarse_mask.shape == (1024, 1024)
     assert dice(res.mask, big_gt) > 0.8
@@ -99,21 +99,21 @@ def test_a_large_image_is_processed_at_a_working_size_and_mapped_back(toy_pipe):
     # max_side=None keeps full resolution
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        full = toy_pipe.predict(s.image, "breast tumor", max_side=None)
+        full = standin_pipe.predict(s.image, "breast tumor", max_side=None)
     assert "large_image_downscaled" not in full.flags
     with pytest.raises(ValueError, match="max_side"):
-        toy_pipe.predict(s.image, "breast tumor", max_side=4)
+        standin_pipe.predict(s.image, "breast tumor", max_side=4)
 
 
 # --------------------------------------------------------------------------------------------
 # folders
 
 
-def test_a_folder_run_records_bad_files_and_goes_on(toy_pipe, tmp_path):
+def test_a_folder_run_records_bad_files_and_goes_on(standin_pipe, tmp_path):
     good = _mixed_folder(tmp_path / "images")
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match=r"3 of 6 image\(s\) failed") as caught:
-        rows = toy_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
+        rows = standin_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
     summary = str([w.message for w in caught if "failed" in str(w.message)][0])
     for name in ("b_truncated.png", "c_fake.png", "d_moved.png"):
         assert name in summary
@@ -127,46 +127,46 @@ def test_a_folder_run_records_bad_files_and_goes_on(toy_pipe, tmp_path):
     assert sorted(p.name for p in (out / "masks").iterdir()) == [f"{g}.png" for g in good]
     # A rerun keeps what finished and retries only the failures; a fixed file then succeeds.
     Image.fromarray(_phantoms(1)[0].image).save(tmp_path / "images" / "c_fake.png")
-    calls = toy_pipe.session.encoder_calls
+    calls = standin_pipe.session.encoder_calls
     with pytest.warns(UserWarning, match=r"2 of 3 image\(s\) failed"):
-        rows = toy_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
-    assert toy_pipe.session.encoder_calls == calls + 1  # only the repaired image was encoded
+        rows = standin_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
+    assert standin_pipe.session.encoder_calls == calls + 1  # only the repaired image was encoded
     assert {r["id"]: r["status"] for r in rows}["c_fake"] == "ok"
     assert len(_table(out / "results.csv")) == 6
 
 
-def test_strict_stops_at_the_first_bad_file_and_keeps_what_finished(toy_pipe, tmp_path):
+def test_strict_stops_at_the_first_bad_file_and_keeps_what_finished(standin_pipe, tmp_path):
     _mixed_folder(tmp_path / "images")
     out = tmp_path / "out"
     with pytest.raises(ImageReadError, match="b_truncated.png"):
-        toy_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False, strict=True)
+        standin_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False, strict=True)
     table = _table(out / "results.csv")
     assert [(r["id"], r["status"]) for r in table] == [("b_truncated", "failed")]
     # sorted order: b_truncated comes before case0..2, which were never started; a lenient
     # rerun does them and retries the bad file
     with pytest.warns(UserWarning, match="failed"):
-        rows = toy_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
+        rows = standin_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
     assert sum(r["status"] == "ok" for r in rows) == 3
 
 
-def test_resume_drops_a_torn_last_row_redoes_its_image_and_cleans_temporaries(toy_pipe, tmp_path):
+def test_resume_drops_a_torn_last_row_redoes_its_image_and_cleans_temporaries(standin_pipe, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     for i, s in enumerate(_phantoms(3)):
         Image.fromarray(s.image).save(folder / f"case{i}.png")
     out = tmp_path / "out"
-    first = toy_pipe.run_folder(folder, "breast tumor", out, progress=False)
+    first = standin_pipe.run_folder(folder, "breast tumor", out, progress=False)
     raw = (out / "results.csv").read_bytes()
     assert raw.endswith(b"\r\n") and raw.count(b"\n") == 4  # header + three whole rows
     # power loss in the middle of the last row, plus a mask write killed half-way
     (out / "results.csv").write_bytes(raw[: raw.rindex(b"case2") + 30])
     stale = out / "masks" / ".case2.k3j_x9q1.part.png"
     stale.write_bytes(b"half a PNG")
-    toy_pipe.predict(_phantoms(1, size=96)[0].rgb, "breast tumor")  # the session forgets case2
-    calls = toy_pipe.session.encoder_calls
+    standin_pipe.predict(_phantoms(1, size=96)[0].rgb, "breast tumor")  # the session forgets case2
+    calls = standin_pipe.session.encoder_calls
     with pytest.warns(UserWarning, match="torn last row"):
-        rows = toy_pipe.run_folder(folder, "breast tumor", out, progress=False)
-    assert toy_pipe.session.encoder_calls == calls + 1  # case2 redone, case0/1 kept
+        rows = standin_pipe.run_folder(folder, "breast tumor", out, progress=False)
+    assert standin_pipe.session.encoder_calls == calls + 1  # case2 redone, case0/1 kept
     assert [r["id"] for r in rows] == ["case0", "case1", "case2"]
     table = _table(out / "results.csv")
     assert [r["id"] for r in table] == ["case0", "case1", "case2"]

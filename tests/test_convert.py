@@ -148,7 +148,7 @@ def _first_input(module: torch.nn.Module, run) -> torch.Tensor:
     return seen[0]
 
 
-def test_a_16bit_image_gives_the_same_picture_to_clip_sam_the_unet_and_the_figures(toy_pipe, tmp_path):
+def test_a_16bit_image_gives_the_same_picture_to_clip_sam_the_unet_and_the_figures(standin_pipe, tmp_path):
     scan = _scan16()
     path = write_image(tmp_path / "scan16.png", scan)
     forms = {"array": scan, "PIL I;16": Image.open(path), "16-bit PNG": str(path)}
@@ -157,7 +157,7 @@ def test_a_16bit_image_gives_the_same_picture_to_clip_sam_the_unet_and_the_figur
     picture_rgb = np.repeat(picture[..., None], 3, axis=2)
     np.testing.assert_array_equal(read_image(path), picture_rgb)
 
-    clip, sam = toy_pipe.clip, toy_pipe.sam
+    clip, sam = standin_pipe.clip, standin_pipe.sam
     clip_ref = clip.prepare(picture_rgb)[0]
     sam_ref = _first_input(sam.model.image_encoder, lambda: sam.set_image(picture_rgb))
     unet = build_unet(WeakConfig(channels=(4, 8), strides=(2,))).eval()
@@ -168,11 +168,11 @@ def test_a_16bit_image_gives_the_same_picture_to_clip_sam_the_unet_and_the_figur
     for name, image in forms.items():
         np.testing.assert_array_equal(load_picture(image), picture_rgb, err_msg=name)
         # CLIP and SAM inside the pipeline: it converts once, so both see exactly the picture.
-        run = lambda image=image: toy_pipe.predict(image, "a lesion", saliency="gradcam",  # noqa: E731
+        run = lambda image=image: standin_pipe.predict(image, "a lesion", saliency="gradcam",  # noqa: E731
                                                    postprocess="kmeans")
         seen_clip = _first_input(clip.model.visual, run)
         assert torch.equal(seen_clip[0], clip_ref), name
-        toy_pipe.session._key = None  # make the session embed again, to see SAM's input
+        standin_pipe.session._key = None  # make the session embed again, to see SAM's input
         assert torch.equal(_first_input(sam.model.image_encoder, run), sam_ref), name
         if name == "16-bit PNG":
             continue

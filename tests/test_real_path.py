@@ -312,36 +312,36 @@ LESSON04_SETTINGS = [
 ] + [{"saliency": "random"}, {"saliency": "uniform"}]
 
 
-def test_sweep_embeds_each_image_once_for_all_fourteen_settings(toy_pipe):
+def test_sweep_embeds_each_image_once_for_all_fourteen_settings(standin_pipe):
     samples = _phantoms("breast", 3)
     images = [s.rgb for s in samples]
-    calls = toy_pipe.session.encoder_calls
+    calls = standin_pipe.session.encoder_calls
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no crf extra: k-means, flagged
-        results = toy_pipe.sweep(images, "breast tumor", LESSON04_SETTINGS, task="breast")
-    assert toy_pipe.session.encoder_calls - calls == 3  # not 14 x 3 = 42
+        results = standin_pipe.sweep(images, "breast tumor", LESSON04_SETTINGS, task="breast")
+    assert standin_pipe.session.encoder_calls - calls == 3  # not 14 x 3 = 42
     assert len(results) == 14 and all(len(r) == 3 for r in results)
     # The same masks as predict() gives setting by setting (which re-embeds every image).
     for s in (0, 4, 12, 13):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            one = toy_pipe.predict(images, "breast tumor", task="breast", **LESSON04_SETTINGS[s])
+            one = standin_pipe.predict(images, "breast tumor", task="breast", **LESSON04_SETTINGS[s])
         for a, b in zip(results[s], one):
             assert np.array_equal(a.mask, b.mask) and a.flags == b.flags
             assert np.allclose(a.saliency, b.saliency)
 
 
-def test_evaluate_settings_scores_an_ablation_with_given_maps(toy_pipe):
+def test_evaluate_settings_scores_an_ablation_with_given_maps(standin_pipe):
     from medclipsam.pipeline import evaluate_settings
 
     samples = _phantoms("brain", 2)
     images, masks = [s.rgb for s in samples], [s.mask for s in samples]
-    maps = [r.saliency for r in toy_pipe.predict(images, "brain tumor", task="brain")]
-    calls = toy_pipe.session.encoder_calls
-    rows = evaluate_settings(toy_pipe, images, masks, "brain tumor",
+    maps = [r.saliency for r in standin_pipe.predict(images, "brain tumor", task="brain")]
+    calls = standin_pipe.session.encoder_calls
+    rows = evaluate_settings(standin_pipe, images, masks, "brain tumor",
                              [{}, {"postprocess": "otsu"}, {"saliency": "uniform"}],
                              task="brain", maps=maps, n_boot=50)
-    assert toy_pipe.session.encoder_calls - calls == 2
+    assert standin_pipe.session.encoder_calls - calls == 2
     assert [r["setting"] for r in rows] == [{}, {"postprocess": "otsu"}, {"saliency": "uniform"}]
     assert all(0 <= r["dice"]["mean"] <= 1 and len(r["results"]) == 2 for r in rows)
     assert np.allclose(rows[0]["results"][0].saliency, maps[0])  # the maps given were used
@@ -371,7 +371,7 @@ def test_make_sam_prompts_drops_boxes_below_the_minimum_area_with_a_flag():
     assert {"small_box_dropped", "no_component", "whole_image_box"} <= set(pr.flags)
 
 
-def test_the_xray_preset_flags_a_speck_instead_of_prompting_sam_with_it(toy_pipe):
+def test_the_xray_preset_flags_a_speck_instead_of_prompting_sam_with_it(standin_pipe):
     from medclipsam.config import TASK_PRESETS, PipelineConfig
 
     assert PipelineConfig().min_box_area == 1e-4
@@ -381,11 +381,11 @@ def test_the_xray_preset_flags_a_speck_instead_of_prompting_sam_with_it(toy_pipe
     sal = np.zeros(image.shape[:2], np.float32)
     sal[20:100, 10:55] = 1.0
     sal[60, 100] = 1.0
-    res = toy_pipe.predict(image, "lungs", task="xray", maps=sal, postprocess="threshold")
+    res = standin_pipe.predict(image, "lungs", task="xray", maps=sal, postprocess="threshold")
     assert len(res.boxes) == 1 and "small_box_dropped" in res.flags
     assert "small_box_dropped" in res.row()["flags"]
     with pytest.raises(ValueError, match="min_box_area"):
-        toy_pipe.predict(image, "lungs", maps=sal, min_box_area=1.5)
+        standin_pipe.predict(image, "lungs", maps=sal, min_box_area=1.5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,17 +417,17 @@ def test_pseudo_label_takes_k_saliency_and_postprocess(tmp_path):
         _saliency_overrides(args)
 
 
-def test_the_explorer_takes_k(toy_pipe):
+def test_the_explorer_takes_k(standin_pipe):
     pytest.importorskip("ipywidgets")
     from medclipsam.widgets import ExplorerImage, PromptExplorer
 
     s = _phantoms("breast", 1)[0]
-    ex = PromptExplorer(toy_pipe, {"a": ExplorerImage(s.rgb, s.mask, "breast", "breast tumor")}, k=5)
+    ex = PromptExplorer(standin_pipe, {"a": ExplorerImage(s.rgb, s.mask, "breast", "breast tumor")}, k=5)
     assert ex.last_error is None and ex.state["k"] == 5 and ex.config().saliency_kwargs["k"] == 5
-    ex = PromptExplorer(toy_pipe, {"a": s.rgb}, k=10_000)
+    ex = PromptExplorer(standin_pipe, {"a": s.rgb}, k=10_000)
     assert ex.state["k"] == ex.k.max  # clipped to the layer's channels
     with pytest.raises(ValueError, match="k must be"):
-        PromptExplorer(toy_pipe, {"a": s.rgb}, k=0)
+        PromptExplorer(standin_pipe, {"a": s.rgb}, k=0)
 
 
 def test_explorer_for_world_builds_the_toy_world_with_k(capsys):

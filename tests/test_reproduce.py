@@ -20,17 +20,17 @@ def data(tmp_path_factory):
 TINY = dict(epochs=3, size=64, batch_size=4, channels=(8, 16, 32), strides=(2, 2), patience=None)
 
 
-def test_pseudo_labels_of_one_split_resume_and_keep_a_manifest(toy_pipe, data, tmp_path):
+def test_pseudo_labels_of_one_split_resume_and_keep_a_manifest(standin_pipe, data, tmp_path):
     from medclipsam.data.datasets import load_split
 
     train = load_split(data / "splits.json")["train"]
-    calls = toy_pipe.session.encoder_calls
-    first = pseudo_label(toy_pipe, data / "images", tmp_path / "pl", "brain tumor", task="brain", stems=train[:3],
+    calls = standin_pipe.session.encoder_calls
+    first = pseudo_label(standin_pipe, data / "images", tmp_path / "pl", "brain tumor", task="brain", stems=train[:3],
                          progress=False)
-    rows = pseudo_label(toy_pipe, data / "images", tmp_path / "pl", "brain tumor", task="brain", stems=train,
+    rows = pseudo_label(standin_pipe, data / "images", tmp_path / "pl", "brain tumor", task="brain", stems=train,
                         progress=False)
     assert len(first) == 3 and [r["id"] for r in rows] == sorted(train)
-    assert toy_pipe.session.encoder_calls == calls + len(train)  # the first three were not redone
+    assert standin_pipe.session.encoder_calls == calls + len(train)  # the first three were not redone
     assert sorted(p.stem for p in (tmp_path / "pl" / "masks").iterdir()) == sorted(train)
     with open(tmp_path / "pl" / "results.csv", newline="") as fh:
         manifest = list(csv.DictReader(fh))
@@ -38,9 +38,9 @@ def test_pseudo_labels_of_one_split_resume_and_keep_a_manifest(toy_pipe, data, t
     assert json.loads((tmp_path / "pl" / "run.json").read_text())["prompt"] == "brain tumor"
 
 
-def test_reproduce_writes_the_three_way_table_and_resumes(toy_pipe, data, tmp_path):
+def test_reproduce_writes_the_three_way_table_and_resumes(standin_pipe, data, tmp_path):
     cfg = WeakConfig(**TINY, progress=False)
-    table = reproduce(data, tmp_path / "run", task="brain", pipe=toy_pipe, config=cfg, drop_uncertain=0.25,
+    table = reproduce(data, tmp_path / "run", task="brain", pipe=standin_pipe, config=cfg, drop_uncertain=0.25,
                       n_boot=50, progress=False)
     settings = [r["setting"] for r in table]
     assert settings == ["zero-shot", "weakly supervised", "weak, 25% most uncertain dropped", "fully supervised"]
@@ -59,7 +59,7 @@ def test_reproduce_writes_the_three_way_table_and_resumes(toy_pipe, data, tmp_pa
     assert json.loads((out / "full" / "log.json").read_text())["data"]["train_masks"] == str(data / "masks")
     # A second call reads everything back: same table, no training.
     mtime = (out / "weak" / "model.pt").stat().st_mtime_ns
-    again = reproduce(data, out, task="brain", pipe=toy_pipe, config=cfg, drop_uncertain=0.25, n_boot=50,
+    again = reproduce(data, out, task="brain", pipe=standin_pipe, config=cfg, drop_uncertain=0.25, n_boot=50,
                       progress=False)
     assert [r["dice"] for r in again] == [r["dice"] for r in table]
     assert (out / "weak" / "model.pt").stat().st_mtime_ns == mtime

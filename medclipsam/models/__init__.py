@@ -1,5 +1,5 @@
 """Models: the weight registry, CLIP loading (BiomedCLIP, open_clip, toy), SAM loading
-(vit_b/l/h, MedSAM, toy, SAM 2), SAM 3 (text-prompted).
+(vit_b/l/h, MedSAM, LiteMedSAM, SAM 2), SAM 3 (text-prompted).
 
 Names are imported lazily, so ``import medclipsam.models`` stays cheap and the registry works
 without importing torch, open_clip or segment_anything.
@@ -33,6 +33,8 @@ _EXPORTS = {
     # SAM
     "SAM_ARCHS": "sam",
     "MedSamPredictor": "sam",
+    "LiteMedSamPredictor": "litemedsam",
+    "load_litemedsam": "litemedsam",
     "SamCheckpointError": "sam",
     "build_sam": "sam",
     "infer_sam_arch": "sam",

