@@ -23,8 +23,8 @@ def test_the_report_names_versions_world_device_threads_and_extras():
 
     import medclipsam
 
-    report = env.environment_report(world="toy", device="cpu")
-    assert report["world"] == "toy"
+    report = env.environment_report(world="offline", device="cpu")
+    assert report["world"] == "offline"
     assert report["device"]["device"] == "cpu" and report["device"]["asked"] == "cpu"
     assert report["device"]["torch_threads"] == torch.get_num_threads()
     assert report["cores"] >= 1
@@ -105,7 +105,7 @@ def test_show_environment_prints_and_is_exported_from_the_package(capsys):
     import medclipsam
 
     assert medclipsam.show_environment is env.show_environment
-    assert medclipsam.show_environment(world="toy", device="cpu") is None  # nothing to display
+    assert medclipsam.show_environment(world="offline", device="cpu") is None  # nothing to display
     out = capsys.readouterr().out
     assert out.startswith("medclipsam environment") and "toy:" in out
     buf = io.StringIO()

@@ -724,7 +724,7 @@ def test_grading_a_folder_of_submissions(tmp_path, capsys):
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
     nb = new_notebook()
-    params = new_code_cell('WORLD = "toy"\nSMOKE = False')
+    params = new_code_cell('WORLD = "offline"\nSMOKE = False')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [
         new_markdown_cell("# A submission"),

@@ -37,7 +37,7 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_segment_under_torchrun_splits_the_stems_and_merges_one_results_csv(folder, tmp_path):
-    pipe = MedCLIPSAM.toy(device="cpu")
+    pipe = MedCLIPSAM.offline(device="cpu")
     stems = sorted(p.stem for p in folder.iterdir())
     # an interrupted sharded run: rank 1 of an earlier run finished two images, then died
     early = stems[1:4:2]
@@ -47,7 +47,7 @@ def test_segment_under_torchrun_splits_the_stems_and_merges_one_results_csv(fold
     before = {s: (out / "masks" / f"{s}.png").stat().st_mtime_ns for s in early}
 
     cmd = ["segment", "--images", str(folder), "--prompt", "breast tumor", "--out", str(out),
-           "--task", "breast", "--clip", "toy", "--sam", "toy", "--device", "cpu", "--quiet"]
+           "--task", "breast", "--device", "cpu", "--quiet"]  # the offline world: the defaults
     proc = _torchrun(cmd, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -71,7 +71,9 @@ def test_segment_under_torchrun_splits_the_stems_and_merges_one_results_csv(fold
 
 def test_a_shard_without_torchrun_is_refused(folder, tmp_path, monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    pipe = MedCLIPSAM.toy(device="cpu")
+    from toy_sam import standin_pipeline
+
+    pipe = standin_pipeline()
     with pytest.raises(RuntimeError, match="torchrun"):
         pipe.run_folder(folder, "breast tumor", tmp_path / "o", shard=(0, 2), progress=False)
     with pytest.raises(ValueError, match="rank"):

@@ -1,6 +1,6 @@
 """Every notebook under notebooks/ is clean in git and runs top to bottom under papermill.
 
-New notebooks are picked up automatically. In CI each runs in the toy world with its smallest
+New notebooks are picked up automatically. In CI each runs in the offline world with its smallest
 settings (the CI parameters below, applied to the names its ``parameters`` cell defines); the run
 time of each is printed at the end of the pytest run (see conftest.py). Each lesson's computed
 take-aways (medclipsam.teaching) are checked against its outputs (tests/lesson_claims.py). The kernels draw with
@@ -29,7 +29,7 @@ NOTEBOOKS = sorted(
 # (notebooks/exercises/solutions/) are executed; tests/test_exercises.py checks the student ones.
 RUNNABLE = [p for p in NOTEBOOKS if p.parent != ROOT / "notebooks" / "exercises"]
 # What CI overrides, where the notebook's parameters cell defines the name.
-CI_PARAMETERS = {"WORLD": "toy", "SMOKE": True, "DEVICE": "cpu"}
+CI_PARAMETERS = {"WORLD": "offline", "SMOKE": True, "DEVICE": "cpu"}
 # nbval re-executes a notebook with its own defaults: only the quick ones go through it too.
 NBVAL_LAX = ["notebooks/01_data.ipynb"]
 

@@ -104,4 +104,4 @@ def test_real_branch_runs_over_random_weight_stand_ins(name, needed, request, tm
         if o.get("output_type") == "stream"
     )
     assert "real world:" in text, f"{name} did not report the real world:\n{text[-3000:]}"
-    assert "-> using the toy" not in text, f"{name} fell back to the toy world:\n{text[-3000:]}"
+    assert "-> using the offline" not in text, f"{name} fell back to the offline world:\n{text[-3000:]}"

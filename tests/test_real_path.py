@@ -17,7 +17,7 @@ import torch
 from hf_cache import BIOMEDCLIP_CONFIG, use_hf_cache, write_biomedclip_cache
 from httpserver import FileServer
 
-from medclipsam.config import TOY_DEFAULTS
+from medclipsam.config import OFFLINE_DEFAULTS
 from medclipsam.download import DownloadError
 from medclipsam.models import registry
 from medclipsam.models.clip import CheckpointError, load_clip
@@ -180,7 +180,7 @@ def test_from_pretrained_and_the_cli_give_medsam_from_a_users_file(tiny_sam_file
         finally:
             pipe.close()
     # Checked before any model loads: a file for a named SAM, and one that exists.
-    for sam, checkpoint, error in (("toy", tiny_sam_file, "--sam medsam --sam-checkpoint"),
+    for sam, checkpoint, error in ((str(tiny_sam_file), tiny_sam_file, "--sam medsam --sam-checkpoint"),
                                    ("sam2-hiera-tiny", tiny_sam_file, "not --sam sam2-hiera-tiny"),
                                    ("medsam", tiny_sam_file.with_name("none.pt"), "file not found")):
         args = build_parser().parse_args(["segment", "--images", "x", "--prompt", "p", "--out", "o",
@@ -274,23 +274,23 @@ def test_pipeline_for_world_says_what_it_built_and_falls_back_with_the_reason(
     pipe = pipeline_for_world("real", clip=str(missing), sam=str(tiny_sam_file), k=5)
     try:
         out = capsys.readouterr().out
-        assert pipe.world == "toy" and pipe.config.saliency_kwargs == {"k": 5}
+        assert pipe.world == "offline" and pipe.config.saliency_kwargs == {"k": 5}
         assert "real world not available (FileNotFoundError" in out and str(missing) in out
-        assert "-> using the toy world" in out and "toy world: toy CLIP + toy SAM" in out
+        assert "-> using the offline world" in out and "offline world: toy CLIP + LiteMedSAM" in out
     finally:
         pipe.close()
     with pytest.raises(FileNotFoundError):
         pipeline_for_world("real", clip=str(missing), sam=str(tiny_sam_file), fallback=False)
     with pytest.raises(ValueError, match="WORLD"):
         pipeline_for_world("Real")
-    assert default_k("real") == 300 and default_k("toy") == TOY_DEFAULTS["saliency_kwargs"]()["k"] == 48
+    assert default_k("real") == 300 and default_k("offline") == OFFLINE_DEFAULTS["saliency_kwargs"]()["k"] == 48
 
 
 def test_clip_for_world_falls_back_to_the_toy_clip(tmp_path, capsys):
     from medclipsam.worlds import clip_for_world
 
     clip, world = clip_for_world("real", clip=str(tmp_path / "missing.pt"))
-    assert world == "toy" and clip.name == "toy"
+    assert world == "offline" and clip.name == "toy"
     assert "-> using the toy CLIP" in capsys.readouterr().out
     clip, world = clip_for_world("real", clip="toy")
     assert world == "real" and "real world: CLIP toy (pretrained)" in capsys.readouterr().out
@@ -430,14 +430,14 @@ def test_the_explorer_takes_k(standin_pipe):
         PromptExplorer(standin_pipe, {"a": s.rgb}, k=0)
 
 
-def test_explorer_for_world_builds_the_toy_world_with_k(capsys):
+def test_explorer_for_world_builds_the_offline_world_with_k(capsys):
     pytest.importorskip("ipywidgets")
     from medclipsam.widgets import PromptExplorer
 
     ex = PromptExplorer.for_world("real", clip="/no/such/clip.pt", k=6, per_task=1, device="cpu")
     try:
         out = capsys.readouterr().out
-        assert "-> using the toy world" in out and ex.pipeline.world == "toy"
+        assert "-> using the offline world" in out and ex.pipeline.world == "offline"
         assert ex.state["k"] == 6 and len(ex.images) == 3 and ex.last_error is None
     finally:
         ex.pipeline.close()

@@ -325,10 +325,10 @@ def test_compare_backends_one_saliency_per_image_and_tables(tmp_path, sam2, sam3
 
     cfg = PipelineConfig(saliency="gradcam", postprocess="threshold")
     rows = compare_backends(tmp_path / "ph", "breast tumor",
-                            {"toy": "toy", "sam2 (random)": sam2, "sam3 (random)": sam3_baseline},
+                            {"litemedsam": "litemedsam", "sam2 (random)": sam2, "sam3 (random)": sam3_baseline},
                             clip=clip, config=cfg, out_dir=tmp_path / "cmp", n_boot=50,
                             progress=False, device="cpu")
-    assert [r["backend"] for r in rows] == ["toy", "sam2 (random)", "sam3 (random)"]
+    assert [r["backend"] for r in rows] == ["litemedsam", "sam2 (random)", "sam3 (random)"]
     assert rows[2]["method"] == "SAM 3, text only" and rows[1]["method"].startswith("MedCLIP-SAM")
     for r in rows:
         assert r["images"] == 2 and 0 <= r["dice"] <= 1 and r["s_per_image"] >= r["s_segmenter"] > 0
@@ -337,7 +337,7 @@ def test_compare_backends_one_saliency_per_image_and_tables(tmp_path, sam2, sam3
         rows[1]["s_per_image"] - rows[1]["s_segmenter"], abs=1e-6)
     assert "| sam3 (random) | SAM 3, text only | 2 |" in format_table(rows)
     out = tmp_path / "cmp"
-    for d in ("toy", "sam2_random", "sam3_random"):
+    for d in ("litemedsam", "sam2_random", "sam3_random"):
         assert len(list((out / d / "masks").glob("*.png"))) == 2
     with open(out / "per_image.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 6
@@ -356,7 +356,7 @@ def test_cli_compare_with_model_folders(tmp_path, sam2_folder, sam3_folder, caps
     text = capsys.readouterr().out
     assert "SAM 3, text only" in text and "MedCLIP-SAM + toy" in text and "s / image" in text
     with open(tmp_path / "cmp" / "comparison.csv") as fh:
-        assert [r["backend"] for r in csv.DictReader(fh)] == ["toy", str(sam2_folder),
+        assert [r["backend"] for r in csv.DictReader(fh)] == ["litemedsam", str(sam2_folder),
                                                               f"sam3-text:{sam3_folder}"]
 
 
@@ -383,7 +383,7 @@ def test_explorer_compare_tab_puts_sam3_beside_medclip_sam(sam3_baseline):
         loads.append(1)
         return sam3_baseline
 
-    ex = PromptExplorer.toy(per_task=1, size=96, text_baseline=load)
+    ex = PromptExplorer.offline(per_task=1, size=96, text_baseline=load)
     ex.select(next(n for n in ex.images if n.startswith("breast")))
     ex.method.value = "uniform"  # a control map: cheap, and no prompt-sensitivity runs
     rows = ex.compare(["breast tumor", "lesion"])

@@ -151,7 +151,7 @@ def test_reference_convention_is_the_unpatched_librarys_scorecam(toy, breast_ima
 
 
 def test_the_explorer_scores_only_channels_it_has_not_scored_on_the_image_it_shows():
-    ex = PromptExplorer.toy(per_task=1, k=K)
+    ex = PromptExplorer.offline(per_task=1, k=K)
     name = next(n for n in ex.images if n.startswith("breast"))
     ex.select(name)
     assert ex.method.value == "gscorecam" and ex.k.value == K

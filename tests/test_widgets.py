@@ -1,6 +1,6 @@
 """The prompt explorer, driven without a browser through its ordinary methods and widget values.
 
-Real toy models (toy CLIP, toy SAM), real phantom images; the ``counts`` of the stages that ran
+The offline world (toy CLIP, the real LiteMedSAM), real phantom images; the ``counts`` of the stages that ran
 show what a change recomputed, and the displayed values (panels, read-out) are checked against
 independent computations.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medclipsam.config import TOY_DEFAULTS
+from medclipsam.config import OFFLINE_DEFAULTS
 from medclipsam.data.phantom import PhantomDataset
 from medclipsam.metrics import dice
 from medclipsam.models import load_sam
@@ -26,8 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def explorer():
-    # a second SAM (the same toy weights, another instance) loaded only when first chosen
-    return PromptExplorer.toy(per_task=1, sam_models={"toy SAM (copy)": lambda: load_sam("toy")})
+    # a second SAM (the same LiteMedSAM weights, another instance) loaded only when first chosen
+    return PromptExplorer.offline(per_task=1,
+                                  sam_models={"LiteMedSAM (copy)": lambda: load_sam("litemedsam")})
 
 
 def _png_shape(data: bytes) -> tuple[int, ...]:
@@ -43,11 +44,11 @@ def _reset(ex: PromptExplorer, image: str = "breast 1") -> None:
     ex.select(name)
     ex.set_prompt(ex.images[name].prompt)
     ex.method.value = "gscorecam"
-    ex.k.value = TOY_DEFAULTS["saliency_kwargs"]()["k"]
+    ex.k.value = OFFLINE_DEFAULTS["saliency_kwargs"]()["k"]
     ex.postprocess.value = "crf"
-    ex.mode.value = "box+points"
+    ex.mode.value = OFFLINE_DEFAULTS["sam_prompt_mode"]
     ex.preset.value = "auto"
-    ex.sam_picker.value = "toy SAM"
+    ex.sam_picker.value = "LiteMedSAM"
     ex.clear_clicks()
     assert ex.last_error is None, ex.last_error
 
@@ -168,14 +169,14 @@ def test_a_second_sam_model_is_loaded_on_demand_and_each_keeps_its_embedding(exp
     _reset(ex)
     mask = ex.mask.copy()
     before = dict(ex.counts)
-    ex.sam_picker.value = "toy SAM (copy)"
+    ex.sam_picker.value = "LiteMedSAM (copy)"
     assert ex.last_error is None, ex.last_error
     d = _delta(before, ex.counts)
     assert d["sam_embed"] == 1 and d["saliency"] == 0 and d["sam_prompts"] == 0
     assert np.array_equal(ex.mask, mask)  # same weights, same prompts: same mask
     before = dict(ex.counts)
-    ex.sam_picker.value = "toy SAM"
-    ex.sam_picker.value = "toy SAM (copy)"
+    ex.sam_picker.value = "LiteMedSAM"
+    ex.sam_picker.value = "LiteMedSAM (copy)"
     assert _delta(before, ex.counts)["sam_embed"] == 0
 
 
@@ -202,7 +203,7 @@ def test_clicks_and_drags_rerun_only_the_sam_decoder(explorer):
     ex.on_mouse({"type": "mousedown", "dataX": cs.max() + 2, "dataY": rs.max() + 2})
     ex.on_mouse({"type": "mouseup", "dataX": cs.min() - 2, "dataY": rs.min() - 2})
     assert ex.state["user_box"] == [cs.min() - 2, rs.min() - 2, cs.max() + 2, rs.max() + 2]
-    assert ex.state["dice"] > 0.8  # the toy SAM follows a good box
+    assert ex.state["dice"] > 0.8  # LiteMedSAM follows a good box
     d = _delta(before, ex.counts)
     assert d["saliency"] == 0 and d["sam_prompts"] == 0 and d["sam_embed"] == 0
     assert d["sam_decode"] == 3
@@ -269,7 +270,7 @@ def test_compare_view_puts_prompts_side_by_side_with_their_sensitivity(explorer)
     from medclipsam.saliency import METHODS, prompt_sensitivity
 
     rep = prompt_sensitivity(ex.pipeline.clip, ex.current.image, "breast tumor",
-                             METHODS["gscorecam"], task="breast", warn=False, k=TOY_DEFAULTS["saliency_kwargs"]()["k"])
+                             METHODS["gscorecam"], task="breast", warn=False, k=OFFLINE_DEFAULTS["saliency_kwargs"]()["k"])
     assert rows[0]["sensitivity"] == pytest.approx(rep.sensitivity, abs=1e-6)
     before = dict(ex.counts)
     ex.compare_text.value = "breast tumor\n\nnormal tissue\n"
@@ -305,7 +306,7 @@ def test_an_explorer_over_a_folder_of_images_and_masks(explorer, tmp_path):
 
 def test_the_explorer_over_the_real_biomedclip_architecture(explorer, tmp_path, monkeypatch):
     """BiomedCLIP's real ViT-B/16 tower (random weights, from a hub cache written here) with the
-    toy SAM: the k slider spans its 768 channels and maps come back on a non-square image."""
+    offline world's LiteMedSAM: the k slider spans its 768 channels and maps come back on a non-square image."""
     from hf_cache import use_hf_cache, write_biomedclip_cache
 
     from medclipsam import MedCLIPSAM
@@ -326,4 +327,4 @@ def test_the_explorer_over_the_real_biomedclip_architecture(explorer, tmp_path, 
         d = _delta(before, ex.counts)
         assert d["saliency"] == 1 and d["sam_embed"] == 0 and ex.last_error is None
     finally:
-        pipe.close()  # its SAM session's hook on the shared toy SAM
+        pipe.close()  # its SAM session's hook on the shared LiteMedSAM

@@ -11,8 +11,8 @@
 # 4. **SAM** draws the mask inside the boxes.
 #
 # This notebook runs it in one call. With real weights on disk it uses BiomedCLIP and SAM (the real
-# world); otherwise the project's toy world: a small CLIP and a small SAM trained on phantom images,
-# which run on any CPU (the seconds each stage took are printed below). The other notebooks take each
+# world); otherwise the project's offline world: a small CLIP trained on phantom captions and the real
+# LiteMedSAM (a medical SAM whose weights ship with the package), which run on any CPU (the seconds each stage took are printed below). The other notebooks take each
 # stage apart.
 #
 # We show two phantom images: one where the pipeline works and one where it fails, and why. At the
@@ -32,14 +32,14 @@ if "google.colab" in sys.modules:
 # ## Parameters
 #
 # `WORLD = "real"` tries `CLIP` + `SAM` (BiomedCLIP and SAM ViT-B by default, downloaded once into the
-# cache; `SAM_CHECKPOINT` your own file for a named SAM; falls back to the toy world with a message when
+# cache; `SAM_CHECKPOINT` your own file for a named SAM; falls back to the offline world with a message when
 # they are not available, for example offline). `K` is gScoreCAM's number of channels (`None`: the
 # world's default). `IMAGE` may be a path to your own image (PNG, JPEG, TIFF, DICOM, NIfTI); without it
 # phantom images of `TASK` are used: `SEED = None` searches the first `N_SEARCH` of them for one where
 # the pipeline works and one where it fails; a number picks that image.
 
 # %% tags=["parameters"]
-WORLD = "toy"          # "toy" or "real"
+WORLD = "offline"      # "offline" or "real"
 SMOKE = False          # CI: smaller images
 DEVICE = "auto"
 CLIP = "biomedclip"    # real world: the CLIP (a name, a fine-tuned checkpoint or a folder)
@@ -70,7 +70,7 @@ from medclipsam.viz import result_figure
 from medclipsam.worlds import pipeline_for_world
 
 prompt = PROMPT or PROMPTS[TASK]
-# the real models if WORLD == "real" and they can be loaded, else the toy world (it says which, and why)
+# the real models if WORLD == "real" and they can be loaded, else the offline world (it says which, and why)
 pipe = pipeline_for_world(WORLD, clip=CLIP, sam=SAM, sam_checkpoint=SAM_CHECKPOINT, k=K, device=DEVICE)
 print(pipe)
 

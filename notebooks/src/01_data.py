@@ -31,12 +31,12 @@ if "google.colab" in sys.modules:
 # %% [markdown]
 # ## Parameters
 #
-# `WORLD = "toy"` uses the built-in phantom world. `WORLD = "real"` with `DATA_DIR` pointing at a data set
+# `WORLD = "offline"` uses the built-in phantom world. `WORLD = "real"` with `DATA_DIR` pointing at a data set
 # converted by `data_scripts/` (for example `data/busi`) shows your own data at the end. `SMOKE = True`
 # makes everything tiny (that is how CI runs this notebook).
 
 # %% tags=["parameters"]
-WORLD = "toy"        # "toy" (phantom world) or "real" (a converted public data set in DATA_DIR)
+WORLD = "offline"    # "offline" (phantom world) or "real" (a converted public data set in DATA_DIR)
 SMOKE = False        # tiny sizes for a quick check (CI)
 DATA_DIR = None      # e.g. "data/busi" after `medclipsam prepare busi ...`
 N_PER_TASK = 8       # images per task in the figures

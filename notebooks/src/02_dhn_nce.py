@@ -16,7 +16,7 @@
 # 3. **fine-tuning** one CLIP with each loss on the same pairs and measuring **retrieval** before and
 #    after, in the paper's protocol, with the paper's table beside ours.
 #
-# In the toy world the CLIP is the project's small toy CLIP and the pairs are phantom images with
+# In the offline world the CLIP is the project's small toy CLIP and the pairs are phantom images with
 # their captions; everything runs on a CPU. In the real world it is BiomedCLIP on MedPix/ROCO pairs
 # (use a GPU).
 
@@ -36,7 +36,7 @@ if "google.colab" in sys.modules:
 # `TAU = None` trains with the model's own learned temperature; the paper's fixed value is 0.6.
 
 # %% tags=["parameters"]
-WORLD = "toy"          # "toy" (toy CLIP, phantom pairs) or "real" (BiomedCLIP, CAPTIONS_CSV)
+WORLD = "offline"      # "offline" (toy CLIP, phantom pairs) or "real" (BiomedCLIP, CAPTIONS_CSV)
 SMOKE = False          # tiny runs for a quick check (CI)
 DEVICE = "auto"        # "auto", "cpu" or "cuda"
 FULL = False           # the longer run: N_TRAIN_FULL, N_TEST_FULL, EPOCHS_FULL (about 4 min on a 2-core CPU)
@@ -47,7 +47,7 @@ N_TRAIN_FULL = 100
 N_TEST_FULL = 100
 EPOCHS_FULL = 2
 BATCH_SIZE = 32
-LR = 1e-4              # toy world; for BiomedCLIP use about 1e-5
+LR = 1e-4              # offline world; for BiomedCLIP use about 1e-5
 TAU = None             # None: the model's learned temperature; the paper fixes 0.6
 BETA1 = 0.15           # hard-negative strength, image-to-text (paper: 0.15)
 BETA2 = 0.15           # hard-negative strength, text-to-image (paper: 0.15)
@@ -172,7 +172,7 @@ for name in LOSS_NAMES:
 # %% [markdown]
 # ## 3 · The pairs
 #
-# In the toy world every phantom image comes with five captions naming the modality, the finding and
+# In the offline world every phantom image comes with five captions naming the modality, the finding and
 # where it is. Captions of the same task differ only in a word or two: the hard negatives this loss is
 # about. We fine-tune on the `train` split (all five captions of each image) and measure retrieval on
 # held-out `test` images (one caption each) that no run ever sees.
@@ -180,7 +180,7 @@ for name in LOSS_NAMES:
 # %%
 from medclipsam.models import load_clip
 
-if WORLD == "toy":
+if WORLD == "offline":
     CLIP = "toy"
     preprocess = load_clip("toy").preprocess
     train = PhantomPairs(n_per_task=N_TRAIN, split="train", seed=SEED, captions="all", transform=preprocess)
@@ -215,7 +215,7 @@ print(f"{len(train)} training pairs, {len(test)} held-out pairs")
 
 # %%
 config = FinetuneConfig(
-    lr=LR, epochs=EPOCHS, batch_size=BATCH_SIZE, warmup_steps=20 if WORLD == "toy" else 1000,
+    lr=LR, epochs=EPOCHS, batch_size=BATCH_SIZE, warmup_steps=20 if WORLD == "offline" else 1000,
     tau=0.6 if TAU is None else TAU, learn_logit_scale=TAU is None, beta1=BETA1, beta2=BETA2,
     device=DEVICE, num_workers=0, eval_every=0, eval_before=False, progress=not SMOKE, seed=SEED,
 )

@@ -38,7 +38,7 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-WORLD = "toy"          # "toy" (toy CLIP) or "real" (BiomedCLIP; a GPU helps: k = 300 forwards per image)
+WORLD = "offline"      # "offline" (toy CLIP) or "real" (BiomedCLIP; a GPU helps: k = 300 forwards per image)
 SMOKE = False          # CI: fewer images
 DEVICE = "cpu"
 CLIP = "biomedclip"    # real world: the CLIP (a name, a fine-tuned checkpoint or a folder)
@@ -62,7 +62,6 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from medclipsam.config import TOY_DEFAULTS
 from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
 from medclipsam.prompting import content_mask
 from medclipsam.saliency.api import saliency_maps
@@ -81,8 +80,8 @@ if SMOKE:
     N_LOC = 4
 # CLIP if WORLD == "real" and it can be loaded, else the toy CLIP (it says which, and why)
 clip, world = clip_for_world(WORLD, clip=CLIP, device=DEVICE)
-if K is None:  # the pipeline's default k for the world loaded (the toy's: MedCLIPSAM.toy's)
-    K = TOY_DEFAULTS["saliency_kwargs"]()["k"] if world == "toy" else default_k("real")
+if K is None:  # the pipeline's default k for the world loaded
+    K = default_k(world)
 print(f"gScoreCAM keeps k = {K} channels throughout this notebook")
 samples = {t: PhantomDataset(t, 2, seed=SEED, size=256, split="test", normal_fraction=0.0)[0] for t in TASKS}
 
@@ -285,7 +284,7 @@ for method, name in ((functools.partial(gscorecam, k=K), "gScoreCAM"), (grad_cam
 # - The layer matters: with CLS pooling, hook a layer whose patch tokens reach the output.
 # - The softmax convention matters when the k channels' scores are low: compare the weights printed in
 #   section 5 for the task prompt and for the nonsense prompt.
-# - Always check that a map depends on the prompt. In the toy world the toy CLIP's text space is small,
+# - Always check that a map depends on the prompt. In the offline world the toy CLIP's text space is small,
 #   and for some tasks its maps show *the finding* more than *the prompt*: the check says so.
 #
 # **Try next:** `python benchmarks/toy_channel_picks.py` runs the same control through the whole

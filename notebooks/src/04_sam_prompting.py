@@ -30,7 +30,7 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-WORLD = "toy"          # "toy" (toy CLIP + toy SAM) or "real" (BiomedCLIP + SAM; GPU advised)
+WORLD = "offline"      # "offline" (toy CLIP + LiteMedSAM) or "real" (BiomedCLIP + SAM; GPU advised)
 SMOKE = False          # CI: few images
 DEVICE = "cpu"
 CLIP = "biomedclip"    # real world: the CLIP (a name, a fine-tuned checkpoint or a folder)
@@ -65,7 +65,7 @@ if FULL:
     N_EVAL = N_EVAL_FULL
 if SMOKE:
     N_EVAL, SIZE = 3, 160
-# the real models if WORLD == "real" and they can be loaded, else the toy world (it says which, and why)
+# the real models if WORLD == "real" and they can be loaded, else the offline world (it says which, and why)
 pipe = pipeline_for_world(WORLD, clip=CLIP, sam=SAM, sam_checkpoint=SAM_CHECKPOINT, k=K, device=DEVICE)
 print(pipe)
 samples = {t: PhantomDataset(t, N_EVAL, seed=SEED, size=SIZE, split="test", normal_fraction=0.0)[:] for t in TASKS}
@@ -226,7 +226,7 @@ state(*claims)
 # ## 6 · The default setting in full, beside the paper
 #
 # The paper's v2 reports Dice and NSD (2-pixel tolerance) for zero-shot segmentation on the real data
-# sets. Ours are phantom images and toy models, so the numbers are not comparable as values; compare the
+# sets. Ours are phantom images, a toy CLIP and LiteMedSAM, so the numbers are not comparable as values; compare the
 # shape of the result instead: is every task well above its controls (section 5), and which task is
 # hardest here and in the paper?
 

@@ -34,13 +34,13 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-WORLD = "toy"          # "toy" (phantom data set, toy models) or "real" (DATA_DIR prepared by medclipsam prepare)
+WORLD = "offline"      # "offline" (phantom data set, toy CLIP + LiteMedSAM) or "real" (DATA_DIR prepared by medclipsam prepare)
 SMOKE = False          # CI: tiny data set and network, few epochs
 DEVICE = "auto"
 TASK = "breast"        # breast | brain | xray
 DATA_DIR = None        # real world: a folder with images/, masks/ and splits.json
 FULL = False           # the paper-sized run: N_IMAGES_FULL images, EPOCHS_FULL epochs at SIZE_FULL
-N_IMAGES = 60          # toy world: phantom images (70 % train, 10 % val, 20 % test)
+N_IMAGES = 60          # offline world: phantom images (70 % train, 10 % val, 20 % test)
 EPOCHS = 30            # the validation Dice of small targets stays flat for tens of epochs, then rises
 SIZE = 64              # training resolution
 N_IMAGES_FULL = 150
@@ -82,9 +82,9 @@ if SMOKE:
     N_IMAGES = 30
     config = WeakConfig(epochs=3, size=64, batch_size=4, channels=(8, 16, 32), strides=(2, 2), device=DEVICE, seed=SEED)
     OUT_DIR = OUT_DIR + "_smoke"
-if WORLD == "toy":
+if WORLD == "offline":
     data = write_phantom_folder(Path(OUT_DIR) / "data" / TASK, TASK, N_IMAGES, seed=SEED, size=256)
-    pipe = MedCLIPSAM.toy()
+    pipe = MedCLIPSAM.offline()
 else:
     data = Path(DATA_DIR)
     pipe = MedCLIPSAM.from_pretrained(device=DEVICE)

@@ -48,13 +48,13 @@ if "google.colab" in sys.modules:
 # downloaded once into the cache; `SAM_CHECKPOINT` your own file for a named SAM) and the images (and
 # masks, if any) of `DATA_DIR` (a folder with `images/` and optionally `masks/`, as `medclipsam
 # prepare` writes), or `PER_TASK` phantom images per task without one; MedSAM, SAM ViT-H and SAM 2.1
-# tiny are offered beside it, loaded when picked. Without the weights it falls back to the toy world
+# tiny are offered beside it, loaded when picked. Without the weights it falls back to the offline world
 # with a message. `K` is gScoreCAM's number of channels to start with (`None`: the world's default).
 # `DRIVE = True` also runs the section that drives the explorer from code (what CI does: there is no
 # one to click there).
 
 # %% tags=["parameters"]
-WORLD = "toy"          # "toy" or "real"
+WORLD = "offline"      # "offline" or "real"
 SMOKE = False          # CI: fewer images and settings
 DEVICE = "auto"
 CLIP = "biomedclip"    # real world: the CLIP (a name, a fine-tuned checkpoint or a folder)
@@ -63,7 +63,7 @@ SAM_CHECKPOINT = None  # real world: your own weights for the named SAM
 K = None               # gScoreCAM channels to start with (None: the world's default)
 DATA_DIR = None        # real world: a folder with images/ (and masks/); None: phantom images
 PROMPT = None          # real world: the prompt to start with
-PER_TASK = 3           # phantom images per task (the toy world, or the real one without DATA_DIR)
+PER_TASK = 3           # phantom images per task (the offline world, or the real one without DATA_DIR)
 DRIVE = True           # run the programmatic walk-through below
 COMPARE = ["breast tumor", "benign breast lesion", "brain tumor", "normal tissue"]
 
@@ -78,7 +78,7 @@ import matplotlib.pyplot as plt
 
 from medclipsam.widgets import PromptExplorer
 
-# the real models if WORLD == "real" and they can be loaded, else the toy world (it says which, and why)
+# the real models if WORLD == "real" and they can be loaded, else the offline world (it says which, and why)
 explorer = PromptExplorer.for_world(WORLD, data_dir=DATA_DIR, prompt=PROMPT, clip=CLIP, sam=SAM,
                                     sam_checkpoint=SAM_CHECKPOINT, k=K, device=DEVICE,
                                     per_task=1 if SMOKE else PER_TASK, compare_prompts=COMPARE)
@@ -92,7 +92,7 @@ explorer
 #    coarse mask and SAM's mask now land anywhere; the Dice collapses. That gap is what the prompt
 #    and the CLIP model contribute.
 # 2. Slide **k** from 1 to its maximum (all channels: plain ScoreCAM). Where does the map sit at
-#    few channels, at the toy world's default, at all of them? Does the Dice follow?
+#    few channels, at the offline world's default, at all of them? Does the Dice follow?
 # 3. Choose **threshold** as the coarse-mask rule and move its slider: the region grows and shrinks
 #    (status line: the saliency count does not move).
 # 4. On an **x-ray**, the task preset asks for two regions, one box per lung; set the preset to

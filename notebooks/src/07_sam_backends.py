@@ -25,8 +25,8 @@
 #
 # **The two worlds.** The comparison is a real-world experiment: it needs BiomedCLIP, the SAM
 # checkpoints (SAM 3's are gated: request access at <https://huggingface.co/facebook/sam3> first) and
-# a data set, ideally on a GPU. The toy world has a toy CLIP and a toy SAM but no SAM 2 or SAM 3, so
-# with `WORLD = "toy"` this notebook runs the **same code path** on the real SAM 2 and SAM 3
+# a data set, ideally on a GPU. The offline world has a toy CLIP and LiteMedSAM but no trained SAM 2 or SAM 3, so
+# with `WORLD = "offline"` this notebook runs the **same code path** on the real SAM 2 and SAM 3
 # architectures built small with **random weights**: their masks mean nothing (expect a Dice near
 # chance), but every step, table and figure below is the one the real run produces.
 
@@ -48,7 +48,7 @@ if "google.colab" in sys.modules:
 # `sam2-hiera-tiny` / `-small` / `-base-plus` / `-large`, and `sam3-text` (SAM 3 from the text alone).
 
 # %% tags=["parameters"]
-WORLD = "toy"          # "toy" (toy CLIP + toy SAM, random-weight SAM 2 / SAM 3) or "real"
+WORLD = "offline"      # "offline" (toy CLIP + LiteMedSAM, random-weight SAM 2 / SAM 3) or "real"
 SMOKE = False          # CI: two images
 DEVICE = "auto"
 DATA_DIR = None        # real world: a folder with images/, masks/ (and splits.json)
@@ -58,7 +58,7 @@ SPLIT = "test"         # real world: the split scored (None: every image)
 LIMIT = 50             # at most this many images
 BACKENDS = ["vit_b", "medsam", "sam2-hiera-tiny", "sam3-text"]
 CLIP = "biomedclip"
-N_TOY = 8              # toy world: phantom images
+N_TOY = 8              # offline world: phantom images
 OUT = "compare-out"
 
 # %%
@@ -75,14 +75,14 @@ import matplotlib.pyplot as plt
 from medclipsam.compare import compare_backends, comparison_figure, example_panels, format_table
 from medclipsam.viz import sample_grid
 
-device = "cpu" if WORLD == "toy" and DEVICE == "auto" else DEVICE
+device = "cpu" if WORLD == "offline" and DEVICE == "auto" else DEVICE
 if WORLD == "real":
     if not (DATA_DIR and PROMPT):
         raise ValueError("the real world needs DATA_DIR (images/, masks/) and PROMPT")
     data, prompt, split, task = DATA_DIR, PROMPT, SPLIT, TASK
     backends, clip, config = BACKENDS, CLIP, None
 else:
-    from medclipsam.config import TOY_DEFAULTS, PipelineConfig
+    from medclipsam.config import OFFLINE_DEFAULTS, PipelineConfig
     from medclipsam.data.phantom import PROMPTS, write_phantom_folder
     from medclipsam.models import build_sam2, build_sam3, load_clip
 
@@ -90,11 +90,11 @@ else:
     write_phantom_folder(data, "breast", 2 if SMOKE else N_TOY, seed=0, size=128)
     prompt, split, task = PROMPTS["breast"], None, "breast"
     clip = load_clip("toy", device=device)
-    # the toy pipeline's settings (see MedCLIPSAM.toy); the SAM 2 / SAM 3 rows: real
+    # the offline pipeline's settings (see MedCLIPSAM.offline); the SAM 2 / SAM 3 rows: real
     # architectures, small, random weights
-    config = PipelineConfig(**{k: v() if callable(v) else v for k, v in TOY_DEFAULTS.items()})
+    config = PipelineConfig(**{k: v() if callable(v) else v for k, v in OFFLINE_DEFAULTS.items()})
     backends = {
-        "toy SAM": "toy",
+        "LiteMedSAM": "litemedsam",
         "SAM 2 (random weights)": lambda: build_sam2("test", device=device),
         "SAM 3 text only (random weights)": lambda: build_sam3("test", device=device),
     }
@@ -142,9 +142,9 @@ for r in rows:
     if r["method"].startswith("SAM 3"):
         print(f"{r['backend']}: found nothing above its score threshold on {r['flagged']} of "
               f"{r['images']} images (an empty mask: Dice 0 there).")
-if WORLD == "toy":
-    print("Toy world: the SAM 2 and SAM 3 rows have random weights, so their Dice is chance level; "
-          "only the toy SAM row measures a trained model.")
+if WORLD == "offline":
+    print("Offline world: the SAM 2 and SAM 3 rows have random weights, so their Dice is chance level; "
+          "only the LiteMedSAM row measures a trained model.")
 
 # %% [markdown]
 # ## 3 · One image, every mask

@@ -29,7 +29,7 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-WORLD = "toy"    # the exercises run in the toy world (the toy CLIP and phantom images, any CPU)
+WORLD = "offline"  # the exercises run in the offline world (the toy CLIP and phantom images, any CPU)
 SMOKE = False    # CI: fewer random cases
 SEED = 0         # seed of the random cases the checks draw
 
@@ -42,8 +42,8 @@ import torch.nn.functional as F
 
 from medclipsam import exercises as ex
 
-if WORLD != "toy":
-    raise ValueError("the exercises run in the toy world: set WORLD = 'toy'")
+if WORLD != "offline":
+    raise ValueError("the exercises run in the offline world: set WORLD = 'offline'")
 torch.manual_seed(SEED)
 N_TRIALS = 3 if SMOKE else 10
 

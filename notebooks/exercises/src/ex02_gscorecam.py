@@ -31,7 +31,7 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-WORLD = "toy"    # the exercises run in the toy world (the toy CLIP and phantom images, any CPU)
+WORLD = "offline"  # the exercises run in the offline world (the toy CLIP and phantom images, any CPU)
 SMOKE = False    # CI: fewer random cases and images
 SEED = 0         # seed of the random cases and the phantom images
 K = 24           # channels gScoreCAM keeps (the toy CLIP layer has 128; the paper keeps 300 of 768)
@@ -47,8 +47,8 @@ from medclipsam.models import load_clip
 from medclipsam.saliency.gscorecam import gscorecam
 from medclipsam.viz import overlay, sample_grid
 
-if WORLD != "toy":
-    raise ValueError("the exercises run in the toy world: set WORLD = 'toy'")
+if WORLD != "offline":
+    raise ValueError("the exercises run in the offline world: set WORLD = 'offline'")
 N_TRIALS = 3 if SMOKE else 8
 clip = load_clip("toy")
 sample = PhantomDataset("breast", 1, seed=SEED, size=224, split="test", normal_fraction=0.0)[0]

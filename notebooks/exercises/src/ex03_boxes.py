@@ -12,7 +12,7 @@
 # 3. one **box** per component, in SAM's coordinates.
 #
 # You write steps 1 and 2-3, an autograder checks them against `medclipsam.prompting`, and then your
-# boxes prompt the toy SAM on phantom images. About 45 minutes; a CPU is enough.
+# boxes prompt LiteMedSAM (a real medical SAM) on phantom images. About 45 minutes; a CPU is enough.
 #
 # Fill in the cells marked `# YOUR CODE HERE` (delete `raise NotImplementedError()`) and run the check
 # below each one until it says `[PASS]`.
@@ -31,7 +31,7 @@ if "google.colab" in sys.modules:
 # ## Parameters
 
 # %% tags=["parameters"]
-WORLD = "toy"    # the exercises run in the toy world (toy CLIP, toy SAM, phantom images, any CPU)
+WORLD = "offline"  # the exercises run in the offline world (toy CLIP, LiteMedSAM, phantom images, any CPU)
 SMOKE = False    # CI: fewer random cases and images
 SEED = 0         # seed of the random cases and the phantom images
 
@@ -47,8 +47,8 @@ from medclipsam.metrics import dice
 from medclipsam.prompting import make_sam_prompts
 from medclipsam.viz import overlay, sample_grid
 
-if WORLD != "toy":
-    raise ValueError("the exercises run in the toy world: set WORLD = 'toy'")
+if WORLD != "offline":
+    raise ValueError("the exercises run in the offline world: set WORLD = 'offline'")
 N_TRIALS = 3 if SMOKE else 10
 
 
@@ -136,13 +136,13 @@ ex.check_boxes(mask_to_boxes, n_trials=N_TRIALS, seed=SEED, strict=True);
 # %% [markdown]
 # ## Step 3 · Your boxes prompt SAM
 #
-# The toy pipeline makes a gScoreCAM map for the prompt; your functions turn it into boxes; the toy SAM
+# The toy pipeline makes a gScoreCAM map for the prompt; your functions turn it into boxes; LiteMedSAM
 # segments inside them. For the chest X-ray the prompt names both lungs, so we keep two components (two
 # boxes, one mask each, unioned). The package's `make_sam_prompts` with the same settings must give the same
 # boxes; the Dice is against the phantom's ground truth (used only to score).
 
 # %%
-pipe = MedCLIPSAM.toy()
+pipe = MedCLIPSAM.offline()
 cases = [("xray", 2)] if SMOKE else [("xray", 2), ("breast", 1), ("brain", 1)]
 panels, titles = [], []
 for task, n in cases:

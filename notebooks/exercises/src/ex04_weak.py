@@ -36,7 +36,7 @@ if "google.colab" in sys.modules:
 # little, but every cell runs.
 
 # %% tags=["parameters"]
-WORLD = "toy"           # the exercises run in the toy world (toy CLIP, toy SAM, phantom images)
+WORLD = "offline"       # the exercises run in the offline world (toy CLIP, LiteMedSAM, phantom images)
 SMOKE = False           # CI: 20 images, 3 epochs, a tiny network
 SEED = 0                # seed of the phantom data, the training and the random cases
 TASK = "breast"         # breast, brain or xray
@@ -60,8 +60,8 @@ from medclipsam.data.phantom import write_phantom_folder
 from medclipsam.reproduce import reproduce
 from medclipsam.weak import load_segmenter, predict_masks
 
-if WORLD != "toy":
-    raise ValueError("the exercises run in the toy world: set WORLD = 'toy'")
+if WORLD != "offline":
+    raise ValueError("the exercises run in the offline world: set WORLD = 'offline'")
 config = WeakConfig(epochs=EPOCHS, size=64, batch_size=8, channels=(16, 32, 64), strides=(2, 2),
                     patience=None, seed=SEED, device="cpu", progress=False)
 N_TRIALS = 10
@@ -77,7 +77,7 @@ print({k: len(v) for k, v in splits.items()}, "images per split")
 # %% [markdown]
 # ## 1 · Run the three settings
 #
-# `reproduce` makes zero-shot masks for every image (toy CLIP + toy SAM: the pseudo-labels of the
+# `reproduce` makes zero-shot masks for every image (toy CLIP + LiteMedSAM: the pseudo-labels of the
 # train and validation images, and the zero-shot predictions on the test images), trains the network
 # on the pseudo-labels (**weakly supervised**: the ground truth never enters that run), trains it again
 # on the real labels (**fully supervised**), and scores everything on the test split against the real
@@ -86,7 +86,7 @@ print({k: len(v) for k, v in splits.items()}, "images per split")
 
 # %%
 out = Path(OUT_DIR) / TASK
-rows = reproduce(data, out, task=TASK, pipe=MedCLIPSAM.toy(), config=config, n_boot=200,
+rows = reproduce(data, out, task=TASK, pipe=MedCLIPSAM.offline(), config=config, n_boot=200,
                  progress=False)
 TABLE = ex.table_from_reproduce(rows)
 print(f"{len(splits['test'])} test images")
