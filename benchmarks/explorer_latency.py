@@ -1,8 +1,8 @@
-"""How long the prompt explorer takes to answer each kind of change (toy world, CPU).
+"""How long the prompt explorer takes to answer each kind of change (offline world, CPU).
 
     python benchmarks/explorer_latency.py [--threads 1] [--repeats 3]
 
-Builds ``PromptExplorer.toy()`` and times, per change, the median of ``--repeats`` runs of what a
+Builds ``PromptExplorer.offline()`` and times, per change, the median of ``--repeats`` runs of what a
 user waits for after touching a control: a new prompt (saliency, prompts, SAM decoding), a
 threshold (prompts, decoding), a click (decoding only), another image (everything, the saliency of a
 new image included), another SAM model (embedding, decoding), and the comparison of three prompts
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(hardware_header())
     t0 = time.perf_counter()
-    ex = PromptExplorer.toy(per_task=2, sam_models={"second SAM": lambda: load_sam("toy")})
+    ex = PromptExplorer.offline(per_task=2, sam_models={"second SAM": lambda: load_sam("litemedsam")})
     print(f"built (models loaded, first image shown): {time.perf_counter() - t0:.2f} s")
     names = list(ex.images)
     prompts = ["breast tumor", "a dark round lesion", "benign breast lesion", "hypoechoic mass",
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<34s} {statistics.median(times) * 1000:8.1f} ms   stages: {ran}")
 
     print(f"{'change':<34s} {'median':>11s}")
-    timed("new prompt (gScoreCAM, the toy default k)", lambda: ex.set_prompt(next(it)))
+    timed("new prompt (gScoreCAM, the offline default k)", lambda: ex.set_prompt(next(it)))
     ex.postprocess.value = "threshold"
     thr = iter([0.2, 0.4, 0.6, 0.3, 0.5, 0.7] * 4)
     timed("threshold", lambda: setattr(ex.threshold, "value", next(thr)))
@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.clear_clicks()
     order = iter(names[1:] + names[:1] + names[1:])
     timed("another image", lambda: ex.select(next(order)))
-    sams = iter(["second SAM", "toy SAM"] * 4)
+    sams = iter(["second SAM", "LiteMedSAM"] * 4)
     timed("another SAM model (then back)", lambda: setattr(ex.sam_picker, "value", next(sams)))
-    ex.sam_picker.value = "toy SAM"
+    ex.sam_picker.value = "LiteMedSAM"
     ex.select(names[0])
     timed("compare 3 prompts (+ sensitivity)", lambda: ex.compare([next(it), next(it), next(it)]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -36,7 +36,7 @@ from _common import hardware_header, print_table  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _boxes(mask: np.ndarray, min_fraction: float = 0.02) -> np.ndarray:
+def component_boxes(mask: np.ndarray, min_fraction: float = 0.02) -> np.ndarray:
     """One xyxy box per connected component (components under ``min_fraction`` of the mask
     dropped: the specks of spiculated lesions)."""
     lab, n = ndi.label(mask)
@@ -123,7 +123,7 @@ def section_boxes(data: dict, n_boot: int) -> None:
             for task, samples in data.items():
                 for s in samples:
                     g = s.mask > 0
-                    b = _boxes(g)
+                    b = component_boxes(g)
                     session.set_image(s.rgb)
                     for label, boxes in (("own box", b), ("top third", _top_third(b)),
                                          ("enlarged 2x", _enlarged(b, g.shape))):
@@ -157,7 +157,7 @@ def section_prompts(data: dict) -> None:
         for task, samples in data.items():
             for s in samples:
                 g = s.mask > 0
-                b = _boxes(g)
+                b = component_boxes(g)
                 session.set_image(s.rgb)
                 p1, p3 = _interior_points(g, 1), _interior_points(g, 3)
                 one = np.ones(len(p1), int)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     print(hardware_header())
     s = PhantomDataset("breast", 1, seed=3, size=256, split="test", normal_fraction=0.0)[0]
-    pipe = MedCLIPSAM.toy(postprocess="kmeans", **({"max_side": None} if args.no_guard else {}))
+    pipe = MedCLIPSAM.offline(postprocess="kmeans", **({"max_side": None} if args.no_guard else {}))
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         for side in args.sides:

@@ -124,7 +124,7 @@ def toy_dice(k: int, threshold: float, per_task: int) -> dict:
     from medclipsam.metrics import dice
     from medclipsam.saliency import saliency_maps
 
-    pipe = MedCLIPSAM.toy()
+    pipe = MedCLIPSAM.offline()
     out = {"exact": [], "approx": []}
     for task in ("breast", "brain", "xray"):
         ds = PhantomDataset(task, per_task, seed=11, size=256, split="test")

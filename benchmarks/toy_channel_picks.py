@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(hardware_header())
     t0 = time.perf_counter()
-    pipe = MedCLIPSAM.toy()
+    pipe = MedCLIPSAM.offline()
     print(f"toy pipeline: {pipe.config}\n{a.n} {a.split} images per task with a finding, k = {a.k}\n", flush=True)
     scores: dict[str, dict[str, list[float]]] = {name: {t: [] for t in TASKS} for name in PICKS}
     for task in TASKS:

@@ -3,8 +3,8 @@ held-out phantom test images, beside the paper's numbers.
 
     python benchmarks/toy_world_vs_paper.py [--n 20] [--m2ib] [--threads 1] [--boot 2000]
 
-Every row is the whole zero-shot pipeline of :meth:`medclipsam.MedCLIPSAM.toy` (toy CLIP, the
-saliency method of the row, its post-processing and SAM prompts, toy SAM, the task presets); only the
+Every row is the whole zero-shot pipeline of :meth:`medclipsam.MedCLIPSAM.offline` (toy CLIP, the
+saliency method of the row, its post-processing and SAM prompts, LiteMedSAM, the task presets); only the
 named setting changes. Each image's saliency map is computed once per method and reused across the
 post-processing and SAM-prompt rows. Mean Dice per task with a 95 % bootstrap interval over images;
 the gates are paired differences over the same images (bootstrap intervals too).
@@ -14,7 +14,7 @@ gScoreCAM with its top-k ahead of ScoreCAM over all channels. 2. the task prompt
 wrong-organ prompt on every task; gScoreCAM's prompt sensitivity >= 0.1 on every task (a nonsense
 prompt is reported, not gated). 3. the default pipeline >= 0.70 on every task, the random-map control
 >= 0.2 lower. 4. zero patch gradient at the reference layer, non-zero at the default one.
-The paper's rows (shared/METHOD.md, v2, average DSC %) are printed beside the toy's.
+The paper's rows (MedCLIP-SAMv2, average DSC %, third-party transcription) are printed beside the toy's.
 Takes about 25 min on one core of a 2-core CPU at --n 20 (add about 10 min with --m2ib).
 """
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     print(hardware_header())
     t0 = time.perf_counter()
-    pipe = MedCLIPSAM.toy()
+    pipe = MedCLIPSAM.offline()
     k = pipe.config.saliency_kwargs["k"]
     print(f"toy pipeline: {pipe.config}\n{a.n} test images per task with a finding\n")
     data = {t: list(PhantomDataset(t, a.n, seed=0, size=256, split="test", normal_fraction=0.0)) for t in TASKS}

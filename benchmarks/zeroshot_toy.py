@@ -2,7 +2,7 @@
 
     python benchmarks/zeroshot_toy.py [--n 30] [--size 256] [--threads 2] [--skip-ablation]
 
-1. The default pipeline (toy CLIP -> gScoreCAM -> k-means -> box -> toy SAM) per task: Dice, IoU,
+1. The default pipeline (toy CLIP -> gScoreCAM -> coarse mask -> box -> LiteMedSAM) per task: Dice, IoU,
    HD95, NSD (2 px) with 95 % bootstrap intervals; then the same with the saliency map replaced by
    a random and by a uniform map (controls: what the text prompt contributes), and with GradCAM
    and M2IB instead of gScoreCAM.
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     print(hardware_header())
     t_all = time.perf_counter()
-    pipe = MedCLIPSAM.toy()
+    pipe = MedCLIPSAM.offline()
     data = {}
     for task in a.tasks:
         ds = PhantomDataset(task, a.n, seed=a.seed, size=a.size, split="test", normal_fraction=0.0)

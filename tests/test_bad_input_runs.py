@@ -77,15 +77,15 @@ def test_empty_prompts_are_refused(standin_pipe, tmp_path):
 
 def test_a_large_image_is_processed_at_a_working_size_and_mapped_back(standin_pipe):
     # A 256 px phantom blown up to 1024 px, segmented with max_side=256: the pipeline works on
-    # the shrunk picture (where the toy models are at home) and maps everything back, so the
+    # the shrunk picture (where the small models are at home) and maps everything back, so the
     # result is the working picture's result at four times the size.
     s = PhantomDataset("breast", 1, seed=3, size=256, split="test", normal_fraction=0.0)[0]
     big = np.asarray(Image.fromarray(s.image).resize((1024, 1024), Image.BILINEAR))
     big_gt = np.asarray(Image.fromarray(s.mask).resize((1024, 1024), Image.NEAREST))
     work = np.array(Image.fromarray(big).resize((256, 256), Image.BOX, reducing_gap=3.0))
-    small = standin_pipe.predict(work, "breast tumor")
+    small = standin_pipe.predict(work, "breast tumor", sam_prompt_mode="box+points")
     with pytest.warns(UserWarning, match="larger than max_side=256"):
-        res = standin_pipe.predict(big, "breast tumor", max_side=256)
+        res = standin_pipe.predict(big, "breast tumor", max_side=256, sam_prompt_mode="box+points")
     assert "large_image_downscaled" in res.flags
     assert res.mask.shape == res.saliency.shape == res.coarse_mask.shape == (1024, 1024)
     assert dice(res.mask, big_gt) > 0.8

@@ -50,7 +50,7 @@ def test_the_report_names_versions_world_device_threads_and_extras():
     text = env.format_environment(report)
     for word in (
         "world",
-        "toy:",
+        "offline:",
         "device",
         "cpu",
         "CPU threads",
@@ -107,7 +107,7 @@ def test_show_environment_prints_and_is_exported_from_the_package(capsys):
     assert medclipsam.show_environment is env.show_environment
     assert medclipsam.show_environment(world="offline", device="cpu") is None  # nothing to display
     out = capsys.readouterr().out
-    assert out.startswith("medclipsam environment") and "toy:" in out
+    assert out.startswith("medclipsam environment") and "offline:" in out
     buf = io.StringIO()
     env.show_environment(file=buf)
     assert buf.getvalue().startswith("medclipsam environment")

@@ -350,11 +350,11 @@ def test_cli_compare_with_model_folders(tmp_path, sam2_folder, sam3_folder, caps
 
     write_phantom_folder(tmp_path / "ph", "breast", 2, seed=0, size=64)
     rc = main(["compare", "--data", str(tmp_path / "ph"), "--prompt", "breast tumor",
-               "--backends", f"toy,{sam2_folder},sam3-text:{sam3_folder}", "--clip", "toy",
+               "--backends", f"litemedsam,{sam2_folder},sam3-text:{sam3_folder}", "--clip", "toy",
                "--out", str(tmp_path / "cmp"), "--n-boot", "20", "--device", "cpu", "--quiet"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "SAM 3, text only" in text and "MedCLIP-SAM + toy" in text and "s / image" in text
+    assert "SAM 3, text only" in text and "MedCLIP-SAM + litemedsam" in text and "s / image" in text
     with open(tmp_path / "cmp" / "comparison.csv") as fh:
         assert [r["backend"] for r in csv.DictReader(fh)] == ["litemedsam", str(sam2_folder),
                                                               f"sam3-text:{sam3_folder}"]

@@ -126,7 +126,7 @@ def test_sam_prompts_from_a_saliency_map(session):
     assert points_only.shape == s.mask.shape and dice(points_only, s.mask) < with_boxes
     both = make_sam_prompts(_blurred(s.mask), box_mode="per_component", n_components=2,
                         mode="box+points", points=2, negatives=1)
-    assert dice(session.predict_sam_prompts(both).mask, s.mask) > 0.9
+    assert dice(session.predict_sam_prompts(both).mask, s.mask) > 0.75
     fallback = make_sam_prompts(np.zeros(s.mask.shape))
     assert "whole_image_box" in fallback.flags
     assert session.predict_sam_prompts(fallback).mask.shape == s.mask.shape
