@@ -75,7 +75,7 @@ from .metrics import evaluate_masks, summarize
 from .models import load_clip, load_sam
 from .prompting import SamPrompts, make_sam_prompts
 from .saliency.api import is_gscorecam, saliency_maps
-from .saliency.gscorecam import MaskedFeatureStore
+from .saliency.gscorecam_multi import MaskedFeatureStore
 from .sam_session import SamSession
 from .viz import result_figure, save_figure
 from .vocab import CONTROL_SALIENCY, TASKS
@@ -216,7 +216,7 @@ class MedCLIPSAM:
                  seed: int = 0, store: MaskedFeatureStore | None = None) -> np.ndarray:
         """Saliency maps ``(P, H, W)`` float32 in [0, 1] of ``prompts`` over ``image``, in the
         image's own coordinates (text features computed once for all prompts). ``store``: with
-        gScoreCAM, a :class:`~medclipsam.saliency.gscorecam.MaskedFeatureStore` the caller keeps
+        gScoreCAM, a :class:`~medclipsam.saliency.gscorecam_multi.MaskedFeatureStore` the caller keeps
         for this image, so channels scored by an earlier call are not scored again."""
         return self._saliency(load_picture(image), prompts, config or self.config, seed, store)
 

@@ -73,7 +73,7 @@ from .pipeline import MedCLIPSAM
 from .prompting import SamPrompts
 from .saliency.api import is_gscorecam
 from .saliency.cam import resolve_target
-from .saliency.gscorecam import MaskedFeatureStore
+from .saliency.gscorecam_multi import MaskedFeatureStore
 from .saliency.sensitivity import DEFAULT_THRESHOLD
 from .sam_session import SamSession
 from .viz import overlay, sample_grid
