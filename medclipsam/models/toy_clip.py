@@ -308,10 +308,8 @@ def _parts(sample) -> dict[str, np.ndarray]:
 def _sample_words(sample) -> dict:
     """The finding and location phrases the phantom world's caption writer uses for ``sample``."""
 
-    words_fn = ph._MAKERS[sample.task][1]
-    info = {**sample.meta, "mask": sample.mask, "label": sample.label}
-    _, finds, locs = words_fn(info, None)
-    return {"findings": list(finds), "locations": list(locs)}
+    finds, locs = ph.caption_words(sample)
+    return {"findings": finds, "locations": locs}
 
 
 @dataclass
