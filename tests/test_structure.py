@@ -33,9 +33,10 @@ ALLOWED_LOCAL = {
     "nbformat", "nbclient", "transformers",
 }
 #: Modules whose local imports are the design: the command line imports each command's modules when
-#: it runs (``--help`` stays torch-free); lazy ``__getattr__`` exports. ``TORCH_FREE`` modules import torch only where they need it (the
-#: data layer, downloads, the registry and the environment report use them without torch).
-LOCAL_BY_DESIGN = {"cli", "__init__", "data.__init__", "models.__init__"}
+#: it runs (``--help`` stays torch-free); the top-level ``__init__``'s lazy ``__getattr__`` keeps
+#: ``import medclipsam`` torch-free. ``TORCH_FREE`` modules import torch only where they need it
+#: (the data layer, downloads and the environment report use them without torch).
+LOCAL_BY_DESIGN = {"cli", "__init__"}
 TORCH_FREE = {"_utils", "environment"}
 
 MAX_FUNCTION_LINES = 120
