@@ -10,7 +10,7 @@ dense-CRF coarse mask -> box prompts -> toy SAM), and writes
   beside the Dice of the same pipeline fed a random saliency map (the control: how much the text
   prompt contributes).
 
-Ground truth is used only to score. On a 2-core CPU it takes well under two minutes.
+Ground truth is used only to score. ``benchmarks/zeroshot_toy.py`` times the toy world.
 """
 
 from __future__ import annotations

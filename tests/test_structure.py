@@ -9,9 +9,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medclipsam"
 
-#: The flow of DESIGN.md, upstream first. A module may import its own layer and the layers above.
+#: The method's flow (README, "Project layout"), upstream first. A module may import its own layer and the layers above.
 LAYERS: list[tuple[str, ...]] = [
-    ("vocab", "config", "_utils", "download", "environment"),  # words, settings, helpers
+    ("vocab", "config", "_utils", "download", "environment", "per_image"),  # words, settings, helpers
     ("data", "metrics"),  # image rule, I/O, data sets, phantom world, converters; the measures
     ("models",),  # weights, CLIP and SAM loading, toy models
     ("losses", "retrieval", "training", "viz", "teaching"),  # tools used by the stages below
