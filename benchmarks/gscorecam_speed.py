@@ -82,7 +82,8 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int = 2048, reps: int = 5) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medclipsam.saliency.gscorecam import default_batch_size, fast_dtype, gscorecam
+    from medclipsam.saliency.gscorecam import gscorecam
+    from medclipsam.saliency.gscorecam_fast import default_batch_size, fast_dtype
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--k", type=int, nargs="+", default=[32, 100, 300])

@@ -1,7 +1,7 @@
 """gScoreCAM computed the way the public reference code computes it, for timing side by side.
 
-Written from the description of the reference's procedure in ``shared/METHOD.md`` (read there
-closely and reproduced to 1e-6 on a random-weight BiomedCLIP), not from its code. What it does,
+Written from a description of the reference's procedure (read closely and reproduced to 1e-6 on
+a random-weight BiomedCLIP), not from its code. What it does,
 step by step, including the work the package does not repeat:
 
 1. one forward and backward pass of image *and* text with the input requiring a gradient (the

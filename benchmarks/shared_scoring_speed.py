@@ -15,7 +15,7 @@ code, ``hf-hub:microsoft/BiomedCLIP-...`` resolved from a hub cache written offl
 * ``unshared``: the same five maps the way the check used to run them (gScoreCAM on the image
   repeated five times: five times k masked images), for the before/after;
 * ``2nd prompt``: one more prompt on the same image with a
-  :class:`~medclipsam.saliency.gscorecam.MaskedFeatureStore` that already holds the first
+  :class:`~medclipsam.saliency.gscorecam_multi.MaskedFeatureStore` that already holds the first
   prompt's and the controls' channels (what the explorer does);
 * ``union/k``: masked images the check scored, per k.
 
@@ -88,7 +88,8 @@ def load(arch: str):
 def measure(clip, image, k: int, unshared: bool) -> dict:
     from medclipsam.data.phantom import PROMPTS
     from medclipsam.saliency import METHODS, PromptBatch, prompt_sensitivity, saliency_maps
-    from medclipsam.saliency.gscorecam import MaskedFeatureStore, gscorecam
+    from medclipsam.saliency.gscorecam import gscorecam
+    from medclipsam.saliency.gscorecam_multi import MaskedFeatureStore
     from medclipsam.saliency.sensitivity import control_prompts
 
     prompt = PROMPTS["breast"]

@@ -63,20 +63,24 @@ def approx_gscorecam(model, images, text_features, *, target=None, k=16, thresho
                      batch_size=16, stats=None):
     """gScoreCAM maps [B, S, S] with token dropping in the scoring (see the module doc)."""
     from medclipsam.saliency.cam import (
-        channel_masks,
         exp_logit_scale,
         layer_activations_and_gradients,
         normalized_text,
         resolve_target,
     )
-    from medclipsam.saliency.gscorecam import _combine
+    from medclipsam.saliency.gscorecam import (
+        channel_masks,
+        combine_maps,
+        gscorecam_weights,
+        select_channels,
+    )
 
     target = resolve_target(model, target)
     n = images.shape[0]
     txt = normalized_text(text_features, n, images.device)
     act, grads = layer_activations_and_gradients(model, images, txt, target)
-    kk = min(k, act.shape[1])
-    channels = grads.mean(dim=(2, 3)).topk(kk, dim=1).indices
+    channels = select_channels(grads, k)
+    kk = channels.shape[1]
     image_idx = torch.arange(n).repeat_interleave(kk)
     chan = channels.reshape(-1)
     feats, kept = [], []
@@ -91,7 +95,7 @@ def approx_gscorecam(model, images, text_features, *, target=None, k=16, thresho
     if stats is not None:
         stats.append(float(torch.cat(kept).mean()))
     scores = exp_logit_scale(model) * (torch.cat(feats).view(n, kk, -1) * txt[:, None]).sum(-1)
-    return _combine(act, channels, scores, "selected", images.shape[-2:])[1]
+    return combine_maps(act, channels, gscorecam_weights(scores), images.shape[-2:])
 
 
 def _cpu(fn, *a, **kw):

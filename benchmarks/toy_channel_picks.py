@@ -42,7 +42,7 @@ def picked_maps(clip, image_rgb, prompt: str, k: int, seed: int) -> dict[str, np
         normalized_text,
         resolve_target,
     )
-    from medclipsam.saliency.gscorecam import gscorecam_multi
+    from medclipsam.saliency.gscorecam_multi import gscorecam_multi
 
     batch = PromptBatch(clip, image_rgb, [prompt])
     model, x = clip.model, batch.image_input

@@ -14,7 +14,7 @@ gScoreCAM with its top-k ahead of ScoreCAM over all channels. 2. the task prompt
 wrong-organ prompt on every task; gScoreCAM's prompt sensitivity >= 0.1 on every task (a nonsense
 prompt is reported, not gated). 3. the default pipeline >= 0.70 on every task, the random-map control
 >= 0.2 lower. 4. zero patch gradient at the reference layer, non-zero at the default one.
-The paper's rows (MedCLIP-SAMv2, average DSC %, third-party transcription) are printed beside the toy's.
+The paper's rows (MedCLIP-SAMv2, arXiv 2409.19483, average DSC %) are printed beside the toy's.
 Takes about 25 min on one core of a 2-core CPU at --n 20 (add about 10 min with --m2ib).
 """
 
@@ -40,7 +40,7 @@ from medclipsam.saliency.sensitivity import prompt_sensitivity  # noqa: E402
 
 WRONG_ORGAN = {"breast": "brain tumor", "brain": "breast tumor", "xray": "brain tumor"}
 NONSENSE = "xq zvv blorp"
-#: The paper's average DSC (%) over its tasks, where METHOD.md gives one (v2 Table 5 and ablation).
+#: The paper's average DSC (%) over its tasks, where MedCLIP-SAMv2 gives one (its Table 5 and ablation).
 PAPER = {
     "GradCAM": 30.1, "gScoreCAM (k = 300 of 768)": 60.5, "M2IB": 77.6,
     "zero-shot (default)": 76.7, "saliency alone, no DHN-NCE": 46.2, "saliency + DHN-NCE": 49.1,

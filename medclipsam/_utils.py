@@ -1,8 +1,8 @@
 """Small shared helpers: atomic writes, safe archive extraction, device choice, seeding.
 
 Everything here is upstream of every other module, so it imports nothing from the package. The
-module is imported by torch-free paths (the data layer, downloads, the weight registry), so the few
-helpers that need torch import it themselves.
+module is imported by torch-free paths (the data layer, downloads, the environment report), so the
+few helpers that need torch import it themselves.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ the settings come from :mod:`medclipsam.config` (the same dataclasses the API us
 from :mod:`medclipsam.vocab`, and an option the user leaves out is not passed at all, so the API's
 own default applies (``segment`` and ``MedCLIPSAM.offline().predict`` give the same masks). Building the
 parser imports neither torch nor the models (``medclipsam SUB --help`` answers at once): each
-command imports what it needs when it runs, the one place in the package where imports sit inside
-functions on purpose. Heavy commands take ``--threads N`` (torch's CPU threads).
+command imports the package's modules it needs when it runs (elsewhere only the top-level
+``__init__`` and a few optional third-party dependencies are imported inside functions;
+tests/test_structure.py lists them). Heavy commands take ``--threads N`` (torch's CPU threads).
 
 Errors and exit codes: a wrong argument, a missing folder or file, an unreadable checkpoint or a
 bad input file ends in one line ``error: ...`` on stderr and exit code 2; arguments and paths are
@@ -554,7 +555,7 @@ def _saliency_options(p: argparse.ArgumentParser) -> None:
                    help=f"saliency method (default: {_PIPE.saliency})")
     p.add_argument("--k", type=int,
                    help=f"gScoreCAM channels (default: the method's, 300 as in the paper; {_OFFLINE_K} in the "
-                   "offline world); on one CPU thread with BiomedCLIP about 0.6 s per channel per image")
+                   "offline world); each channel costs one image forward (benchmarks/real_path_times.py)")
     p.add_argument("--precision", choices=SALIENCY_PRECISIONS, help="gScoreCAM scoring precision (default: fp32)")
     p.add_argument("--postprocess", choices=POSTPROCESS_METHODS,
                    help=f"saliency -> coarse mask (default: {_PIPE.postprocess}; without the crf extra "

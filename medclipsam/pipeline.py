@@ -54,7 +54,7 @@ import os
 import time
 import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from ._utils import atomic_path, atomic_write_text, remove_stale_temporaries
 from .config import OFFLINE_DEFAULTS, PipelineConfig
@@ -73,9 +72,10 @@ from .data.io import ImageReadError, file_stem, load_picture, write_mask
 from .data.phantom import PROMPTS, PhantomDataset
 from .metrics import evaluate_masks, summarize
 from .models import load_clip, load_sam
+from .per_image import image_progress, prompts_per_image
 from .prompting import SamPrompts, make_sam_prompts
 from .saliency.api import is_gscorecam, saliency_maps
-from .saliency.gscorecam import MaskedFeatureStore
+from .saliency.gscorecam_multi import MaskedFeatureStore
 from .sam_session import SamSession
 from .viz import result_figure, save_figure
 from .vocab import CONTROL_SALIENCY, TASKS
@@ -218,7 +218,7 @@ class MedCLIPSAM:
                  seed: int = 0, store: MaskedFeatureStore | None = None) -> np.ndarray:
         """Saliency maps ``(P, H, W)`` float32 in [0, 1] of ``prompts`` over ``image``, in the
         image's own coordinates (text features computed once for all prompts). ``store``: with
-        gScoreCAM, a :class:`~medclipsam.saliency.gscorecam.MaskedFeatureStore` the caller keeps
+        gScoreCAM, a :class:`~medclipsam.saliency.gscorecam_multi.MaskedFeatureStore` the caller keeps
         for this image, so channels scored by an earlier call are not scored again."""
         return self._saliency(load_picture(image), prompts, config or self.config, seed, store)
 
@@ -257,7 +257,7 @@ class MedCLIPSAM:
         """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        plist, ids = _per_image(items, prompts, ids)
+        plist, ids = prompts_per_image(items, prompts, ids)
         for pr in plist:
             check_prompt(pr)
         given = [None] * len(items)
@@ -268,7 +268,7 @@ class MedCLIPSAM:
         cfg = self._call_config(task, overrides)
         out = []
         for i, (im, pr, name, sal) in enumerate(
-            _progress(zip(items, plist, ids, given), len(items), progress)
+            image_progress(zip(items, plist, ids, given), len(items), progress)
         ):
             out.append(self._one(im, pr, cfg, name, seed=cfg.seed + i, saliency=sal))
         return out[0] if single else out
@@ -304,7 +304,7 @@ class MedCLIPSAM:
         reuse (settings with another saliency method or options compute theirs).
         """
         items = list(images)
-        plist, ids = _per_image(items, prompts, ids)
+        plist, ids = prompts_per_image(items, prompts, ids)
         for pr in plist:
             check_prompt(pr)
         given = list(maps) if maps is not None else [None] * len(items)
@@ -313,7 +313,7 @@ class MedCLIPSAM:
         cfgs = [self._call_config(task, dict(over)) for over in settings]
         out: list[list[SegmentationResult]] = [[] for _ in cfgs]
         for i, (im, pr, name, sal) in enumerate(
-            _progress(zip(items, plist, ids, given), len(items), progress)
+            image_progress(zip(items, plist, ids, given), len(items), progress)
         ):
             for s, result in enumerate(self._sweep_one(im, pr, name, i, sal, cfgs, task)):
                 out[s].append(result)
@@ -486,7 +486,7 @@ class MedCLIPSAM:
         rows = [kept[s] for s in stems if s in kept]
         todo = [s for s in stems if s not in kept]
         failed: list[dict] = []
-        for stem in _progress(todo, len(todo), progress and rank == 0):
+        for stem in image_progress(todo, len(todo), progress and rank == 0):
             path = by_stem[stem][0]
             # the seed depends on the file, not on its position, so subsets give the same masks
             seed = cfg.seed + zlib.crc32(stem.encode()) % 2**31
@@ -589,15 +589,6 @@ def _barrier(world: int) -> None:
 
 # --------------------------------------------------------------------------------------------
 # bad input: prompts, constant and very large images
-
-
-def _per_image(items: Sequence[Any], prompts: str | Sequence[str],
-               ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """One prompt and one id per image: a single prompt is repeated, ids default to the positions."""
-    plist = [prompts] * len(items) if isinstance(prompts, str) else list(prompts)
-    if len(plist) != len(items):
-        raise ValueError(f"{len(items)} images but {len(plist)} prompts; give one prompt or one per image")
-    return plist, list(ids) if ids is not None else [str(i) for i in range(len(items))]
 
 
 def check_prompt(prompt: Any) -> str:
@@ -837,13 +828,6 @@ def _crf_available() -> bool:
 
 def _freeze(d: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in d.items()))
-
-
-def _progress(it: Iterable, total: int, show: bool) -> Iterable:
-    if not show:
-        return it
-
-    return tqdm(it, total=total, unit="image")
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:

@@ -87,7 +87,7 @@ def _as_saliency(saliency: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CrfParams:
-    """Dense-CRF settings; the defaults are MedCLIP-SAM's (METHOD.md, stage 3)."""
+    """Dense-CRF settings; the defaults are MedCLIP-SAM v1's post-processing (arXiv 2403.20253)."""
 
     tau: float = 1.05
     eps: float = 1e-8

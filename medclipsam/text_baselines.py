@@ -32,7 +32,8 @@ import numpy as np
 
 from .data.io import load_picture
 from .models.sam3 import load_sam3
-from .pipeline import MedCLIPSAM, SegmentationResult, _per_image, _progress
+from .per_image import image_progress, prompts_per_image
+from .pipeline import MedCLIPSAM, SegmentationResult
 
 __all__ = ["Sam3TextBaseline", "Sam3TextConfig"]
 
@@ -109,11 +110,11 @@ class Sam3TextBaseline:
         image); ``overrides`` change :class:`Sam3TextConfig` fields for this call."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        plist, ids = _per_image(items, prompts, ids)
+        plist, ids = prompts_per_image(items, prompts, ids)
         cfg = replace(self.config.for_task(task), **overrides)
         _check(cfg)
         out = [self._one(im, pr, cfg, name, seed=0)
-               for im, pr, name in _progress(zip(items, plist, ids), len(items), progress)]
+               for im, pr, name in image_progress(zip(items, plist, ids), len(items), progress)]
         return out[0] if single else out
 
     def _one(self, image: Any, prompt: str, cfg: Sam3TextConfig, name: str,

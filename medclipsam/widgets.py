@@ -73,7 +73,7 @@ from .pipeline import MedCLIPSAM
 from .prompting import SamPrompts
 from .saliency.api import is_gscorecam
 from .saliency.cam import resolve_target
-from .saliency.gscorecam import MaskedFeatureStore
+from .saliency.gscorecam_multi import MaskedFeatureStore
 from .saliency.sensitivity import DEFAULT_THRESHOLD
 from .sam_session import SamSession
 from .viz import overlay, sample_grid
@@ -153,8 +153,8 @@ class PromptExplorer:
     ``lambda: load_sam("medsam")``); the pipeline's own SAM is always offered first as
     ``sam_name``. ``prompt``: the first prompt (default: the first image's suggested prompt).
     ``k``: gScoreCAM's channels to start with (default: the pipeline's ``saliency_kwargs["k"]``,
-    else min(300, C)); on one CPU thread with BiomedCLIP each channel costs about 0.6 s per
-    image, so a smaller k keeps the explorer responsive. ``display_size``: width in CSS pixels of
+    else min(300, C)); each channel costs one image forward of the CLIP model
+    (``benchmarks/real_path_times.py`` times it), so a smaller k keeps the explorer responsive. ``display_size``: width in CSS pixels of
     each panel. ``text_baseline``: a segmenter from the text alone (a
     :class:`~medclipsam.text_baselines.Sam3TextBaseline`, or a no-argument callable loading one on
     first use, e.g. ``Sam3TextBaseline.from_pretrained``): the *compare prompts* tab then shows its

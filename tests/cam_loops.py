@@ -1,7 +1,7 @@
 """gScoreCAM as a plain loop, one channel at a time and one prompt at a time, exactly as the
-method is written down (shared/METHOD.md, stage 2): the independent computation the package's
-batched and shared gScoreCAM is tested against (tests/test_shared_scoring.py,
-tests/test_saliency_parity.py)."""
+method is written down (Chen et al., ACCV 2022; the steps in medclipsam/saliency/gscorecam.py's
+docstring): the independent computation the package's batched and shared gScoreCAM is tested
+against (tests/test_shared_scoring.py, tests/test_saliency_parity.py)."""
 
 from __future__ import annotations
 

@@ -28,13 +28,9 @@ from medclipsam.models import load_clip
 from medclipsam.saliency import normalize_maps, resolve_target_layer
 from medclipsam.saliency.api import METHODS, saliency_maps
 from medclipsam.saliency.evaluate import localisation_table, saliency_dice
-from medclipsam.saliency.gscorecam import (
-    _cast_encoder,
-    fast_dtype,
-    gscorecam,
-    gscorecam_details,
-    gscorecam_multi,
-)
+from medclipsam.saliency.gscorecam import gscorecam, gscorecam_details
+from medclipsam.saliency.gscorecam_fast import cast_encoder, fast_dtype
+from medclipsam.saliency.gscorecam_multi import gscorecam_multi
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -198,12 +194,12 @@ def test_fast_mode_matches_fp32_and_follows_weight_changes(toy, breast):
     assert gscorecam_details(model, x[:1], text, k=2, precision="fast").dtype == torch.bfloat16
     for e, f in zip(exact, fast):
         assert _corr(e, f) >= 0.99
-    cast = _cast_encoder(model, dtype)
-    assert _cast_encoder(model, dtype) is cast  # cast once, reused
+    cast = cast_encoder(model, dtype)
+    assert cast_encoder(model, dtype) is cast  # cast once, reused
     with torch.no_grad():  # an in-place update (as an optimiser step does) invalidates the copy
         for p in model.visual.transformer.resblocks[-1].parameters():
             p.mul_(-1.0)
-    assert _cast_encoder(model, dtype) is not cast
+    assert cast_encoder(model, dtype) is not cast
     exact2 = gscorecam(model, x, text, k=32)
     fast2 = gscorecam(model, x, text, k=32, precision="fast")
     assert min(_corr(e, f) for e, f in zip(exact2, fast2)) >= 0.99

@@ -18,7 +18,8 @@ from medclipsam.losses import (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Independent reference: python floats, explicit loops, straight from the formulas in METHOD.md.
+# Independent reference: python floats, explicit loops, straight from the paper's formulas (as
+# medclipsam/losses.py's docstring writes them).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -148,7 +149,7 @@ def test_uninformative_embeddings_give_the_log_of_the_negative_count(b):
 
 
 def test_paper_defaults_on_independent_random_embeddings():
-    # METHOD.md quotes 1.75 (B=4) and 8.11 (B=64) for the paper formula "on random embeddings";
+    # 1.75 (B=4) and 8.11 (B=64) have been quoted for the paper formula "on random embeddings";
     # we could not reproduce that setup exactly, so this checks what the formula implies instead:
     # with independent 512-d embeddings at tau 0.6 the similarities are small, so DHN-NCE stays
     # within a few tenths of 2*log(B-1) and matches the loop.

@@ -20,7 +20,8 @@ from medclipsam.data.phantom import PROMPTS, PhantomDataset
 from medclipsam.models import load_clip
 from medclipsam.saliency import PromptBatch, prompt_sensitivity, resolve_target_layer, saliency_maps
 from medclipsam.saliency.api import METHODS
-from medclipsam.saliency.gscorecam import MaskedFeatureStore, gscorecam, gscorecam_multi
+from medclipsam.saliency.gscorecam import gscorecam
+from medclipsam.saliency.gscorecam_multi import MaskedFeatureStore, gscorecam_multi
 from medclipsam.saliency.sensitivity import control_prompts
 from medclipsam.widgets import PromptExplorer
 

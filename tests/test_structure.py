@@ -9,9 +9,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medclipsam"
 
-#: The flow of DESIGN.md, upstream first. A module may import its own layer and the layers above.
+#: The method's flow (README, "Project layout"), upstream first. A module may import its own layer and the layers above.
 LAYERS: list[tuple[str, ...]] = [
-    ("vocab", "config", "_utils", "download", "environment"),  # words, settings, helpers
+    ("vocab", "config", "_utils", "download", "environment", "per_image"),  # words, settings, helpers
     ("data", "metrics"),  # image rule, I/O, data sets, phantom world, converters; the measures
     ("models",),  # weights, CLIP and SAM loading, toy models
     ("losses", "retrieval", "training", "viz", "teaching"),  # tools used by the stages below
@@ -33,9 +33,10 @@ ALLOWED_LOCAL = {
     "nbformat", "nbclient", "transformers",
 }
 #: Modules whose local imports are the design: the command line imports each command's modules when
-#: it runs (``--help`` stays torch-free); lazy ``__getattr__`` exports. ``TORCH_FREE`` modules import torch only where they need it (the
-#: data layer, downloads, the registry and the environment report use them without torch).
-LOCAL_BY_DESIGN = {"cli", "__init__", "data.__init__", "models.__init__"}
+#: it runs (``--help`` stays torch-free); the top-level ``__init__``'s lazy ``__getattr__`` keeps
+#: ``import medclipsam`` torch-free. ``TORCH_FREE`` modules import torch only where they need it
+#: (the data layer, downloads and the environment report use them without torch).
+LOCAL_BY_DESIGN = {"cli", "__init__"}
 TORCH_FREE = {"_utils", "environment"}
 
 MAX_FUNCTION_LINES = 120

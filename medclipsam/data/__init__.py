@@ -1,61 +1,83 @@
-"""Data layer: the one image-conversion rule, image/mask I/O, folder and caption data sets, split files, the phantom world.
+"""Data layer: the one image-conversion rule, image/mask I/O, folder and caption data sets, split
+files, the phantom world.
 
-Submodules are imported lazily so that ``import medclipsam.data`` stays cheap.
+Importing this package imports NumPy, Pillow and SciPy (no torch); the top-level
+``import medclipsam`` does not import it.
 """
 
 from __future__ import annotations
 
-import importlib
+from .convert import apply_window, as_array, to_uint8, to_unit_float
+from .datasets import (
+    CaptionDataset,
+    FolderDataset,
+    PairingError,
+    SplitError,
+    known_splits,
+    load_split,
+    make_split,
+    pair_by_stem,
+    write_split,
+)
+from .io import (
+    SUPPORTED_SUFFIXES,
+    ImageReadError,
+    file_stem,
+    load_array,
+    load_picture,
+    read_image,
+    read_mask,
+    write_image,
+    write_mask,
+)
+from .phantom import (
+    ALT_PROMPTS,
+    CLASSES,
+    INTENSITY_RULE,
+    PROMPTS,
+    TASKS,
+    PhantomDataset,
+    PhantomPairs,
+    PhantomSample,
+    generate_sample,
+    intensity_rule_point,
+    pointing_hit,
+    write_phantom_folder,
+)
 
-_EXPORTS = {
-    "io": [
-        "SUPPORTED_SUFFIXES",
-        "ImageReadError",
-        "file_stem",
-        "load_array",
-        "load_picture",
-        "read_image",
-        "read_mask",
-        "write_image",
-        "write_mask",
-    ],
-    "convert": ["apply_window", "as_array", "to_uint8", "to_unit_float"],
-    "datasets": [
-        "CaptionDataset",
-        "FolderDataset",
-        "PairingError",
-        "SplitError",
-        "known_splits",
-        "load_split",
-        "make_split",
-        "pair_by_stem",
-        "write_split",
-    ],
-    "phantom": [
-        "CLASSES",
-        "ALT_PROMPTS",
-        "INTENSITY_RULE",
-        "PROMPTS",
-        "TASKS",
-        "PhantomDataset",
-        "PhantomPairs",
-        "PhantomSample",
-        "generate_sample",
-        "intensity_rule_point",
-        "pointing_hit",
-        "write_phantom_folder",
-    ],
-}
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        module = importlib.import_module(f".{_WHERE[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__ = [
+    "ALT_PROMPTS",
+    "CLASSES",
+    "INTENSITY_RULE",
+    "PROMPTS",
+    "SUPPORTED_SUFFIXES",
+    "TASKS",
+    "CaptionDataset",
+    "FolderDataset",
+    "ImageReadError",
+    "PairingError",
+    "PhantomDataset",
+    "PhantomPairs",
+    "PhantomSample",
+    "SplitError",
+    "apply_window",
+    "as_array",
+    "file_stem",
+    "generate_sample",
+    "intensity_rule_point",
+    "known_splits",
+    "load_array",
+    "load_picture",
+    "load_split",
+    "make_split",
+    "pair_by_stem",
+    "pointing_hit",
+    "read_image",
+    "read_mask",
+    "to_uint8",
+    "to_unit_float",
+    "write_image",
+    "write_mask",
+    "write_phantom_folder",
+    "write_split",
+]

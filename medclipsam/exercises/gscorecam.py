@@ -33,7 +33,7 @@ from ..saliency.cam import (
     normalized_text,
     resolve_target,
 )
-from ..saliency.gscorecam import gscorecam
+from ..saliency.gscorecam import gscorecam, masked_image_features
 from . import reference
 from ._core import Case, CheckResult, compare_arrays, run_check, same_values, seeds, to_numpy
 
@@ -611,7 +611,6 @@ def check_combine_maps(
 # -- the whole method on a real model --------------------------------------------------------------
 
 
-@torch.no_grad()
 def _cosines(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -619,15 +618,17 @@ def _cosines(
     txt: torch.Tensor,
     batch_size: int,
 ) -> torch.Tensor:
-    """cos(image_b * mask_bj, text_b) for every image b and kept channel j: ``[B, k]``."""
+    """cos(image_b * mask_bj, text_b) for every image b and kept channel j: ``[B, k]``, scored by
+    the package's :func:`~medclipsam.saliency.gscorecam.masked_image_features` with the masks
+    ``[B, k, H, W]`` given (so they are used as they are)."""
     b, k = masks.shape[:2]
-    out = torch.empty(b, k)
-    for i in range(b):
-        for s in range(0, k, batch_size):
-            m = masks[i, s : s + batch_size]
-            feats = F.normalize(model.encode_image(images[i][None] * m[:, None]).float(), dim=-1)
-            out[i, s : s + len(m)] = (feats * txt[i]).sum(-1)
-    return out
+    image_idx = torch.arange(b, device=images.device).repeat_interleave(k)
+    mask_idx = torch.arange(k, device=images.device).repeat(b)
+    feats = masked_image_features(
+        model.encode_image, images, masks.to(images.device), image_idx, mask_idx,
+        batch_size=batch_size, masks=lambda given, _size: given,
+    )
+    return (feats.view(b, k, -1) * txt[:, None]).sum(-1).cpu()
 
 
 def layer_activations(

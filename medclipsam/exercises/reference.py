@@ -5,9 +5,9 @@ against is what the package computes:
 
 * :func:`hard_negative_weights`, :func:`dhn_nce`: :mod:`medclipsam.losses`;
 * :func:`select_channels`, :func:`channel_masks`, :func:`gscorecam_weights`,
-  :func:`combine_maps`: the steps of :func:`medclipsam.saliency.gscorecam.gscorecam` with the
-  student's signatures, built on its ``channel_masks`` and ``cam_to_map`` (the tests check that
-  chaining them on the toy CLIP gives the package's maps, channels and weights exactly);
+  :func:`combine_maps`: the four public steps of :mod:`medclipsam.saliency.gscorecam` with the
+  student's signatures (the tests check that chaining them on the toy CLIP gives the package's
+  maps, channels and weights exactly);
 * :func:`saliency_to_mask`, :func:`mask_to_boxes`: :func:`medclipsam.prompting.coarse_mask` with
   ``"kmeans"`` and :func:`medclipsam.prompting.boxes_from_mask` with ``"per_component"``;
 * :func:`mean_dice`: the mean of :func:`medclipsam.metrics.dice`;
@@ -25,8 +25,10 @@ from ..losses import dhn_nce as _dhn_nce
 from ..losses import hard_negative_weights as _hard_negative_weights
 from ..metrics import dice as _dice
 from ..prompting import boxes_from_mask, coarse_mask
-from ..saliency.cam import cam_to_map
-from ..saliency.cam import channel_masks as _channel_masks
+from ..saliency.gscorecam import channel_masks as _channel_masks
+from ..saliency.gscorecam import combine_maps as _combine_maps
+from ..saliency.gscorecam import gscorecam_weights as _gscorecam_weights
+from ..saliency.gscorecam import select_channels as _select_channels
 
 __all__ = [
     "channel_masks",
@@ -64,15 +66,10 @@ def dhn_nce(
 # -- exercise 2 --------------------------------------------------------------------------------
 
 
-def _kept(k: int, c: int) -> int:
-    return min(int(k), c)
-
-
 def select_channels(grads: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` channels of largest signed mean gradient, largest first: ``[B, C, h, w]`` ->
     ``[B, min(k, C)]`` (int64). Ties may come in any order."""
-    importance = grads.float().mean(dim=(2, 3))
-    return importance.topk(_kept(k, grads.shape[1]), dim=1).indices
+    return _select_channels(grads.float(), int(k))
 
 
 def channel_masks(act: torch.Tensor, channels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -87,7 +84,7 @@ def channel_masks(act: torch.Tensor, channels: torch.Tensor, size: tuple[int, in
 def gscorecam_weights(cosines: torch.Tensor, logit_scale: float) -> torch.Tensor:
     """Softmax over the k kept channels of their masked-image logits ``logit_scale * cosine``:
     ``[B, k]`` -> ``[B, k]`` (``weighting="selected"``)."""
-    return torch.softmax(logit_scale * cosines, dim=-1)
+    return _gscorecam_weights(logit_scale * cosines)
 
 
 def combine_maps(
@@ -95,9 +92,7 @@ def combine_maps(
 ) -> torch.Tensor:
     """``ReLU(sum_j w_j A_{c_j})`` upsampled to ``size`` (bilinear, ``align_corners=False``) and
     min-max normalised: ``[B, H, W]`` in [0, 1]."""
-    _, _, h, w = act.shape
-    kept = act.gather(1, channels[:, :, None, None].expand(-1, -1, h, w))
-    return cam_to_map((weights[:, :, None, None] * kept).sum(1), tuple(size))
+    return _combine_maps(act, channels, weights, tuple(size))
 
 
 # -- exercise 3 --------------------------------------------------------------------------------

@@ -1,69 +1,82 @@
 """Models: the weight registry, CLIP loading (BiomedCLIP, open_clip, toy), SAM loading
 (vit_b/l/h, MedSAM, LiteMedSAM, SAM 2), SAM 3 (text-prompted).
 
-Names are imported lazily, so ``import medclipsam.models`` stays cheap and the registry works
-without importing torch, open_clip or segment_anything.
+Importing this package imports torch, open_clip and segment_anything; the top-level
+``import medclipsam`` does not import it.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._hub import GatedModelError, HubModelError, HubModelMissingError
+from .clip import (
+    BIOMEDCLIP_HUB_ID,
+    CheckpointError,
+    ClipBundle,
+    Geometry,
+    HubFilesMissingError,
+    LetterboxTransform,
+    load_clip,
+    prepare_image,
+    save_clip_checkpoint,
+)
+from .litemedsam import LiteMedSamPredictor, load_litemedsam
+from .registry import (
+    REGISTRY,
+    ManualDownloadError,
+    WeightSpec,
+    WeightVerificationError,
+    get_spec,
+    list_weights,
+    weight_path,
+    weights_dir,
+)
+from .sam import (
+    SAM_ARCHS,
+    MedSamPredictor,
+    SamCheckpointError,
+    build_sam,
+    infer_sam_arch,
+    load_sam,
+    save_sam_checkpoint,
+)
+from .sam2 import SAM2_MODELS, Sam2Predictor, build_sam2, load_sam2
+from .sam3 import Sam3TextModel, build_sam3, load_sam3
 
-_EXPORTS = {
-    # registry
-    "REGISTRY": "registry",
-    "ManualDownloadError": "registry",
-    "WeightSpec": "registry",
-    "WeightVerificationError": "registry",
-    "get_spec": "registry",
-    "list_weights": "registry",
-    "weight_path": "registry",
-    "weights_dir": "registry",
-    # CLIP
-    "BIOMEDCLIP_HUB_ID": "clip",
-    "CheckpointError": "clip",
-    "ClipBundle": "clip",
-    "Geometry": "clip",
-    "HubFilesMissingError": "clip",
-    "LetterboxTransform": "clip",
-    "load_clip": "clip",
-    "prepare_image": "clip",
-    "save_clip_checkpoint": "clip",
-    # SAM
-    "SAM_ARCHS": "sam",
-    "MedSamPredictor": "sam",
-    "LiteMedSamPredictor": "litemedsam",
-    "load_litemedsam": "litemedsam",
-    "SamCheckpointError": "sam",
-    "build_sam": "sam",
-    "infer_sam_arch": "sam",
-    "load_sam": "sam",
-    "save_sam_checkpoint": "sam",
-    # SAM 2 and SAM 3 (transformers format, Hugging Face hub)
-    "GatedModelError": "_hub",
-    "HubModelError": "_hub",
-    "HubModelMissingError": "_hub",
-    "SAM2_MODELS": "sam2",
-    "Sam2Predictor": "sam2",
-    "build_sam2": "sam2",
-    "load_sam2": "sam2",
-    "Sam3TextModel": "sam3",
-    "build_sam3": "sam3",
-    "load_sam3": "sam3",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "BIOMEDCLIP_HUB_ID",
+    "REGISTRY",
+    "SAM2_MODELS",
+    "SAM_ARCHS",
+    "CheckpointError",
+    "ClipBundle",
+    "GatedModelError",
+    "Geometry",
+    "HubFilesMissingError",
+    "HubModelError",
+    "HubModelMissingError",
+    "LetterboxTransform",
+    "LiteMedSamPredictor",
+    "ManualDownloadError",
+    "MedSamPredictor",
+    "Sam2Predictor",
+    "Sam3TextModel",
+    "SamCheckpointError",
+    "WeightSpec",
+    "WeightVerificationError",
+    "build_sam",
+    "build_sam2",
+    "build_sam3",
+    "get_spec",
+    "infer_sam_arch",
+    "list_weights",
+    "load_clip",
+    "load_litemedsam",
+    "load_sam",
+    "load_sam2",
+    "load_sam3",
+    "prepare_image",
+    "save_clip_checkpoint",
+    "save_sam_checkpoint",
+    "weight_path",
+    "weights_dir",
+]

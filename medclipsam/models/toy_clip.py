@@ -29,10 +29,11 @@ the way BiomedCLIP is and learns the way BiomedCLIP did:
   modality); some mix tasks, so organ and modality words matter too. Identical captions in a batch
   count as positives of each other.
 
-The stand-ins, stated plainly: a small ViT trained for about 95 minutes on one CPU core instead of a ViT-B/16
-trained on 15 million PubMed pairs; a word vocabulary instead of PubMedBERT; captions written by a
-program from the phantom's ground truth instead of by radiologists; occluded views (which real
-corpora do not have) so that a model this small learns within that time what masked images mean.
+The stand-ins, stated plainly: a small ViT trained on one CPU core (``scripts/train_toy_models.py``
+says for how long) instead of a ViT-B/16 trained on 15 million PubMed pairs; a word vocabulary
+instead of PubMedBERT; captions written by a program from the phantom's ground truth instead of by
+radiologists; occluded views (which real corpora do not have) so that a model this small learns
+within that budget what masked images mean.
 
 ``python -m medclipsam.models.toy_clip --help`` (or ``scripts/train_toy_models.py``) trains it.
 """
@@ -308,10 +309,8 @@ def _parts(sample) -> dict[str, np.ndarray]:
 def _sample_words(sample) -> dict:
     """The finding and location phrases the phantom world's caption writer uses for ``sample``."""
 
-    words_fn = ph._MAKERS[sample.task][1]
-    info = {**sample.meta, "mask": sample.mask, "label": sample.label}
-    _, finds, locs = words_fn(info, None)
-    return {"findings": list(finds), "locations": list(locs)}
+    finds, locs = ph.caption_words(sample)
+    return {"findings": finds, "locations": locs}
 
 
 @dataclass
@@ -528,7 +527,7 @@ def train_toy_clip(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.98), eps=1e-6,
     )
-    # bf16 autocast: about 1.7x faster on CPUs with bf16 units (AMX/AVX512-BF16); fp32 elsewhere.
+    # bf16 autocast on CPUs with bf16 units (AMX/AVX512-BF16), which run it faster; fp32 elsewhere.
     bf16 = bool(getattr(torch.backends, "mkldnn", None)) and cpu_has_bf16()
     log(f"bf16 autocast: {bf16}")
     model.train()

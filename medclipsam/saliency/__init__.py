@@ -7,14 +7,16 @@ backward, token grid, ReLU/resize/normalise) and one way from an image and promp
 image (:class:`~medclipsam.saliency.api.PromptBatch`).
 
 Modules: ``targets`` (where to hook, tokens to grid) -> ``cam`` (the core) -> ``gradcam``,
-``gscorecam``, ``m2ib`` (how each weighs channels) -> ``api`` (names, ``PromptBatch``,
-``saliency_maps``) -> ``sensitivity``, ``evaluate``.
+``gscorecam``, ``m2ib`` (how each weighs channels; gScoreCAM's speed-ups in ``gscorecam_fast`` and
+``gscorecam_multi``) -> ``api`` (names, ``PromptBatch``, ``saliency_maps``) -> ``sensitivity``,
+``evaluate``.
 """
 
 from .api import METHODS, PromptBatch, saliency_maps
 from .cam import normalize_maps, resolve_target
 from .gradcam import grad_cam
-from .gscorecam import gscorecam, gscorecam_details, gscorecam_multi
+from .gscorecam import gscorecam, gscorecam_details
+from .gscorecam_multi import gscorecam_multi
 from .m2ib import m2ib
 from .sensitivity import (
     CONTROL_PROMPTS,

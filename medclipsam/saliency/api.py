@@ -23,7 +23,8 @@ import torch
 from ..data.io import read_image
 from .cam import resolve_target
 from .gradcam import grad_cam
-from .gscorecam import gscorecam, gscorecam_multi
+from .gscorecam import gscorecam
+from .gscorecam_multi import gscorecam_multi
 from .m2ib import m2ib
 from .targets import TargetLayer
 
@@ -113,7 +114,7 @@ class PromptBatch:
         prompts): model-space maps ``[P, S, S]``, float32 on the CPU.
 
         gScoreCAM with several prompts (or with a ``store=``) goes through
-        :func:`~medclipsam.saliency.gscorecam.gscorecam_multi`: one image, so the masked images
+        :func:`~medclipsam.saliency.gscorecam_multi.gscorecam_multi`: one image, so the masked images
         are scored once for all prompts (the same maps as one prompt at a time)."""
         txt = self.text_features if rows is None else self.text_features[rows]
         n = txt.shape[0]
@@ -176,8 +177,8 @@ def saliency_maps(
 
     The model-input maps are mapped back onto the image's own pixel grid and min-max normalised
     over the image (:meth:`PromptBatch.on_image`). With gScoreCAM and several prompts,
-    :func:`~medclipsam.saliency.gscorecam.gscorecam_multi` shares the scoring between prompts;
-    ``store=`` (a :class:`~medclipsam.saliency.gscorecam.MaskedFeatureStore` the caller keeps)
+    :func:`~medclipsam.saliency.gscorecam_multi.gscorecam_multi` shares the scoring between prompts;
+    ``store=`` (a :class:`~medclipsam.saliency.gscorecam_multi.MaskedFeatureStore` the caller keeps)
     shares it with earlier calls on the same image too.
     """
     texts = [prompts] if isinstance(prompts, str) else list(prompts)

@@ -13,8 +13,8 @@ One place does what GradCAM, gScoreCAM, M2IB and the prompt-sensitivity check sh
   no graph, and the caller's own gradients are left alone;
 * **maps**: :func:`cam_to_map` (ReLU, bilinear upsampling with half-pixel centres, min-max
   normalisation to [0, 1], a flat map giving zeros), :func:`upsample_and_normalize` (the same
-  without the ReLU, for maps that are non-negative by construction), :func:`channel_masks`
-  (gScoreCAM's per-channel masks) and :func:`normalize_maps`.
+  without the ReLU: gScoreCAM's channel masks, maps that are non-negative by construction) and
+  :func:`normalize_maps`.
 
 Each method then only says how it weighs channels: GradCAM by the mean gradient
 (:func:`medclipsam.saliency.gradcam.grad_cam`), gScoreCAM by the softmax of masked-image scores of
@@ -33,9 +33,7 @@ from .targets import TargetLayer, resolve_target_layer
 
 __all__ = [
     "cam_to_map",
-    "channel_masks",
     "check_images",
-    "reference_channel_masks",
     "exp_logit_scale",
     "frozen",
     "gradients_per_logit",
@@ -221,25 +219,3 @@ def cam_to_map(cam: torch.Tensor, size) -> torch.Tensor:
     """A weighted sum of channels ``[Q, h, w]`` as the final map: ReLU, upsampled to ``size``
     (bilinear, half-pixel centres), min-max normalised to [0, 1]."""
     return upsample_and_normalize(F.relu(cam), size)
-
-
-def channel_masks(maps: torch.Tensor, size) -> torch.Tensor:
-    """Channel maps ``[N, h, w]`` as masks over the image: upsampled to ``size`` (bilinear,
-    half-pixel centres) and min-max normalised each to [0, 1] (a flat map gives zeros)."""
-    return upsample_and_normalize(maps, size)
-
-
-#: The reference code's min-max guard: ``(x - min) / (max - min + 1e-6)``.
-REFERENCE_MASK_EPS = 1e-6
-
-
-def reference_channel_masks(maps: torch.Tensor, size) -> torch.Tensor:
-    """Channel masks as the reference code makes them: upsampled with corner-aligned bilinear
-    interpolation (``align_corners=True``, ``nn.UpsamplingBilinear2d``) and min-max normalised as
-    ``(x - min) / (max - min + 1e-6)`` (a flat map gives zeros). Only for reproducing the
-    reference: the package's own convention is :func:`channel_masks`."""
-    up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=True)[:, 0]
-    flat = up.flatten(1)
-    lo = flat.min(1).values.view(-1, 1, 1)
-    hi = flat.max(1).values.view(-1, 1, 1)
-    return (up - lo) / (hi - lo + REFERENCE_MASK_EPS)
