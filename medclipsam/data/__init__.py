@@ -11,6 +11,7 @@ _EXPORTS = {
     "io": [
         "SUPPORTED_SUFFIXES",
         "ImageReadError",
+        "SizeMismatchError",
         "file_stem",
         "load_array",
         "load_picture",

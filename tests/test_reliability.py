@@ -1,0 +1,208 @@
+"""Issue 26, the last mile of reliability: nothing skipped in silence, every refusal in the user's
+words. Each test writes its own files (tmp_path) and checks what a user would see: the message
+names the file (and line) and says what to do; a folder run accounts for every file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medclipsam.data.datasets import CaptionDataset, FolderDataset, pair_by_stem
+from medclipsam.data.io import ImageReadError, read_image, read_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 1800  # subprocesses load torch; the limit only catches a hang
+
+
+def _png(path: Path, size: tuple[int, int] = (8, 6), value: int = 10) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", size, value).save(path)
+    return path
+
+
+def _captions(tmp_path: Path, text: str | bytes, images=("a.png", "b.png", "c.png")) -> Path:
+    for n in images:
+        _png(tmp_path / n)
+    path = tmp_path / "captions.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "MEDCLIPSAM_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "medclipsam", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. caption CSVs
+
+
+def test_finetune_with_a_latin1_csv_names_the_file_and_line(tmp_path):
+    """The command line reads the header (has_split_column) before the data set's own checks:
+    that read must give the same clear error, not a bare codec error."""
+    path = _captions(tmp_path, "image,caption,split\na.png,chest x-ray,train\n"
+                               "b.png,l\xe9sion du sein,train\n".encode("latin-1"))
+    with pytest.raises(ValueError) as err:
+        CaptionDataset.has_split_column(path)
+    assert f"{path}, line 3" in str(err.value) and "UTF-8" in str(err.value)
+    run = _cli("finetune", "--captions", str(path), "--out", str(tmp_path / "ft"), cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error: ") and f"{path}, line 3" in run.stderr
+    assert "iconv" in run.stderr and "Traceback" not in run.stderr
+    assert "codec can't decode" not in run.stderr
+
+
+def test_a_caption_quoted_over_several_lines_is_accepted(tmp_path):
+    path = _captions(tmp_path, 'image,caption\na.png,"Transverse view: hypoechoic mass,\n'
+                               'irregular margins"\nb.png,"the ""lungs"", clear"\n')
+    ds = CaptionDataset(path)
+    assert ds.captions == ["Transverse view: hypoechoic mass, irregular margins",
+                           'the "lungs", clear']
+    # an unclosed quote that swallows rows is still refused, naming the lines
+    path = _captions(tmp_path, 'image,caption\na.png,"chest x-ray\nb.png,breast\nc.png,brain\n')
+    with pytest.raises(ValueError, match=r"lines 2-4: .*unclosed quote"):
+        CaptionDataset(path)
+
+
+def test_every_problem_of_a_caption_csv_is_listed_with_its_line(tmp_path):
+    path = _captions(tmp_path, "image,caption\na.png,chest x-ray\nb.png,mass, left breast\n"
+                               "c.png,\n,no image named\ngone.png,a lung\n")
+    with pytest.raises(ValueError) as err:
+        CaptionDataset(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: 4 problems")
+    for part in ("line 3: 3 field(s)", "empty caption on line(s) 4", "line 5: empty 'image'",
+                 "line 6: image file", "gone.png not found"):
+        assert part in msg, (part, msg)
+    assert msg.index("line 3") < msg.index("line(s) 4") < msg.index("line 5") < msg.index("line 6")
+
+
+def test_a_missing_image_names_its_line(tmp_path):
+    path = _captions(tmp_path, "image,caption\na.png,chest x-ray\ngone.png,a lung\n")
+    with pytest.raises(FileNotFoundError) as err:
+        CaptionDataset(path)
+    assert str(path) in str(err.value) and "line 3: " in str(err.value)
+    assert "gone.png" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. names that differ only by Unicode normalisation
+
+
+def test_an_nfd_image_pairs_with_its_nfc_mask(tmp_path):
+    nfd = unicodedata.normalize("NFD", "lésion_01")
+    nfc = unicodedata.normalize("NFC", "lésion_01")
+    assert nfd != nfc
+    _png(tmp_path / "images" / f"{nfd}.png")
+    _png(tmp_path / "masks" / f"{nfc}_mask.png", value=255)
+    pairs, report = pair_by_stem(tmp_path / "images", tmp_path / "masks")
+    assert len(pairs) == 1 and report["missing_masks"] == [] and report["extra_masks"] == []
+    ds = FolderDataset(tmp_path)
+    assert len(ds) == 1 and ds[0]["mask"].all()
+    assert ds.stems == [nfc]
+
+
+def test_case_is_only_folded_where_the_file_system_ignores_it(tmp_path):
+    from medclipsam.data.datasets import case_insensitive
+
+    _png(tmp_path / "images" / "Case1.png")
+    _png(tmp_path / "masks" / "case1.png")
+    if case_insensitive(tmp_path / "images"):  # macOS / Windows: one name, one file
+        assert len(pair_by_stem(tmp_path / "images", tmp_path / "masks")[0]) == 1
+    else:  # here "Case1" and "case1" are two different files: not silently paired
+        report = pair_by_stem(tmp_path / "images", tmp_path / "masks", strict=False)[1]
+        assert report["missing_masks"] == ["Case1"] and report["extra_masks"] == ["case1"]
+
+
+# --------------------------------------------------------------------------------------------
+# 5. sizes, web pages and LFS pointers, 5-D NIfTI, DICOM without pixel data
+
+
+def test_a_mask_of_another_size_raises_the_projects_error_naming_both_files(tmp_path):
+    from medclipsam.data.io import SizeMismatchError
+
+    image = _png(tmp_path / "images" / "a.png", size=(8, 6))
+    mask = _png(tmp_path / "masks" / "a.png", size=(7, 6), value=255)
+    with pytest.raises(SizeMismatchError) as err:
+        FolderDataset(tmp_path)[0]
+    assert isinstance(err.value, ImageReadError) and err.value.path == mask
+    assert str(mask) in str(err.value) and str(image) in str(err.value)
+    assert "6x7 (HxW)" in str(err.value) and "6x8" in str(err.value)
+
+    from medclipsam.metrics import evaluate_folders
+
+    with pytest.raises(SizeMismatchError, match="predictions must be at the image's size"):
+        evaluate_folders(tmp_path / "masks", tmp_path / "images")
+
+
+LFS_POINTER = (
+    "version https://git-lfs.github.com/spec/v1\n"
+    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+    "size 182734\n"
+)
+HTML_PAGE = (
+    "<!DOCTYPE html>\n<html lang=\"en\"><head><title>Sign in</title></head>\n"
+    "<body><form action=\"/login\">...</form></body></html>\n"
+)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".nii.gz", ".dcm"])
+def test_an_lfs_pointer_or_a_web_page_saved_as_an_image_says_what_it_is(tmp_path, suffix):
+    pointer = tmp_path / f"scan{suffix}"
+    pointer.write_text(LFS_POINTER)
+    for read in (read_image, read_mask):
+        with pytest.raises(ImageReadError) as err:
+            read(pointer)
+        msg = str(err.value)
+        assert str(pointer) in msg and "Git LFS pointer" in msg and "git lfs pull" in msg
+    page = tmp_path / f"page{suffix}"
+    page.write_text(HTML_PAGE)
+    with pytest.raises(ImageReadError) as err:
+        read_image(page)
+    msg = str(err.value)
+    assert str(page) in msg and "HTML web page" in msg and "Download it again" in msg
+
+
+def test_a_5d_nifti_is_refused_naming_the_file_and_its_shape(tmp_path):
+    import nibabel as nib
+
+    path = tmp_path / "tensor.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3, 1, 6), np.float32), np.eye(4)), str(path))
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    msg = str(err.value)
+    assert str(path) in msg and "5-D NIfTI" in msg and "(4, 5, 3, 1, 6)" in msg
+    # trailing singleton dimensions still read as before
+    single = tmp_path / "single.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 3, 1, 1), np.float32), np.eye(4)), str(single))
+    assert read_image(single).shape == (5, 4, 3)
+
+
+def test_a_preamble_less_dicom_without_pixel_data_says_so(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR: a report, no image
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.PatientID = "anon"
+    path = tmp_path / "report.dcm"
+    ds.save_as(path, implicit_vr=True, little_endian=True)  # no preamble, no file meta
+    assert path.read_bytes()[128:132] != b"DICM"
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    assert str(path) in str(err.value) and "has no pixel data" in str(err.value)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ImageReadError, match="not a valid DICOM file|corrupt or unreadable DICOM"):
+        read_image(junk)
