@@ -4,6 +4,7 @@ names the file (and line) and says what to do; a folder run accounts for every f
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import unicodedata
@@ -206,3 +207,84 @@ def test_a_preamble_less_dicom_without_pixel_data_says_so(tmp_path):
     junk.write_bytes(bytes(range(256)) * 4)
     with pytest.raises(ImageReadError, match="not a valid DICOM file|corrupt or unreadable DICOM"):
         read_image(junk)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. weight files that are unsafe or unreadable, on every loading path
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+class Payload:
+    """A pickled object: what torch.load(weights_only=True) refuses (it could run code)."""
+
+    def __init__(self) -> None:
+        self.note = "runs code when unpickled"
+
+
+def _pickled_weights(path: Path) -> Path:
+    import torch
+
+    torch.save({"state_dict": {}, "extra": Payload()}, path)
+    return path
+
+
+def _assert_refusal_in_users_words(msg: str, path: Path) -> None:
+    assert str(path) in msg and "refused" in msg and "pickled" in msg, msg
+    assert "state_dict" in msg and ".safetensors" in msg  # the safe alternative
+    assert "likely succeed" not in msg and "Do not load a file you do not trust" in msg
+
+
+def _clip_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP}))
+    return folder
+
+
+def test_a_pickled_weight_file_in_a_clip_folder_is_refused_by_name(tmp_path):
+    from medclipsam.models.clip import CheckpointError, load_clip
+
+    folder = _clip_folder(tmp_path / "my-clip")
+    weights = _pickled_weights(folder / "open_clip_pytorch_model.bin")
+    for name in (f"local-dir:{folder}", str(folder)):
+        with pytest.raises(CheckpointError) as err:
+            load_clip(name, device="cpu")
+        _assert_refusal_in_users_words(str(err.value), weights)
+    # a damaged .safetensors file (preferred over the .bin) is named too
+    broken = folder / "open_clip_model.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError) as err:
+        load_clip(f"local-dir:{folder}", device="cpu")
+    assert str(broken) in str(err.value) and "Download it again" in str(err.value)
+
+
+def test_a_pickled_weight_file_in_a_hub_snapshot_is_refused_by_name(tmp_path, monkeypatch):
+    from hf_cache import use_hf_cache, write_hub_repo
+
+    from medclipsam.models.clip import CheckpointError, load_clip
+
+    snap = write_hub_repo(tmp_path / "hf", "someone/tiny-clip",
+                          {"open_clip_config.json": json.dumps({"model_cfg": TINY_CLIP})})
+    weights = _pickled_weights(snap / "open_clip_pytorch_model.bin")
+    use_hf_cache(monkeypatch, tmp_path / "hf")
+    with pytest.raises(CheckpointError) as err:
+        load_clip("hf-hub:someone/tiny-clip", device="cpu")
+    _assert_refusal_in_users_words(str(err.value), weights)
+
+
+def test_the_cli_refuses_a_pickled_clip_folder_in_one_line(tmp_path):
+    folder = _clip_folder(tmp_path / "my-clip")
+    weights = _pickled_weights(folder / "open_clip_pytorch_model.bin")
+    _png(tmp_path / "images" / "a.png", size=(32, 32))
+    run = _cli("segment", "--images", str(tmp_path / "images"), "--prompt", "breast tumor",
+               "--out", str(tmp_path / "out"), "--clip", f"local-dir:{folder}", "--sam", "toy",
+               "--quiet", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and "UnpicklingError" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    _assert_refusal_in_users_words(errors[0], weights)
