@@ -4,6 +4,7 @@ names the file (and line) and says what to do; a folder run accounts for every f
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -288,3 +289,106 @@ def test_the_cli_refuses_a_pickled_clip_folder_in_one_line(tmp_path):
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1
     _assert_refusal_in_users_words(errors[0], weights)
+
+
+# --------------------------------------------------------------------------------------------
+# 1 and 6. folder runs: every file gets a row, empty masks are flagged, order survives a resume
+
+
+def _phantom_folder(folder: Path, n: int = 3) -> list[str]:
+    from medclipsam.data import PhantomDataset
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = PhantomDataset("breast", n, seed=7, size=96, split="test", normal_fraction=0.0)
+    for i, s in enumerate(ds):
+        Image.fromarray(s.image).save(folder / f"case{i}.png")
+    return [f"case{i}" for i in range(n)]
+
+
+def _table(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_folder_run_gives_unsupported_files_a_row_and_a_warning(toy_pipe, tmp_path):
+    good = _phantom_folder(tmp_path / "images", 2)
+    Image.new("P", (40, 30)).save(tmp_path / "images" / "scan.gif")
+    (tmp_path / "images" / "zz_notes.txt").write_text("taken on the old scanner\n")
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=r"2 file\(s\) in .* skipped, unsupported format") as seen:
+        rows = toy_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
+    shown = " ".join(str(w.message) for w in seen)
+    assert "scan.gif" in shown and "zz_notes.txt" in shown
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["scan.gif"]["status"] == "skipped: unsupported format .gif"
+    assert by_id["zz_notes.txt"]["status"] == "skipped: unsupported format .txt"
+    assert "convert it" in by_id["scan.gif"]["error"] and not by_id["scan.gif"]["mask_file"]
+    ids = [r["id"] for r in _table(out / "results.csv")]
+    assert ids == sorted([*good, "scan.gif", "zz_notes.txt"])
+    # a resume neither redoes the images nor repeats the skipped rows
+    calls = toy_pipe.session.encoder_calls
+    with pytest.warns(UserWarning, match="skipped, unsupported format"):
+        toy_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
+    assert toy_pipe.session.encoder_calls == calls
+    assert [r["id"] for r in _table(out / "results.csv")] == ids
+
+
+def test_rows_flag_an_empty_mask_and_a_mask_covering_the_image():
+    from medclipsam.pipeline import SegmentationResult
+
+    def result(mask: np.ndarray, flags: tuple[str, ...] = ()) -> SegmentationResult:
+        zeros = np.zeros(mask.shape, np.float32)
+        return SegmentationResult(prompt="breast tumor", saliency=zeros, coarse_mask=mask,
+                                  boxes=None, points=None, point_labels=None, mask=mask,
+                                  sam_score=0.83, flags=flags, timings={})
+
+    empty = np.zeros((20, 30), bool)
+    assert result(empty).row()["flags"] == "empty_mask"
+    assert result(empty, ("fewer_components",)).row()["flags"] == "fewer_components empty_mask"
+    assert result(empty, ("constant_image",)).row()["flags"] == "constant_image"  # explained
+    full = np.ones((20, 30), bool)
+    full[0, :5] = False
+    assert result(full).row()["flags"] == "mask_covers_image"
+    part = np.zeros((20, 30), bool)
+    part[5:10, 5:10] = True
+    assert result(part).row()["flags"] == ""
+
+
+def test_folder_run_flags_match_the_masks_written(toy_pipe, tmp_path):
+    _phantom_folder(tmp_path / "images", 4)
+    out = tmp_path / "out"
+    rows = toy_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
+    for r in rows:
+        mask = read_mask(out / r["mask_file"])
+        assert ("empty_mask" in r["flags"].split()) == (not mask.any()), r
+        assert ("mask_covers_image" in r["flags"].split()) == (mask.mean() >= 0.98), r
+        assert int(r["mask_area"]) == int(mask.sum())
+
+
+def test_a_resume_that_redoes_a_deleted_mask_keeps_the_rows_in_order(toy_pipe, tmp_path):
+    stems = _phantom_folder(tmp_path / "images", 3)
+    out = tmp_path / "out"
+    first = toy_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
+    (out / "masks" / "case1.png").unlink()
+    calls = toy_pipe.session.encoder_calls
+    rows = toy_pipe.run_folder(tmp_path / "images", "breast tumor", out, progress=False)
+    assert toy_pipe.session.encoder_calls == calls + 1  # only case1 redone
+    table = _table(out / "results.csv")
+    assert [r["id"] for r in table] == stems == [r["id"] for r in rows]
+    assert table[1]["mask_area"] == str(first[1]["mask_area"])
+    assert (out / "results.csv").read_bytes().count(b"\n") == 4  # header + three rows, no copy
+
+
+def test_segment_on_the_command_line_names_the_skipped_files(tmp_path):
+    _phantom_folder(tmp_path / "images", 1)
+    Image.new("P", (40, 30)).save(tmp_path / "images" / "scan.gif")
+    run = _cli("segment", "--images", str(tmp_path / "images"), "--prompt", "breast tumor",
+               "--out", str(tmp_path / "out"), "--quiet", "--threads", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("1 images segmented")
+    line = [s for s in run.stderr.splitlines() if "skipped" in s]
+    assert len(line) == 1 and "1 file(s) skipped, unsupported format .gif" in line[0]
+    assert "scan.gif" in line[0] and "Traceback" not in run.stderr
+    table = _table(tmp_path / "out" / "results.csv")
+    assert [(r["id"], r["status"]) for r in table] == [
+        ("case0", "ok"), ("scan.gif", "skipped: unsupported format .gif")]
