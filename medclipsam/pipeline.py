@@ -473,7 +473,7 @@ class MedCLIPSAM:
         images_dir, out_dir = Path(images_dir), Path(out_dir)
         by_stem, unsupported = list_image_files(images_dir)
         for link in broken_links(images_dir):  # a failed row each, not silently left out
-            by_stem.setdefault(file_stem(link), []).append(link)
+            by_stem.setdefault(nfc(file_stem(link)), []).append(link)
         dup = sorted(s for s, paths in by_stem.items() if len(paths) > 1)
         if dup:
             raise ValueError(f"{images_dir}: several files share a stem ({', '.join(dup[:5])}); rename them")
