@@ -162,18 +162,37 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         )
     )
     failed = [r for r in rows if r.get("status") == "failed"]
-    flagged = sum(1 for r in rows if r.get("flags") and r.get("status") != "failed")
-    print(f"{len(rows) - len(failed)} images segmented into {args.out}/masks ({flagged} flagged; see "
-          f"{args.out}/results.csv) in {time.perf_counter() - t0:.1f} s")
+    done = [r for r in rows if r.get("status") in ("ok", "")]
+    flagged = sum(1 for r in done if r.get("flags"))
+    empty = sum(1 for r in done if "empty_mask" in str(r.get("flags", "")).split())
+    print(f"{len(done)} images segmented into {args.out}/masks ({flagged} flagged"
+          + (f", {empty} with an empty mask" if empty else "")
+          + f"; see {args.out}/results.csv) in {time.perf_counter() - t0:.1f} s")
+    _report_skipped(rows, Path(args.out) / "results.csv")
     return _report_failures(failed, Path(args.out) / "results.csv")
 
 
 def _run_quietly_failing(run):
-    """Run a folder job; its end-of-run warning about failed images is replaced by the CLI's own
-    summary (:func:`_report_failures`)."""
+    """Run a folder job; its end-of-run warnings about failed images and skipped files are
+    replaced by the CLI's own summary (:func:`_report_failures`, :func:`_report_skipped`)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*image\(s\) failed and were skipped")
+        warnings.filterwarnings("ignore", message=r".*file\(s\) in .* skipped, unsupported format")
         return run()
+
+
+def _report_skipped(rows: list[dict], csv_path: Path) -> None:
+    """One summary line on stderr naming the files a folder run did not read (unsupported
+    formats), so that a folder is never taken as wholly processed when it was not."""
+    skipped = [r for r in rows if str(r.get("status", "")).startswith("skipped")]
+    if not skipped:
+        return
+    names = ", ".join(r["id"] for r in skipped[:10])
+    more = f", ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    kinds = sorted({r["status"].rpartition(" ")[2] for r in skipped})
+    print(f"{len(skipped)} file(s) skipped, unsupported format {', '.join(kinds)} (status "
+          f"'skipped' in {csv_path}; convert them to .png to include them): {names}{more}",
+          file=sys.stderr)
 
 
 def _report_failures(failed: list[dict], csv_path: Path) -> int:
@@ -213,8 +232,9 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
                              stems=stems, progress=not args.quiet, strict=args.strict)
     )
     failed = [r for r in rows if r.get("status") == "failed"]
-    print(f"{len(rows) - len(failed)} pseudo-labels in {args.out}/masks; manifest "
-          f"{args.out}/results.csv")
+    done = [r for r in rows if r.get("status") in ("ok", "")]
+    print(f"{len(done)} pseudo-labels in {args.out}/masks; manifest {args.out}/results.csv")
+    _report_skipped(rows, Path(args.out) / "results.csv")
     return _report_failures(failed, Path(args.out) / "results.csv")
 
 
@@ -485,10 +505,11 @@ def _check_folder_run(args: argparse.Namespace) -> None:
 
     _check_prompt(args.prompt)
     _need_dirs(images=args.images)
-    by_stem, _ = list_image_files(args.images)
+    by_stem, other = list_image_files(args.images)
     if not by_stem and not broken_links(args.images):
+        holds = f"; it holds {len(other)} file(s) of other formats: {', '.join(other[:5])}" if other else ""
         raise FileNotFoundError(f"--images {args.images}: no image files in this folder "
-                                f"(supported: {', '.join(SUPPORTED_SUFFIXES)})")
+                                f"(supported: {', '.join(SUPPORTED_SUFFIXES)}{holds})")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out}: exists and is not a folder")

@@ -44,7 +44,7 @@ from scipy import ndimage as ndi
 from scipy import stats
 
 from .data.datasets import PairingError, pair_by_stem
-from .data.io import file_stem, read_mask
+from .data.io import SizeMismatchError, file_stem, read_mask
 
 __all__ = [
     "MaskFolderPairs",
@@ -422,10 +422,9 @@ def _iter_folder_masks(pairs: MaskFolderPairs) -> Iterator[tuple[str, np.ndarray
     for name, pp, gp in zip(pairs.ids, pairs.pred_paths, pairs.gt_paths):
         p, g = read_mask(pp), read_mask(gp)
         if p.shape != g.shape:
-            raise ValueError(
-                f"{pp}: prediction is {p.shape[0]}x{p.shape[1]} (HxW) but its ground truth {gp} "
-                f"is {g.shape[0]}x{g.shape[1]}; predictions must be at the image's size"
-            )
+            raise SizeMismatchError(pp, p.shape, gp, g.shape, what="prediction",
+                                    other_what="ground truth",
+                                    advice="predictions must be at the image's size")
         yield name, p, g
 
 

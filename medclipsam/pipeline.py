@@ -67,8 +67,8 @@ from scipy import ndimage
 
 from ._utils import atomic_path, atomic_write_text, remove_stale_temporaries
 from .config import OFFLINE_DEFAULTS, PipelineConfig
-from .data.datasets import broken_links, list_image_files
-from .data.io import ImageReadError, file_stem, load_picture, write_mask
+from .data.datasets import broken_links, list_image_files, nfc
+from .data.io import SUPPORTED_SUFFIXES, ImageReadError, file_stem, load_picture, write_mask
 from .data.phantom import PROMPTS, PhantomDataset
 from .metrics import evaluate_masks, summarize
 from .models import load_clip, load_sam
@@ -113,8 +113,12 @@ class SegmentationResult:
     id: str = ""
 
     def row(self, mask_file: str = "") -> dict:
-        """One row of ``results.csv``."""
+        """One row of ``results.csv``. Its ``flags`` add what the mask itself shows:
+        ``empty_mask`` (no foreground pixel) and ``mask_covers_image`` (at least
+        :data:`FULL_MASK_FRACTION` of the pixels), both signs of a failed segmentation, unless
+        a flag already explains it (``constant_image``)."""
         h, w = self.mask.shape
+        flags = self.flags + mask_flags(self.mask, self.flags)
         return {
             "id": self.id,
             "prompt": self.prompt,
@@ -123,13 +127,29 @@ class SegmentationResult:
             "mask_area": int(self.mask.sum()),
             "n_boxes": 0 if self.boxes is None else len(self.boxes),
             "boxes": json.dumps([] if self.boxes is None else np.round(self.boxes, 1).tolist()),
-            "flags": " ".join(self.flags),
+            "flags": " ".join(flags),
             "height": h,
             "width": w,
             **{f"t_{k}": round(v, 4) for k, v in self.timings.items()},
             "status": "ok",
             "error": "",
         }
+
+
+FULL_MASK_FRACTION = 0.98
+"""A mask with at least this share of the image's pixels is flagged ``mask_covers_image``."""
+
+
+def mask_flags(mask: np.ndarray, flags: Sequence[str] = ()) -> tuple[str, ...]:
+    """``("empty_mask",)`` for a mask without foreground, ``("mask_covers_image",)`` for one
+    covering (nearly) the whole image, else ``()``; nothing when ``flags`` already hold
+    ``constant_image`` (its empty mask is explained)."""
+    if "constant_image" in flags or mask.size == 0:
+        return ()
+    share = float(np.count_nonzero(mask)) / mask.size
+    if share == 0.0:
+        return ("empty_mask",)
+    return ("mask_covers_image",) if share >= FULL_MASK_FRACTION else ()
 
 
 def _control_map(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -436,7 +456,13 @@ class MedCLIPSAM:
         becomes a row with ``status`` ``"failed"`` and the reason in ``error``, and the run goes
         on; a warning at the end names the failed files. ``strict=True`` stops at the first
         failure instead (its row is written first). Failed images are retried on resume.
-        Returns all rows (``status`` ``"ok"`` or ``"failed"``), sorted by id.
+        A file whose format is not supported (``scan.gif``, ``notes.txt``) is not read but gets
+        a row too (id: its file name, ``status`` ``"skipped: unsupported format .gif"``), with a
+        warning naming it, so no file is left out in silence (not with ``stems``: a subset).
+        Rows flag an empty mask (``empty_mask``) and one covering the image
+        (``mask_covers_image``), see :meth:`SegmentationResult.row`. ``results.csv`` stays in
+        order of id, also after a resume that redid some images.
+        Returns all rows (``status`` ``"ok"``, ``"failed"`` or ``"skipped: ..."``), sorted by id.
 
         Several processes (``torchrun --nproc_per_node N``, one per GPU): each process takes
         every N-th of the sorted stems (``shard=(rank, N)``; default: ``RANK`` and ``WORLD_SIZE``
@@ -447,19 +473,22 @@ class MedCLIPSAM:
         (with any number of processes): the part files are read as finished rows."""
         check_prompt(prompt)
         images_dir, out_dir = Path(images_dir), Path(out_dir)
-        by_stem, _ = list_image_files(images_dir)
+        by_stem, unsupported = list_image_files(images_dir)
         for link in broken_links(images_dir):  # a failed row each, not silently left out
-            by_stem.setdefault(file_stem(link), []).append(link)
+            by_stem.setdefault(nfc(file_stem(link)), []).append(link)
         dup = sorted(s for s, paths in by_stem.items() if len(paths) > 1)
         if dup:
             raise ValueError(f"{images_dir}: several files share a stem ({', '.join(dup[:5])}); rename them")
         if stems is not None:
+            stems = [nfc(s) for s in stems]  # as list_image_files names them
             missing = sorted(set(stems) - set(by_stem))
             if missing:
                 raise FileNotFoundError(
                     f"{images_dir}: no image for {len(missing)} requested stem(s): {', '.join(missing[:5])}"
                 )
             by_stem = {k: by_stem[k] for k in stems}
+            unsupported = []  # a chosen subset: the other files are not this run's business
+        skipped = [_skipped_row(images_dir / name, prompt) for name in unsupported]
         stems = sorted(by_stem)[:limit] if limit else sorted(by_stem)
         if not stems:
             raise FileNotFoundError(f"{images_dir}: no image files found")
@@ -475,7 +504,8 @@ class MedCLIPSAM:
         _barrier(world)  # every rank has read the old state before rank 0 rewrites it
         if rank == 0:
             atomic_write_text(run_file, json.dumps(settings, indent=1) + "\n")
-            _write_rows(csv_path, list(kept.values()))  # every finished row, also of other stems
+            # every finished row (also of other stems) and the skipped files, in order of id
+            _write_rows(csv_path, sorted([*kept.values(), *skipped], key=lambda r: r["id"]))
             for part in _part_files(out_dir):  # merged into results.csv just now
                 part.unlink()
         _barrier(world)
@@ -483,7 +513,7 @@ class MedCLIPSAM:
         if world > 1:
             csv_path = out_dir / f"results.part{rank}.csv"  # merged by rank 0 at the end
             _write_rows(csv_path, [])  # its header
-        rows = [kept[s] for s in stems if s in kept]
+        rows = [kept[s] for s in stems if s in kept] + (skipped if rank == 0 else [])
         todo = [s for s in stems if s not in kept]
         failed: list[dict] = []
         for stem in image_progress(todo, len(todo), progress and rank == 0):
@@ -520,6 +550,14 @@ class MedCLIPSAM:
                     part.unlink()
             _barrier(world)
             csv_path = out_dir / "results.csv"
+        elif todo:  # appended after the kept rows (a resume) and the skipped files: reorder
+            _sort_rows(csv_path)
+        if skipped:
+            names = ", ".join(r["id"] for r in skipped[:5])
+            more = f", ... and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            warnings.warn(f"{len(skipped)} file(s) in {images_dir} skipped, unsupported format "
+                          f"(status 'skipped: unsupported format ...' in {csv_path}): {names}{more}; "
+                          f"supported: {', '.join(SUPPORTED_SUFFIXES)}", UserWarning, stacklevel=2)
         if failed:
             shown = "; ".join(f"{r['id']}: {r['error']}" for r in failed[:5])
             more = f"; ... and {len(failed) - 5} more" if len(failed) > 5 else ""
@@ -550,6 +588,8 @@ def _finished_rows(out_dir: Path, settings: dict, stems: Sequence[str], resume: 
     wanted = set(stems)
     for source in sources:
         for r in read_results(source):
+            if r.get("status", "").startswith("skipped"):
+                continue  # unsupported files are listed afresh by every run
             ok = r.get("status", "ok") in ("ok", "") and r.get("mask_file")
             if ok and (out_dir / r["mask_file"]).is_file():
                 kept[r["id"]] = r
@@ -851,6 +891,23 @@ def _append_row(path: Path, row: dict) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sort_rows(path: Path) -> None:
+    """Rewrite ``path`` (a results table) in order of id if it is not (atomically)."""
+    table = read_results(path)
+    ids = [r["id"] for r in table]
+    if ids != sorted(ids):
+        _write_rows(path, sorted(table, key=lambda r: r["id"]))
+
+
+def _skipped_row(path: Path, prompt: str) -> dict:
+    """The row of a file a folder run does not read: its format is not supported."""
+    suffix = path.suffix.lower() or "(no suffix)"
+    return {"id": path.name, "prompt": prompt, "mask_file": "", "flags": "",
+            "status": f"skipped: unsupported format {suffix}",
+            "error": f"{path.name}: not read, {suffix} is not a supported image format "
+                     f"({', '.join(SUPPORTED_SUFFIXES)}); convert it (e.g. to .png) to include it"}
 
 
 def _failed_row(stem: str, prompt: str, path: Path, exc: BaseException) -> dict:

@@ -61,7 +61,7 @@ from ._utils import atomic_path, get_device, rng_state, set_rng_state
 from .config import WeakConfig
 from .data.convert import to_unit_float
 from .data.datasets import PairingError, list_image_files, pair_by_stem
-from .data.io import file_stem, read_image, read_mask
+from .data.io import SizeMismatchError, file_stem, read_image, read_mask
 from .metrics import dice
 from .training import (
     Checkpoints,
@@ -231,7 +231,7 @@ def _read_pairs(pairs: list[tuple[str, Path, Path]]) -> tuple[list[np.ndarray], 
         img = read_image(ip, mode="grey")
         mask = read_mask(mp)
         if img.shape != mask.shape:
-            raise ValueError(f"{mp}: mask has shape {mask.shape} but image {ip} has {img.shape}")
+            raise SizeMismatchError(mp, mask.shape, ip, img.shape)
         images.append(img)
         masks.append(mask)
     return images, masks

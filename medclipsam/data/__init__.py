@@ -22,6 +22,7 @@ from .datasets import (
 from .io import (
     SUPPORTED_SUFFIXES,
     ImageReadError,
+    SizeMismatchError,
     file_stem,
     load_array,
     load_picture,
@@ -51,6 +52,7 @@ __all__ = [
     "INTENSITY_RULE",
     "PROMPTS",
     "SUPPORTED_SUFFIXES",
+    "SizeMismatchError",
     "TASKS",
     "CaptionDataset",
     "FolderDataset",

@@ -10,12 +10,17 @@ Bad input:
 * a broken (dangling) symbolic link in an image or mask folder is listed in the pairing
   report (``broken_links``) and, with ``strict=True``, refused by name; it is never silently
   left out;
+* file names are compared after Unicode normalisation (NFC), so ``café.png`` written by macOS
+  (decomposed, NFD) pairs with ``café_mask.png`` written elsewhere (composed, NFC); on a
+  case-insensitive file system (macOS, Windows) ``Case1.png`` pairs with ``case1.png`` too;
 * caption CSVs must be UTF-8 (a file in another encoding is refused naming the line and byte);
-  a row with more or fewer fields than the header (an unquoted comma in a caption) is refused
-  naming its line; a quoted field that runs over several lines (an unclosed quote swallowing
-  the following rows) is refused naming the lines it spans; an empty caption is refused naming
-  its line, unless ``min_caption_chars`` > 0 asks to drop short captions (they are counted in
-  ``.dropped``).
+  RFC 4180 quoting is accepted, a caption quoted over several lines included (its line breaks
+  become spaces); a row with more or fewer fields than the header (an unquoted comma in a
+  caption) is refused naming its line; a quoted field that runs to the end of the file or
+  swallows what look like rows (an unclosed quote) is refused naming the lines it spans; an
+  empty caption is refused naming its line, unless ``min_caption_chars`` > 0 asks to drop short
+  captions (they are counted in ``.dropped``); a listed image that does not exist is named with
+  its line. Every problem of a file is reported at once, each with its line.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import csv
 import io
 import json
 import os
+import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,7 @@ from PIL import Image
 from medclipsam._utils import atomic_write_text
 from medclipsam.data.io import (
     SUPPORTED_SUFFIXES,
+    SizeMismatchError,
     file_stem,
     image_suffix,
     is_dicom_file,
@@ -44,6 +52,7 @@ from medclipsam.data.io import (
 __all__ = [
     "CaptionDataset",
     "broken_links",
+    "case_insensitive",
     "FolderDataset",
     "PairingError",
     "SplitError",
@@ -51,6 +60,7 @@ __all__ = [
     "list_image_files",
     "load_split",
     "make_split",
+    "nfc",
     "pair_by_stem",
     "write_split",
 ]
@@ -87,7 +97,9 @@ def list_image_files(folder: PathLike) -> tuple[dict[str, list[Path]], list[str]
     """Image files of ``folder`` (not recursive) grouped by stem, plus the names it ignored.
 
     Hidden files (``.DS_Store``, temporaries of atomic writes) and files that are not images
-    (``notes.txt``) are ignored; files without a known suffix count when they are DICOM.
+    (``notes.txt``) are ignored; files without a known suffix count when they are DICOM. Stems
+    are Unicode-normalised (NFC, see :func:`nfc`), so names written by macOS (NFD) group and
+    pair with the same names written elsewhere.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -98,10 +110,36 @@ def list_image_files(folder: PathLike) -> tuple[dict[str, list[Path]], list[str]
         if entry.name.startswith(".") or not entry.is_file():
             continue
         if image_suffix(entry) or is_dicom_file(entry):
-            by_stem.setdefault(file_stem(entry), []).append(entry)
+            by_stem.setdefault(nfc(file_stem(entry)), []).append(entry)
         else:
             ignored.append(entry.name)
     return by_stem, ignored
+
+
+def nfc(name: str) -> str:
+    """``name`` in Unicode normal form C: macOS writes file names decomposed (NFD, ``e`` plus a
+    combining accent), most other systems composed (NFC); both look the same on screen."""
+    return unicodedata.normalize("NFC", name)
+
+
+def case_insensitive(folder: PathLike) -> bool:
+    """Whether ``folder``'s file system ignores the case of names (macOS and Windows by default):
+    some file's name with its case swapped opens the same file. False for an empty folder or one
+    whose names have no letters."""
+    folder = Path(folder)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return False
+    for entry in entries:
+        swapped = entry.name.swapcase()
+        if swapped != entry.name:
+            other = folder / swapped
+            try:
+                return other.exists() and os.path.samefile(entry, other)
+            except OSError:
+                return False
+    return False
 
 
 def broken_links(folder: PathLike) -> list[Path]:
@@ -134,8 +172,11 @@ def _scan(images_dir: Path, masks_dir: Path | None, mask_suffixes: tuple[str, ..
     found: dict[str, Path | None] = {}
     missing: list[str] = []
     claimed: dict[str, list[str]] = {}  # mask stem -> image stems claiming it
+    fold = masks_dir is not None and (case_insensitive(images_dir) or case_insensitive(masks_dir))
+    lookup = {(m.casefold() if fold else m): m for m in masks}
     for stem in sorted(images):
-        hits = [stem + sfx for sfx in mask_suffixes if stem + sfx in masks]
+        wanted = [stem + sfx for sfx in mask_suffixes]
+        hits = [lookup[w] for w in ((w.casefold() if fold else w) for w in wanted) if w in lookup]
         for m in hits:
             claimed.setdefault(m, []).append(stem)
         if masks_dir is None:
@@ -312,7 +353,7 @@ class FolderDataset:
                 raise SplitError(
                     f"{splits_file}: no split named {split!r}; it has {_names(sorted(splits))}"
                 )
-            wanted = splits[split]
+            wanted = [nfc(w) for w in splits[split]]
             absent = sorted(set(wanted) - set(scan["images"]))
             if absent:
                 raise SplitError(
@@ -346,10 +387,7 @@ class FolderDataset:
         if mask_path is not None:
             mask = read_mask(mask_path)
             if mask.shape != image.shape[:2]:
-                raise ValueError(
-                    f"mask {mask_path} has shape {mask.shape} but image {image_path} has "
-                    f"{image.shape[:2]}; they must have the same height and width"
-                )
+                raise SizeMismatchError(mask_path, mask.shape, image_path, image.shape)
         sample = {
             "image": image,
             "mask": mask,
@@ -374,9 +412,10 @@ class CaptionDataset:
     ``image`` is relative to ``image_root`` (default: the CSV's folder) unless absolute. Rows
     whose stripped caption is shorter than ``min_caption_chars`` are dropped and counted in
     ``.dropped`` (the MedPix recipe uses 20); with the default 0 an empty caption is an error
-    naming its line. The file must be UTF-8, every row must have the header's number of fields
-    and no field may span lines (an unclosed quote): errors name the line. Missing image files raise ``FileNotFoundError``
-    at construction, naming them. Items are ``(image, caption)`` with ``image`` a uint8 RGB
+    naming its line. The file must be UTF-8 and every row must have the header's number of
+    fields; a caption may span lines inside a closed quote (RFC 4180), an unclosed quote is an
+    error. All problems are reported in one ``ValueError``, each with its line. Missing image
+    files alone raise ``FileNotFoundError`` at construction, naming them and their lines. Items are ``(image, caption)`` with ``image`` a uint8 RGB
     array, or ``transform(PIL.Image)`` and ``tokenizer([caption])[0]`` when those are given.
     """
 
@@ -400,25 +439,7 @@ class CaptionDataset:
         self.tokenizer = tokenizer
         self.split = split
 
-        text = _read_utf8(self.csv_path)
-        reader = csv.reader(io.StringIO(text, newline=""))
-        try:
-            header = next(reader, None)
-        except csv.Error as exc:
-            raise ValueError(f"{self.csv_path}, line 1: not a readable CSV row ({exc})") from None
-        if header is None:
-            raise ValueError(
-                f"{self.csv_path}: the CSV is empty; expected a header row "
-                "'image,caption[,split]'"
-            )
-        columns = [h.strip().lower() for h in header]
-        lacking = [c for c in self.REQUIRED if c not in columns]
-        if lacking:
-            raise ValueError(
-                f"{self.csv_path}: the first row must be a header naming the columns "
-                f"'image' and 'caption' (and optionally 'split'); found {header!r}, "
-                f"missing {lacking}"
-            )
+        columns, records, problems = _parse_caption_csv(self.csv_path)
         if split is not None and "split" not in columns:
             raise ValueError(
                 f"{self.csv_path}: split={split!r} requested but the CSV has no 'split' column"
@@ -426,42 +447,16 @@ class CaptionDataset:
         i_img, i_cap = columns.index("image"), columns.index("caption")
         i_split = columns.index("split") if "split" in columns else None
         rows: list[tuple[Path, str]] = []
+        lines: list[int] = []
         empty: list[int] = []
         self.dropped = 0
-        line_no = reader.line_num + 1  # the physical line the next record starts on
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                raise ValueError(
-                    f"{self.csv_path}, line {line_no}: not a readable CSV row ({exc}); an "
-                    "unclosed quote?"
-                ) from None
-            start, line_no = line_no, reader.line_num + 1
-            if reader.line_num > start or any("\n" in c or "\r" in c for c in row):
-                # a quoted field spans several lines: an unclosed quote swallows the rows after it
-                raise ValueError(
-                    f"{self.csv_path}, lines {start}-{max(start, reader.line_num)}: a quoted "
-                    f"field runs over {max(start, reader.line_num) - start + 1} line(s) to the "
-                    "end of a line; an unclosed quote (\") swallows the rows after it. Close the "
-                    "quote, or put each caption on one line"
-                )
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(columns):
-                hint = ("an unquoted comma in a caption? quote the field (\"...\")"
-                        if len(row) > len(columns) else "a missing field?")
-                raise ValueError(
-                    f"{self.csv_path}, line {start}: {len(row)} field(s), the header has "
-                    f"{len(columns)} ({hint})"
-                )
+        for start, row in records:
             if i_split is not None and split is not None and row[i_split].strip() != split:
                 continue
-            name, caption = row[i_img].strip(), row[i_cap].strip()
+            name, caption = row[i_img].strip(), _one_line_caption(row[i_cap])
             if not name:
-                raise ValueError(f"{self.csv_path}, line {start}: empty 'image' field")
+                problems.append((start, "empty 'image' field"))
+                continue
             if not caption and min_caption_chars <= 0:
                 empty.append(start)
                 continue
@@ -470,27 +465,30 @@ class CaptionDataset:
                 continue
             path = Path(name)
             rows.append((path if path.is_absolute() else self.image_root / path, caption))
+            lines.append(start)
         if empty:
-            lines = ", ".join(str(n) for n in empty[:_SHOWN])
+            shown = ", ".join(str(n) for n in empty[:_SHOWN])
             more = f" and {len(empty) - _SHOWN} more" if len(empty) > _SHOWN else ""
-            raise ValueError(
-                f"{self.csv_path}: empty caption on line(s) {lines}{more}; fill them in or "
-                "remove those rows (min_caption_chars=1 drops them instead)"
-            )
-        missing = [str(p) for p, _ in rows if not p.is_file()]
+            problems.append((empty[0], f"empty caption on line(s) {shown}{more}; fill them in or "
+                             "remove those rows (min_caption_chars=1 drops them instead)"))
+        missing = [(n, p) for n, (p, _) in zip(lines, rows) if not p.is_file()]
+        if problems:
+            # every problem at once, in file order, so one round of fixes is enough
+            problems += [(n, f"image file {p} not found") for n, p in missing]
+            raise ValueError(_caption_problems(self.csv_path, problems))
         if missing:
+            listed = [f"line {n}: {p}" for n, p in missing]
             raise FileNotFoundError(
                 f"{self.csv_path}: {len(missing)} image file(s) listed but not found "
-                f"(relative to {self.image_root}): {_names(missing)}"
+                f"(relative to {self.image_root}): {_names(listed)}"
             )
         self._rows = rows
 
     @staticmethod
     def has_split_column(csv_path: PathLike) -> bool:
-        """Whether the CSV's header names a ``split`` column (read without checking the rows)."""
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            header = next(csv.reader(fh), None) or []
-        return "split" in [h.strip().lower() for h in header]
+        """Whether the CSV's header names a ``split`` column. The file is read as the data set
+        reads it (UTF-8 or an error naming the line; a header naming 'image' and 'caption')."""
+        return "split" in _parse_caption_csv(Path(csv_path))[0]
 
     @property
     def image_paths(self) -> list[Path]:
@@ -515,6 +513,94 @@ class CaptionDataset:
 
     def __repr__(self) -> str:
         return f"CaptionDataset({str(self.csv_path)!r}, n={len(self)}, dropped={self.dropped})"
+
+
+# A line that starts like a caption row ("name.png,..."): inside a quoted field it means that an
+# unclosed quote swallowed the rows after it, not that a caption runs over several lines.
+_ROW_START = re.compile(
+    r"^\s*[^,\"\r\n]+\.(png|jpe?g|bmp|tiff?|dcm|nii|nii\.gz)\s*,", re.IGNORECASE | re.MULTILINE
+)
+
+
+def _parse_caption_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], list[tuple[int, str]]]:
+    """Read a caption CSV: its lower-cased header, its records as ``(first line, fields)`` and
+    the problems found, as ``(line, text)``. RFC 4180 quoting is accepted, a caption quoted over
+    several lines included; an unclosed quote (one that runs to the end of the file, or swallows
+    lines that look like rows) is a problem naming the lines it spans. Raises ``ValueError`` for
+    what makes the rest unreadable: not UTF-8, no header."""
+    text = _read_utf8(path)
+    physical = io.StringIO(text, newline="").readlines()  # the lines as csv counts them
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise ValueError(f"{path}, line 1: not a readable CSV row ({exc})") from None
+    if header is None:
+        raise ValueError(f"{path}: the CSV is empty; expected a header row 'image,caption[,split]'")
+    columns = [h.strip().lower() for h in header]
+    lacking = [c for c in CaptionDataset.REQUIRED if c not in columns]
+    if lacking:
+        raise ValueError(
+            f"{path}: the first row must be a header naming the columns 'image' and 'caption' "
+            f"(and optionally 'split'); found {header!r}, missing {lacking}"
+        )
+    i_cap = columns.index("caption")
+    records: list[tuple[int, list[str]]] = []
+    problems: list[tuple[int, str]] = []
+    line_no = reader.line_num + 1  # the physical line the next record starts on
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            problems.append((line_no, f"not a readable CSV row ({exc}); an unclosed quote?"))
+            break
+        start, end = line_no, reader.line_num
+        line_no = end + 1
+        if end > start or any("\n" in c or "\r" in c for c in row):
+            raw = "".join(physical[start - 1 : end])
+            broken = [i for i, c in enumerate(row) if ("\n" in c or "\r" in c) and i != i_cap]
+            if raw.count('"') % 2 or broken or _ROW_START.search(row[i_cap] if i_cap < len(row) else ""):
+                where = f"lines {start}-{end}" if end > start else f"line {start}"
+                problems.append((start, (
+                    f"{where}: a quoted field runs over {end - start + 1} line(s) and "
+                    "swallows what look like rows; an unclosed quote (\") swallows the rows after "
+                    "it. Close the quote (a caption may span lines only inside a closed quote)")))
+                continue
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(columns):
+            hint = ("an unquoted comma in a caption? quote the field (\"...\")"
+                    if len(row) > len(columns) else "a missing field?")
+            problems.append(
+                (start, f"{len(row)} field(s), the header has {len(columns)} ({hint})"))
+            continue
+        records.append((start, row))
+    return columns, records, problems
+
+
+def _one_line_caption(caption: str) -> str:
+    """A caption stripped, with the line breaks of a caption quoted over several lines turned
+    into single spaces."""
+    caption = caption.strip()
+    if "\n" in caption or "\r" in caption:
+        caption = " ".join(part.strip() for part in caption.splitlines() if part.strip())
+    return caption
+
+
+def _caption_problems(path: Path, problems: list[tuple[int, str]]) -> str:
+    """One message listing every problem of a caption CSV, in line order."""
+    def one(line: int, text: str) -> str:
+        return text if text.startswith(("line", "empty caption")) else f"line {line}: {text}"
+
+    problems = sorted(problems, key=lambda p: p[0])
+    if len(problems) == 1:
+        line, text = problems[0]
+        return f"{path}: {text}" if text.startswith("empty caption") else f"{path}, {one(line, text)}"
+    shown = "; ".join(one(n, t) for n, t in problems[:_SHOWN])
+    more = f"; ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+    return f"{path}: {len(problems)} problems: {shown}{more}"
 
 
 def _read_utf8(path: Path) -> str:

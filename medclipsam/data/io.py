@@ -29,7 +29,14 @@ Bad or awkward input, and what the readers do with it:
   Extended 12-bit, JPEG Lossless, JPEG 2000) name the ``dicom`` extra
   (``pip install "medclipsam[dicom]"``);
 * NIfTI arrays come back in native byte order (big-endian files too); a CIFTI-2 file is named as
-  one (grayordinate data, not an image), not called corrupt.
+  one (grayordinate data, not an image), not called corrupt; a 5-D file (several values per
+  voxel) is refused naming its shape;
+* a Git LFS pointer or an HTML page saved under an image name is called what it is, with what
+  to do (``git lfs pull``; download the file again), whatever its suffix;
+* DICOM written without the preamble but holding no pixel data (a report) is said to have no
+  pixel data, not called invalid;
+* a mask whose size differs from its image's raises :class:`SizeMismatchError` (an
+  :class:`ImageReadError`) naming both files and both sizes.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "WRITABLE_SUFFIXES",
     "ImageReadError",
+    "SizeMismatchError",
     "file_stem",
     "image_suffix",
     "is_dicom_file",
@@ -94,6 +102,21 @@ class ImageReadError(ValueError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class SizeMismatchError(ImageReadError):
+    """A mask (or prediction) is not the size of the image it belongs to; the message names
+    both files and both sizes (height x width)."""
+
+    def __init__(self, path: PathLike, shape: tuple[int, ...], other: PathLike,
+                 other_shape: tuple[int, ...], what: str = "mask", other_what: str = "image",
+                 advice: str = "they must have the same height and width") -> None:
+        self.shape, self.other, self.other_shape = tuple(shape[:2]), Path(other), tuple(other_shape[:2])
+        super().__init__(
+            path,
+            f"{what} is {self.shape[0]}x{self.shape[1]} (HxW) but its {other_what} {self.other} is "
+            f"{self.other_shape[0]}x{self.other_shape[1]}; {advice}",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,9 +199,40 @@ def _check_file(path: Path) -> None:
         raise ImageReadError(path, "file is empty (0 bytes)")
 
 
+def _not_an_image(path: Path) -> str | None:
+    """What a file that cannot be an image is, and what to do, judged from its first bytes: a
+    Git LFS pointer (the repository's large files were never fetched) or an HTML page (a
+    download that saved a login, error or warning page). None for anything else."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+    except OSError:
+        return None
+    size = path.stat().st_size
+    if head.startswith(b"version https://git-lfs.github.com/spec/"):
+        return (
+            f"a Git LFS pointer file ({size} bytes), not the image itself: the repository was "
+            "cloned without its large files. Run `git lfs pull` in the repository (install Git "
+            "LFS first: `git lfs install`), or download the file itself again"
+        )
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html")) or (
+        text.startswith((b"<?xml", b"<head", b"<!--")) and b"<html" in text
+    ):
+        return (
+            f"an HTML web page ({size} bytes), not an image: the download saved a page (a login, "
+            "error or 'confirm download' page) instead of the file. Download it again from the "
+            "direct file link (signed in if the site needs it) and check that it opens"
+        )
+    return None
+
+
 def _load(path: PathLike, slice_index: int | None, axis: int, frame: int) -> _Loaded:
     path = Path(path)
     _check_file(path)
+    other = _not_an_image(path)
+    if other is not None:
+        raise ImageReadError(path, other)
     kind = _format_of(path)
     if kind == "pil":
         loaded = _Loaded(_load_pil(path, frame), kind)
@@ -426,6 +480,20 @@ def _palette_to_rgb(ds, arr: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+# Attributes every real DICOM object carries (SOP Common and Patient/Study modules): a file read
+# with force=True that has them is DICOM written without its preamble, not some other file.
+_DICOM_IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                   "Modality")
+
+
+def _looks_like_dicom(ds) -> bool:
+    """Whether a data set read with ``force=True`` holds real DICOM identity attributes."""
+    try:
+        return sum(1 for k in _DICOM_IDENTITY if k in ds and str(ds.get(k, "")).strip()) >= 2
+    except Exception:  # noqa: BLE001 - garbage parsed as elements may fail to decode
+        return False
+
+
 def _load_dicom(path: Path, frame: int) -> _Loaded:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -436,7 +504,7 @@ def _load_dicom(path: Path, frame: int) -> _Loaded:
         except InvalidDicomError:
             # Files written without the 128-byte preamble are still common.
             ds = pydicom.dcmread(path, force=True)
-            if "Rows" not in ds and "PixelData" not in ds:
+            if "Rows" not in ds and "PixelData" not in ds and not _looks_like_dicom(ds):
                 raise ImageReadError(path, "not a valid DICOM file") from None
     except ImageReadError:
         raise
@@ -527,6 +595,14 @@ def _load_nifti(path: Path, slice_index: int | None, axis: int, frame: int) -> n
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim > 4:
+        if any(n != 1 for n in data.shape[4:]):
+            raise ImageReadError(
+                path,
+                f"a {data.ndim}-D NIfTI (shape {tuple(data.shape)}): only 2-D and 3-D images and "
+                "4-D series (frame= picks the volume) can be read; a 5-D file holds several "
+                "values per voxel (vectors, tensors or components): save the component you "
+                "want as a 3-D volume (e.g. nibabel: img.slicer[..., 0, k])",
+            )
         data = data.reshape(data.shape[:4])  # trailing singleton dims (e.g. 5D with size 1)
     if data.ndim == 4:
         if not 0 <= frame < data.shape[3]:

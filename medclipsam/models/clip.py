@@ -492,6 +492,54 @@ def _read_checkpoint(path: Path) -> Any:
         ) from e
 
 
+def _unreadable_weights(files: Sequence[Path], label: str) -> CheckpointError | None:
+    """Why the first of ``files`` (the one open_clip loads: ``.safetensors`` before ``.bin``)
+    cannot be read safely, as a :class:`CheckpointError` naming it; None when it reads. Called
+    after open_clip failed, to tell a refused or corrupt file from weights that do not fit."""
+    if not files:
+        return None
+    path = Path(files[0])
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            load_file(str(path))
+        else:
+            _read_checkpoint(path)
+    except CheckpointError as e:
+        return CheckpointError(f"{e} (the weights of {label})")
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type, OSError, ...
+        return CheckpointError(
+            f"{path}: cannot read this weight file ({checkpoint_error_detail(e)}); it is truncated "
+            f"or corrupt, or not a .safetensors file (the weights of {label}). Download it again, "
+            "or delete it to use the other weight file"
+        )
+    return None
+
+
+def _create_open_clip(spec: str, load_weights: bool, weights: Sequence[Path], label: str) -> torch.nn.Module:
+    """``open_clip.create_model(spec)`` with its failures in the user's words: a weight file that
+    is refused (pickled code) or unreadable is named with what to do instead; weights that do not
+    fit the configuration say so."""
+    try:
+        return open_clip.create_model(spec, load_weights=load_weights, pretrained_text=False)
+    except Exception as e:
+        problem = _unreadable_weights(weights, label) if load_weights else None
+        if problem is not None:
+            raise problem from None
+        if not isinstance(e, (RuntimeError, ValueError, KeyError)):
+            raise
+        if load_weights and weights:
+            raise CheckpointError(
+                f"{weights[0]}: the weights do not fit the architecture of {label} in its "
+                f"open_clip_config.json ({type(e).__name__}: {str(e)[:300]})"
+            ) from e
+        raise CheckpointError(
+            f"cannot build {label} from its open_clip_config.json ({type(e).__name__}: "
+            f"{str(e)[:300]})"
+        ) from e
+
+
 def _preprocess_values(model: torch.nn.Module, preprocess_cfg: dict | None) -> dict:
     cfg = dict(get_model_preprocess_cfg(model))
     cfg.update(preprocess_cfg or {})
@@ -558,7 +606,8 @@ def _load_hub(repo_id: str, name: str, device: Any, pretrained: bool, mode: str)
         raise CheckpointError(f"{config_path}: not a valid open_clip_config.json ({e})") from e
     _check_text_tower_files(model_cfg, label)
 
-    have_weights = pretrained and any(_hub_file(repo_id, f) for f in _HUB_WEIGHT_FILES)
+    cached = [Path(f) for f in (_hub_file(repo_id, n) for n in _HUB_WEIGHT_FILES) if f]
+    have_weights = pretrained and bool(cached)
     if pretrained and not have_weights:
         warnings.warn(
             f"The weights of {label} ({' or '.join(_HUB_WEIGHT_FILES)} in the Hugging Face repo "
@@ -568,9 +617,7 @@ def _load_hub(repo_id: str, name: str, device: Any, pretrained: bool, mode: str)
             UserWarning,
             stacklevel=3,
         )
-    model = open_clip.create_model(
-        f"hf-hub:{repo_id}", load_weights=have_weights, pretrained_text=False
-    )
+    model = _create_open_clip(f"hf-hub:{repo_id}", have_weights, cached, label)
     tokenizer = _make_tokenizer(model_cfg, fallback_name=f"hf-hub:{repo_id}")
     return _bundle(
         model,
@@ -614,13 +661,7 @@ def _load_local_dir(folder: Path, name: str, device: Any, pretrained: bool, mode
             stacklevel=3,
         )
     spec = f"local-dir:{folder}"
-    try:
-        model = open_clip.create_model(spec, load_weights=have_weights, pretrained_text=False)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(
-            f"{folder}: the weights do not fit the architecture in open_clip_config.json "
-            f"({type(e).__name__}: {str(e)[:300]})"
-        ) from e
+    model = _create_open_clip(spec, have_weights, weights, label)
     tokenizer = _make_tokenizer(model_cfg, fallback_name=spec)
     return _bundle(
         model, tokenizer, name, device, model_cfg, spec, bool(have_weights),
