@@ -157,7 +157,16 @@ def test_the_two_weightings(toy, breast):
     assert (good["selected"].maps - good["reference"].maps).abs().max() < 1e-5
     assert good["selected"].weights.shape == (1, k) and good["reference"].weights.shape == (1, 128)
 
-    bad = {w: gscorecam_details(model, x[:1], -img, k=k, weighting=w) for w in ("selected", "reference")}
+    # a poorly matched "prompt": the direction opposite to the mean feature of the image masked by
+    # each of its channels, so that every masked view scores far below zero
+    from medclipsam.saliency.gscorecam import masked_image_features
+
+    c = acts.shape[0]
+    views = masked_image_features(model.encode_image, x[:1], acts[None], torch.zeros(c, dtype=torch.long),
+                                  torch.arange(c), batch_size=32)
+    opposite = -views.mean(0, keepdim=True)
+    bad = {w: gscorecam_details(model, x[:1], opposite, k=k, weighting=w)
+           for w in ("selected", "reference")}
     assert bad["selected"].scores.max() < -20  # a poorly matched prompt
     unselected = torch.ones(acts.shape[0], dtype=torch.bool)
     unselected[bad["reference"].channels[0]] = False
@@ -197,7 +206,7 @@ def test_fast_mode_matches_fp32_and_follows_weight_changes(toy, breast):
     cast = cast_encoder(model, dtype)
     assert cast_encoder(model, dtype) is cast  # cast once, reused
     with torch.no_grad():  # an in-place update (as an optimiser step does) invalidates the copy
-        for p in model.visual.transformer.resblocks[-1].parameters():
+        for p in model.visual.trunk.blocks[-1].parameters():
             p.mul_(-1.0)
     assert cast_encoder(model, dtype) is not cast
     exact2 = gscorecam(model, x, text, k=32)
