@@ -3,7 +3,7 @@ output and figure, so that a reader sees each lesson (on GitHub, in the README's
 running it.
 
 Each lesson ``notebooks/NN_name.ipynb`` (00-07) runs under papermill with its defaults (no
-parameter overridden: the toy world, the lesson's own sizes), in a fresh kernel and a fresh working
+parameter overridden: the offline world, the lesson's own sizes), in a fresh kernel and a fresh working
 folder, with matplotlib's **inline** backend (``MPLBACKEND`` set for the kernel, whatever the
 calling shell exports, e.g. CI's ``Agg``) so that every figure is saved as an image output, and
 with progress bars off (``TQDM_DISABLE``: a saved widget bar shows as nothing). The copy records
@@ -21,7 +21,7 @@ Usage::
     python scripts/execute_lessons.py --stale      # only the copies that are missing or stale
     python scripts/execute_lessons.py --check      # run nothing; exit 1 naming what is stale
 
-Run it after the last change to a lesson (and to what it shows: the package, the toy models),
+Run it after the last change to a lesson (and to what it shows: the package, the toy CLIP, LiteMedSAM),
 then commit ``docs/lessons/``. A copy made before a change to the package alone still counts as
 fresh: rerun the script whenever the outputs may have moved.
 """
