@@ -50,6 +50,7 @@ from open_clip import get_model_preprocess_cfg
 from open_clip.coca_model import CoCa
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.tokenizer import HFTokenizer
+from safetensors.torch import load_file as load_safetensors
 
 from .._utils import atomic_path, checkpoint_error_detail, get_device
 from ..data.convert import to_unit_float
@@ -501,9 +502,7 @@ def _unreadable_weights(files: Sequence[Path], label: str) -> CheckpointError | 
     path = Path(files[0])
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            load_file(str(path))
+            load_safetensors(str(path))
         else:
             _read_checkpoint(path)
     except CheckpointError as e:

@@ -37,12 +37,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .._utils import get_device
+from .._utils import checkpoint_error_detail, get_device
+from ._state import state_mismatch
 
 __all__ = [
     "LITEMEDSAM_SHA256",
@@ -187,8 +189,6 @@ def build_litemedsam() -> Sam:
 def resize_longest_area(image: np.ndarray, target: int = IMG_SIZE) -> np.ndarray:
     """``image`` (H, W, 3) uint8 with its longest side resized to ``target``, aspect kept, with
     OpenCV's ``INTER_AREA`` as the official script does (the new size rounds half up, as there)."""
-    import cv2
-
     h, w = image.shape[:2]
     scale = target / max(h, w)
     nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
@@ -274,8 +274,6 @@ def load_litemedsam(device: Any = "auto", checkpoint: str | os.PathLike | None =
 
     The shipped file is verified by size and SHA-256 before it is read; every file is read
     with ``torch.load(weights_only=True)`` and must fit the architecture exactly."""
-    from ._state import state_mismatch
-
     if checkpoint is None:
         path = litemedsam_checkpoint()
     else:
@@ -285,8 +283,6 @@ def load_litemedsam(device: Any = "auto", checkpoint: str | os.PathLike | None =
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        from .._utils import checkpoint_error_detail
-
         raise LiteMedSamError(f"{path}: cannot read this LiteMedSAM checkpoint: "
                               f"{checkpoint_error_detail(e)}") from None
     sd = obj.get("model", obj) if isinstance(obj, dict) else obj
