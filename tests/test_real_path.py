@@ -332,7 +332,7 @@ def test_sweep_embeds_each_image_once_for_all_fourteen_settings(standin_pipe):
 
 
 def test_evaluate_settings_scores_an_ablation_with_given_maps(standin_pipe):
-    from medclipsam.pipeline import evaluate_settings
+    from medclipsam.evaluation import evaluate_settings
 
     samples = _phantoms("brain", 2)
     images, masks = [s.rgb for s in samples], [s.mask for s in samples]
