@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         clip = load_clip("biomedclip", pretrained=False, device=a.device)
     torch.manual_seed(0)
     sam = sam_model_registry[a.sam](checkpoint=None).to(a.device).eval()
-    pipe = MedCLIPSAM(clip, SamPredictor(sam), saliency_kwargs={"k": a.k, "precision": a.precision})
+    pipe = MedCLIPSAM(clip, SamPredictor(sam), k=a.k, saliency_kwargs={"precision": a.precision})
     print(f"BiomedCLIP architecture + SAM {a.sam}, random weights; gScoreCAM k={a.k} {a.precision}; "
           f"device {a.device}\n")
     images = [s.rgb for s in PhantomDataset("breast", a.images, seed=0, size=256, split="test")]

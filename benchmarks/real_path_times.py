@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None, rows_out: list | None = None) -> int:
             stages: dict[str, list[float]] = {}
             with Clock() as c:
                 for f in batches["predict"]:
-                    res = pipe.predict(f, "breast tumor", saliency_kwargs={"k": k})
+                    res = pipe.predict(f, "breast tumor", k=k)
                     for st in ("saliency", "sam_embed", "sam_decode"):
                         stages.setdefault(st, []).append(res.timings[st])
             note = "wall: " + ", ".join(f"{st} {statistics.mean(v):.1f}" for st, v in stages.items())
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None, rows_out: list | None = None) -> int:
         if "run_folder" in a.entries:
             sub = _link(batches["run_folder"], tmp / f"run_folder_{k}")
             base = pipe.config
-            pipe.config = replace(base, saliency_kwargs={"k": k})
+            pipe.config = replace(base, k=k)
             try:
                 with Clock() as c:
                     pipe.run_folder(sub, "breast tumor", tmp / f"out_run_folder_{k}", progress=False)

@@ -61,11 +61,12 @@ def _fmt(values: np.ndarray, rng: np.random.Generator, n_boot: int) -> str:
 
 def run_settings(pipe: MedCLIPSAM, data: dict, k: int, m2ib: bool) -> dict[str, dict[str, np.ndarray]]:
     """Per-image Dice of every row, per task."""
-    methods = {"gScoreCAM, top-k (default)": ("gscorecam", {"k": k}),
-               "ScoreCAM, all channels": ("gscorecam", {"k": None}),
-               "GradCAM": ("gradcam", {}), "random map (control)": ("random", {})}
+    all_channels = 1 << 20  # more than any layer has: k is clipped to the layer's channels (ScoreCAM)
+    methods = {"gScoreCAM, top-k (default)": {"saliency": "gscorecam", "k": k},
+               "ScoreCAM, all channels": {"saliency": "gscorecam", "k": all_channels},
+               "GradCAM": {"saliency": "gradcam"}, "random map (control)": {"saliency": "random"}}
     if m2ib:
-        methods["M2IB"] = ("m2ib", {})
+        methods["M2IB"] = {"saliency": "m2ib"}
     rows: dict[str, dict[str, np.ndarray]] = {}
     for task in TASKS:
         samples = data[task]
@@ -75,8 +76,8 @@ def run_settings(pipe: MedCLIPSAM, data: dict, k: int, m2ib: bool) -> dict[str, 
             rows.setdefault(name, {})[task] = np.array([dice(r.mask, s.mask) for r, s in zip(out, samples)])
 
         default_maps = None
-        for name, (method, kw) in methods.items():
-            out = pipe.predict(images, PROMPTS[task], task=task, saliency=method, saliency_kwargs=kw)
+        for name, over in methods.items():
+            out = pipe.predict(images, PROMPTS[task], task=task, **over)
             score(name, out)
             if name.startswith("gScoreCAM"):
                 default_maps = [r.saliency for r in out]
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print(hardware_header())
     t0 = time.perf_counter()
     pipe = MedCLIPSAM.offline()
-    k = pipe.config.saliency_kwargs["k"]
+    k = pipe.config.k
     print(f"toy pipeline: {pipe.config}\n{a.n} test images per task with a finding\n")
     data = {t: list(PhantomDataset(t, a.n, seed=0, size=256, split="test", normal_fraction=0.0)) for t in TASKS}
     rows = run_settings(pipe, data, k, a.m2ib)

@@ -44,7 +44,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .config import OFFLINE_DEFAULTS, FinetuneConfig, PipelineConfig, WeakConfig
+from .config import OFFLINE_DEFAULTS, FinetuneConfig, PipelineConfig, WeakConfig, default_k
 from .vocab import (
     BOX_MODES,
     DATA_SOURCES,
@@ -52,6 +52,7 @@ from .vocab import (
     LOSS_NAMES,
     POSTPROCESS_METHODS,
     SALIENCY_METHODS,
+    SALIENCY_OPTIONS,
     SALIENCY_PRECISIONS,
     SAM2_MODELS,
     SAM_MODELS,
@@ -66,7 +67,6 @@ __all__ = ["build_parser", "main"]
 _PIPE = PipelineConfig()
 _WEAK = WeakConfig()
 _FT = FinetuneConfig()
-_OFFLINE_K = OFFLINE_DEFAULTS["saliency_kwargs"]()["k"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,11 +128,16 @@ def _saliency_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out keep the API's defaults, and the offline world's k)."""
     over: dict[str, Any] = {k: v for k, v in (("saliency", args.saliency), ("postprocess", args.postprocess))
                             if v is not None}
-    saliency_kwargs = {k: v for k, v in (("k", args.k), ("precision", args.precision)) if v is not None}
-    if saliency_kwargs and over.get("saliency", _PIPE.saliency) != "gscorecam":
-        raise ValueError(f"--k and --precision are gScoreCAM's; --saliency is {args.saliency}")
-    if saliency_kwargs:
-        over["saliency_kwargs"] = saliency_kwargs
+    given = {name: v for name, v in (("k", args.k), ("precision", args.precision)) if v is not None}
+    method = over.get("saliency", _PIPE.saliency)
+    foreign = [f"--{name}" for name in given if name not in SALIENCY_OPTIONS[method]]
+    if foreign:
+        raise ValueError(f"{' and '.join(foreign)}: not an option of --saliency {method} "
+                         f"(its options: {', '.join(SALIENCY_OPTIONS[method]) or 'none'})")
+    if "k" in given:
+        over["k"] = given.pop("k")
+    if given:
+        over["saliency_kwargs"] = given
     return over
 
 
@@ -575,8 +580,9 @@ def _saliency_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--saliency", choices=SALIENCY_METHODS,
                    help=f"saliency method (default: {_PIPE.saliency})")
     p.add_argument("--k", type=int,
-                   help=f"gScoreCAM channels (default: the method's, 300 as in the paper; {_OFFLINE_K} in the "
-                   "offline world); each channel costs one image forward (benchmarks/real_path_times.py)")
+                   help=f"gScoreCAM channels (default: {default_k('real')} as in the paper, "
+                   f"{default_k('offline')} in the offline world); each channel costs one image forward "
+                   "(benchmarks/real_path_times.py)")
     p.add_argument("--precision", choices=SALIENCY_PRECISIONS, help="gScoreCAM scoring precision (default: fp32)")
     p.add_argument("--postprocess", choices=POSTPROCESS_METHODS,
                    help=f"saliency -> coarse mask (default: {_PIPE.postprocess}; without the crf extra "

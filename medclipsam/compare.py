@@ -144,9 +144,8 @@ def compare_backends(
             if isinstance(clip, str):  # loaded once, when the first MedCLIP-SAM row needs it
                 clip = load_clip(clip, device=device)
             if config is None:  # the offline world's defaults for the toy CLIP (see MedCLIPSAM.offline)
-                config = PipelineConfig(**({k: v() if callable(v) else v for k, v in OFFLINE_DEFAULTS.items()}
-                                           if toy else {}))
-            pipe = MedCLIPSAM(clip, backend, config)
+                config = PipelineConfig(**(OFFLINE_DEFAULTS if toy else {}))
+            pipe = MedCLIPSAM(clip, backend, config, world="offline" if toy else "custom")
             try:
                 if maps is None:
                     results = pipe.predict(images, prompt, task=task, ids=stems, progress=progress)

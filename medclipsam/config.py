@@ -3,8 +3,9 @@ command line share, so ``medclipsam SUB --help`` shows the API's own defaults wi
 torch.
 
 * :class:`PipelineConfig` (:class:`medclipsam.pipeline.MedCLIPSAM`), with :data:`TASK_PRESETS` (what
-  the paper changes per task) and :data:`OFFLINE_DEFAULTS` (what
-  :meth:`~medclipsam.pipeline.MedCLIPSAM.offline` starts from);
+  the paper changes per task), :data:`OFFLINE_DEFAULTS` (what
+  :meth:`~medclipsam.pipeline.MedCLIPSAM.offline` starts from) and :func:`default_k` (gScoreCAM's
+  ``k`` when the configuration leaves it ``None``: the one place that decides it);
 * :class:`FinetuneConfig` (:func:`medclipsam.finetune.finetune`);
 * :class:`WeakConfig` (:func:`medclipsam.weak.train_segmenter` and prediction with its network).
 
@@ -26,18 +27,38 @@ from .vocab import (
     LOSS_NAMES,
     POSTPROCESS_METHODS,
     SALIENCY_METHODS,
+    SALIENCY_OPTIONS,
+    SALIENCY_PRECISIONS,
     SAM_PROMPT_MODES,
     TRAINING_PRECISIONS,
 )
 
-__all__ = ["MAX_SIDE", "OFFLINE_DEFAULTS", "TASK_PRESETS", "FinetuneConfig", "PipelineConfig", "WeakConfig"]
+__all__ = ["MAX_SIDE", "OFFLINE_DEFAULTS", "PAPER_K", "TASK_PRESETS", "FinetuneConfig", "PipelineConfig",
+           "WeakConfig", "default_k"]
 
 #: Default working resolution of the pipeline (longer side, pixels): SAM's own input size.
 MAX_SIDE = 1024
 
 
-#: The settings :meth:`medclipsam.pipeline.MedCLIPSAM.offline` starts from (see there).
-OFFLINE_DEFAULTS: dict[str, Any] = {"saliency_kwargs": lambda: {"k": 48}, "sam_prompt_mode": "box"}
+#: gScoreCAM's channels in the paper: 300 of BiomedCLIP's 768 (39 %); the saliency functions' default.
+PAPER_K = 300
+
+#: gScoreCAM's k per world when :attr:`PipelineConfig.k` is None (read through :func:`default_k`):
+#: the paper's 300 with real models (``"custom"``: a pipeline built from loaded models), 48 of the toy
+#: CLIP's 128 channels offline (a similar share).
+_WORLD_K = {"real": PAPER_K, "custom": PAPER_K, "offline": 48}
+
+
+def default_k(world: str) -> int:
+    """gScoreCAM's k in ``world`` (``"real"``, ``"offline"`` or ``"custom"``) when none is given."""
+    if world not in _WORLD_K:
+        raise ValueError(f"unknown world {world!r}; choose one of {', '.join(_WORLD_K)}")
+    return _WORLD_K[world]
+
+
+#: The settings :meth:`medclipsam.pipeline.MedCLIPSAM.offline` starts from besides ``k`` (see
+#: :func:`default_k`): boxes, what LiteMedSAM was trained with.
+OFFLINE_DEFAULTS: dict[str, Any] = {"sam_prompt_mode": "box"}
 
 #: What the paper changes per task (everything else stays at the :class:`PipelineConfig` default),
 #: and the smallest box each task accepts (a share of the image: lesions can be small, a lung is
@@ -55,8 +76,10 @@ class PipelineConfig:
     """Settings of :class:`MedCLIPSAM` (defaults: MedCLIP-SAM v1: gScoreCAM, dense CRF, one box).
 
     * ``saliency``: ``"gscorecam"`` (paper), ``"gradcam"``, ``"m2ib"`` (v2), or a control
-      (``"random"``, ``"uniform"``); ``saliency_kwargs`` go to the method (e.g. ``k``,
-      ``precision``, ``weighting``, ``convention``).
+      (``"random"``, ``"uniform"``). ``k``: gScoreCAM's channels (``None``: the default of the
+      world the pipeline is built in, :func:`default_k`; clipped to the layer's channels).
+      ``saliency_kwargs``: the method's other options (:data:`~medclipsam.vocab.SALIENCY_OPTIONS`,
+      e.g. gScoreCAM's ``precision``, ``weighting``, ``convention``; M2IB's ``steps``).
     * ``postprocess``: ``"crf"`` (v1, default; needs the ``crf`` extra: without it the pipeline
       uses k-means and says so in each result's flags, ``"crf_unavailable_used_kmeans"``),
       ``"kmeans"`` (v2), ``"threshold"`` (at ``threshold``), ``"otsu"``.
@@ -75,7 +98,8 @@ class PipelineConfig:
     """
 
     saliency: str = "gscorecam"
-    saliency_kwargs: dict = field(default_factory=dict)
+    k: int | None = None
+    saliency_kwargs: dict[str, Any] = field(default_factory=dict)
     postprocess: str = "crf"
     threshold: float = 0.3
     n_components: int = 1
@@ -98,12 +122,39 @@ class PipelineConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        self._validate_saliency()
         if self.n_components < 1:
             raise ValueError(f"n_components must be >= 1, got {self.n_components}")
         if not 0.0 <= self.min_box_area < 1.0:
             raise ValueError(f"min_box_area is a share of the image in [0, 1), got {self.min_box_area}")
         if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 16):
             raise ValueError(f"max_side must be None or an integer >= 16, got {self.max_side!r}")
+
+    def _validate_saliency(self) -> None:
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise ValueError(f"k (gScoreCAM's channels) must be None or an integer >= 1, got {self.k!r}")
+        if not isinstance(self.saliency_kwargs, dict):
+            raise ValueError(f"saliency_kwargs must be a dict, got {type(self.saliency_kwargs).__name__}")
+        if "k" in self.saliency_kwargs:
+            raise ValueError("k is a field of PipelineConfig (k=...), not a saliency_kwargs entry")
+        allowed = SALIENCY_OPTIONS.get(self.saliency, ())
+        unknown = sorted(set(self.saliency_kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"saliency {self.saliency!r} takes no option {', '.join(unknown)}; "
+                             f"its options: {', '.join(allowed) or 'none'}")
+        precision = self.saliency_kwargs.get("precision", "fp32")
+        if precision not in SALIENCY_PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(SALIENCY_PRECISIONS)}")
+
+    def with_k(self, world: str) -> PipelineConfig:
+        """This configuration with ``k`` decided: as set, else :func:`default_k` of ``world``."""
+        return self if self.k is not None else replace(self, k=default_k(world))
+
+    def saliency_options(self) -> dict[str, Any]:
+        """The keyword arguments of the saliency method: ``saliency_kwargs``, and ``k`` for a
+        method that takes it (call :meth:`with_k` first: ``k`` None is the method's own default)."""
+        takes_k = "k" in SALIENCY_OPTIONS.get(self.saliency, ())
+        return {**({"k": self.k} if takes_k and self.k is not None else {}), **self.saliency_kwargs}
 
     def for_task(self, task: str | None) -> PipelineConfig:
         """This configuration with the task's preset applied (unknown task: unchanged)."""

@@ -1,5 +1,6 @@
-"""What every batch entry point does per image: one prompt and one id for each image, and a
-progress bar over the images (used by the pipeline and the text-only baselines alike)."""
+"""What every batch entry point does per image: a checked prompt, one prompt and one id for each
+image, and a progress bar over the images (used by the pipeline, the folder runner and the text-only
+baselines alike)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["image_progress", "prompts_per_image"]
+__all__ = ["check_prompt", "image_progress", "prompts_per_image"]
+
+
+def check_prompt(prompt: Any) -> str:
+    """``prompt`` if it is a non-empty string; an empty or whitespace-only prompt is refused
+    (it would still give a mask, driven by nothing)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError(f"empty prompt {prompt!r}: say what to segment, e.g. \"breast tumor\"")
+    return prompt
 
 
 def prompts_per_image(

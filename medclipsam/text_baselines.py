@@ -3,7 +3,7 @@
 :class:`Sam3TextBaseline` answers like :class:`~medclipsam.pipeline.MedCLIPSAM`: ``predict(images,
 prompt)`` returns :class:`~medclipsam.pipeline.SegmentationResult` objects and
 ``run_folder(images_dir, prompt, out_dir)`` writes ``masks/*.png``, ``results.csv`` and
-``run.json`` (resumable), so :func:`~medclipsam.pipeline.evaluate_predictions`,
+``run.json`` (resumable), so :func:`~medclipsam.evaluation.evaluate_predictions`,
 :func:`~medclipsam.reproduce.reproduce` (as its zero-shot stage), ``medclipsam evaluate`` on its
 masks and :func:`~medclipsam.compare.compare_backends` take it where they take the pipeline::
 
@@ -26,14 +26,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import folder_runs
 from .data.io import load_picture
 from .models.sam3 import load_sam3
 from .per_image import image_progress, prompts_per_image
-from .pipeline import MedCLIPSAM, SegmentationResult
+from .pipeline import SegmentationResult
 
 __all__ = ["Sam3TextBaseline", "Sam3TextConfig"]
 
@@ -113,12 +115,13 @@ class Sam3TextBaseline:
         plist, ids = prompts_per_image(items, prompts, ids)
         cfg = replace(self.config.for_task(task), **overrides)
         _check(cfg)
-        out = [self._one(im, pr, cfg, name, seed=0)
+        out = [self.segment_one(im, pr, cfg, name, seed=0)
                for im, pr, name in image_progress(zip(items, plist, ids), len(items), progress)]
         return out[0] if single else out
 
-    def _one(self, image: Any, prompt: str, cfg: Sam3TextConfig, name: str,
-             seed: int = 0) -> SegmentationResult:  # noqa: ARG002  (the pipeline's signature)
+    def segment_one(self, image: Any, prompt: str, cfg: Sam3TextConfig, name: str = "",
+                    seed: int = 0) -> SegmentationResult:  # noqa: ARG002  (the pipeline's signature)
+        """One image with ``cfg`` as it is (SAM 3 is deterministic: ``seed`` is not used)."""
         t0 = time.perf_counter()
         rgb = load_picture(image)
         self.model.set_image(rgb)
@@ -138,6 +141,8 @@ class Sam3TextBaseline:
             sam_score=out.best_score, flags=flags, timings=timings, id=name,
         )
 
-    # The pipeline's folder runner needs only ``config.for_task``/``to_dict`` and ``_one``, which
-    # this class provides: one implementation of resuming, run.json and results.csv for both.
-    run_folder = MedCLIPSAM.run_folder
+    def run_folder(self, images_dir: str | Path, prompt: str, out_dir: str | Path,
+                   **options: Any) -> list[dict]:
+        """As :meth:`MedCLIPSAM.run_folder <medclipsam.pipeline.MedCLIPSAM.run_folder>`: the same
+        folder runner (:func:`medclipsam.folder_runs.run_folder`), resumable, with the same files."""
+        return folder_runs.run_folder(self, images_dir, prompt, out_dir, **options)

@@ -15,6 +15,7 @@ __all__ = [
     "LOSS_NAMES",
     "POSTPROCESS_METHODS",
     "SALIENCY_METHODS",
+    "SALIENCY_OPTIONS",
     "SALIENCY_PRECISIONS",
     "SAM2_MODELS",
     "SAM_MODELS",
@@ -33,6 +34,13 @@ SALIENCY_METHODS: tuple[str, ...] = ("gscorecam", "gradcam", "m2ib")
 #: Saliency "methods" that ignore the text prompt, for control experiments: a smooth random map,
 #: a constant map.
 CONTROL_SALIENCY: tuple[str, ...] = ("random", "uniform")
+#: The options each saliency method takes through :class:`~medclipsam.config.PipelineConfig`
+#: (``k`` is its own field there; the rest go in ``saliency_kwargs``); the controls take none.
+SALIENCY_OPTIONS: dict[str, tuple[str, ...]] = {
+    "gscorecam": ("k", "batch_size", "target", "weighting", "precision", "convention", "pick", "pick_seed"),
+    "gradcam": ("target",),
+    "m2ib": ("target", "layer_index", "beta", "steps", "lr", "seed", "noise", "noise_samples", "init_alpha"),
+}
 #: gScoreCAM's scoring precision (``"fast"``: bf16 on CPUs that have it, fp16 on CUDA).
 SALIENCY_PRECISIONS: tuple[str, ...] = ("fp32", "fast", "bf16", "fp16")
 

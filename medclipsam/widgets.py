@@ -77,7 +77,13 @@ from .saliency.gscorecam_multi import MaskedFeatureStore
 from .saliency.sensitivity import DEFAULT_THRESHOLD
 from .sam_session import SamSession
 from .viz import overlay, sample_grid
-from .vocab import CONTROL_SALIENCY, POSTPROCESS_METHODS, SALIENCY_METHODS, SAM_PROMPT_MODES
+from .vocab import (
+    CONTROL_SALIENCY,
+    POSTPROCESS_METHODS,
+    SALIENCY_METHODS,
+    SALIENCY_OPTIONS,
+    SAM_PROMPT_MODES,
+)
 from .worlds import pipeline_for_world
 
 __all__ = ["ExplorerImage", "PromptExplorer"]
@@ -152,8 +158,8 @@ class PromptExplorer:
     from, by name (a predictor, or a no-argument callable that loads one on first use, e.g.
     ``lambda: load_sam("medsam")``); the pipeline's own SAM is always offered first as
     ``sam_name``. ``prompt``: the first prompt (default: the first image's suggested prompt).
-    ``k``: gScoreCAM's channels to start with (default: the pipeline's ``saliency_kwargs["k"]``,
-    else min(300, C)); each channel costs one image forward of the CLIP model
+    ``k``: gScoreCAM's channels to start with (default: the pipeline's ``config.k``, at most the
+    layer's C); each channel costs one image forward of the CLIP model
     (``benchmarks/real_path_times.py`` times it), so a smaller k keeps the explorer responsive. ``display_size``: width in CSS pixels of
     each panel. ``text_baseline``: a segmenter from the text alone (a
     :class:`~medclipsam.text_baselines.Sam3TextBaseline`, or a no-argument callable loading one on
@@ -412,8 +418,7 @@ class PromptExplorer:
     def _default_k(self) -> int:
         if self._k is not None:
             return min(self._k, self._channels())
-        k = self._cfg().saliency_kwargs.get("k") if self._cfg().saliency == "gscorecam" else None
-        return int(k) if isinstance(k, int) else min(300, self._channels())
+        return min(self._cfg().with_k(self.pipeline.world).k, self._channels())
 
     @property
     def current(self) -> ExplorerImage:
@@ -429,17 +434,15 @@ class PromptExplorer:
     def config(self) -> PipelineConfig:
         """The pipeline settings the controls describe now."""
         method = self.method.value
-        kwargs = {"k": int(self.k.value)} if method == "gscorecam" else {}
-        if method == self._cfg().saliency:
-            kwargs = {**self._cfg().saliency_kwargs, **kwargs}
+        kwargs = self._cfg().saliency_kwargs if method == self._cfg().saliency else {}
         return replace(
-            self._cfg().for_task(self.task), saliency=method, saliency_kwargs=kwargs,
+            self._cfg().for_task(self.task), saliency=method, k=int(self.k.value), saliency_kwargs=kwargs,
             postprocess=self.postprocess.value, threshold=float(self.threshold.value),
             sam_prompt_mode=self.mode.value,
         )
 
     def _update_enabled(self) -> None:
-        self.k.disabled = self.method.value != "gscorecam"
+        self.k.disabled = "k" not in SALIENCY_OPTIONS.get(self.method.value, ())
         self.threshold.disabled = self.postprocess.value != "threshold"
 
     # -- callbacks (ordinary methods: tests and notebooks call them too) ------------------------
@@ -580,7 +583,7 @@ class PromptExplorer:
             "image": self.image_picker.value,
             "prompt": self.prompt_box.value,
             "method": self.method.value,
-            "k": int(self.k.value) if self.method.value == "gscorecam" else None,
+            "k": self.config().saliency_options().get("k"),
             "postprocess": self.postprocess.value,
             "threshold": float(self.threshold.value),
             "sam_prompt_mode": self.mode.value,
@@ -624,7 +627,7 @@ class PromptExplorer:
         self.status.value = f"<i>{html.escape(label)}</i>"
 
     def _saliency_key(self, cfg: PipelineConfig, prompt: str) -> tuple:
-        return (self.image_picker.value, prompt, cfg.saliency, _freeze(cfg.saliency_kwargs))
+        return (self.image_picker.value, prompt, cfg.saliency, _freeze(cfg.saliency_options()))
 
     def _saliency_for(self, prompt: str, cfg: PipelineConfig) -> np.ndarray:
         key = self._saliency_key(cfg, prompt)
@@ -775,7 +778,7 @@ class PromptExplorer:
             extra = {"store": self.feature_store} if is_gscorecam(cfg.saliency) else {}
             rep = prompt_sensitivity(self.pipeline.clip, self.current.image, prompt,
                                      METHODS[cfg.saliency], task=self.task, warn=False,
-                                     **cfg.saliency_kwargs, **extra)
+                                     **cfg.saliency_options(), **extra)
             self._sensitivity_cache[key] = float(rep.sensitivity)
         return self._sensitivity_cache[key]
 

@@ -16,8 +16,8 @@ checkpoint, a model folder or ``"local-dir:PATH"``); ``SAM`` anything
 ``SAM_CHECKPOINT`` your own file for a named SAM (``SAM = "medsam"`` with ``SAM_CHECKPOINT`` is
 MedSAM with MedSAM's preprocessing). ``K`` is gScoreCAM's number of channels: about 0.6 s each per
 image on one CPU thread with BiomedCLIP, so the paper's 300 takes about 210 s per image with SAM ViT-B
-and 32 about 55 s (``benchmarks/real_path_times.py``); ``None`` keeps each world's default (300 real,
-the :data:`~medclipsam.config.OFFLINE_DEFAULTS` k offline).
+and 32 about 55 s (``benchmarks/real_path_times.py``); ``None`` keeps each world's default
+(:func:`~medclipsam.config.default_k`: 300 real, 48 offline).
 
 Every function prints one line saying what was loaded (``real world: ...`` or ``offline world: ...``),
 and where the real world failed, why, before falling back (``fallback=False`` raises instead).
@@ -28,17 +28,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import OFFLINE_DEFAULTS
 from .models import load_clip
 from .pipeline import MedCLIPSAM
 
-__all__ = ["LOAD_ERRORS", "WORLDS", "clip_for_world", "default_k", "pipeline_for_world"]
+__all__ = ["LOAD_ERRORS", "WORLDS", "clip_for_world", "pipeline_for_world"]
 
 WORLDS = ("offline", "real")
 #: What loading real models raises when they cannot be had here (offline, missing or wrong files).
 LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError, ValueError, ImportError)
-#: gScoreCAM's k per world when ``k`` is None: the paper's 300, and the offline pipeline's default.
-DEFAULT_K = {"real": 300, "offline": OFFLINE_DEFAULTS["saliency_kwargs"]()["k"]}
 
 
 def _check_world(world: str) -> None:
@@ -56,17 +53,17 @@ def _why(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
-def default_k(world: str) -> int:
-    """gScoreCAM's k in ``world`` when none is given (300 real, as in the paper; the offline pipeline's default offline)."""
-    _check_world(world)
-    return DEFAULT_K[world]
-
-
 def _sam_label(sam: Any, sam_checkpoint: Any, predictor: Any) -> str:
     kind = {"MedSamPredictor": "MedSAM predictor", "LiteMedSamPredictor": "LiteMedSAM predictor"}.get(
         type(predictor).__name__, "SAM predictor")
     where = f" from {sam_checkpoint}" if sam_checkpoint else ""
     return f"{Path(str(sam)).name if Path(str(sam)).is_file() else sam}{where} ({kind})"
+
+
+def _method_label(config: Any) -> str:
+    """The saliency method and, for one that takes it, its k: ``"gscorecam k=48"``."""
+    k = config.saliency_options().get("k")
+    return config.saliency + ("" if k is None else f" k={k}")
 
 
 def _clip_label(name: Any, clip: Any) -> str:
@@ -95,9 +92,8 @@ def pipeline_for_world(
     fields. ``pipe.world`` says which world was built.
     """
     _check_world(world)
-    saliency = overrides.get("saliency", "gscorecam")
-    if k is not None and saliency == "gscorecam":
-        overrides["saliency_kwargs"] = {**overrides.get("saliency_kwargs", {}), "k": int(k)}
+    if k is not None:
+        overrides["k"] = int(k)
     if world == "real":
         try:
             pipe = MedCLIPSAM.from_pretrained(
@@ -110,22 +106,15 @@ def pipeline_for_world(
                 print(f"real world not available ({_why(err)})\n-> using the offline world")
         else:
             if verbose:
-                kk = pipe.config.saliency_kwargs.get("k", DEFAULT_K["real"])
                 print(
                     f"real world: CLIP {_clip_label(clip, pipe.clip)}, SAM "
-                    f"{_sam_label(sam, sam_checkpoint, pipe.sam)}, {pipe.config.saliency}"
-                    + (f" k={kk}" if pipe.config.saliency == "gscorecam" else "")
-                    + f", device {pipe.clip.device}"
+                    f"{_sam_label(sam, sam_checkpoint, pipe.sam)}, {_method_label(pipe.config)}"
+                    f", device {pipe.clip.device}"
                 )
             return pipe
     pipe = MedCLIPSAM.offline(device=_offline_device(device), **overrides)
     if verbose:
-        kk = pipe.config.saliency_kwargs.get("k")
-        print(
-            f"offline world: toy CLIP + LiteMedSAM, {pipe.config.saliency}"
-            + (f" k={kk}" if kk is not None else "")
-            + f", device {pipe.clip.device}"
-        )
+        print(f"offline world: toy CLIP + LiteMedSAM, {_method_label(pipe.config)}, device {pipe.clip.device}")
     return pipe
 
 
@@ -139,7 +128,7 @@ def clip_for_world(
 ) -> tuple[Any, str]:
     """``(clip, world)``: the CLIP model ``clip`` for ``"real"`` (the toy CLIP when it cannot
     be loaded, with a message, unless ``fallback=False``), or the toy CLIP for ``"offline"``;
-    ``world`` is the one actually loaded (use :func:`default_k` with it)."""
+    ``world`` is the one actually loaded (use :func:`~medclipsam.config.default_k` with it)."""
     _check_world(world)
     name = clip
     if world == "real":

@@ -14,7 +14,8 @@ import pytest
 
 from medclipsam.data.io import read_mask
 from medclipsam.data.phantom import write_phantom_folder
-from medclipsam.pipeline import MedCLIPSAM, read_results
+from medclipsam.folder_runs import read_results
+from medclipsam.pipeline import MedCLIPSAM
 
 REPO = Path(__file__).resolve().parents[1]
 N = 6

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medclipsam.config import default_k
 from medclipsam.data import PhantomDataset
 from medclipsam.data.phantom import PROMPTS
 from medclipsam.metrics import dice
@@ -126,7 +127,8 @@ def test_folder_run_writes_as_it_goes_and_resumes(standin_pipe, tmp_path):
 
 def test_switching_the_saliency_method_per_call_drops_the_other_methods_options(standin_pipe):
     s = PhantomDataset("xray", 1, seed=1, size=128, split="test")[0]
-    assert standin_pipe.config.saliency_kwargs == {"k": 48}  # the offline world's gScoreCAM setting
+    assert standin_pipe.config.k == default_k("offline") == 48  # the offline world's gScoreCAM setting
+    assert standin_pipe.config.saliency_kwargs == {}
     res = standin_pipe.predict(s.rgb, "lungs", task="xray", saliency="gradcam",
                                sam_prompt_mode="box+points")
     assert dice(res.mask, s.mask) > 0.5

@@ -17,7 +17,6 @@ import torch
 from hf_cache import BIOMEDCLIP_CONFIG, use_hf_cache, write_biomedclip_cache
 from httpserver import FileServer
 
-from medclipsam.config import OFFLINE_DEFAULTS
 from medclipsam.download import DownloadError
 from medclipsam.models import registry
 from medclipsam.models.clip import CheckpointError, load_clip
@@ -259,14 +258,15 @@ def test_a_biomedclip_snapshot_folder_builds_its_real_architecture(tmp_path, mon
 
 def test_pipeline_for_world_says_what_it_built_and_falls_back_with_the_reason(
         tiny_sam_file, tmp_path, capsys):
-    from medclipsam.worlds import default_k, pipeline_for_world
+    from medclipsam.config import default_k
+    from medclipsam.worlds import pipeline_for_world
 
     pipe = pipeline_for_world("real", clip="toy", sam="medsam", sam_checkpoint=tiny_sam_file,
                               k=7, device="cpu")
     try:
         out = capsys.readouterr().out
         assert pipe.world == "real" and isinstance(pipe.sam, MedSamPredictor)
-        assert pipe.config.saliency_kwargs == {"k": 7}
+        assert pipe.config.k == 7 and pipe.config.saliency_kwargs == {}
         assert out.startswith("real world: CLIP toy") and "MedSAM predictor" in out and "k=7" in out
     finally:
         pipe.close()
@@ -274,7 +274,7 @@ def test_pipeline_for_world_says_what_it_built_and_falls_back_with_the_reason(
     pipe = pipeline_for_world("real", clip=str(missing), sam=str(tiny_sam_file), k=5)
     try:
         out = capsys.readouterr().out
-        assert pipe.world == "offline" and pipe.config.saliency_kwargs == {"k": 5}
+        assert pipe.world == "offline" and pipe.config.k == 5
         assert "real world not available (FileNotFoundError" in out and str(missing) in out
         assert "-> using the offline world" in out and "offline world: toy CLIP + LiteMedSAM" in out
     finally:
@@ -283,7 +283,7 @@ def test_pipeline_for_world_says_what_it_built_and_falls_back_with_the_reason(
         pipeline_for_world("real", clip=str(missing), sam=str(tiny_sam_file), fallback=False)
     with pytest.raises(ValueError, match="WORLD"):
         pipeline_for_world("Real")
-    assert default_k("real") == 300 and default_k("offline") == OFFLINE_DEFAULTS["saliency_kwargs"]()["k"] == 48
+    assert default_k("real") == 300 and default_k("offline") == 48
 
 
 def test_clip_for_world_falls_back_to_the_toy_clip(tmp_path, capsys):
@@ -332,7 +332,7 @@ def test_sweep_embeds_each_image_once_for_all_fourteen_settings(standin_pipe):
 
 
 def test_evaluate_settings_scores_an_ablation_with_given_maps(standin_pipe):
-    from medclipsam.pipeline import evaluate_settings
+    from medclipsam.evaluation import evaluate_settings
 
     samples = _phantoms("brain", 2)
     images, masks = [s.rgb for s in samples], [s.mask for s in samples]
@@ -409,11 +409,11 @@ def test_pseudo_label_takes_k_saliency_and_postprocess(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((out_dir / "run.json").read_text())["config"]
-    assert cfg["saliency_kwargs"] == {"k": 8} and cfg["postprocess"] == "otsu"
+    assert cfg["k"] == 8 and cfg["saliency_kwargs"] == {} and cfg["postprocess"] == "otsu"
     assert len(list((out_dir / "masks").iterdir())) == 2
     args = build_parser().parse_args(["pseudo-label", "--images", "x", "--prompt", "p", "--out",
                                       "o", "--saliency", "gradcam", "--k", "8"])
-    with pytest.raises(ValueError, match="--k and --precision are gScoreCAM's"):
+    with pytest.raises(ValueError, match="--k: not an option of --saliency gradcam"):
         _saliency_overrides(args)
 
 
@@ -423,7 +423,7 @@ def test_the_explorer_takes_k(standin_pipe):
 
     s = _phantoms("breast", 1)[0]
     ex = PromptExplorer(standin_pipe, {"a": ExplorerImage(s.rgb, s.mask, "breast", "breast tumor")}, k=5)
-    assert ex.last_error is None and ex.state["k"] == 5 and ex.config().saliency_kwargs["k"] == 5
+    assert ex.last_error is None and ex.state["k"] == 5 and ex.config().k == 5
     ex = PromptExplorer(standin_pipe, {"a": s.rgb}, k=10_000)
     assert ex.state["k"] == ex.k.max  # clipped to the layer's channels
     with pytest.raises(ValueError, match="k must be"):

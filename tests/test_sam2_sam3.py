@@ -277,7 +277,8 @@ def sam3_baseline():
 
 def test_sam3_baseline_result_type_and_metrics(sam3_baseline):
     from medclipsam.data.phantom import PhantomDataset
-    from medclipsam.pipeline import SegmentationResult, evaluate_predictions
+    from medclipsam.evaluation import evaluate_predictions
+    from medclipsam.pipeline import SegmentationResult
 
     samples = PhantomDataset("breast", 2, seed=0, size=96, normal_fraction=0.0)[:]
     res = sam3_baseline.predict(samples[0].rgb, "lesion", threshold=0.0)

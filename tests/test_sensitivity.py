@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medclipsam.config import OFFLINE_DEFAULTS
+from medclipsam.config import default_k
 from medclipsam.data.phantom import PROMPTS, PhantomDataset
 from medclipsam.models import load_clip
 from medclipsam.saliency import grad_cam
@@ -75,7 +75,7 @@ def test_gscorecam_on_toy_brain_tumours_depends_on_the_prompt(toy, index):
     with warnings.catch_warnings():
         warnings.simplefilter("error", PromptInsensitiveWarning)
         report = prompt_sensitivity(toy, sample.rgb, PROMPTS["brain"], gscorecam, task="brain",
-                                    k=OFFLINE_DEFAULTS["saliency_kwargs"]()["k"])
+                                    k=default_k("offline"))
     assert report.sensitivity > DEFAULT_THRESHOLD + 0.05
     assert report.warning is None and not report.insensitive
     assert report.noise_floor is None  # gscorecam takes no seed: deterministic

@@ -1,11 +1,14 @@
 """The package's shape, read from its source with ``ast``: imports run one way along the method's
 flow (no cycles, nothing imports downstream of itself), a module's dependencies are at its top, and
-no function is longer than a reader can hold in view."""
+no function is longer than a reader can hold in view, no module of the method's core is longer than
+a reader can change in one sitting, and gScoreCAM's ``k`` is decided in one place."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medclipsam"
 
@@ -17,9 +20,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("losses", "retrieval", "training", "viz", "teaching"),  # tools used by the stages below
     ("finetune", "loss_comparison"),  # stage 1
     ("saliency",),  # stage 2
-    ("prompting", "sam_session"),  # stage 3
-    # the zero-shot method (and SAM 3 from the text alone); the pipeline of a lesson's world
-    ("pipeline", "text_baselines", "worlds"),
+    ("prompting", "sam_session", "working_size"),  # stage 3; large images at a working size
+    # the zero-shot method (and SAM 3 from the text alone), folders of images, scoring against
+    # ground truth; the pipeline of a lesson's world
+    ("pipeline", "folder_runs", "evaluation", "text_baselines", "worlds"),
     ("weak", "reproduce"),  # stage 4
     ("demo", "widgets", "exercises", "compare", "cli", "__main__"),  # what users run
 ]
@@ -40,6 +44,11 @@ LOCAL_BY_DESIGN = {"cli", "__init__"}
 TORCH_FREE = {"_utils", "environment"}
 
 MAX_FUNCTION_LINES = 120
+#: The method's core (issue 25): each of these modules (a package: each of its modules) stays short.
+CORE = ("saliency", "prompting", "sam_session", "pipeline", "losses", "weak")
+MAX_CORE_MODULE_LINES = 500
+#: The one home of gScoreCAM's k: PipelineConfig.k, its world defaults and default_k().
+K_HOME = "config"
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -165,3 +174,65 @@ def test_no_function_is_longer_than_a_reader_can_follow():
                     long.append(f"medclipsam/{name.replace('.', '/')}.py:{node.lineno} "
                                 f"{node.name}(): {n} lines")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 25, open: prompting.py (579 lines) and weak.py (618) "
+                   "are still to be split; pipeline.py and saliency/ are within the limit")
+def test_no_module_of_the_method_core_is_longer_than_a_sitting():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        n = len(path.read_text().splitlines())
+        if name.split(".")[0] in CORE and n > MAX_CORE_MODULE_LINES:
+            long.append(f"medclipsam/{name.replace('.', '/')}.py: {n} lines")
+    assert not long, f"method-core modules over {MAX_CORE_MODULE_LINES} lines:\n" + "\n".join(long)
+
+
+def _is_number(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+
+def _k_decisions(tree: ast.Module) -> list[tuple[int, str]]:
+    """Places that decide gScoreCAM's k on their own: a number as the default of a parameter
+    ``k``, as ``"k"`` in a dict or as ``k=`` in a call; a module-level constant named like a k;
+    a branch on gScoreCAM's name."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = node.args
+            pos = args.posonlyargs + args.args
+            pairs = list(zip(pos[len(pos) - len(args.defaults):], args.defaults))
+            pairs += list(zip(args.kwonlyargs, args.kw_defaults))
+            found += [(node.lineno, f"default k={ast.unparse(d)}") for a, d in pairs
+                      if a.arg == "k" and _is_number(d)]
+        elif isinstance(node, ast.Dict):
+            found += [(node.lineno, f'"k": {ast.unparse(v)}') for key, v in zip(node.keys, node.values)
+                      if isinstance(key, ast.Constant) and key.value == "k" and _is_number(v)]
+        elif isinstance(node, ast.Call):
+            found += [(node.lineno, f"k={ast.unparse(kw.value)}") for kw in node.keywords
+                      if kw.arg == "k" and _is_number(kw.value)]
+        elif isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+            if any(isinstance(p, ast.Constant) and p.value == "gscorecam" for p in parts):
+                found.append((node.lineno, f"branch on the name: {ast.unparse(node)}"))
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            found += [(node.lineno, f"constant {t.id}") for t in targets
+                      if isinstance(t, ast.Name) and (t.id.endswith("_K") or t.id == "K")]
+    return found
+
+
+def test_gscorecam_k_is_decided_in_one_place():
+    """``PipelineConfig.k`` (None: :func:`medclipsam.config.default_k` of the pipeline's world) is
+    the one home of k; everything else reads it. The autograder (``exercises``) is left out: its
+    small k sizes the checks of a student's own functions, not the method's setting."""
+    elsewhere = []
+    for name, tree in _modules().items():
+        if name == K_HOME or name.startswith("exercises"):
+            continue
+        elsewhere += [f"medclipsam/{name.replace('.', '/')}.py:{line}: {what}"
+                      for line, what in _k_decisions(tree)]
+    assert not elsewhere, "gScoreCAM's k decided outside config.py:\n" + "\n".join(elsewhere)
+    home = _k_decisions(_modules()[K_HOME])
+    assert home, "config.py should hold k's defaults (the test would pass vacuously otherwise)"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medclipsam.config import OFFLINE_DEFAULTS
+from medclipsam.config import OFFLINE_DEFAULTS, default_k
 from medclipsam.data.phantom import PhantomDataset
 from medclipsam.metrics import dice
 from medclipsam.models import load_sam
@@ -44,7 +44,7 @@ def _reset(ex: PromptExplorer, image: str = "breast 1") -> None:
     ex.select(name)
     ex.set_prompt(ex.images[name].prompt)
     ex.method.value = "gscorecam"
-    ex.k.value = OFFLINE_DEFAULTS["saliency_kwargs"]()["k"]
+    ex.k.value = default_k("offline")
     ex.postprocess.value = "crf"
     ex.mode.value = OFFLINE_DEFAULTS["sam_prompt_mode"]
     ex.preset.value = "auto"
@@ -269,7 +269,7 @@ def test_compare_view_puts_prompts_side_by_side_with_their_sensitivity(explorer)
     from medclipsam.saliency import METHODS, prompt_sensitivity
 
     rep = prompt_sensitivity(ex.pipeline.clip, ex.current.image, "lungs",
-                             METHODS["gscorecam"], task="xray", warn=False, k=OFFLINE_DEFAULTS["saliency_kwargs"]()["k"])
+                             METHODS["gscorecam"], task="xray", warn=False, k=default_k("offline"))
     assert rows[0]["sensitivity"] == pytest.approx(rep.sensitivity, abs=1e-6)
     before = dict(ex.counts)
     ex.compare_text.value = "lungs\n\nnormal tissue\n"
@@ -313,7 +313,7 @@ def test_the_explorer_over_the_real_biomedclip_architecture(explorer, tmp_path, 
 
     use_hf_cache(monkeypatch, write_biomedclip_cache(tmp_path / "hf"))
     pipe = MedCLIPSAM(load_clip("biomedclip", device="cpu"), explorer.pipeline.sam,
-                      saliency_kwargs={"k": 4}, postprocess="threshold")
+                      k=4, postprocess="threshold")
     image = PhantomDataset("breast", 1, seed=2, size=(150, 210), split="test")[0]
     try:
         ex = PromptExplorer(pipe, {"scan": ExplorerImage(image.rgb, image.mask, "breast", "breast tumor")})

@@ -34,7 +34,5 @@ def standin_pipeline(**overrides: Any) -> Any:
     from medclipsam.pipeline import MedCLIPSAM
 
     for key, value in OFFLINE_DEFAULTS.items():
-        if key == "saliency_kwargs" and overrides.get("saliency", "gscorecam") != "gscorecam":
-            continue
-        overrides.setdefault(key, value() if callable(value) else value)
-    return MedCLIPSAM(load_clip("toy"), load_toy_sam(), **overrides)
+        overrides.setdefault(key, value)
+    return MedCLIPSAM(load_clip("toy"), load_toy_sam(), world="offline", **overrides)

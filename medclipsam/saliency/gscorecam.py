@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import PAPER_K
 from .cam import (
     cam_to_map,
     check_images,
@@ -208,7 +209,7 @@ def gscorecam_details(
     images: torch.Tensor,
     text_features: torch.Tensor,
     *,
-    k: int | float | None = 300,
+    k: int | float | None = PAPER_K,
     batch_size: int | None = None,
     target: TargetLayer | str | None = None,
     weighting: str = "selected",
@@ -245,7 +246,7 @@ def gscorecam(
     images: torch.Tensor,
     text_features: torch.Tensor,
     *,
-    k: int | float | None = 300,
+    k: int | float | None = PAPER_K,
     batch_size: int | None = None,
     target: TargetLayer | str | None = None,
     weighting: str = "selected",

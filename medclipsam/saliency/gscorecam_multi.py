@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config import PAPER_K
 from .cam import (
     check_images,
     exp_logit_scale,
@@ -88,7 +89,7 @@ def gscorecam_multi(
     image: torch.Tensor,
     text_features: torch.Tensor,
     *,
-    k: int | float | None = 300,
+    k: int | float | None = PAPER_K,
     batch_size: int | None = None,
     target: TargetLayer | str | None = None,
     weighting: str = "selected",

@@ -62,6 +62,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
+from medclipsam.config import default_k
 from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
 from medclipsam.prompting import content_mask
 from medclipsam.saliency.api import saliency_maps
@@ -72,7 +73,7 @@ from medclipsam.saliency.m2ib import m2ib
 from medclipsam.saliency.sensitivity import prompt_sensitivity
 from medclipsam.teaching import compare, state, versus_paper
 from medclipsam.viz import overlay, sample_grid
-from medclipsam.worlds import clip_for_world, default_k
+from medclipsam.worlds import clip_for_world
 
 if FULL:
     N_LOC = N_LOC_FULL

@@ -82,7 +82,7 @@ if WORLD == "real":
     data, prompt, split, task = DATA_DIR, PROMPT, SPLIT, TASK
     backends, clip, config = BACKENDS, CLIP, None
 else:
-    from medclipsam.config import OFFLINE_DEFAULTS, PipelineConfig
+    from medclipsam.config import OFFLINE_DEFAULTS, PipelineConfig, default_k
     from medclipsam.data.phantom import PROMPTS, write_phantom_folder
     from medclipsam.models import build_sam2, build_sam3, load_clip
 
@@ -92,7 +92,7 @@ else:
     clip = load_clip("toy", device=device)
     # the offline pipeline's settings (see MedCLIPSAM.offline); the SAM 2 / SAM 3 rows: real
     # architectures, small, random weights
-    config = PipelineConfig(**{k: v() if callable(v) else v for k, v in OFFLINE_DEFAULTS.items()})
+    config = PipelineConfig(**OFFLINE_DEFAULTS, k=default_k("offline"))
     backends = {
         "LiteMedSAM": "litemedsam",
         "SAM 2 (random weights)": lambda: build_sam2("test", device=device),
