@@ -174,22 +174,24 @@ print("image-encoder calls for three prompt modes on a new image:", pipe.session
 # what finds the target. Each cell: mean Dice [95 % bootstrap interval].
 
 # %%
-def mean_dice(task, **kw):
-    res = pipe.predict([s.rgb for s in samples[task]], PROMPTS[task], task=task, **kw)
-    rows = evaluate_masks([r.mask for r in res], [s.mask for s in samples[task]])
+def dice_stats(results, task):
+    rows = evaluate_masks([r.mask for r in results], [s.mask for s in samples[task]])
     d = summarize(rows, n_boot=200, seed=SEED)
     return {"mean": d["dice"]["mean"], "ci_low": d["dice"]["ci_low"], "ci_high": d["dice"]["ci_high"], "all": d}
 
 t0 = time.perf_counter()
 POST, MODE = pipe.config.postprocess, pipe.config.sam_prompt_mode
-maps = {t: [r.saliency for r in pipe.predict([s.rgb for s in samples[t]], PROMPTS[t], task=t)] for t in TASKS}
 combos = [(p, m) for p in ("crf", "kmeans", "threshold", "otsu") for m in ("box", "points", "box+points")
           if FULL or p == POST or m == MODE]
-table = {}
-for post, mode in combos:
-    table[(post, mode)] = {t: mean_dice(t, maps=maps[t], postprocess=post, sam_prompt_mode=mode) for t in TASKS}
-for control in ("random", "uniform"):
-    table[(f"{control} map (control)", MODE)] = {t: mean_dice(t, saliency=control) for t in TASKS}
+settings = [{"postprocess": p, "sam_prompt_mode": m} for p, m in combos]
+settings += [{"saliency": c} for c in ("random", "uniform")]
+names = combos + [(f"{c} map (control)", MODE) for c in ("random", "uniform")]
+# one sweep per task: every image's saliency map and SAM embedding computed once for all the settings
+calls = pipe.session.encoder_calls
+runs = {t: pipe.sweep([s.rgb for s in samples[t]], PROMPTS[t], settings, task=t) for t in TASKS}
+table = {name: {t: dice_stats(runs[t][i], t) for t in TASKS} for i, name in enumerate(names)}
+print(f"{len(settings)} settings x {sum(len(v) for v in samples.values())} images: "
+      f"{pipe.session.encoder_calls - calls} SAM image embeddings")
 
 print(f"Mean Dice [95 % CI] on {N_EVAL} held-out phantom images per task (pipeline default: {POST}, {MODE})")
 print(f"{'post-processing':24s}{'prompt':12s}" + "".join(f"{t:>22s}" for t in TASKS))
