@@ -31,19 +31,14 @@ from typing import Any
 import numpy as np
 
 from ._utils import atomic_path, atomic_write_text
+from .config import WeakConfig
 from .data.datasets import list_image_files, load_split
 from .data.io import read_image, read_mask
 from .data.phantom import PROMPTS
 from .metrics import evaluate_masks, summarize
 from .pipeline import MedCLIPSAM
-from .weak import (
-    WeakConfig,
-    ensemble_uncertainty,
-    load_segmenter,
-    predict_masks,
-    select_confident,
-    train_segmenter,
-)
+from .segmenter import ensemble_uncertainty, load_segmenter, predict_masks, select_confident
+from .weak import train_segmenter
 
 __all__ = ["PAPER_V2", "pseudo_label", "reproduce"]
 
@@ -92,7 +87,7 @@ def reproduce(
 ) -> list[dict]:
     """Run the method on ``data_dir`` (see the module doc) and write ``out_dir/table.csv`` and
     ``out_dir/table.md``. ``pipe`` defaults to :meth:`MedCLIPSAM.offline`, ``config`` (a
-    :class:`~medclipsam.weak.WeakConfig`) to its defaults; ``drop_uncertain`` > 0 adds the
+    :class:`~medclipsam.config.WeakConfig`) to its defaults; ``drop_uncertain`` > 0 adds the
     uncertainty-filtered weak run. Returns the table rows (one per setting)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     images_dir, masks_dir = data_dir / "images", data_dir / "masks"

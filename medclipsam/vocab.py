@@ -44,7 +44,7 @@ SALIENCY_OPTIONS: dict[str, tuple[str, ...]] = {
 #: gScoreCAM's scoring precision (``"fast"``: bf16 on CPUs that have it, fp16 on CUDA).
 SALIENCY_PRECISIONS: tuple[str, ...] = ("fp32", "fast", "bf16", "fp16")
 
-#: Saliency map -> coarse mask (:func:`medclipsam.prompting.coarse_mask`): dense CRF (v1),
+#: Saliency map -> coarse mask (:func:`medclipsam.coarse.coarse_mask`): dense CRF (v1),
 #: k-means (v2), a fixed threshold, Otsu's threshold.
 POSTPROCESS_METHODS: tuple[str, ...] = ("crf", "kmeans", "threshold", "otsu")
 #: Boxes from the kept components: the largest's, one per component, one around all.

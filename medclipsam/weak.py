@@ -3,15 +3,9 @@
 The zero-shot masks of a training split become the training targets of an ordinary segmentation
 network, which then segments unseen images. Choices:
 
-* **Network.** :func:`build_unet`: MONAI ``UNet`` with residual units (``num_res_units``),
-  instance norm and PReLU, one input channel (grey) and one output logit (foreground).
-* **Input.** Images are read grey (``read_image(mode="grey")``: colour is reduced with the
-  ITU-R 601 luma weights) and made a [0, 1] picture by the package's one rule
-  (:mod:`medclipsam.data.convert`, the rule CLIP, SAM and the figures use too: uint8 / 255, a
-  16-bit array from its percentile range), resized to ``size x size`` (bilinear, antialiased;
-  masks nearest), then **z-score normalised per image** (mean 0, std 1; a constant image becomes
-  0). Z-scoring makes the network indifferent to each scanner's gain and offset. Predictions are
-  resized back to every image's original size bilinearly.
+* **Network and input.** The Residual UNet and how an image is prepared for it (grey [0, 1] by the
+  package's one picture rule, resized, z-scored per image) live in :mod:`medclipsam.segmenter`,
+  with prediction and the checkpoint-ensemble uncertainty.
 * **Loss and optimiser.** soft Dice (MONAI ``DiceLoss(sigmoid=True, batch=True)``: one Dice over the
   whole batch, so images with an empty mask do not blow up) + ``BCEWithLogitsLoss``; AdamW;
   **cosine** decay of the learning rate per epoch from ``lr`` to ``lr / 100`` at ``epochs``
@@ -32,12 +26,6 @@ network, which then segments unseen images. Choices:
   and ``end_epoch`` (log row, best model, checkpoint, logs). Checkpoints, resume checks, logs,
   mixed precision and the cosine schedule (:func:`medclipsam._utils.warmup_cosine`) are the
   scaffold fine-tuning uses too (:mod:`medclipsam.training`); Dice is :func:`medclipsam.metrics.dice`.
-* **Ensemble uncertainty.** :func:`ensemble_uncertainty` averages the probability maps of several
-  checkpoints; an image's score is the mean binary entropy (bits) of the averaged probability
-  over the pixels where at least one member gives foreground probability >= 0.1. Pixels that
-  every member calls background with confidence are left out, so the score measures the members'
-  doubt about the object rather than the (large, easy) background and the image size; when no
-  pixel qualifies the members agree the image is empty and the score is 0.
 """
 
 from __future__ import annotations
@@ -48,21 +36,28 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
-from monai.networks.nets import UNet
 from torch import nn
 
 from ._utils import atomic_path, get_device, rng_state, set_rng_state
 from .config import WeakConfig
-from .data.convert import to_unit_float
 from .data.datasets import PairingError, list_image_files, pair_by_stem
 from .data.io import SizeMismatchError, file_stem, read_image, read_mask
 from .metrics import dice
+from .segmenter import (
+    CHECKPOINT_FORMAT,
+    MODEL_FORMAT,
+    build_unet,
+    predict_probabilities,
+    resize_image,
+    resize_mask,
+    to_unit_grey,
+    zscore,
+)
 from .training import (
     Checkpoints,
     autocast,
@@ -71,7 +66,6 @@ from .training import (
     cosine_schedule,
     grad_scaler,
     progress_bar,
-    read_checkpoint,
     restore_training_state,
     start_or_resume,
     training_state,
@@ -79,75 +73,15 @@ from .training import (
     write_table,
 )
 
-__all__ = [
-    "build_unet",
-    "ensemble_uncertainty",
-    "latest_checkpoint",
-    "load_segmenter",
-    "predict_masks",
-    "predict_probabilities",
-    "select_confident",
-    "train_segmenter",
-]
+__all__ = ["latest_checkpoint", "train_segmenter"]
 
-CHECKPOINT_FORMAT = "medclipsam-weak-checkpoint-v1"
-MODEL_FORMAT = "medclipsam-weak-model-v1"
 LOG_COLUMNS = ("epoch", "train_loss", "val_dice", "lr", "seconds")
-UNCERTAINTY_REGION_THRESHOLD = 0.1  # a pixel counts when any member's probability reaches this
 _LR_FLOOR = 0.01  # the cosine schedule ends at lr * _LR_FLOOR
 # fields that may differ between an interrupted run and its resumption
 _FREE_FIELDS = {"out_dir", "progress", "stop_after_epochs", "device", "keep_checkpoints", "patience",
                 "min_epochs"}
 
 PathLike = str | Path
-
-
-def build_unet(config: WeakConfig) -> nn.Module:
-    """The Residual UNet: MONAI ``UNet`` (2D, 1 channel in, 1 logit out, residual units)."""
-    return UNet(
-        spatial_dims=2,
-        in_channels=1,
-        out_channels=1,
-        channels=tuple(config.channels),
-        strides=tuple(config.strides),
-        num_res_units=int(config.num_res_units),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# preprocessing
-
-
-def _to_unit_grey(image: Any, where: str = "image") -> np.ndarray:
-    """(H, W) float32 in [0, 1]: the package's one picture rule, reduced to grey
-    (:func:`medclipsam.data.convert.to_unit_float`); errors name ``where``."""
-    try:
-        return to_unit_float(image, "grey")
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from None
-
-
-def _resize_image(arr: np.ndarray, size: int) -> torch.Tensor:
-    """(1, size, size) float32 tensor, bilinear with antialiasing."""
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
-    if t.shape[-2:] != (size, size):
-        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=True)
-    return t[0]
-
-
-def _resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-    if t.shape[-2:] != (size, size):
-        t = F.interpolate(t, size=(size, size), mode="nearest-exact")
-    return t[0]
-
-
-def _zscore(x: torch.Tensor) -> torch.Tensor:
-    """Per-image z-score of a (B, 1, H, W) batch."""
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
-    return (x - mean) / std.clamp_min(1e-6)
 
 
 def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,10 +184,6 @@ def latest_checkpoint(out_dir: PathLike) -> Path | None:
     return _checkpoints(out_dir).latest()
 
 
-def _load(path: PathLike, formats: tuple[str, ...]) -> dict:
-    return read_checkpoint(path, formats, "weak-supervision")
-
-
 # --------------------------------------------------------------------------------------------
 # training
 
@@ -318,8 +248,8 @@ def _read_training_data(train_pairs: Pairs, val_pairs: Pairs | None, sources: di
     """Read the pairs: training images as [0, 1] pictures resized to ``size`` (masks nearest),
     validation pairs at their own sizes."""
     tr_imgs, tr_masks = _read_pairs(train_pairs)
-    x = torch.stack([_resize_image(_to_unit_grey(im), size) for im in tr_imgs])
-    y = torch.stack([_resize_mask(m, size) for m in tr_masks])
+    x = torch.stack([resize_image(to_unit_grey(im), size) for im in tr_imgs])
+    y = torch.stack([resize_mask(m, size) for m in tr_masks])
     del tr_imgs, tr_masks
     va_imgs, va_masks = _read_pairs(val_pairs) if val_pairs is not None else ([], [])
     return _TrainingData(x, y, va_imgs, va_masks, val_pairs is not None, sources)
@@ -380,7 +310,7 @@ class _Run:
             x, y = self.data.x[idx].to(device), self.data.y[idx].to(device)
             if cfg.augment:
                 x, y = _augment(x, y, g)
-            x = _zscore(x)
+            x = zscore(x)
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(device, self.amp_dtype):
                 logits = model(x)
@@ -501,118 +431,3 @@ def train_segmenter(
     }
 
 
-# --------------------------------------------------------------------------------------------
-# inference
-
-
-def load_segmenter(path: PathLike, device: str = "auto") -> tuple[nn.Module, WeakConfig]:
-    """A trained network (``model.pt`` or an epoch checkpoint) in eval mode, and its config."""
-    obj = _load(path, (MODEL_FORMAT, CHECKPOINT_FORMAT))
-    cfg = WeakConfig.from_dict(obj["config"])
-    model = build_unet(cfg)
-    try:
-        model.load_state_dict(obj["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the network in its config ({e})") from e
-    cfg.device = device
-    return model.to(get_device(device)).eval(), cfg
-
-
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, images: Sequence[np.ndarray],
-                          config: WeakConfig) -> list[np.ndarray]:
-    """Foreground probability maps, float32 (H, W) at each image's original size.
-
-    Each image is reduced to grey, scaled to [0, 1], resized to ``config.size`` and z-scored as in
-    training; the predicted probabilities are resized back bilinearly.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters())
-        device = param.device
-        amp_dtype = autocast_dtype(config.precision, device)
-        out: list[np.ndarray] = []
-        batch = max(1, int(config.batch_size))
-        for start in range(0, len(images), batch):
-            chunk = [_to_unit_grey(im, f"images[{start + i}]")
-                     for i, im in enumerate(images[start : start + batch])]
-            x = torch.stack([_resize_image(a, config.size) for a in chunk]).to(device)
-            with autocast(device, amp_dtype):
-                logits = model(_zscore(x))
-            probs = torch.sigmoid(logits.float())
-            for a, p in zip(chunk, probs):
-                if tuple(p.shape[-2:]) != a.shape:
-                    p = F.interpolate(p[None], size=a.shape, mode="bilinear",
-                                      align_corners=False)[0]
-                out.append(p[0].clamp(0, 1).cpu().numpy().astype(np.float32))
-        return out
-    finally:
-        model.train(was_training)
-
-
-def predict_masks(model: nn.Module, images: Sequence[np.ndarray], config: WeakConfig,
-                  threshold: float = 0.5) -> list[np.ndarray]:
-    """Boolean masks at each image's original size: probability >= ``threshold``."""
-    return [p >= threshold for p in predict_probabilities(model, images, config)]
-
-
-def _entropy_bits(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p.astype(np.float64), 1e-12, 1 - 1e-12)
-    return -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
-
-
-def ensemble_uncertainty(checkpoints: Sequence[PathLike], images: Sequence[np.ndarray],
-                         config: WeakConfig) -> tuple[list[np.ndarray], np.ndarray]:
-    """Average the probability maps of several saved networks; score each image's uncertainty.
-
-    Each member is built from the config stored with it (size, architecture); ``config`` gives
-    the device, precision and batch size. The score is the mean binary entropy (bits, 0..1) of
-    the averaged probability over the pixels where any member's probability is >= 0.1 (0 when
-    there are none). Returns ``(mean_prob_maps, scores)``.
-    """
-    if len(checkpoints) == 0:
-        raise ValueError("ensemble_uncertainty needs at least one checkpoint")
-    sums: list[np.ndarray] | None = None
-    region: list[np.ndarray] | None = None
-    for path in checkpoints:
-        model, cfg = load_segmenter(path, device=config.device)
-        cfg.batch_size, cfg.precision = config.batch_size, config.precision
-        probs = predict_probabilities(model, images, cfg)
-        if sums is None:
-            sums = [p.astype(np.float64) for p in probs]
-            region = [p >= UNCERTAINTY_REGION_THRESHOLD for p in probs]
-        else:
-            for i, p in enumerate(probs):
-                sums[i] += p
-                region[i] |= p >= UNCERTAINTY_REGION_THRESHOLD
-        del model
-    assert sums is not None and region is not None
-    means = [(s / len(checkpoints)).astype(np.float32) for s in sums]
-    scores = np.array([float(_entropy_bits(m)[r].mean()) if r.any() else 0.0
-                       for m, r in zip(means, region)], dtype=np.float64)
-    return means, scores
-
-
-def select_confident(scores: Sequence[float], ids: Sequence[str],
-                     drop_fraction: float) -> list[str]:
-    """The ids to keep after dropping the ``floor(drop_fraction * N)`` highest scores.
-
-    Ties are broken by id (among equal scores the larger id is dropped first, so the result does
-    not depend on input order); the kept ids are returned in their input order.
-    """
-    scores = [float(s) for s in scores]
-    ids = [str(i) for i in ids]
-    if len(scores) != len(ids):
-        raise ValueError(f"got {len(scores)} scores for {len(ids)} ids")
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids must be unique")
-    if any(math.isnan(s) for s in scores):
-        bad = [i for i, s in zip(ids, scores) if math.isnan(s)]
-        raise ValueError(f"NaN uncertainty score for: {', '.join(bad[:10])}")
-    if not 0.0 <= drop_fraction <= 1.0:
-        raise ValueError(f"drop_fraction must be in [0, 1], got {drop_fraction}")
-    n_drop = int(math.floor(drop_fraction * len(ids) + 1e-9))
-    ranked = sorted(zip(scores, ids))  # most certain first; equal scores by id
-    kept = {i for _, i in ranked[: len(ids) - n_drop]}
-    return [i for i in ids if i in kept]

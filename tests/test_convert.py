@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+from medclipsam.config import WeakConfig
 from medclipsam.data.convert import apply_window, as_array, to_uint8, to_unit_float
 from medclipsam.data.io import load_picture, read_image, write_image
 from medclipsam.models.clip import prepare_image
+from medclipsam.segmenter import build_unet, predict_probabilities
 from medclipsam.viz import overlay
-from medclipsam.weak import WeakConfig, build_unet, predict_probabilities
 
 
 def _scan16(h: int = 64, w: int = 64) -> np.ndarray:

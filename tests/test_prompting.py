@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from medclipsam.coarse import CrfParams, coarse_mask, crf_mask, kmeans_threshold
 from medclipsam.metrics import dice
 from medclipsam.prompting import (
-    CrfParams,
     boxes_from_mask,
-    coarse_mask,
-    crf_mask,
     keep_largest_components,
-    kmeans_threshold,
     make_sam_prompts,
     sample_points,
 )
@@ -234,7 +231,7 @@ def test_make_prompts_is_deterministic_by_seed(blob_case):
 
 
 def test_crf_accepts_a_read_only_image():
-    from medclipsam.prompting import coarse_mask
+    from medclipsam.coarse import coarse_mask
 
     yy, xx = np.mgrid[:40, :40]
     sal = np.exp(-((yy - 20) ** 2 + (xx - 20) ** 2) / 50.0)

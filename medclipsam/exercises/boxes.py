@@ -2,7 +2,7 @@
 :mod:`medclipsam.prompting`.
 
 * ``saliency_to_mask(saliency (H, W) in [0, 1]) -> bool (H, W)``: 1-D k-means with two clusters
-  (:func:`medclipsam.prompting.coarse_mask` with ``"kmeans"``);
+  (:func:`medclipsam.coarse.coarse_mask` with ``"kmeans"``);
 * ``mask_to_boxes(mask (H, W) bool, n_components=1) -> (N, 4)``: one ``[x0, y0, x1, y1]`` box
   (x = column, inclusive corners) per 8-connected component, the ``n_components`` largest,
   sorted left to right (:func:`medclipsam.prompting.boxes_from_mask`, ``"per_component"``).
@@ -18,7 +18,8 @@ import torch
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from ..prompting import boxes_from_mask, kmeans_threshold
+from ..coarse import kmeans_threshold
+from ..prompting import boxes_from_mask
 from . import reference
 from ._core import Case, CheckResult, fmt, indent, run_check, seeds
 

@@ -8,7 +8,7 @@ against is what the package computes:
   :func:`combine_maps`: the four public steps of :mod:`medclipsam.saliency.gscorecam` with the
   student's signatures (the tests check that chaining them on the toy CLIP gives the package's
   maps, channels and weights exactly);
-* :func:`saliency_to_mask`, :func:`mask_to_boxes`: :func:`medclipsam.prompting.coarse_mask` with
+* :func:`saliency_to_mask`, :func:`mask_to_boxes`: :func:`medclipsam.coarse.coarse_mask` with
   ``"kmeans"`` and :func:`medclipsam.prompting.boxes_from_mask` with ``"per_component"``;
 * :func:`mean_dice`: the mean of :func:`medclipsam.metrics.dice`;
 * :func:`interpret`: reading a zero-shot / weak / full table (exercise 4).
@@ -21,10 +21,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..coarse import coarse_mask
 from ..losses import dhn_nce as _dhn_nce
 from ..losses import hard_negative_weights as _hard_negative_weights
 from ..metrics import dice as _dice
-from ..prompting import boxes_from_mask, coarse_mask
+from ..prompting import boxes_from_mask
 from ..saliency.gscorecam import channel_masks as _channel_masks
 from ..saliency.gscorecam import combine_maps as _combine_maps
 from ..saliency.gscorecam import gscorecam_weights as _gscorecam_weights

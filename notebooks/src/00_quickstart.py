@@ -61,10 +61,10 @@ show_environment(world=WORLD, device=DEVICE)
 # %%
 import matplotlib.pyplot as plt
 
+from medclipsam.coarse import coarse_mask
 from medclipsam.data import load_picture  # the picture predict() used (the one image rule)
 from medclipsam.data.phantom import PROMPTS, PhantomDataset
 from medclipsam.metrics import dice, nsd
-from medclipsam.prompting import coarse_mask
 from medclipsam.teaching import diagnose_box, share, state
 from medclipsam.viz import result_figure
 from medclipsam.worlds import pipeline_for_world

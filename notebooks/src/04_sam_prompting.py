@@ -54,9 +54,10 @@ import time
 
 import matplotlib.pyplot as plt
 
+from medclipsam.coarse import coarse_mask
 from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
 from medclipsam.metrics import dice, evaluate_masks, summarize
-from medclipsam.prompting import coarse_mask, content_mask, make_sam_prompts
+from medclipsam.prompting import content_mask, make_sam_prompts
 from medclipsam.teaching import compare, state, versus_paper
 from medclipsam.viz import PROMPT_LEGEND, overlay, result_panels, sample_grid
 from medclipsam.worlds import pipeline_for_world

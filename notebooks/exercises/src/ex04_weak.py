@@ -58,7 +58,7 @@ from medclipsam.data.datasets import load_split
 from medclipsam.data.io import read_image, read_mask
 from medclipsam.data.phantom import write_phantom_folder
 from medclipsam.reproduce import reproduce
-from medclipsam.weak import load_segmenter, predict_masks
+from medclipsam.segmenter import load_segmenter, predict_masks
 
 if WORLD != "offline":
     raise ValueError("the exercises run in the offline world: set WORLD = 'offline'")
