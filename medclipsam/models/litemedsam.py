@@ -288,7 +288,7 @@ def load_litemedsam(device: Any = "auto", checkpoint: str | os.PathLike | None =
         from .._utils import checkpoint_error_detail
 
         raise LiteMedSamError(f"{path}: cannot read this LiteMedSAM checkpoint: "
-                              f"{checkpoint_error_detail(e)}") from None
+                              f"{checkpoint_error_detail(e, path)}") from None
     sd = obj.get("model", obj) if isinstance(obj, dict) else obj
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise LiteMedSamError(f"{path}: not a LiteMedSAM state dict (a mapping of names to tensors)")
