@@ -453,3 +453,19 @@ def test_a_folder_run_gives_a_subfolder_a_row(standin_pipe, tmp_path):
     by_id = {r["id"]: r for r in rows}
     assert by_id["second_visit"]["status"] == "skipped: subfolder"
     assert "not searched" in by_id["second_visit"]["error"]
+
+
+def test_prepare_names_the_archive_of_another_data_set(tmp_path):
+    """The error named the scratch folder it was extracted to (OUT/.source/...), not the zip."""
+    import zipfile
+
+    from medclipsam.data.sources import busi
+    from medclipsam.data.sources._common import SourceFormatError
+
+    archive = tmp_path / "downloads" / "Dataset_BUSI.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("chest_xray/readme.txt", "another data set\n")
+    with pytest.raises(SourceFormatError) as err:
+        busi.prepare(archive, tmp_path / "busi", progress=False)
+    assert str(err.value).startswith(f"{archive} (extracted to ") and "does not look like BUSI" in str(err.value)
