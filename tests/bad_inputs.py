@@ -186,7 +186,8 @@ def _shape(shape: tuple[int, ...]) -> Callable[[Any], str | None]:
 
 
 def write_images(folder: Path, quick: bool = False) -> list[Case]:
-    """Image files, all in one folder (one folder run reads them all): fine, awkward and bad."""
+    """Image files, all in one folder (one folder run reads them all; stems differ, since a
+    folder run refuses a folder where two files share one): fine, awkward and bad."""
     folder.mkdir(parents=True, exist_ok=True)
     cases: list[Case] = []
 
@@ -207,7 +208,7 @@ def write_images(folder: Path, quick: bool = False) -> list[Case]:
     pal.save(add("palette_transparent.png", "palette PNG with a transparent index"), transparency=0)
     Image.fromarray(ph > 100).save(add("one_bit.png", "1-bit PNG"))
     _save(add("grey16.png", "16-bit PNG"), (ph.astype(np.uint16) * 257))
-    _tiff(add("grey16.tif", "16-bit TIFF"), ph.astype(np.uint16) * 200)
+    _tiff(add("grey16_tiff.tif", "16-bit TIFF"), ph.astype(np.uint16) * 200)
     _tiff(add("float32.tif", "float TIFF (CT-like values)"), ph.astype(np.float32) * 8 - 1000)
     f = ph.astype(np.float32) / 255
     f[:4, :4] = np.nan
@@ -232,22 +233,22 @@ def write_images(folder: Path, quick: bool = False) -> list[Case]:
     png_bomb(add("bomb.png", "decompression bomb header (20000 x 20000 1-bit PNG)"))
     good_png = (folder / "ok_grey.png").read_bytes()
     good_jpg = (folder / "ok_rgb.jpg").read_bytes()
-    good_tif = (folder / "grey16.tif").read_bytes()
+    good_tif = (folder / "grey16_tiff.tif").read_bytes()
     add("truncated.png", "PNG cut to a third").write_bytes(good_png[: len(good_png) // 3])
     add("truncated.jpg", "JPEG cut to a third").write_bytes(good_jpg[: len(good_jpg) // 3])
     add("truncated.tif", "TIFF cut to a third").write_bytes(good_tif[: len(good_tif) // 3])
     add("header_only.png", "PNG signature only").write_bytes(good_png[:8])
     for suffix in (".png", ".jpg", ".tif", ".dcm", ".nii.gz"):
-        add(f"empty{suffix}", "0-byte file").write_bytes(b"")
+        add(f"empty_{suffix.replace('.', '')}{suffix}", "0-byte file").write_bytes(b"")
     for suffix in (".png", ".jpg", ".tif"):
-        add(f"text{suffix}", "a text file with an image suffix").write_text("this is not an image\n")
+        add(f"text_{suffix[1:]}{suffix}", "a text file with an image suffix").write_text("this is not an image\n")
     add("random.png", "random bytes as .png").write_bytes(np.random.default_rng(0).bytes(3000))
     add("jpeg_named.png", "a JPEG saved as .png").write_bytes(good_jpg)
     add("png_named.tif", "a PNG saved as .tif").write_bytes(good_png)
     for suffix in (".png", ".tif", ".nii.gz", ".dcm"):
-        add(f"lfs_pointer{suffix}", "Git LFS pointer").write_text(LFS_POINTER)
+        add(f"lfs_pointer_{suffix.replace('.', '')}{suffix}", "Git LFS pointer").write_text(LFS_POINTER)
     for suffix in (".png", ".jpg"):
-        add(f"html_page{suffix}", "HTML page").write_text(HTML_PAGE)
+        add(f"html_page_{suffix[1:]}{suffix}", "HTML page").write_text(HTML_PAGE)
     Image.fromarray(ph).save(add("scan.gif", "GIF (unsupported format)"))
     add("notes.txt", "a text file").write_text("taken on the old scanner\n")
     add("README", "a file without a suffix (not DICOM)").write_text("read me\n")
@@ -260,9 +261,9 @@ def write_images(folder: Path, quick: bool = False) -> list[Case]:
         p.write_bytes(good_png)
         p.chmod(0)
     if quick:
-        keep = {"ok_grey.png", "truncated.png", "text.png", "lfs_pointer.png", "html_page.png",
+        keep = {"ok_grey.png", "truncated.png", "text_png.png", "lfs_pointer_png.png", "html_page_png.png",
                 "scan.gif", "moved_away.png", "float32.tif", "bomb.png", "exif_6.jpg",
-                "empty.png", "nested"}
+                "empty_png.png", "nested"}
         for c in cases:
             if c.path.name not in keep:
                 if c.path.is_dir() and not c.path.is_symlink():
@@ -478,7 +479,7 @@ def write_checkpoints(folder: Path) -> list[Case]:
         pickled_weights(add(f"pickled{suffix}", "a pickle of Python objects"))
         add(f"truncated{suffix}", "a real checkpoint cut in half").write_bytes(toy[: len(toy) // 2])
         add(f"random{suffix}", "random bytes").write_bytes(np.random.default_rng(3).bytes(5000))
-        add(f"empty{suffix}", "0-byte file").write_bytes(b"")
+        add(f"empty_{suffix.replace('.', '')}{suffix}", "0-byte file").write_bytes(b"")
         add(f"lfs{suffix}", "Git LFS pointer").write_text(LFS_POINTER)
         add(f"html{suffix}", "HTML page").write_text(HTML_PAGE)
         torch.save({"foo.weight": torch.zeros(3)}, add(f"foreign{suffix}", "tensors of another model"))
