@@ -76,7 +76,7 @@ from .per_image import image_progress, prompts_per_image
 from .prompting import SamPrompts, make_sam_prompts
 from .saliency.api import is_gscorecam, saliency_maps
 from .saliency.gscorecam_multi import MaskedFeatureStore
-from .sam_session import SamSession
+from .sam_session import ImageShapeError, SamSession
 from .viz import result_figure, save_figure
 from .vocab import CONTROL_SALIENCY, TASKS
 
@@ -406,7 +406,11 @@ class MedCLIPSAM:
         pr = self.sam_prompts_from(sal, rgb, cfg, seed=seed)
         t["sam_prompts"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        self.session.set_image(rgb)
+        try:
+            self.session.set_image(rgb)
+        except ImageShapeError as e:  # name the image's own size, not the working size
+            work = f"{rgb.shape[0]}x{rgb.shape[1]} pixels"
+            raise ImageShapeError(str(e).replace(work, f"{h}x{w} pixels (working size {work})", 1)) from None
         t["sam_embed"] = time.perf_counter() - t2
         t3 = time.perf_counter()
         res = self.session.predict_sam_prompts(pr, multimask=cfg.multimask, union=True)
@@ -917,7 +921,12 @@ def _skipped_row(path: Path, prompt: str) -> dict:
 
 
 def _failed_row(stem: str, prompt: str, path: Path, exc: BaseException) -> dict:
-    reason = exc.problem if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ImageReadError):
+        reason = exc.problem
+    elif type(exc).__module__.startswith("medclipsam."):  # the package's own words
+        reason = str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
     return {"id": stem, "prompt": prompt, "mask_file": "", "flags": "", "status": "failed",
             "error": " ".join(f"{path.name}: {reason}".split())}
 

@@ -469,3 +469,20 @@ def test_prepare_names_the_archive_of_another_data_set(tmp_path):
     with pytest.raises(SourceFormatError) as err:
         busi.prepare(archive, tmp_path / "busi", progress=False)
     assert str(err.value).startswith(f"{archive} (extracted to ") and "does not look like BUSI" in str(err.value)
+
+
+def test_a_very_elongated_image_gets_a_row_in_words(standin_pipe, tmp_path):
+    """A 2x3000 image failed with PIL's raw 'ValueError: height and width must be > 0' (its short
+    side vanished at SAM's input size)."""
+    from medclipsam.sam_session import ImageShapeError
+
+    thin = np.tile(np.arange(250, dtype=np.uint8), (2, 12))
+    with pytest.raises(ImageShapeError, match=r"2x3000 pixels .* too elongated for SAM"):
+        standin_pipe.predict(thin, "breast tumor")
+    (tmp_path / "images").mkdir()
+    Image.fromarray(thin).save(tmp_path / "images" / "strip.png")
+    with pytest.warns(UserWarning, match="failed"):
+        rows = standin_pipe.run_folder(tmp_path / "images", "breast tumor", tmp_path / "out",
+                                       progress=False)
+    assert rows[0]["status"] == "failed"
+    assert rows[0]["error"].startswith("strip.png: image of 2x3000 pixels") and "Error" not in rows[0]["error"]
