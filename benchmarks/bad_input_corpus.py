@@ -26,6 +26,7 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -172,6 +173,7 @@ def judge_folder_run(cases: list[Case], res: dict) -> list[tuple[str, str]]:
 def cli_outcomes(cases: list[Case], out: Path, quick: bool, timeout: int) -> list[Outcome]:
     """Every case through the commands that take it; one Outcome per case and command."""
     work = out.parent / (out.name + "_runs")
+    shutil.rmtree(work, ignore_errors=True)  # no resume of an earlier run's outputs
     toy_sam = str(out / "checkpoints" / "sam" / "toy_sam.pt")
     by_group: dict[str, list[Case]] = {}
     for c in cases:

@@ -234,9 +234,9 @@ def write_images(folder: Path, quick: bool = False) -> list[Case]:
     good_png = (folder / "ok_grey.png").read_bytes()
     good_jpg = (folder / "ok_rgb.jpg").read_bytes()
     good_tif = (folder / "grey16_tiff.tif").read_bytes()
-    add("truncated.png", "PNG cut to a third").write_bytes(good_png[: len(good_png) // 3])
-    add("truncated.jpg", "JPEG cut to a third").write_bytes(good_jpg[: len(good_jpg) // 3])
-    add("truncated.tif", "TIFF cut to a third").write_bytes(good_tif[: len(good_tif) // 3])
+    add("truncated_png.png", "PNG cut to a third").write_bytes(good_png[: len(good_png) // 3])
+    add("truncated_jpg.jpg", "JPEG cut to a third").write_bytes(good_jpg[: len(good_jpg) // 3])
+    add("truncated_tif.tif", "TIFF cut to a third").write_bytes(good_tif[: len(good_tif) // 3])
     add("header_only.png", "PNG signature only").write_bytes(good_png[:8])
     for suffix in (".png", ".jpg", ".tif", ".dcm", ".nii.gz"):
         add(f"empty_{suffix.replace('.', '')}{suffix}", "0-byte file").write_bytes(b"")
@@ -261,7 +261,7 @@ def write_images(folder: Path, quick: bool = False) -> list[Case]:
         p.write_bytes(good_png)
         p.chmod(0)
     if quick:
-        keep = {"ok_grey.png", "truncated.png", "text_png.png", "lfs_pointer_png.png", "html_page_png.png",
+        keep = {"ok_grey.png", "truncated_png.png", "text_png.png", "lfs_pointer_png.png", "html_page_png.png",
                 "scan.gif", "moved_away.png", "float32.tif", "bomb.png", "exif_6.jpg",
                 "empty_png.png", "nested"}
         for c in cases:
