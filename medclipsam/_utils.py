@@ -98,14 +98,44 @@ def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def checkpoint_error_detail(exc: BaseException) -> str:
+def foreign_weight_file(path: str | os.PathLike) -> str | None:
+    """What a weight file that torch cannot read really is, judged from its first bytes, with
+    what to do: a Git LFS pointer, an HTML page, or bytes that are no PyTorch file at all (torch
+    writes a zip archive, old versions a pickle). None when it starts like a PyTorch file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    if head.startswith(b"version https://git-lfs.github.com/spec/"):
+        return (f"a Git LFS pointer file ({size} bytes), not the weights: the repository was cloned "
+                "without its large files; run `git lfs pull` there (after `git lfs install`) or "
+                "download the file itself again")
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html")) or (text.startswith(b"<") and b"<html" in text):
+        return (f"an HTML web page ({size} bytes), not a weight file: the download saved a page (a "
+                "login, error or 'confirm download' page); download it again from the direct link")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        return ("not a PyTorch file (torch.save writes a zip archive, older versions a pickle; "
+                "this file is neither): it is damaged or another kind of file; download or save "
+                "it again")
+    return None
+
+
+def checkpoint_error_detail(exc: BaseException, path: str | os.PathLike | None = None) -> str:
     """Why ``torch.load(weights_only=True)`` refused or failed, for an error message.
 
     torch's own text for a refused file advises ``weights_only=False`` ("will likely succeed"):
     that runs whatever code the file holds, the wrong advice for a file one does not trust. This
     says what to do instead and quotes only torch's diagnosis; other errors are quoted
-    (shortened). A file refused for holding pickled objects starts with ``"it holds pickled"``."""
+    (shortened). A file refused for holding pickled objects starts with ``"it holds pickled"``.
+    With ``path``, a file that is no PyTorch file (an LFS pointer, a web page, other bytes) is
+    called what it is instead of quoting the unpickler (:func:`foreign_weight_file`)."""
     text = " ".join(str(exc).split())
+    foreign = foreign_weight_file(path) if path is not None else None
+    if foreign is not None:
+        return f"torch.load(weights_only=True) cannot read it: it is {foreign}"
     if type(exc).__name__ != "UnpicklingError" and "Weights only load failed" not in text:
         return f"{type(exc).__name__}: {text[:300]}"
     inner = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""

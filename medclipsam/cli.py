@@ -194,10 +194,12 @@ def _report_skipped(rows: list[dict], csv_path: Path) -> None:
         return
     names = ", ".join(r["id"] for r in skipped[:10])
     more = f", ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-    kinds = sorted({r["status"].rpartition(" ")[2] for r in skipped})
-    print(f"{len(skipped)} file(s) skipped, unsupported format {', '.join(kinds)} (status "
-          f"'skipped' in {csv_path}; convert them to .png to include them): {names}{more}",
-          file=sys.stderr)
+    kinds = sorted({r["status"].rpartition(" ")[2] for r in skipped if "format" in r["status"]})
+    parts = [f"unsupported format {', '.join(kinds)}"] if kinds else []
+    if any(r["status"] == "skipped: subfolder" for r in skipped):
+        parts.append("subfolder (not searched: run on it as well)")
+    print(f"{len(skipped)} file(s) skipped, {'; '.join(parts)} (status 'skipped' in {csv_path}; "
+          f"convert them to .png to include them): {names}{more}", file=sys.stderr)
 
 
 def _report_failures(failed: list[dict], csv_path: Path) -> int:
@@ -512,7 +514,8 @@ def _check_folder_run(args: argparse.Namespace) -> None:
     _need_dirs(images=args.images)
     by_stem, other = list_image_files(args.images)
     if not by_stem and not broken_links(args.images):
-        holds = f"; it holds {len(other)} file(s) of other formats: {', '.join(other[:5])}" if other else ""
+        holds = (f"; it holds {len(other)} other file(s) or subfolder(s): {', '.join(other[:5])}"
+                 if other else "")
         raise FileNotFoundError(f"--images {args.images}: no image files in this folder "
                                 f"(supported: {', '.join(SUPPORTED_SUFFIXES)}{holds})")
     out = Path(args.out)
@@ -886,11 +889,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except _USER_ERRORS as err:
-        if os.environ.get("MEDCLIPSAM_DEBUG"):
+    except Exception as err:
+        if os.environ.get("MEDCLIPSAM_DEBUG") or not _user_error(err):
             raise
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _user_error(err: BaseException) -> bool:
+    """Whether ``err`` is about the user's input or setup (one line, exit code 2): ValueError,
+    OSError, ImportError, or any of the package's own error types (``LiteMedSamError``,
+    ``DownloadError``), whatever their base; anything else is a bug and keeps its traceback."""
+    if isinstance(err, _USER_ERRORS):
+        return True
+    return any(k.__module__.startswith("medclipsam.") and k.__name__.endswith("Error")
+               for k in type(err).__mro__)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -179,7 +179,7 @@ def run_folder(
         names = ", ".join(r["id"] for r in skipped[:5])
         more = f", ... and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warnings.warn(f"{len(skipped)} file(s) in {images_dir} skipped, unsupported format "
-                      f"(status 'skipped: unsupported format ...' in {csv_path}): {names}{more}; "
+                      f"or subfolder (status 'skipped: ...' in {csv_path}): {names}{more}; "
                       f"supported: {', '.join(SUPPORTED_SUFFIXES)}", UserWarning, stacklevel=2)
     if failed:
         shown = "; ".join(f"{r['id']}: {r['error']}" for r in failed[:5])
@@ -310,6 +310,12 @@ def _sort_rows(path: Path) -> None:
 
 def _skipped_row(path: Path, prompt: str) -> dict:
     """The row of a file a folder run does not read: its format is not supported."""
+    if path.is_dir():
+        return {"id": path.name, "prompt": prompt, "mask_file": "", "flags": "",
+                "status": "skipped: subfolder",
+                "error": f"{path.name}: a subfolder, not searched (a folder run reads the files "
+                         f"directly in {path.parent}); run the command on it as well, or move its "
+                         "images up"}
     suffix = path.suffix.lower() or "(no suffix)"
     return {"id": path.name, "prompt": prompt, "mask_file": "", "flags": "",
             "status": f"skipped: unsupported format {suffix}",
@@ -318,7 +324,12 @@ def _skipped_row(path: Path, prompt: str) -> dict:
 
 
 def _failed_row(stem: str, prompt: str, path: Path, exc: BaseException) -> dict:
-    reason = exc.problem if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ImageReadError):
+        reason = exc.problem
+    elif type(exc).__module__.startswith("medclipsam."):  # the package's own words
+        reason = str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
     return {"id": stem, "prompt": prompt, "mask_file": "", "flags": "", "status": "failed",
             "error": " ".join(f"{path.name}: {reason}".split())}
 

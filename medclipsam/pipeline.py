@@ -63,7 +63,7 @@ from .per_image import check_prompt, image_progress, prompts_per_image
 from .prompting import SamPrompts, make_sam_prompts
 from .saliency.api import is_gscorecam, saliency_maps
 from .saliency.gscorecam_multi import MaskedFeatureStore
-from .sam_session import SamSession
+from .sam_session import ImageShapeError, SamSession
 from .vocab import CONTROL_SALIENCY
 from .working_size import (
     WorkingPicture,
@@ -388,7 +388,11 @@ class MedCLIPSAM:
         pr = self.sam_prompts_from(sal, rgb, cfg, seed=seed)
         t["sam_prompts"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        self.session.set_image(rgb)
+        try:
+            self.session.set_image(rgb)
+        except ImageShapeError as e:  # name the image's own size, not the working size
+            work = f"{rgb.shape[0]}x{rgb.shape[1]} pixels"
+            raise ImageShapeError(str(e).replace(work, f"{h}x{w} pixels (working size {work})", 1)) from None
         t["sam_embed"] = time.perf_counter() - t2
         t3 = time.perf_counter()
         res = self.session.predict_sam_prompts(pr, multimask=cfg.multimask, union=True)

@@ -115,6 +115,7 @@ class SamSession:
         p = self.predictor
         if key == self._key and getattr(p, "is_image_set", False) and p.features is self._features:
             return False
+        _check_shape(rgb.shape[:2], getattr(getattr(p, "transform", None), "target_length", None))
         p.set_image(rgb, image_format="RGB")
         self._key, self._features, self._shape = key, p.features, rgb.shape[:2]
         return True
@@ -216,4 +217,20 @@ class SamSession:
             multimask = sam_prompts.boxes is None
         return self.predict(
             sam_prompts.boxes, sam_prompts.points, sam_prompts.point_labels, multimask=multimask, union=union
+        )
+
+
+class ImageShapeError(ValueError):
+    """An image SAM cannot take (so elongated that its short side vanishes at SAM's size)."""
+
+
+def _check_shape(shape: tuple[int, int], target: int | None) -> None:
+    """Refuse, in words, an image whose short side would be under one pixel once its long side
+    is scaled to SAM's input size ``target`` (PIL would fail with 'height and width must be > 0')."""
+    h, w = int(shape[0]), int(shape[1])
+    if target and int(min(h, w) * target / max(h, w) + 0.5) < 1:
+        raise ImageShapeError(
+            f"image of {h}x{w} pixels (HxW) is too elongated for SAM: scaled to SAM's input size "
+            f"({target} px on the long side) its short side would be under one pixel; crop it, "
+            "or pad it to a less extreme shape"
         )

@@ -127,7 +127,7 @@ def read_checkpoint(path: str | Path, formats: Sequence[str], what: str, hint: s
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: cannot read this file ({checkpoint_error_detail(e)}){hint}") from None
+        raise ValueError(f"{path}: cannot read this file ({checkpoint_error_detail(e, path)}){hint}") from None
     if not isinstance(obj, dict) or obj.get("format") not in formats:
         raise ValueError(f"{path}: not a medclipsam {what} file ({' or '.join(formats)})")
     return obj

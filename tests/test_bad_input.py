@@ -10,16 +10,15 @@ ship (only those present offline). Folder runs, the size guard and the command l
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 import sys
 import textwrap
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bad_inputs import png_bomb, zip_with_link
 from PIL import Image, ImageOps
 
 from medclipsam._utils import (
@@ -66,24 +65,9 @@ def _nibabel_file(name: str) -> Path:
 # images
 
 
-def _png_bomb(path: Path, side: int = 20000) -> None:
-    """A real 1-bit PNG of side x side pixels (400 million for 20000), about 50 kB on disk."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-
-    comp = zlib.compressobj(9)
-    row = b"\0" * (1 + side // 8)
-    idat = b"".join(comp.compress(row * 1000) for _ in range(side // 1000)) + comp.flush()
-    header = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])  # 1 bit, grey
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-                     + chunk(b"IEND", b""))
-
-
 def test_a_decompression_bomb_names_the_file_and_how_to_allow_it(tmp_path, monkeypatch):
     bomb = tmp_path / "huge_scan.png"
-    _png_bomb(bomb)
+    png_bomb(bomb)
     assert bomb.stat().st_size < 200_000
     with pytest.raises(ImageReadError) as err:
         read_image(bomb)
@@ -416,18 +400,9 @@ def test_a_refused_pickle_says_what_to_do_not_to_load_it_anyway(tmp_path):
         assert "likely succeed" not in msg and "Do not load a file you do not trust" in msg
 
 
-def _zip_with_link(path: Path) -> None:
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("data/a.png", b"png bytes")
-        link = zipfile.ZipInfo("data/images")
-        link.external_attr = (stat.S_IFLNK | 0o777) << 16
-        zf.writestr(link, "/etc")
-        zf.writestr("data/images/b.png", b"png bytes")
-
-
 def test_a_zip_with_a_symlink_entry_is_refused_clearly(tmp_path):
     archive = tmp_path / "dataset.zip"
-    _zip_with_link(archive)
+    zip_with_link(archive)
     with pytest.raises(UnsafeArchiveError, match="'data/images' is a symbolic link"):
         safe_extract(archive, tmp_path / "out")
     assert not any((tmp_path / "out").rglob("*"))  # nothing written

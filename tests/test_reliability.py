@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bad_inputs import HTML_PAGE, LFS_POINTER, TINY_CLIP, clip_folder, pickled_weights
 from PIL import Image
 
 from medclipsam.data.datasets import CaptionDataset, FolderDataset, pair_by_stem
@@ -145,17 +146,6 @@ def test_a_mask_of_another_size_raises_the_projects_error_naming_both_files(tmp_
         evaluate_folders(tmp_path / "masks", tmp_path / "images")
 
 
-LFS_POINTER = (
-    "version https://git-lfs.github.com/spec/v1\n"
-    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
-    "size 182734\n"
-)
-HTML_PAGE = (
-    "<!DOCTYPE html>\n<html lang=\"en\"><head><title>Sign in</title></head>\n"
-    "<body><form action=\"/login\">...</form></body></html>\n"
-)
-
-
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif", ".nii.gz", ".dcm"])
 def test_an_lfs_pointer_or_a_web_page_saved_as_an_image_says_what_it_is(tmp_path, suffix):
     pointer = tmp_path / f"scan{suffix}"
@@ -213,44 +203,17 @@ def test_a_preamble_less_dicom_without_pixel_data_says_so(tmp_path):
 # --------------------------------------------------------------------------------------------
 # 2. weight files that are unsafe or unreadable, on every loading path
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-class Payload:
-    """A pickled object: what torch.load(weights_only=True) refuses (it could run code)."""
-
-    def __init__(self) -> None:
-        self.note = "runs code when unpickled"
-
-
-def _pickled_weights(path: Path) -> Path:
-    import torch
-
-    torch.save({"state_dict": {}, "extra": Payload()}, path)
-    return path
-
-
 def _assert_refusal_in_users_words(msg: str, path: Path) -> None:
     assert str(path) in msg and "refused" in msg and "pickled" in msg, msg
     assert "state_dict" in msg and ".safetensors" in msg  # the safe alternative
     assert "likely succeed" not in msg and "Do not load a file you do not trust" in msg
 
 
-def _clip_folder(folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP}))
-    return folder
-
-
 def test_a_pickled_weight_file_in_a_clip_folder_is_refused_by_name(tmp_path):
     from medclipsam.models.clip import CheckpointError, load_clip
 
-    folder = _clip_folder(tmp_path / "my-clip")
-    weights = _pickled_weights(folder / "open_clip_pytorch_model.bin")
+    folder = clip_folder(tmp_path / "my-clip")
+    weights = pickled_weights(folder / "open_clip_pytorch_model.bin")
     for name in (f"local-dir:{folder}", str(folder)):
         with pytest.raises(CheckpointError) as err:
             load_clip(name, device="cpu")
@@ -270,7 +233,7 @@ def test_a_pickled_weight_file_in_a_hub_snapshot_is_refused_by_name(tmp_path, mo
 
     snap = write_hub_repo(tmp_path / "hf", "someone/tiny-clip",
                           {"open_clip_config.json": json.dumps({"model_cfg": TINY_CLIP})})
-    weights = _pickled_weights(snap / "open_clip_pytorch_model.bin")
+    weights = pickled_weights(snap / "open_clip_pytorch_model.bin")
     use_hf_cache(monkeypatch, tmp_path / "hf")
     with pytest.raises(CheckpointError) as err:
         load_clip("hf-hub:someone/tiny-clip", device="cpu")
@@ -278,8 +241,8 @@ def test_a_pickled_weight_file_in_a_hub_snapshot_is_refused_by_name(tmp_path, mo
 
 
 def test_the_cli_refuses_a_pickled_clip_folder_in_one_line(tmp_path):
-    folder = _clip_folder(tmp_path / "my-clip")
-    weights = _pickled_weights(folder / "open_clip_pytorch_model.bin")
+    folder = clip_folder(tmp_path / "my-clip")
+    weights = pickled_weights(folder / "open_clip_pytorch_model.bin")
     _png(tmp_path / "images" / "a.png", size=(32, 32))
     run = _cli("segment", "--images", str(tmp_path / "images"), "--prompt", "breast tumor",
                "--out", str(tmp_path / "out"), "--clip", f"local-dir:{folder}", "--sam", "litemedsam",
@@ -392,3 +355,134 @@ def test_segment_on_the_command_line_names_the_skipped_files(tmp_path):
     table = _table(tmp_path / "out" / "results.csv")
     assert [(r["id"], r["status"]) for r in table] == [
         ("case0", "ok"), ("scan.gif", "skipped: unsupported format .gif")]
+
+
+# --------------------------------------------------------------------------------------------
+# found by the corpus run (benchmarks/bad_input_corpus.py)
+
+
+def test_the_cli_prints_a_litemedsam_checkpoint_error_in_one_line(tmp_path, capsys):
+    """LiteMedSamError is a RuntimeError: the CLI let it escape as a traceback."""
+    from medclipsam.cli import main
+
+    bad = tmp_path / "lite_medsam.pth"
+    bad.write_bytes(np.random.default_rng(0).bytes(5000))
+    _png(tmp_path / "images" / "a.png", size=(32, 32))
+    rc = main(["segment", "--images", str(tmp_path / "images"), "--prompt", "breast tumor",
+               "--out", str(tmp_path / "out"), "--sam", "litemedsam", "--sam-checkpoint", str(bad),
+               "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and str(bad) in err[0]
+    assert "not a PyTorch file" in err[0]
+
+
+@pytest.mark.parametrize("content,says", [
+    (LFS_POINTER, "Git LFS pointer"), (HTML_PAGE, "HTML web page"),
+    (b"\x00\x01garbage" * 100, "not a PyTorch file"), (b"", "not a PyTorch file")],
+    ids=["lfs", "html", "bytes", "empty"])
+def test_a_weight_file_that_is_no_pytorch_file_is_called_what_it_is(tmp_path, content, says):
+    """Random bytes, LFS pointers and web pages were described by the unpickler's
+    'Unsupported operand 118'."""
+    from medclipsam.models import load_clip, load_sam
+
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    loaders = (lambda: load_sam(path, device="cpu", download=False),
+               lambda: load_sam("litemedsam", checkpoint=path, device="cpu"),
+               lambda: load_clip(path, device="cpu"))
+    for load in loaders:
+        with pytest.raises(Exception) as err:
+            load()
+        msg = str(err.value)
+        assert str(path) in msg and says in msg and "Unsupported operand" not in msg, msg
+
+
+@pytest.mark.parametrize("obj", ["list", "no_tensors", "foreign"])
+def test_a_clip_file_that_is_no_clip_checkpoint_names_the_file(tmp_path, obj):
+    """A plain state dict is read as BiomedCLIP's architecture; when that cannot be built here
+    (offline, no cache) the error named BiomedCLIP's config, not the user's file."""
+    import torch
+
+    from medclipsam.models.clip import CheckpointError, load_clip
+
+    path = tmp_path / "my_clip.pt"
+    torch.save({"list": [torch.zeros(3)], "no_tensors": {"model": {"epoch": 3}},
+                "foreign": {"foo.weight": torch.zeros(3)}}[obj], path)
+    with pytest.raises(CheckpointError) as err:
+        load_clip(path, device="cpu")
+    assert str(path) in str(err.value)
+
+
+def test_warnings_of_the_dicom_reader_name_the_file(tmp_path):
+    """pydicom's own warnings ('Expected explicit VR, but found implicit VR', excess padding)
+    reached the user without the file's name."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    path = tmp_path / "scan.dcm"
+    shutil.copyfile(get_testdata_file("MR_small_padded.dcm"), path)
+    with pytest.warns(UserWarning) as seen:
+        read_image(path)
+    assert seen and all(str(w.message).startswith(f"{path}: ") for w in seen)
+
+
+def test_a_folder_dataset_names_the_files_it_leaves_out(tmp_path):
+    """FolderDataset dropped unsupported files, subfolders and (strict=False) duplicate stems
+    and broken links with only an entry in .report."""
+    _png(tmp_path / "images" / "a.png")
+    _png(tmp_path / "masks" / "a.png", value=255)
+    Image.new("P", (8, 6)).save(tmp_path / "images" / "scan.gif")
+    _png(tmp_path / "images" / "more" / "b.png")
+    with pytest.warns(UserWarning, match=r"left out of the data set .*more, scan\.gif"):
+        ds = FolderDataset(tmp_path)
+    assert ds.stems == ["a"]
+    _png(tmp_path / "images" / "c.png")
+    _png(tmp_path / "images" / "c.jpg")
+    with pytest.warns(UserWarning, match=r"several files share a stem: c\.jpg, c\.png"):
+        FolderDataset(tmp_path, strict=False)
+
+
+def test_a_folder_run_gives_a_subfolder_a_row(standin_pipe, tmp_path):
+    """A subfolder of the images folder (its images never read) had no row and no message."""
+    _phantom_folder(tmp_path / "images", 1)
+    _phantom_folder(tmp_path / "images" / "second_visit", 1)
+    with pytest.warns(UserWarning, match="skipped, unsupported format or subfolder"):
+        rows = standin_pipe.run_folder(tmp_path / "images", "breast tumor", tmp_path / "out",
+                                       progress=False)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["second_visit"]["status"] == "skipped: subfolder"
+    assert "not searched" in by_id["second_visit"]["error"]
+
+
+def test_prepare_names_the_archive_of_another_data_set(tmp_path):
+    """The error named the scratch folder it was extracted to (OUT/.source/...), not the zip."""
+    import zipfile
+
+    from medclipsam.data.sources import busi
+    from medclipsam.data.sources._common import SourceFormatError
+
+    archive = tmp_path / "downloads" / "Dataset_BUSI.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("chest_xray/readme.txt", "another data set\n")
+    with pytest.raises(SourceFormatError) as err:
+        busi.prepare(archive, tmp_path / "busi", progress=False)
+    assert str(err.value).startswith(f"{archive} (extracted to ") and "does not look like BUSI" in str(err.value)
+
+
+def test_a_very_elongated_image_gets_a_row_in_words(standin_pipe, tmp_path):
+    """A 2x3000 image failed with PIL's raw 'ValueError: height and width must be > 0' (its short
+    side vanished at SAM's input size)."""
+    from medclipsam.sam_session import ImageShapeError
+
+    thin = np.tile(np.arange(250, dtype=np.uint8), (2, 12))
+    with pytest.raises(ImageShapeError, match=r"2x3000 pixels .* too elongated for SAM"):
+        standin_pipe.predict(thin, "breast tumor")
+    (tmp_path / "images").mkdir()
+    Image.fromarray(thin).save(tmp_path / "images" / "strip.png")
+    with pytest.warns(UserWarning, match="failed"):
+        rows = standin_pipe.run_folder(tmp_path / "images", "breast tumor", tmp_path / "out",
+                                       progress=False)
+    assert rows[0]["status"] == "failed"
+    assert rows[0]["error"].startswith("strip.png: image of 2x3000 pixels") and "Error" not in rows[0]["error"]

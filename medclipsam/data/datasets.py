@@ -31,6 +31,7 @@ import json
 import os
 import re
 import unicodedata
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,8 @@ def _names(items: Iterable[str]) -> str:
 def list_image_files(folder: PathLike) -> tuple[dict[str, list[Path]], list[str]]:
     """Image files of ``folder`` (not recursive) grouped by stem, plus the names it ignored.
 
-    Hidden files (``.DS_Store``, temporaries of atomic writes) and files that are not images
-    (``notes.txt``) are ignored; files without a known suffix count when they are DICOM. Stems
+    Hidden files (``.DS_Store``, temporaries of atomic writes) are ignored; files that are not
+    images (``notes.txt``) and subfolders (not searched) are returned as ignored names; files without a known suffix count when they are DICOM. Stems
     are Unicode-normalised (NFC, see :func:`nfc`), so names written by macOS (NFD) group and
     pair with the same names written elsewhere.
     """
@@ -107,7 +108,12 @@ def list_image_files(folder: PathLike) -> tuple[dict[str, list[Path]], list[str]
     by_stem: dict[str, list[Path]] = {}
     ignored: list[str] = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file():
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():  # not searched: named, so that its images are not dropped in silence
+            ignored.append(entry.name)
+            continue
+        if not entry.is_file():
             continue
         if image_suffix(entry) or is_dicom_file(entry):
             by_stem.setdefault(nfc(file_stem(entry)), []).append(entry)
@@ -335,6 +341,7 @@ class FolderDataset:
         message = _pairing_message(images_dir, masks_dir if self.has_masks else None, scan)
         if strict and message:
             raise PairingError(message, self.report)
+        _warn_left_out(self.root, scan, strict)
 
         usable = sorted(s for s in scan["images"] if s not in scan["duplicates"])
         stems = usable
@@ -400,6 +407,24 @@ class FolderDataset:
     def __repr__(self) -> str:
         split = f", split={self.split!r}" if self.split else ""
         return f"FolderDataset({str(self.root)!r}{split}, n={len(self)})"
+
+
+def _warn_left_out(root: Path, scan: dict, strict: bool) -> None:
+    """One warning naming the files a data set leaves out (unsupported formats; with
+    ``strict=False`` also stems with several files and broken links), so that none is dropped in
+    silence (they are in ``.report`` as well)."""
+    parts = []
+    if scan["ignored"]:
+        parts.append(f"not an image format ({', '.join(SUPPORTED_SUFFIXES)}): "
+                     f"{_names(scan['ignored'])}")
+    if not strict and scan["duplicates"]:
+        files = [p.name for paths in scan["duplicates"].values() for p in paths]
+        parts.append(f"several files share a stem: {_names(files)}")
+    if not strict and scan["broken_links"]:
+        parts.append(f"broken symbolic links: {_names(scan['broken_links'])}")
+    if parts:
+        warnings.warn(f"{root}: files left out of the data set ({'; '.join(parts)}); see .report",
+                      UserWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------

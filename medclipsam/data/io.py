@@ -234,16 +234,30 @@ def _load(path: PathLike, slice_index: int | None, axis: int, frame: int) -> _Lo
     if other is not None:
         raise ImageReadError(path, other)
     kind = _format_of(path)
-    if kind == "pil":
-        loaded = _Loaded(_load_pil(path, frame), kind)
-    elif kind == "tiff":
-        loaded = _Loaded(_load_tiff(path, frame), kind)
-    elif kind == "dicom":
-        loaded = _load_dicom(path, frame)
-    else:
-        loaded = _Loaded(_load_nifti(path, slice_index, axis, frame), kind)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if kind == "pil":
+            loaded = _Loaded(_load_pil(path, frame), kind)
+        elif kind == "tiff":
+            loaded = _Loaded(_load_tiff(path, frame), kind)
+        elif kind == "dicom":
+            loaded = _load_dicom(path, frame)
+        else:
+            loaded = _Loaded(_load_nifti(path, slice_index, axis, frame), kind)
+    _rewarn(caught, path)
     loaded.array = _native(loaded.array)
     return loaded
+
+
+def _rewarn(caught: list[warnings.WarningMessage], path: Path) -> None:
+    """Warnings of the reading libraries (pydicom: "Expected explicit VR, but found implicit VR"),
+    issued again with the file's name in front, so a user knows which file they are about."""
+    for w in caught:
+        text = str(w.message)
+        if str(path) not in text:
+            text = f"{path}: {text}"
+        warnings.warn(text, w.category if issubclass(w.category, Warning) else UserWarning,
+                      stacklevel=4)
 
 
 def _native(arr: np.ndarray) -> np.ndarray:

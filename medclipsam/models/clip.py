@@ -481,7 +481,7 @@ def _read_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        detail = checkpoint_error_detail(e)
+        detail = checkpoint_error_detail(e, path)
         if detail.startswith("it holds pickled"):
             raise CheckpointError(f"{path}: refused: {detail}.") from None
         if detail.startswith("torch.load(weights_only=True)"):
@@ -509,7 +509,7 @@ def _unreadable_weights(files: Sequence[Path], label: str) -> CheckpointError | 
         return CheckpointError(f"{e} (the weights of {label})")
     except Exception as e:  # noqa: BLE001 - safetensors' own error type, OSError, ...
         return CheckpointError(
-            f"{path}: cannot read this weight file ({checkpoint_error_detail(e)}); it is truncated "
+            f"{path}: cannot read this weight file ({checkpoint_error_detail(e, path)}); it is truncated "
             f"or corrupt, or not a .safetensors file (the weights of {label}). Download it again, "
             "or delete it to use the other weight file"
         )
@@ -753,14 +753,20 @@ def _load_file(
         )
 
     # A plain state dict (or a training checkpoint wrapping one) for the ``arch`` architecture.
-    base = load_clip(arch, device="cpu", pretrained=False, preprocess_mode=mode)
+    neither = (f"{path}: neither a medclipsam CLIP checkpoint (a dict with 'model_config' or "
+               f"'model_name' and 'state_dict') nor a state dict for {arch!r}")
     try:
-        sd = _clean_state_dict(obj, base.model)
+        _clean_state_dict(obj, torch.nn.Module())  # the shape of the file, before building arch
     except TypeError as e:
+        raise CheckpointError(f"{neither}: {e}") from e
+    try:
+        base = load_clip(arch, device="cpu", pretrained=False, preprocess_mode=mode)
+    except (FileNotFoundError, ValueError) as e:
         raise CheckpointError(
-            f"{path}: neither a medclipsam CLIP checkpoint (a dict with 'model_config' or "
-            f"'model_name' and 'state_dict') nor a state dict for {arch!r}: {e}"
+            f"{path}: a plain state dict without its architecture, read as {arch!r} (pass arch= "
+            f"for another), which cannot be built here: {e}"
         ) from e
+    sd = _clean_state_dict(obj, base.model)
     _load_state(base.model, sd, path, f"the {arch} architecture")
     base.model.to(get_device(device))
     base.name = name or path.stem

@@ -284,7 +284,7 @@ def load_litemedsam(device: Any = "auto", checkpoint: str | os.PathLike | None =
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise LiteMedSamError(f"{path}: cannot read this LiteMedSAM checkpoint: "
-                              f"{checkpoint_error_detail(e)}") from None
+                              f"{checkpoint_error_detail(e, path)}") from None
     sd = obj.get("model", obj) if isinstance(obj, dict) else obj
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise LiteMedSamError(f"{path}: not a LiteMedSAM state dict (a mapping of names to tensors)")

@@ -197,7 +197,7 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        detail = checkpoint_error_detail(e)
+        detail = checkpoint_error_detail(e, path)
         if detail.startswith("it holds pickled"):
             raise SamCheckpointError(f"{path}: refused: {detail}.") from None
         if detail.startswith("torch.load(weights_only=True)"):

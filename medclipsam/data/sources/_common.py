@@ -278,6 +278,16 @@ def _extract_once(archive: Path, dest: Path) -> Path:
     return dest
 
 
+_ARCHIVE_OF: dict[Path, Path] = {}  # extracted folder -> the archive the user gave
+
+
+def shown_source(root: Path) -> str:
+    """``root`` as a user knows it: the archive they gave (and where it was extracted) when
+    ``root`` is an extracted archive's folder, else ``root`` itself."""
+    archive = _ARCHIVE_OF.get(root)
+    return f"{archive} (extracted to {root})" if archive is not None else str(root)
+
+
 def open_source(source: Path, work: Path, *, nested: bool = False) -> list[Path]:
     """Return the folders holding the data set's files, extracting archives into ``work``.
 
@@ -289,6 +299,7 @@ def open_source(source: Path, work: Path, *, nested: bool = False) -> list[Path]
         roots = [source]
     elif is_archive(source):
         roots = [_extract_once(source, work / slugify(source.name))]
+        _ARCHIVE_OF[roots[0]] = source
     elif source.is_file():
         raise SourceFormatError(
             f"{source}: neither a folder nor a zip/tar archive (is the download complete?)"

@@ -37,6 +37,7 @@ from ._common import (
     finish,
     open_source,
     short_list,
+    shown_source,
     take,
 )
 
@@ -111,7 +112,7 @@ def _find_class_dirs(roots: Sequence[Path]) -> dict[str, Path]:
             by_parent.setdefault(d.parent, {})[label] = d
     if not by_parent:
         raise SourceFormatError(
-            f"{roots[0]}: this does not look like BUSI: no folder named benign/, malignant/ or "
+            f"{shown_source(roots[0])}: this does not look like BUSI: no folder named benign/, malignant/ or "
             "normal/ (expected Dataset_BUSI_with_GT/{benign,malignant,normal}/ from "
             "Dataset_BUSI.zip)"
         )

@@ -36,6 +36,7 @@ from ._common import (
     image_mask_loader,
     open_source,
     short_list,
+    shown_source,
     slugify,
     splits_from_assignment,
     take,
@@ -113,7 +114,7 @@ def _split_root(roots: Sequence[Path]) -> Path:
             candidates.append(train.parent)
     if not candidates:
         raise SourceFormatError(
-            f"{roots[0]}: this does not look like COVID-QU-Ex: no folder with Train/, Val/ and "
+            f"{shown_source(roots[0])}: this does not look like COVID-QU-Ex: no folder with Train/, Val/ and "
             "Test/ (expected Lung Segmentation Data/{Train,Val,Test}/{COVID-19,Non-COVID,Normal}/"
             "{images,lung masks}/)"
         )

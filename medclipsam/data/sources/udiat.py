@@ -40,6 +40,7 @@ from ._common import (
     open_source,
     read_table,
     short_list,
+    shown_source,
     take,
 )
 
@@ -159,7 +160,7 @@ def _find_pair_dirs(roots: Sequence[Path]) -> tuple[Path, Path]:
         return originals[0], gts[0]
     found = "original/" if originals else "GT/" if gts else "neither"
     raise SourceFormatError(
-        f"{roots[0]}: this does not look like UDIAT Dataset B: expected folders original/ "
+        f"{shown_source(roots[0])}: this does not look like UDIAT Dataset B: expected folders original/ "
         f"(images) and GT/ (masks) side by side; found {found}"
     )
 
