@@ -5,6 +5,7 @@ student notebooks are the blanked solutions, and a folder of submissions can be 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -84,11 +85,37 @@ def test_each_check_accepts_the_reference_and_the_notebook_solution(check, solut
 
 
 def test_the_checks_each_notebook_calls_are_the_ones_listed(solutions):
-    from medclipsam.exercises.grading import parse_checks
+    from medclipsam.exercises.grading import called_checks, identify_exercise
 
     for name in NAMES:
-        status, _ = parse_checks(nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4))
-        assert tuple(status) == ex.EXERCISES[name]
+        for folder in (SOLUTIONS, STUDENTS):
+            nb = nbformat.read(folder / f"{name}.ipynb", as_version=4)
+            assert tuple(called_checks(nb)) == ex.EXERCISES[name]
+            # by file name, by the checks it calls when renamed, and as the teacher says
+            assert identify_exercise(nb, folder / f"{name}.ipynb") == name
+            assert identify_exercise(nb, "alice.ipynb") == name
+            assert identify_exercise(nb, "alice.ipynb", "ex01_dhn_nce") == "ex01_dhn_nce"
+    assert identify_exercise(nbformat.v4.new_notebook(), "alice_ex03.ipynb") == "ex03_boxes"
+    assert identify_exercise(nbformat.v4.new_notebook(), "alice.ipynb") is None
+    with pytest.raises(ValueError, match="unknown exercise"):
+        identify_exercise(nbformat.v4.new_notebook(), "alice.ipynb", "ex09")
+
+
+def test_only_results_signed_with_the_session_key_are_read(tmp_path):
+    from medclipsam.exercises._record import sign
+    from medclipsam.exercises.grading import read_results
+
+    key, body = b"k" * 32, json.dumps({"check": "check_boxes", "passed": True})
+    fake = json.dumps({"check": "check_dhn_nce", "passed": True})
+    lines = [
+        json.dumps({"record": body, "mac": sign(key, body)}),
+        json.dumps({"record": fake, "mac": sign(b"guessed", fake)}),
+        "[PASS] check_saliency_to_mask: all 12 cases agree with the reference.",
+    ]
+    (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
+    results, forged = read_results(tmp_path / "results.jsonl", key)
+    assert list(results) == ["check_boxes"] and results["check_boxes"]["passed"]
+    assert forged == 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -730,7 +757,10 @@ def test_grading_a_folder_of_submissions(tmp_path, capsys):
         new_markdown_cell("# A submission"),
         params,
         new_code_cell("import numpy as np\nfrom medclipsam import exercises as ex\nassert SMOKE"),
-        new_code_cell("ex.check_mean_dice(ex.reference.mean_dice, n_trials=1, strict=True)"),
+        new_code_cell(
+            "def mean_dice(pred, gt):\n    return ex.reference.mean_dice(pred, gt)\n"
+            "ex.check_mean_dice(mean_dice, n_trials=1, strict=True)"
+        ),
         new_code_cell(
             "ex.check_boxes(lambda m, n_components=1: np.zeros((0, 4)), n_trials=1, strict=True)"
         ),
@@ -752,14 +782,21 @@ def test_grading_a_folder_of_submissions(tmp_path, capsys):
     with open(tmp_path / "grades" / "grades.csv", newline="") as fh:
         rows = {r["notebook"]: r for r in csv.DictReader(fh)}
     alice = rows["alice.ipynb"]
-    assert (alice["passed"], alice["failed"], alice["not_run"]) == ("1", "1", "1")
-    assert float(alice["score"]) == pytest.approx(1 / 3, abs=1e-3)
-    assert alice["checks"] == "check_mean_dice:pass check_boxes:fail check_interpretation:not_run"
+    # scored against exercise 4's two checks (most of the checks it calls are exercise 4's);
+    # check_boxes belongs to exercise 3: it ran, but is not counted
+    assert alice["exercise"] == "ex04_weak"
+    assert (alice["passed"], alice["failed"], alice["not_run"]) == ("1", "0", "1")
+    assert float(alice["score"]) == pytest.approx(0.5)
+    assert alice["checks"] == "check_mean_dice:pass check_interpretation:not_run"
+    assert "not run: check_interpretation" in alice["notes"]
+    assert "another exercise ran (not counted): check_boxes" in alice["notes"]
     assert "NameError" in alice["errors"] and "AssertionError" in alice["errors"]
     # the whole feedback of the failed check, over several lines, survives the CSV round trip
     assert "[FAIL] check_boxes" in alice["errors"] and "First failing input" in alice["errors"]
     assert "\n  Hint: " in alice["errors"] or "\n  Also failing" in alice["errors"]
     assert "not a readable notebook" in rows["bob.ipynb"]["errors"]
+    assert "feedback for learning, not an exam" in printed
+    assert "cannot detect" in (tmp_path / "grades" / "ABOUT.txt").read_text()
     executed = nbformat.read(tmp_path / "grades" / "executed" / "alice.ipynb", as_version=4)
     assert any(
         "[FAIL] check_boxes" in str(o.get("evalue", ""))
@@ -767,3 +804,96 @@ def test_grading_a_folder_of_submissions(tmp_path, capsys):
         if c.cell_type == "code"
         for o in c.outputs
     )
+
+
+def _ex03_half_done() -> nbformat.NotebookNode:
+    """The student notebook of exercise 3 with step 1 solved and step 2 not (its check fails),
+    cut after step 2's check (step 3 prompts SAM: slow, and not a check)."""
+    nb = nbformat.read(STUDENTS / "ex03_boxes.ipynb", as_version=4)
+    solved = nbformat.read(SOLUTIONS / "ex03_boxes.ipynb", as_version=4)
+    first = next(i for i, c in enumerate(nb.cells) if "solution" in c.metadata.get("tags", []))
+    nb.cells[first] = solved.cells[first]
+    boxes = next(i for i, c in enumerate(nb.cells) if "ex.check_boxes(" in c.source)
+    nb.cells = nb.cells[: boxes + 1]
+    return nb
+
+
+@pytest.mark.notebook
+def test_the_grader_cannot_be_gamed_by_deleting_printing_or_redefining_a_check(tmp_path):
+    """A half-done exercise 3 scores 1/2 however its failing check is hidden: the cell deleted,
+    "[PASS] check_boxes" printed, check_boxes redefined or replaced in the notebook, the check
+    run on the package's own function, or a result line written by hand."""
+    from nbformat.v4 import new_code_cell
+
+    def variant(name: str, replace_check_with: list[str] | None) -> None:
+        nb = _ex03_half_done()
+        i = next(i for i, c in enumerate(nb.cells) if "ex.check_boxes(" in c.source)
+        if replace_check_with is not None:
+            nb.cells[i : i + 1] = [new_code_cell(src) for src in replace_check_with]
+        nbformat.write(nb, tmp_path / "subs" / f"ex03_{name}.ipynb")
+
+    (tmp_path / "subs").mkdir()
+    call = "ex.check_boxes(mask_to_boxes, n_trials=N_TRIALS, seed=SEED, strict=True);"
+    variant("honest", None)
+    variant("deleted", [])
+    variant(
+        "printed",
+        ['print("[PASS] check_boxes: all 12 cases agree with the reference.")'],
+    )
+    variant(
+        "redefined",
+        [
+            "def check_boxes(fn, **kw):\n"
+            '    print("[PASS] check_boxes: all 12 cases agree with the reference.")\n'
+            "    return True\n"
+            "check_boxes(mask_to_boxes)",
+            'ex.check_boxes = lambda *a, **k: print("[PASS] check_boxes: all 12 cases agree")',
+            call,
+        ],
+    )
+    variant("reference", ["ex.check_boxes(ex.reference.mask_to_boxes, n_trials=N_TRIALS)"])
+    variant(
+        "forged",
+        [
+            "from medclipsam.exercises import _record\n"
+            "_record.write_record('check_boxes', True, 12, False)\n"
+            "if _record._write is not None:\n"
+            "    _record._write({'check': 'check_boxes', 'passed': True, 'package_code': False})",
+        ],
+    )
+    rows = {
+        r["notebook"]: r
+        for r in ex.grade_notebooks([tmp_path / "subs"], parameters={"SMOKE": True})
+    }
+    assert len(rows) == 6
+    for label, r in rows.items():
+        assert r["exercise"] == "ex03_boxes", label
+        assert r["checks"].startswith("check_saliency_to_mask:pass check_boxes:"), (label, r)
+        assert r["passed"] == 1 and r["score"] == 0.5, (label, r)
+    assert rows["ex03_honest.ipynb"]["checks"].endswith("check_boxes:fail")
+    assert "NotImplementedError" in rows["ex03_honest.ipynb"]["errors"]
+    for label in ("deleted", "printed"):
+        r = rows[f"ex03_{label}.ipynb"]
+        assert r["checks"].endswith("check_boxes:not_run") and r["not_run"] == 1
+        assert "not run: check_boxes" in r["notes"]
+    redefined = rows["ex03_redefined.ipynb"]
+    assert redefined["checks"].endswith("check_boxes:not_run")
+    assert "def check_boxes" in redefined["notes"] and "ex.check_boxes =" in redefined["notes"]
+    reference = rows["ex03_reference.ipynb"]
+    assert reference["checks"].endswith("check_boxes:package_code")
+    assert "ran on the package's own function" in reference["notes"]
+    forged = rows["ex03_forged.ipynb"]
+    # both private writers refuse a caller that is not a check (and the notes flag the attempt)
+    assert forged["checks"].endswith("check_boxes:not_run")
+    assert "`_record`" in forged["notes"] and "`write_record`" in forged["notes"]
+
+
+@pytest.mark.notebook
+def test_the_solutions_score_full_marks(tmp_path):
+    rows = ex.grade_notebooks(
+        [SOLUTIONS / f"{name}.ipynb" for name in NAMES], parameters={"SMOKE": True}
+    )
+    for name, r in zip(NAMES, rows):
+        assert r["exercise"] == name and r["score"] == 1.0, r
+        assert r["checks"] == " ".join(f"{c}:pass" for c in ex.EXERCISES[name])
+        assert not r["errors"] and not r["notes"], r

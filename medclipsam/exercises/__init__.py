@@ -17,8 +17,10 @@ The checks of each exercise (:data:`EXERCISES`):
 * 4, weak supervision: :func:`check_mean_dice`, :func:`check_interpretation` (and, not graded,
   :func:`compare_with_table` and :func:`summarize_table`, which the notebook calls).
 
-:func:`grade_notebooks` runs a folder of submitted notebooks and tabulates the checks
-(also ``python -m medclipsam.exercises grade SUBMISSIONS/ --out grades/``).
+:func:`grade_notebooks` runs a folder of submitted notebooks and scores each against its
+exercise's full list of checks, from the checks' own signed results, not the printed text
+(also ``python -m medclipsam.exercises grade SUBMISSIONS/ --out grades/``); the score is feedback,
+see :data:`FEEDBACK_NOTE` for what it cannot detect.
 """
 
 from . import reference
@@ -35,7 +37,7 @@ from .evaluation import (
     table_from_reproduce,
     weak_verdict,
 )
-from .grading import grade_notebooks
+from .grading import EXERCISES, FEEDBACK_NOTE, grade_notebooks
 from .gscorecam import (
     check_channel_masks,
     check_channel_selection,
@@ -46,23 +48,10 @@ from .gscorecam import (
     layer_activations,
 )
 
-#: The checks of each exercise notebook, in the order the notebook calls them.
-EXERCISES: dict[str, tuple[str, ...]] = {
-    "ex01_dhn_nce": ("check_hard_negative_weights", "check_dhn_nce"),
-    "ex02_gscorecam": (
-        "check_channel_selection",
-        "check_channel_masks",
-        "check_gscorecam_weights",
-        "check_combine_maps",
-        "check_gscorecam_map",
-    ),
-    "ex03_boxes": ("check_saliency_to_mask", "check_boxes"),
-    "ex04_weak": ("check_mean_dice", "check_interpretation"),
-}
-
 __all__ = [
     "ANSWER_KEYS",
     "EXERCISES",
+    "FEEDBACK_NOTE",
     "CheckResult",
     "check_boxes",
     "check_channel_masks",

@@ -1,4 +1,4 @@
-"""``python -m medclipsam.exercises grade SUBMISSIONS... [--out DIR] [--smoke]``."""
+"""``python -m medclipsam.exercises grade SUBMISSIONS... [--out DIR] [--smoke] [--exercise NAME]``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import argparse
 import ast
 import os
 import sys
+import textwrap
 from pathlib import Path
 
-from .grading import grade_notebooks
+from .grading import EXERCISES, FEEDBACK_NOTE, grade_notebooks
 
 
 def _value(text: str):
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--out", default=None, help="write grades.csv and executed/ notebooks here")
     g.add_argument("--smoke", action="store_true", help="run with SMOKE = True (quick)")
     g.add_argument(
+        "--exercise",
+        choices=list(EXERCISES),
+        default=None,
+        help="the exercise every notebook answers (default: from each file name, else its checks)",
+    )
+    g.add_argument(
         "-p",
         "--parameter",
         action="append",
@@ -39,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     g.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     args = parser.parse_args(argv)
-
 
     params: dict = {"SMOKE": True} if args.smoke else {}
     for item in args.parameter:
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             kernel_name=args.kernel,
             out_dir=args.out,
+            exercise=args.exercise,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -61,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(r["notebook"]) for r in rows)
     for r in rows:
         print(
-            f"{r['notebook']:<{width}}  score {r['score']:.2f}  ({r['passed']} passed, "
-            f"{r['failed']} failed, {r['not_run']} not run)  {r['checks']}"
+            f"{r['notebook']:<{width}}  {r['exercise'] or '?'}  score {r['score']:.2f}  "
+            f"({r['passed']} passed, {r['failed']} failed, {r['not_run']} not run)  {r['checks']}"
         )
-        if r["errors"]:
-            text = r["errors"].replace("\n", "\n" + " " * (width + 10))
-            print(f"{'':<{width}}  errors: {text}")
+        for field in ("notes", "errors"):
+            if r[field]:
+                text = r[field].replace("\n", "\n" + " " * (width + len(field) + 4))
+                print(f"{'':<{width}}  {field}: {text}")
+    print("\n" + textwrap.fill(FEEDBACK_NOTE, width=100))
     if args.out:
         out = Path(args.out)
         print(

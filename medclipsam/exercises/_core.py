@@ -24,6 +24,8 @@ Naming a mistake follows three rules, so that hints never contradict each other:
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from . import _record
 
 __all__ = ["FAIL_MARK", "PASS_MARK", "Case", "CheckResult", "StudentRaised"]
 
@@ -332,6 +336,7 @@ def run_check(
     strict: bool = False,
     verbose: bool = True,
     after: Callable[[list[tuple[Case, Any, Any]]], str | None] | None = None,
+    graded: Sequence[Callable[..., Any]] | None = None,
 ) -> CheckResult:
     """Run ``student_fn`` and ``reference`` on every case and collect the feedback.
 
@@ -346,7 +351,8 @@ def run_check(
     case)`` when the function raised). ``after(outcomes)`` (the cases that ran, with expected
     and actual outputs) may return a failure that only shows across cases, such as an answer
     that ignores its input. With ``strict`` a failure raises ``AssertionError`` carrying the
-    feedback.
+    feedback. In a grading run the result is recorded for the grader (:mod:`._record`), with
+    whether ``graded`` (the student's functions, default ``[student_fn]``) are the package's own.
     """
     if not callable(student_fn):
         raise TypeError(f"{name}: expected your function, got {type(student_fn).__name__}")
@@ -417,11 +423,29 @@ def run_check(
     else:
         messages, hints = _failure_messages(name, n, failures, extra)
         result = CheckResult(name, False, n, len(failures), messages, hints)
+    _record.write_record(
+        name, result.passed, n, is_package_code(graded if graded is not None else [student_fn])
+    )
     if verbose and (result.passed or not strict):
         print(result.report())
     if strict and not result.passed:
         raise AssertionError(result.report())
     return result
+
+
+def is_package_code(functions: Sequence[Callable[..., Any]]) -> bool:
+    """Whether ``functions`` is empty or one of them is defined in this package (the reference
+    checked against itself, e.g. ``check_boxes(ex.reference.mask_to_boxes)``)."""
+    if not functions:
+        return True
+    for fn in functions:
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        fn = inspect.unwrap(fn) if callable(fn) else fn
+        module = getattr(fn, "__module__", None) or type(fn).__module__ or ""
+        if module == "medclipsam" or module.startswith("medclipsam."):
+            return True
+    return False
 
 
 def _failure_messages(

@@ -746,6 +746,7 @@ def check_gscorecam_map(
         compare=compare,
         strict=strict,
         verbose=verbose,
+        graded=list(mine.values()),
         success=(f"your {', '.join(mine)} chained" if mine else "the reference steps chained")
         + " on the toy CLIP give the package's gScoreCAM maps",
     )
