@@ -2,7 +2,7 @@
 
     python benchmarks/litemedsam_speed.py [--repeats 5] [--threads 2] [--compile]
 
-Times the encoder (one 256 x 256 image, the median of ``--repeats`` after a warm-up) as shipped,
+Times the encoder (one 256 x 256 image, the median of ``--repeats`` after a warm-up) as trained,
 with its Conv2d+BatchNorm pairs fused into single convolutions, in channels-last memory format,
 both together, and (``--compile``) under ``torch.compile``; each variant's speed is a ratio to the
 plain encoder measured in the same run, beside the machine's fp32 matmul rate. For every variant
@@ -37,18 +37,6 @@ def _matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(t) / 1e9
 
 
-def _fuse_conv_bn(module: torch.nn.Module) -> int:
-    """Replace every child with a ``fuse()`` method (TinyViT's Conv2d_BN) by its fused conv."""
-    n = 0
-    for name, child in module.named_children():
-        if hasattr(child, "fuse") and isinstance(child, torch.nn.Sequential):
-            setattr(module, name, child.fuse())
-            n += 1
-        else:
-            n += _fuse_conv_bn(child)
-    return n
-
-
 def _time(encoder: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
     with torch.inference_mode():
         encoder(x)
@@ -62,7 +50,7 @@ def _time(encoder: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from medclipsam.data.phantom import TASKS, PhantomDataset
-    from medclipsam.models import load_sam
+    from medclipsam.models.litemedsam import fuse_conv_bn, load_litemedsam
     from medclipsam.sam_session import SamSession
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,14 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     print(hardware_header())
-    base = load_sam("litemedsam", device="cpu")
+    base = load_litemedsam(device="cpu", fast=False)  # as trained; the package loads it fused + channels-last
     x = torch.rand(1, 3, 256, 256)
-    variants: dict[str, torch.nn.Module] = {"as shipped": base.model.image_encoder}
+    variants: dict[str, torch.nn.Module] = {"as trained": base.model.image_encoder}
     fused = copy.deepcopy(base.model.image_encoder)
-    print(f"fused {_fuse_conv_bn(fused)} Conv2d+BatchNorm pairs")
+    print(f"fused {fuse_conv_bn(fused)} Conv2d+BatchNorm pairs")
     variants["fused conv+BN"] = fused.eval()
     variants["channels-last"] = copy.deepcopy(base.model.image_encoder).to(memory_format=torch.channels_last)
-    variants["fused + channels-last"] = copy.deepcopy(fused).to(memory_format=torch.channels_last)
+    variants["fused + channels-last (the package's)"] = copy.deepcopy(fused).to(
+        memory_format=torch.channels_last)
     if a.compile:
         variants["torch.compile"] = torch.compile(copy.deepcopy(base.model.image_encoder))
     gflops = _matmul_gflops()
@@ -100,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.append((r.mask, r.low_res_logits))
         return out
 
-    ref = masks_with(variants["as shipped"])
+    ref = masks_with(variants["as trained"])
     rows, t0 = [], None
     for name, enc in variants.items():
         t = _time(enc, x, a.repeats)

@@ -124,12 +124,17 @@ def _real_slices():
 
 def test_masks_match_the_official_procedure_on_phantom_and_real_images(predictor, session):
     """Square, wide, tall, smaller and larger than 256 px (area downscaling and upscaling,
-    padding right or below), and two real slices: mask IoU >= 0.99 for every box."""
+    padding right or below), and two real slices: mask IoU >= 0.99 for every box. The reference
+    runs the model as trained (no fused Conv2d+BatchNorm, no channels-last), so the package's
+    inference speed-ups are checked too."""
+    trained = load_litemedsam(device="cpu", fast=False).model
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trained.image_encoder.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.model.image_encoder.modules())
     worst = {}
     for name, image, boxes, _ in _phantoms() + _real_slices():
         session.set_image(image)
         ours = session.predict(boxes, union=False)
-        theirs = official_masks(predictor.model, image, boxes)
+        theirs = official_masks(trained, image, boxes)
         assert ours.masks.shape == theirs.shape == (len(boxes), *image.shape[:2])
         assert ours.low_res_logits.shape[-2:] == (256, 256)
         worst[name] = min(_iou(a, b) for a, b in zip(ours.masks, theirs))
