@@ -43,6 +43,7 @@ from __future__ import annotations
 import html
 import io
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -150,6 +151,30 @@ def _freeze(d: Mapping) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in d.items()))
 
 
+class RecentCache(OrderedDict):
+    """A dict that keeps only its ``maxsize`` most recently used entries (reads count as use)."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__()
+        self.maxsize = int(maxsize)
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
+
+    def drop(self, which: Callable[[Any], bool]) -> None:
+        """Forget every entry whose key ``which`` accepts."""
+        for key in [k for k in self if which(k)]:
+            del self[key]
+
+
 class PromptExplorer:
     """An interactive view of one pipeline over a set of images (see the module doc).
 
@@ -187,9 +212,10 @@ class PromptExplorer:
         self._k = None if k is None else int(k)
         self.pipeline = pipeline
         self.images: dict[str, ExplorerImage] = {}
-        self._saliency_cache: dict[tuple, np.ndarray] = {}
-        self._sam_prompts_cache: dict[tuple, SamPrompts] = {}
-        self._sensitivity_cache: dict[tuple, float] = {}
+        # bounded: a long session of new prompts and settings keeps the most recent results only
+        self._saliency_cache: RecentCache = RecentCache(32)
+        self._sam_prompts_cache: RecentCache = RecentCache(64)
+        self._sensitivity_cache: RecentCache = RecentCache(256)
         # gScoreCAM's masked-image features of the image shown (any prompt, the controls too):
         # a new prompt or the compare view scores only channels no earlier call scored.
         self.feature_store = MaskedFeatureStore()
@@ -300,9 +326,9 @@ class PromptExplorer:
         if item.task is not None and item.task not in TASK_PRESETS:
             raise ValueError(f"image {name!r}: unknown task {item.task!r}; known: {sorted(TASK_PRESETS)}")
         if name in self.images:  # replaced (e.g. a new upload of the same file name): forget it
-            self._saliency_cache = {k: v for k, v in self._saliency_cache.items() if k[0] != name}
-            self._sam_prompts_cache = {k: v for k, v in self._sam_prompts_cache.items() if k[0][0] != name}
-            self._sensitivity_cache = {k: v for k, v in self._sensitivity_cache.items() if k[0] != name}
+            self._saliency_cache.drop(lambda k: k[0] == name)
+            self._sam_prompts_cache.drop(lambda k: k[0][0] == name)
+            self._sensitivity_cache.drop(lambda k: k[0] == name)
         self.images[name] = ExplorerImage(rgb, gt, item.task, item.prompt)
 
     def _build_widgets(self, size: int, compare_prompts: Sequence[str] | None) -> None:

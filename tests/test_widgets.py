@@ -327,3 +327,24 @@ def test_the_explorer_over_the_real_biomedclip_architecture(explorer, tmp_path, 
         assert d["saliency"] == 1 and d["sam_embed"] == 0 and ex.last_error is None
     finally:
         pipe.close()  # its SAM session's hook on the shared LiteMedSAM
+
+
+def test_a_long_session_keeps_its_caches_bounded(explorer):
+    """Many new prompts (the soak benchmark's memory growth per click): each cache keeps only its
+    most recent entries, and what it keeps is still reused."""
+    ex = explorer
+    _reset(ex)
+    old = ex._saliency_cache.maxsize
+    ex._saliency_cache.maxsize = 3
+    try:
+        for i in range(6):
+            ex.set_prompt(f"breast tumor {i}")
+            assert len(ex._saliency_cache) <= 3
+        before = dict(ex.counts)
+        ex.set_prompt("breast tumor 4")  # among the three kept: not computed again
+        assert _delta(before, ex.counts)["saliency"] == 0
+        ex.set_prompt("breast tumor 0")  # dropped long ago: computed again
+        assert _delta(before, ex.counts)["saliency"] == 1
+    finally:
+        ex._saliency_cache.maxsize = old
+        _reset(ex)
