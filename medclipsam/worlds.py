@@ -14,9 +14,9 @@ A lesson's parameters cell names the real world's models, and the lesson calls o
 checkpoint, a model folder or ``"local-dir:PATH"``); ``SAM`` anything
 :func:`~medclipsam.models.load_sam` takes (``"vit_b"``, ``"medsam"``, a file), and
 ``SAM_CHECKPOINT`` your own file for a named SAM (``SAM = "medsam"`` with ``SAM_CHECKPOINT`` is
-MedSAM with MedSAM's preprocessing). ``K`` is gScoreCAM's number of channels: about 0.6 s each per
-image on one CPU thread with BiomedCLIP, so the paper's 300 takes about 210 s per image with SAM ViT-B
-and 32 about 55 s (``benchmarks/real_path_times.py``); ``None`` keeps each world's default
+MedSAM with MedSAM's preprocessing). ``K`` is gScoreCAM's number of channels: each costs one forward
+pass of the image tower per image, so the paper's 300 wants a GPU and a laptop CPU is usable at about
+32 (``benchmarks/real_path_times.py`` measures it); ``None`` keeps each world's default
 (:func:`~medclipsam.config.default_k`: 300 real, 48 offline).
 
 Every function prints one line saying what was loaded (``real world: ...`` or ``offline world: ...``),
