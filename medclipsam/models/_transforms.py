@@ -1,7 +1,8 @@
 """The per-axis resize to a square that MedSAM (and SAM 2) feed their image encoders, with
 segment_anything's ``ResizeLongestSide`` interface (``apply_image``, ``apply_coords``,
 ``apply_boxes`` and their torch versions), shared by :class:`medclipsam.models.sam.MedSamPredictor`
-and :class:`medclipsam.models.sam2.Sam2Predictor`."""
+and :class:`medclipsam.models.sam2.Sam2Predictor`; and :func:`rgb_channels`, the channel handling
+MedSAM's and LiteMedSAM's predictors share."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["StretchTransform"]
+__all__ = ["StretchTransform", "rgb_channels"]
+
+
+def rgb_channels(image: np.ndarray, image_format: str, model_format: str) -> np.ndarray:
+    """``image`` as (H, W, 3) in the model's channel order: grey repeated, alpha dropped, BGR and
+    RGB swapped when ``image_format`` is not ``model_format``; any dtype is kept."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
+    image = image[..., :3]
+    return image[..., ::-1] if image_format != model_format else image
 
 
 class StretchTransform:

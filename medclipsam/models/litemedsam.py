@@ -45,6 +45,7 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTra
 
 from .._utils import checkpoint_error_detail, get_device
 from ._state import state_mismatch
+from ._transforms import rgb_channels
 
 __all__ = [
     "LITEMEDSAM_SHA256",
@@ -237,14 +238,7 @@ class LiteMedSamPredictor(SamPredictor):
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        image = np.asarray(image)
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        if image.ndim != 3 or image.shape[-1] not in (3, 4):
-            raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
-        image = image[..., :3]
-        if image_format != self.model.image_format:
-            image = image[..., ::-1]
+        image = rgb_channels(image, image_format, self.model.image_format)
         if image.dtype != np.uint8:
             lo, hi = float(image.min()), float(image.max())
             image = np.round((image - lo) / max(hi - lo, 1e-8) * 255).astype(np.uint8)

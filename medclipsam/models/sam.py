@@ -53,7 +53,7 @@ from segment_anything.modeling import (
 
 from .._utils import atomic_path, checkpoint_error_detail, get_device
 from ._state import state_mismatch
-from ._transforms import StretchTransform
+from ._transforms import StretchTransform, rgb_channels
 from .litemedsam import load_litemedsam
 from .registry import weight_path
 from .sam2 import is_sam2, load_sam2
@@ -311,14 +311,7 @@ class MedSamPredictor(SamPredictor):
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        image = np.asarray(image)
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        if image.ndim != 3 or image.shape[-1] not in (3, 4):
-            raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
-        image = image[..., :3]
-        if image_format != self.model.image_format:
-            image = image[..., ::-1]
+        image = rgb_channels(image, image_format, self.model.image_format)
         size = self.model.image_encoder.img_size
         x = torch.from_numpy(np.ascontiguousarray(image)).float().permute(2, 0, 1)[None]
         x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
