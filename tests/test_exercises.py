@@ -890,10 +890,20 @@ def test_the_grader_cannot_be_gamed_by_deleting_printing_or_redefining_a_check(t
 
 @pytest.mark.notebook
 def test_the_solutions_score_full_marks(tmp_path):
+    """The solution notebooks' one execution in the suite (tests/test_notebooks.py leaves them
+    here): full marks, no error output, and a figure wherever one is drawn."""
+    import nbformat
+    from test_notebooks import EXE
+
     rows = ex.grade_notebooks(
-        [SOLUTIONS / f"{name}.ipynb" for name in NAMES], parameters={"SMOKE": True}
+        [SOLUTIONS / f"{name}.ipynb" for name in NAMES], parameters={"SMOKE": True},
+        out_dir=tmp_path,
     )
     for name, r in zip(NAMES, rows):
         assert r["exercise"] == name and r["score"] == 1.0, r
         assert r["checks"] == " ".join(f"{c}:pass" for c in ex.EXERCISES[name])
         assert not r["errors"] and not r["notes"], r
+        done = nbformat.read(tmp_path / "executed" / f"{name}.ipynb", as_version=4)
+        assert EXE.error_outputs(done) == []
+        if EXE.makes_figures(nbformat.read(SOLUTIONS / f"{name}.ipynb", as_version=4)):
+            assert EXE.image_outputs(done) > 0, f"{name} draws figures but showed none"
