@@ -160,13 +160,13 @@ def test_every_option_says_its_default():
 def test_cli_defaults_are_the_python_apis():
     import inspect
 
-    from medclipsam.cli import _segment_overrides
+    from medclipsam.cli.options import pipeline_overrides
     from medclipsam.config import FinetuneConfig, WeakConfig
     from medclipsam.demo import run_demo
 
     parse = build_parser().parse_args
     seg = parse(["segment", "--images", "i", "--prompt", "p", "--out", "o"])
-    assert _segment_overrides(seg) == {}  # nothing set: MedCLIPSAM's own defaults (postprocess crf)
+    assert pipeline_overrides(seg) == {}  # nothing set: MedCLIPSAM's own defaults (postprocess crf)
     assert "crf" in _subparsers()["segment"]._option_string_actions["--postprocess"].help
     ft = vars(parse(["finetune", "--captions", "c.csv", "--out", "o"]))
     for field, value in vars(FinetuneConfig()).items():
