@@ -160,13 +160,13 @@ def test_every_option_says_its_default():
 def test_cli_defaults_are_the_python_apis():
     import inspect
 
-    from medclipsam.cli import _segment_overrides
+    from medclipsam.cli.options import pipeline_overrides
     from medclipsam.config import FinetuneConfig, WeakConfig
     from medclipsam.demo import run_demo
 
     parse = build_parser().parse_args
     seg = parse(["segment", "--images", "i", "--prompt", "p", "--out", "o"])
-    assert _segment_overrides(seg) == {}  # nothing set: MedCLIPSAM's own defaults (postprocess crf)
+    assert pipeline_overrides(seg) == {}  # nothing set: MedCLIPSAM's own defaults (postprocess crf)
     assert "crf" in _subparsers()["segment"]._option_string_actions["--postprocess"].help
     ft = vars(parse(["finetune", "--captions", "c.csv", "--out", "o"]))
     for field, value in vars(FinetuneConfig()).items():
@@ -200,3 +200,47 @@ def test_threads_option_sets_torchs_threads(tmp_path):
                      str(tmp_path / "o"), "--threads", "0"]) == 2  # at least one thread
     finally:
         torch.set_num_threads(before)
+
+
+def _option_defs(sub, group_title):
+    group = next(g for g in sub._action_groups if g.title == group_title)
+    return [(a.option_strings, a.dest, a.default, a.type, a.choices, a.help) for a in group._group_actions]
+
+
+def test_shared_option_groups_are_one_definition():
+    """Every command with pipeline settings or models takes them from one group definition
+    (medclipsam.cli.options): the same options, and the same parsed namespace gives the same
+    PipelineConfig overrides and the same WeakConfig fields, in-process (no subprocess)."""
+    from medclipsam.cli.options import config_from, pipeline_overrides
+    from medclipsam.config import PipelineConfig, WeakConfig
+
+    subs = _subparsers()
+    titled = {title: [n for n, s in subs.items() if any(g.title == title for g in s._action_groups)]
+              for title in ("pipeline settings", "models")}
+    assert {"segment", "pseudo-label"} <= set(titled["pipeline settings"])
+    assert {"segment", "pseudo-label", "reproduce"} <= set(titled["models"])
+    required = {"segment": ["--images", "i", "--prompt", "p", "--out", "o"],
+                "pseudo-label": ["--images", "i", "--prompt", "p", "--out", "o"],
+                "reproduce": ["--task", "breast", "--data", "d", "--out", "o"]}
+    parse = build_parser().parse_args
+    for name in titled["models"]:
+        assert _option_defs(subs[name], "models") == _option_defs(subs["segment"], "models"), name
+        args = parse([name, *required[name], "--clip", "biomedclip", "--sam", "vit_b", "--device", "cpu"])
+        assert (args.clip, args.sam, args.sam_checkpoint, args.device) == ("biomedclip", "vit_b", None, "cpu")
+    saliency = {"--saliency", "--k", "--precision", "--postprocess"}
+    for name in titled["pipeline settings"]:
+        defs = {d[0][0]: d for d in _option_defs(subs[name], "pipeline settings")}
+        reference = {d[0][0]: d for d in _option_defs(subs["segment"], "pipeline settings")}
+        assert saliency <= set(defs) and all(defs[o] == reference[o] for o in defs), name
+        args = parse([name, *required[name], "--k", "12", "--postprocess", "otsu"])
+        over = pipeline_overrides(args)
+        assert over == {"k": 12, "postprocess": "otsu"}, name
+        cfg = PipelineConfig(**over)
+        assert (cfg.k, cfg.postprocess, cfg.saliency_kwargs) == (12, "otsu", {}), name
+        assert pipeline_overrides(parse([name, *required[name]])) == {}, name
+        with pytest.raises(ValueError, match="--k: not an option of --saliency gradcam"):
+            pipeline_overrides(parse([name, *required[name], "--saliency", "gradcam", "--k", "8"]))
+    # the UNet's options: one definition in train-weak and reproduce, WeakConfig's fields
+    for argv in (["train-weak", "--images", "i", "--masks", "m", "--out", "o"], ["reproduce", *required["reproduce"]]):
+        cfg = config_from(WeakConfig, parse([*argv, "--epochs", "3", "--batch-size", "2", "--size", "48"]))
+        assert (cfg.epochs, cfg.batch_size, cfg.size) == (3, 2, 48), argv[0]

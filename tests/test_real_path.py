@@ -162,7 +162,9 @@ def test_a_file_given_by_path_alone_says_which_kind_it_is_assumed_to_be(tiny_sam
 
 def test_from_pretrained_and_the_cli_give_medsam_from_a_users_file(tiny_sam_file):
     from medclipsam import MedCLIPSAM
-    from medclipsam.cli import _check_model_args, _pipeline, build_parser
+    from medclipsam.cli import build_parser
+    from medclipsam.cli.checks import check_model_args
+    from medclipsam.cli.options import load_pipeline
 
     pipe = MedCLIPSAM.from_pretrained("toy", "medsam", sam_checkpoint=tiny_sam_file, device="cpu")
     try:
@@ -173,7 +175,7 @@ def test_from_pretrained_and_the_cli_give_medsam_from_a_users_file(tiny_sam_file
         args = build_parser().parse_args([
             command, "--images", "x", "--prompt", "p", "--out", "o", "--clip", "toy",
             "--sam", "medsam", "--sam-checkpoint", str(tiny_sam_file), "--device", "cpu"])
-        pipe = _pipeline(args)
+        pipe = load_pipeline(args)
         try:
             assert isinstance(pipe.sam, MedSamPredictor)
         finally:
@@ -185,7 +187,7 @@ def test_from_pretrained_and_the_cli_give_medsam_from_a_users_file(tiny_sam_file
         args = build_parser().parse_args(["segment", "--images", "x", "--prompt", "p", "--out", "o",
                                           "--sam", sam, "--sam-checkpoint", str(checkpoint)])
         with pytest.raises((ValueError, FileNotFoundError), match=error):
-            _check_model_args(args)
+            check_model_args(args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,7 +398,8 @@ def test_pseudo_label_takes_k_saliency_and_postprocess(tmp_path):
     import subprocess
     import sys
 
-    from medclipsam.cli import _saliency_overrides, build_parser
+    from medclipsam.cli import build_parser
+    from medclipsam.cli.options import pipeline_overrides
 
     data = tmp_path / "phantom"
     run = [sys.executable, "-m", "medclipsam"]
@@ -414,7 +417,7 @@ def test_pseudo_label_takes_k_saliency_and_postprocess(tmp_path):
     args = build_parser().parse_args(["pseudo-label", "--images", "x", "--prompt", "p", "--out",
                                       "o", "--saliency", "gradcam", "--k", "8"])
     with pytest.raises(ValueError, match="--k: not an option of --saliency gradcam"):
-        _saliency_overrides(args)
+        pipeline_overrides(args)
 
 
 def test_the_explorer_takes_k(standin_pipe):
