@@ -23,7 +23,9 @@ LAYERS: list[tuple[str, ...]] = [
     # ground truth; the pipeline of a lesson's world
     ("pipeline", "folder_runs", "evaluation", "text_baselines", "worlds"),
     ("segmenter", "weak", "reproduce"),  # stage 4
-    ("demo", "widgets", "exercises", "compare", "cli", "__main__"),  # what users run
+    # what users run; the prompt explorer: its images and builders, its state, its model, its view
+    ("demo", "explorer_sources", "explorer_state", "explorer_model", "widgets", "exercises",
+     "compare", "cli", "__main__"),
 ]
 
 #: Function-local imports that are there on purpose: optional or heavy dependencies that only one
