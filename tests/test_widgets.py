@@ -334,17 +334,17 @@ def test_a_long_session_keeps_its_caches_bounded(explorer):
     most recent entries, and what it keeps is still reused."""
     ex = explorer
     _reset(ex)
-    old = ex._saliency_cache.maxsize
-    ex._saliency_cache.maxsize = 3
+    old = ex.model._saliency_cache.maxsize
+    ex.model._saliency_cache.maxsize = 3
     try:
         for i in range(6):
             ex.set_prompt(f"breast tumor {i}")
-            assert len(ex._saliency_cache) <= 3
+            assert len(ex.model._saliency_cache) <= 3
         before = dict(ex.counts)
         ex.set_prompt("breast tumor 4")  # among the three kept: not computed again
         assert _delta(before, ex.counts)["saliency"] == 0
         ex.set_prompt("breast tumor 0")  # dropped long ago: computed again
         assert _delta(before, ex.counts)["saliency"] == 1
     finally:
-        ex._saliency_cache.maxsize = old
+        ex.model._saliency_cache.maxsize = old
         _reset(ex)
