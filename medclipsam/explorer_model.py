@@ -218,9 +218,10 @@ class ExplorerModel(ExplorerBuilders):
 
     def set(self, **settings: Any) -> None:
         """Change settings by name (``method``, ``k``, ``preset``, ``postprocess``,
-        ``threshold``, ``sam_prompt_mode``, ``sam``); unknown names and values are refused."""
-        for name, value in settings.items():
-            value = self._checked(name, value)
+        ``threshold``, ``sam_prompt_mode``, ``sam``); unknown names and values are refused (and
+        then nothing changes)."""
+        checked = {name: self._checked(name, value) for name, value in settings.items()}
+        for name, value in checked.items():
             if value != getattr(self, name):
                 setattr(self, name, value)
                 self._mark(SETTING_STAGES[name])
