@@ -186,6 +186,35 @@ def test_no_module_of_the_method_core_is_longer_than_a_sitting():
     assert not long, f"method-core modules over {MAX_CORE_MODULE_LINES} lines:\n" + "\n".join(long)
 
 
+def test_the_explorer_model_needs_no_widgets():
+    """The prompt explorer's model, and every package module it imports, imports no widget library
+    at module level: ``medclipsam.widgets`` is its view, not its dependency."""
+    modules = _modules()
+    seen: set[str] = set()
+    todo, found = ["explorer_model"], []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = modules[name]
+        inside = {id(n) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  for n in ast.walk(fn)}
+        for node in ast.walk(tree):
+            if id(node) in inside:
+                continue
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                tops = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            found += [f"medclipsam.{name} imports {t}" for t in tops if t in ("ipywidgets", "ipyevents")]
+        for target in _module_level_imports(name, tree, set(modules)):
+            todo += [m for m in (target, f"{target}.__init__") if m in modules]
+    assert "widgets" not in seen and not found, "\n".join(found) or "explorer_model imports widgets"
+
+
 def _is_number(node: ast.AST | None) -> bool:
     return isinstance(node, ast.Constant) and type(node.value) in (int, float)
 
