@@ -181,6 +181,6 @@ def test_the_explorer_scores_only_channels_it_has_not_scored_on_the_image_it_sho
     ex.compare(["normal tissue"])  # a control already scored: nothing new
     assert store.scored == before
     # its maps are the one-prompt path's
-    row_map = ex._saliency_for("a round lesion", ex.config())
+    row_map = ex.model.saliency_for("a round lesion", ex.config())
     alone = saliency_maps(clip, ex.current.image, ["a round lesion"], "gscorecam", k=K)[0]
     assert np.abs(row_map - alone).max() < 1e-5

@@ -23,7 +23,9 @@ LAYERS: list[tuple[str, ...]] = [
     # ground truth; the pipeline of a lesson's world
     ("pipeline", "folder_runs", "evaluation", "text_baselines", "worlds"),
     ("segmenter", "weak", "reproduce"),  # stage 4
-    ("demo", "widgets", "exercises", "compare", "cli", "__main__"),  # what users run
+    # what users run; the prompt explorer: its images and builders, its state, its model, its view
+    ("demo", "explorer_sources", "explorer_state", "explorer_model", "widgets", "exercises",
+     "compare", "cli", "__main__"),
 ]
 
 #: Function-local imports that are there on purpose: optional or heavy dependencies that only one
@@ -183,6 +185,35 @@ def test_no_module_of_the_method_core_is_longer_than_a_sitting():
         if name.split(".")[0] in CORE and n > MAX_CORE_MODULE_LINES:
             long.append(f"medclipsam/{name.replace('.', '/')}.py: {n} lines")
     assert not long, f"method-core modules over {MAX_CORE_MODULE_LINES} lines:\n" + "\n".join(long)
+
+
+def test_the_explorer_model_needs_no_widgets():
+    """The prompt explorer's model, and every package module it imports, imports no widget library
+    at module level: ``medclipsam.widgets`` is its view, not its dependency."""
+    modules = _modules()
+    seen: set[str] = set()
+    todo, found = ["explorer_model"], []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = modules[name]
+        inside = {id(n) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  for n in ast.walk(fn)}
+        for node in ast.walk(tree):
+            if id(node) in inside:
+                continue
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                tops = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            found += [f"medclipsam.{name} imports {t}" for t in tops if t in ("ipywidgets", "ipyevents")]
+        for target in _module_level_imports(name, tree, set(modules)):
+            todo += [m for m in (target, f"{target}.__init__") if m in modules]
+    assert "widgets" not in seen and not found, "\n".join(found) or "explorer_model imports widgets"
 
 
 def _is_number(node: ast.AST | None) -> bool:

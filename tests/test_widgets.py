@@ -2,7 +2,8 @@
 
 The offline world (toy CLIP, the real LiteMedSAM), real phantom images; the ``counts`` of the stages that ran
 show what a change recomputed, and the displayed values (panels, read-out) are checked against
-independent computations.
+independent computations. What the explorer computes and caches without its widgets (the cache of
+prompts and methods seen, the bounded caches) is tests/test_explorer_model.py's.
 """
 
 from __future__ import annotations
@@ -129,24 +130,6 @@ def test_every_control_across_its_range(explorer):
     ex.preset.value = "none"
     assert ex.state["task"] is None and ex.state["n_boxes"] == 1
     ex.preset.value = "auto"
-
-
-def test_prompts_and_methods_already_seen_come_from_the_cache(explorer):
-    ex = explorer
-    _reset(ex)
-    before = dict(ex.counts)
-    ex.set_prompt("a dark round lesion")
-    ex.set_prompt("breast tumor")
-    ex.method.value = "gradcam"
-    ex.method.value = "gscorecam"
-    d = _delta(before, ex.counts)
-    assert d["saliency"] <= 2 and d["sam_embed"] == 0  # "breast tumor" with gScoreCAM was cached
-    before = dict(ex.counts)
-    ex.set_prompt("a dark round lesion")
-    ex.set_prompt("breast tumor")
-    ex.method.value = "gradcam"
-    ex.method.value = "gscorecam"
-    assert _delta(before, ex.counts)["saliency"] == 0
 
 
 def test_switching_images_reembeds_once_and_follows_the_suggested_prompt(explorer):
@@ -327,24 +310,3 @@ def test_the_explorer_over_the_real_biomedclip_architecture(explorer, tmp_path, 
         assert d["saliency"] == 1 and d["sam_embed"] == 0 and ex.last_error is None
     finally:
         pipe.close()  # its SAM session's hook on the shared LiteMedSAM
-
-
-def test_a_long_session_keeps_its_caches_bounded(explorer):
-    """Many new prompts (the soak benchmark's memory growth per click): each cache keeps only its
-    most recent entries, and what it keeps is still reused."""
-    ex = explorer
-    _reset(ex)
-    old = ex._saliency_cache.maxsize
-    ex._saliency_cache.maxsize = 3
-    try:
-        for i in range(6):
-            ex.set_prompt(f"breast tumor {i}")
-            assert len(ex._saliency_cache) <= 3
-        before = dict(ex.counts)
-        ex.set_prompt("breast tumor 4")  # among the three kept: not computed again
-        assert _delta(before, ex.counts)["saliency"] == 0
-        ex.set_prompt("breast tumor 0")  # dropped long ago: computed again
-        assert _delta(before, ex.counts)["saliency"] == 1
-    finally:
-        ex._saliency_cache.maxsize = old
-        _reset(ex)
