@@ -90,6 +90,9 @@ class PipelineConfig:
       ``points`` positives and ``negatives`` negatives per region.
     * ``multimask``: let SAM propose three masks per prompt and keep the best by predicted IoU
       (``None``: only for point prompts without a box).
+    * ``box_margin``: every box is widened on each side by this share of its own width and height
+      (clipped to the image): a coarse mask that covers only part of the finding still gives SAM a
+      box around all of it. ``0`` gives the coarse mask's own box (the paper).
     * ``min_box_area``: boxes smaller than this share of the image are dropped (flag
       ``"small_box_dropped"``; none left: the flagged whole-image fallback). The default, 1e-4,
       removes specks (a one-pixel box) on any image size; the task presets set their own.
@@ -104,6 +107,7 @@ class PipelineConfig:
     threshold: float = 0.3
     n_components: int = 1
     box_mode: str = "largest"
+    box_margin: float = 0.0
     sam_prompt_mode: str = "box"
     points: int = 1
     negatives: int = 0
@@ -125,6 +129,8 @@ class PipelineConfig:
         self._validate_saliency()
         if self.n_components < 1:
             raise ValueError(f"n_components must be >= 1, got {self.n_components}")
+        if not 0.0 <= self.box_margin <= 1.0:
+            raise ValueError(f"box_margin is a share of each box's size in [0, 1], got {self.box_margin}")
         if not 0.0 <= self.min_box_area < 1.0:
             raise ValueError(f"min_box_area is a share of the image in [0, 1), got {self.min_box_area}")
         if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 16):

@@ -39,6 +39,7 @@ __all__ = [
     "keep_largest_components",
     "make_sam_prompts",
     "sample_points",
+    "widen_boxes",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +295,20 @@ class SamPrompts:
         }
 
 
+def widen_boxes(boxes: np.ndarray, share: float, shape: tuple[int, int]) -> np.ndarray:
+    """``boxes`` ``(N, 4)`` xyxy, each widened on every side by ``share`` of its own width
+    (left, right) and height (top, bottom), clipped to an image of ``shape`` (H, W)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"box margin is a share of each box's size in [0, 1], got {share}")
+    b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    if share:
+        dx, dy = share * (b[:, 2] - b[:, 0]), share * (b[:, 3] - b[:, 1])
+        b += np.stack([-dx, -dy, dx, dy], axis=1)
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, shape[1] - 1)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, shape[0] - 1)
+    return b
+
+
 def content_mask(image: np.ndarray, *, level: int = 3, close: int = 3) -> np.ndarray:
     """Where the picture has content: grey values above ``level`` (of 255), closed by ``close``
     pixels and with holes filled, so the black frame of an ultrasound fan (or the padding of a
@@ -342,6 +357,7 @@ def make_sam_prompts(
     points, or both (points per region: ``points`` positives inside it, ``negatives`` outside
     every kept component and, given ``image``, inside its :func:`content_mask`;
     :func:`sample_points` with ``point_strategy`` and ``seed``).
+    ``box_margin``: each box widened by that share of its size (:func:`widen_boxes`).
     ``min_box_area``: a region whose box (inclusive pixels) covers less than this share of the
     image is dropped (flag ``"small_box_dropped"``): a speck of a few pixels is no prompt for SAM.
     Fallbacks are flagged in :attr:`SamPrompts.flags`, never silent.
@@ -389,11 +405,7 @@ def make_sam_prompts(
         flags.append("fewer_components")
     boxes = None
     if want_boxes:
-        boxes = np.stack([_box_of(r) for r in regions])
-        if box_margin:
-            boxes += np.array([-box_margin, -box_margin, box_margin, box_margin])
-            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
-            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
+        boxes = widen_boxes(np.stack([_box_of(r) for r in regions]), box_margin, (h, w))
     pts = lbls = None
     if want_points:
         groups = []

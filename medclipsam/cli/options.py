@@ -40,7 +40,8 @@ _WEAK = WeakConfig()
 #: (:data:`~medclipsam.vocab.SALIENCY_OPTIONS`), and ``--multimask`` is a switch.
 PIPELINE_FIELDS = {
     "saliency": "saliency", "postprocess": "postprocess", "threshold": "threshold",
-    "components": "n_components", "box_mode": "box_mode", "sam_prompt_mode": "sam_prompt_mode",
+    "components": "n_components", "box_mode": "box_mode", "box_margin": "box_margin",
+    "sam_prompt_mode": "sam_prompt_mode",
     "points": "points", "negatives": "negatives", "seed": "seed",
 }
 _SALIENCY_OWN = ("k", "precision")
@@ -126,7 +127,7 @@ def add_saliency(p: argparse.ArgumentParser) -> None:
 
 
 def add_prompting(p: argparse.ArgumentParser) -> None:
-    """Coarse mask -> SAM's prompts: --threshold, --components, --box-mode, --sam-prompt-mode,
+    """Coarse mask -> SAM's prompts: --threshold, --components, --box-mode, --box-margin, --sam-prompt-mode,
     --points, --negatives, --multimask, --seed."""
     g = _pipeline_group(p)
     g.add_argument("--threshold", type=float,
@@ -135,6 +136,10 @@ def add_prompting(p: argparse.ArgumentParser) -> None:
                    help=f"largest connected components kept (default: {_PIPE.n_components}; the task's preset with --task)")
     g.add_argument("--box-mode", choices=BOX_MODES,
                    help=f"boxes from the kept components (default: {_PIPE.box_mode}; the task's preset with --task)")
+    g.add_argument("--box-margin", type=float,
+                   help="widen each box by this share of its size on every side (default: "
+                   f"{OFFLINE_DEFAULTS.get('box_margin', _PIPE.box_margin)} in the offline world, "
+                   f"{_PIPE.box_margin} otherwise)")
     g.add_argument("--sam-prompt-mode", choices=SAM_PROMPT_MODES,
                    help=f"what SAM is given (default: {OFFLINE_DEFAULTS['sam_prompt_mode']} in the offline world, "
                    f"{_PIPE.sam_prompt_mode} otherwise)")
