@@ -5,8 +5,9 @@ stays in a lesson long after its table says otherwise. So every sentence that st
 outcome (a winner, a ranking, whether two results can be told apart, whether the toy agrees with
 the paper) is made here from the numbers, and carries those numbers with it:
 
-* :func:`compare`: which entry of a table is best, by how much, and whether the 95 % intervals of
-  the best and the runner-up overlap (then the data cannot tell them apart);
+* :func:`compare`: which entry of a table is best, by how much, and, for results on the same
+  images, the paired difference of the best and the runner-up with its 95 % interval (whether
+  these images can tell the two apart);
 * :func:`versus_paper`: the toy's ranking of some settings beside the paper's, and every pair the
   two order differently;
 * :func:`diagnose_box`: why a box prompt missed (which component of the coarse mask it framed);
@@ -71,15 +72,16 @@ def _interval(e: Mapping, digits: int) -> str:
     return f" [{_fmt(e['low'], digits)}, {_fmt(e['high'], digits)}]" if e["low"] is not None else ""
 
 
-def _overlap(a: Mapping, b: Mapping) -> bool | None:
-    """Whether two estimates' intervals overlap (None when either has no interval)."""
-    if a["low"] is None or b["low"] is None:
-        return None
-    return not (a["low"] > b["high"] or b["low"] > a["high"])
-
-
 def _order(values: Mapping[str, float], higher_is_better: bool) -> list[str]:
     return sorted(values, key=lambda k: -values[k] if higher_is_better else values[k])
+
+
+def _per_image(value: Any) -> np.ndarray | None:
+    """``value`` as per-image numbers when it is a 1-D sequence (not a mapping or a string)."""
+    if isinstance(value, (Mapping, str)) or not isinstance(value, (Sequence, np.ndarray)):
+        return None
+    arr = np.asarray(value, dtype=np.float64)
+    return arr if arr.ndim == 1 else None
 
 
 def compare(
@@ -89,36 +91,64 @@ def compare(
     higher_is_better: bool = True,
     digits: int = 3,
     context: str = "",
+    paired: bool | None = None,
+    n_boot: int = 2000,
 ) -> dict:
-    """The best entry of ``results`` (name -> estimate, see :func:`estimate`), its margin over
-    the runner-up, and whether their intervals overlap, as one sentence with its numbers.
+    """The best entry of ``results``, its margin over the runner-up and, when the entries are
+    scored on the same images, whether the data can tell the two apart, as one sentence with its
+    numbers.
 
-    ``context`` starts the sentence (e.g. ``"On breast"``). Ties are reported as ties."""
+    ``results``: name -> the per-image values, the same images in the same order for every entry
+    (``paired``; the default whenever every value is a list or array of one length, other than a
+    ``(mean, low, high)`` triple): the verdict then rests on the **paired difference** of the best
+    and the runner-up (:func:`medclipsam.metrics.paired_difference`: mean over the images, 95 %
+    bootstrap interval, wins and losses). Two separate intervals of results on the same images
+    overlap even when one setting wins on nearly every image, so no verdict is drawn from them:
+    entries given as estimates (a number, a triple, a mapping; see :func:`estimate`) get their
+    numbers stated and no verdict. ``context`` starts the sentence (e.g. ``"On breast"``)."""
     if len(results) < 2:
         raise ValueError("compare needs at least two results")
-    est = {str(k): estimate(v) for k, v in results.items()}
+    values = {str(k): _per_image(v) for k, v in results.items()}
+    lengths = {len(v) for v in values.values() if v is not None}
+    auto = all(v is not None for v in values.values()) and len(lengths) == 1 and lengths != {3}
+    if paired is None:
+        paired = auto
+    if paired and not (all(v is not None for v in values.values()) and len(lengths) == 1):
+        raise ValueError("paired=True needs the per-image values of every entry, on the same images")
+    if paired:
+        est = {k: _estimate_values(v) for k, v in values.items()}
+    else:
+        est = {str(k): estimate(v) for k, v in results.items()}
     order = _order({k: e["mean"] for k, e in est.items()}, higher_is_better)
     best, second = order[0], order[1]
     margin = abs(est[best]["mean"] - est[second]["mean"])
-    overlap = _overlap(est[best], est[second])
     lead = f"{context}: " if context else ""
     better = "highest" if higher_is_better else "lowest"
+    diff = None
     if round(margin, digits) == 0:
+        text = f"{lead}{best} and {second} tie on {what} ({_fmt(est[best]['mean'], digits)})"
+    elif paired:
+        from .metrics import paired_difference
+
+        sign = 1.0 if higher_is_better else -1.0
+        diff = paired_difference(sign * values[best], sign * values[second], n_boot=n_boot)
         text = (
-            f"{lead}{best} and {second} tie on {what} "
-            f"({_fmt(est[best]['mean'], digits)})"
+            f"{lead}{best} has the {better} {what}, {_fmt(est[best]['mean'], digits)}, ahead of "
+            f"{second} ({_fmt(est[second]['mean'], digits)}); on the same {diff['n']} images the "
+            f"paired difference is {_signed(diff['mean'], digits)} [{_signed(diff['ci_low'], digits)}, "
+            f"{_signed(diff['ci_high'], digits)}] ({diff['wins']} better, {diff['losses']} worse)"
         )
+        if diff["ci_low"] > 0:
+            text += f": the interval lies above 0, so {best} is better on images like these"
+        else:
+            text += ": the interval includes 0, so these images cannot tell the two apart"
     else:
         text = (
             f"{lead}{best} has the {better} {what}, {_fmt(est[best]['mean'], digits)}"
             f"{_interval(est[best], digits)}, ahead of {second} "
             f"({_fmt(est[second]['mean'], digits)}{_interval(est[second], digits)}) "
-            f"by {_fmt(margin, digits)}"
+            f"by {_fmt(margin, digits)} (no per-image values: no test of the difference)"
         )
-    if overlap is True:
-        text += "; their 95 % intervals overlap, so these images cannot tell the two apart"
-    elif overlap is False:
-        text += "; their 95 % intervals do not overlap"
     if len(order) > 2:
         rest = ", ".join(f"{k} {_fmt(est[k]['mean'], digits)}" for k in order[2:])
         text += f" (then {rest})"
@@ -131,9 +161,21 @@ def compare(
         "winner": best,
         "runner_up": second,
         "margin": margin,
-        "overlap": overlap,
+        "paired": diff,
+        "values": {k: [float(x) for x in values[k]] for k in (best, second)} if diff else None,
         "digits": digits,
     }
+
+
+def _estimate_values(v: np.ndarray) -> dict[str, float | None]:
+    from .metrics import summarize
+
+    s = summarize([{"v": float(x)} for x in v], ["v"])["v"]
+    return {"mean": float(np.mean(v)), "low": s["ci_low"], "high": s["ci_high"]}
+
+
+def _signed(x: float, digits: int) -> str:
+    return f"{x:+.{digits}f}"
 
 
 def versus_paper(
@@ -201,7 +243,7 @@ def share(count: int, total: int, *, of: str, digits: int = 0) -> dict:
 
 def check_claim(claim: Mapping) -> list[str]:
     """What in ``claim`` its own numbers contradict (empty: the claim holds). Re-derives the
-    winner, the overlap and the agreement from the numbers, independently of the code above."""
+    winner, the paired difference's verdict and the agreement from the numbers, independently of the code above."""
     kind, text, bad = claim.get("kind"), str(claim.get("text", "")), []
     if kind == "compare":
         res = claim["results"]
@@ -210,12 +252,16 @@ def check_claim(claim: Mapping) -> list[str]:
         if sign * res[claim["winner"]]["mean"] < sign * res[top]["mean"]:
             bad.append(f"names {claim['winner']} best, but {top} scores better")
         a, b = res[claim["winner"]], res[claim["runner_up"]]
-        if a["low"] is not None and b["low"] is not None:
-            apart = a["low"] > b["high"] or b["low"] > a["high"]
-            said_apart = "do not overlap" in text
-            if apart != said_apart:
-                bad.append(f"says the intervals {'do not ' if said_apart else ''}overlap: "
-                           f"{a} vs {b}")
+        d = claim.get("paired")
+        if d is not None:
+            va, vb = (np.asarray(claim["values"][k], dtype=np.float64) for k in (claim["winner"], claim["runner_up"]))
+            mean = float(np.mean(sign * (va - vb)))
+            if not math.isclose(mean, d["mean"], abs_tol=1e-9) or not d["ci_low"] <= mean <= d["ci_high"]:
+                bad.append(f"its paired difference {d} is not that of its per-image values ({mean})")
+            if ("lies above 0" in text) != (d["ci_low"] > 0):
+                bad.append(f"its verdict does not follow the paired interval [{d['ci_low']}, {d['ci_high']}]")
+        elif "better on images like these" in text or "cannot tell" in text:
+            bad.append("draws a verdict without the paired difference")
         if not math.isclose(abs(a["mean"] - b["mean"]), claim["margin"], abs_tol=1e-9):
             bad.append("its margin is not the difference of the two means")
         if claim["winner"] not in text:

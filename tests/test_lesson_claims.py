@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from lesson_claims import LESSONS_WITH_CLAIMS, claims_problems
 
@@ -31,20 +32,41 @@ RETIRED = [
 ]
 
 
-def test_compare_names_the_best_its_margin_and_whether_intervals_overlap():
+def test_compare_names_the_best_and_its_margin_without_a_verdict_from_estimates():
     c = teaching.compare(
         {"a": {"mean": 0.7, "ci_low": 0.6, "ci_high": 0.8}, "b": (0.65, 0.55, 0.75), "c": 0.1}
     )
     assert c["winner"] == "a" and c["runner_up"] == "b" and abs(c["margin"] - 0.05) < 1e-12
-    assert c["overlap"] is True and "intervals overlap" in c["text"]
+    assert c["paired"] is None and "no test of the difference" in c["text"] and "overlap" not in c["text"]
     assert teaching.check_claim(c) == []
-    apart = teaching.compare({"a": (0.9, 0.85, 0.95), "b": (0.2, 0.1, 0.3)})
-    assert apart["overlap"] is False and "do not overlap" in apart["text"]
     low = teaching.compare({"x": 3.0, "y": 5.0}, what="seconds", higher_is_better=False)
     assert low["winner"] == "x" and "lowest seconds" in low["text"]
     assert "tie" in teaching.compare({"x": 0.5, "y": 0.5})["text"]
     with pytest.raises(ValueError):
         teaching.compare({"only": 1.0})
+    with pytest.raises(ValueError, match="same images"):
+        teaching.compare({"a": [0.1, 0.2, 0.3, 0.4], "b": [0.1, 0.2]}, paired=True)
+
+
+def test_compare_on_the_same_images_uses_the_paired_difference():
+    # b wins on every image by a little, but the two separate intervals overlap widely: the paired
+    # difference tells them apart, where the overlap rule could not
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.2, 0.9, 30)
+    b = a + rng.uniform(0.01, 0.03, 30)
+    c = teaching.compare({"a": a, "b": b})
+    assert c["winner"] == "b" and c["paired"]["wins"] == 30 and c["paired"]["n"] == 30
+    assert abs(c["paired"]["mean"] - float(np.mean(b - a))) < 1e-12
+    assert c["paired"]["ci_low"] > 0 and "lies above 0" in c["text"]
+    assert c["results"]["a"]["high"] > c["results"]["b"]["low"]  # the separate intervals overlap
+    assert teaching.check_claim(c) == []
+    noise = teaching.compare({"a": a, "b": a + rng.normal(0, 0.05, 30)})
+    assert noise["paired"]["ci_low"] < 0 < noise["paired"]["ci_high"] and "cannot tell" in noise["text"]
+    # lower is better: the winner's improvement is positive
+    t = teaching.compare({"fast": b - 0.5, "slow": b}, what="seconds", higher_is_better=False)
+    assert t["winner"] == "fast" and t["paired"]["mean"] > 0 and teaching.check_claim(t) == []
+    forged = dict(c, text=c["text"].replace("lies above 0", "includes 0"))
+    assert any("verdict" in p for p in teaching.check_claim(forged))
 
 
 def test_versus_paper_lists_every_pair_the_toy_orders_differently():

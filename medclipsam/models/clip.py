@@ -19,6 +19,8 @@ images for them without misaligning non-square images.
   the BiomedCLIP architecture, e.g. the MedCLIP-SAM authors' fine-tuned weights (an open_clip
   training checkpoint's ``{"state_dict": ...}`` wrapper and DDP ``module.`` prefixes are handled);
 * ``"toy"``: the small model trained on the phantom world (``medclipsam/weights/toy_clip.pt``).
+* ``"toy-dhn-nce"``: that model fine-tuned with DHN-NCE on phantom pairs (``medclipsam/weights/toy_clip_dhn_nce.pt``,
+  made by ``scripts/finetune_toy_clip.py``).
 
 Preprocessing. open_clip's evaluation transform resizes the short side and centre-crops, and the
 reference implementation stretches the saliency map of that crop back over the whole image: on a
@@ -83,6 +85,11 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: The ``format`` entry of checkpoints written by :func:`save_clip_checkpoint`.
 CHECKPOINT_FORMAT = "medclipsam-clip/1"
 _ALIASES = {"biomedclip": BIOMEDCLIP_HUB_ID}
+#: The CLIPs shipped in the package (the offline world): name -> (file in medclipsam/weights, the
+#: script that makes it). ``toy``: trained on phantom captions; ``toy-dhn-nce``: ``toy`` fine-tuned
+#: with DHN-NCE (stage 1 of the method, lesson 02).
+TOY_CLIPS = {"toy": ("toy_clip.pt", "scripts/train_toy_models.py"),
+             "toy-dhn-nce": ("toy_clip_dhn_nce.pt", "scripts/finetune_toy_clip.py")}
 _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 _HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _MODES = ("pad", "resize", "crop")
@@ -795,14 +802,14 @@ def load_clip(
     if preprocess_mode not in _MODES:
         raise ValueError(f"preprocess_mode must be one of {_MODES}, got {preprocess_mode!r}")
     text = os.fspath(name_or_path)
-    if text == "toy":
-        toy = _WEIGHTS_DIR / "toy_clip.pt"
+    if text in TOY_CLIPS:
+        toy = _WEIGHTS_DIR / TOY_CLIPS[text][0]
         if not toy.is_file():
             raise FileNotFoundError(
-                f"the toy CLIP weights are missing from this installation (expected {toy}); "
-                "reinstall medclipsam, or train them again with scripts/train_toy_models.py"
+                f"the {text!r} CLIP weights are missing from this installation (expected {toy}); "
+                f"reinstall medclipsam, or make them again with {TOY_CLIPS[text][1]}"
             )
-        return _load_file(toy, device, True, arch, preprocess_mode, name="toy")
+        return _load_file(toy, device, True, arch, preprocess_mode, name=text)
     if text.startswith("local-dir:"):
         folder = Path(text[len("local-dir:") :]).expanduser()
         if not folder.is_dir():
