@@ -171,6 +171,7 @@ def compare_backends(
         row["s_per_image"] = float(np.mean(seconds))
         row["s_segmenter"] = float(np.mean(own))
         row["flagged"] = sum(bool(r.flags) for r in results)
+        row["dice_per_image"] = [float(mr["dice"]) for mr in metric_rows]  # the same images for every backend
         rows.append(row)
         if out is not None:
             _write_masks(out / backend_folder(name) / "masks", stems, [r.mask for r in results])
@@ -204,7 +205,7 @@ def _csv(path: Path, rows: list[dict]) -> None:
 def _write_outputs(out_dir: Path, rows: list[dict], per_image: list[dict], prompt: str) -> None:
     flat = []
     for r in rows:
-        d = {k: v for k, v in r.items() if not k.endswith("_ci")}
+        d = {k: v for k, v in r.items() if not k.endswith(("_ci", "_per_image"))}
         for m in ("dice", "iou", "nsd", "hd95"):
             d[m] = round(r[m], 4)
             d[f"{m}_ci_low"], d[f"{m}_ci_high"] = (round(x, 4) for x in r[f"{m}_ci"])

@@ -70,7 +70,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 def _score(pred: list[np.ndarray], gt: list[np.ndarray], ids: list[str], n_boot: int) -> dict:
     rows = evaluate_masks(pred, gt, ids=ids)
-    return summarize(rows, n_boot=n_boot, seed=0)
+    return {**summarize(rows, n_boot=n_boot, seed=0), "dice_per_image": [float(r["dice"]) for r in rows]}
 
 
 def reproduce(
@@ -88,7 +88,9 @@ def reproduce(
     """Run the method on ``data_dir`` (see the module doc) and write ``out_dir/table.csv`` and
     ``out_dir/table.md``. ``pipe`` defaults to :meth:`MedCLIPSAM.offline`, ``config`` (a
     :class:`~medclipsam.config.WeakConfig`) to its defaults; ``drop_uncertain`` > 0 adds the
-    uncertainty-filtered weak run. Returns the table rows (one per setting)."""
+    uncertainty-filtered weak run. Returns the table rows (one per setting; ``dice_per_image``:
+    each test image's Dice, the same images in the same order for every setting, for paired
+    comparisons such as :func:`medclipsam.teaching.compare`)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     images_dir, masks_dir = data_dir / "images", data_dir / "masks"
     splits = load_split(data_dir / "splits.json")
@@ -160,9 +162,11 @@ def reproduce(
             row[f"{m}_ci"] = f"{st[m]['ci_low']:.3f}-{st[m]['ci_high']:.3f}"
         paper = PAPER_V2.get(task, {}).get(name)
         row["paper_v2_dsc_nsd"] = f"{paper[0]:.2f} / {paper[1]:.2f}" if paper else ""
+        row["dice_per_image"] = st["dice_per_image"]  # the test images in the order of the split
         table.append(row)
     with atomic_path(out_dir / "table.csv") as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(table[0]))
+        w = csv.DictWriter(fh, fieldnames=[k for k in table[0] if k != "dice_per_image"],
+                           extrasaction="ignore")
         w.writeheader()
         w.writerows(table)
     atomic_write_text(out_dir / "table.md", _markdown(table, timings))

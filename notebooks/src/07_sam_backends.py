@@ -73,6 +73,7 @@ import tempfile
 import matplotlib.pyplot as plt
 
 from medclipsam.compare import compare_backends, comparison_figure, example_panels, format_table
+from medclipsam.teaching import compare, state
 from medclipsam.viz import sample_grid
 
 device = "cpu" if WORLD == "offline" and DEVICE == "auto" else DEVICE
@@ -133,9 +134,9 @@ best = max(rows, key=lambda r: r["dice"])
 fastest = min(rows, key=lambda r: r["s_per_image"])
 print(f"Highest mean Dice: {best['backend']} ({best['method']}), {best['dice']:.3f} "
       f"[{best['dice_ci'][0]:.3f}, {best['dice_ci'][1]:.3f}].")
-overlap = [r["backend"] for r in rows if r is not best and r["dice_ci"][1] >= best["dice_ci"][0]]
-print("Intervals overlapping the best one's:", ", ".join(overlap) if overlap else "none",
-      "(with so few images, differences inside overlapping intervals are not established).")
+# every backend segmented the same images: the paired difference of the best and the runner-up says
+# whether these images can tell them apart
+state(compare({r["backend"]: r["dice_per_image"] for r in rows}, what="Dice"), title=None)
 print(f"Fastest per image: {fastest['backend']}, {fastest['s_per_image']:.2f} s "
       f"(the slowest takes {max(r['s_per_image'] for r in rows) / fastest['s_per_image']:.0f}x as long).")
 for r in rows:
