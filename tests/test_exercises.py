@@ -485,22 +485,30 @@ def test_interpretation_clear_gain_from_the_means_is_named():
         ans["clear_gain"] = ans["weak_helped"]
         return ans
 
-    assert "INTERVALS" in _report("check_interpretation", by_means)
+    assert "PAIRED difference" in _report("check_interpretation", by_means)
+
+
+def _paired(table):
+    from medclipsam.metrics import paired_difference
+
+    return paired_difference(table[R.WEAK]["dice_per_image"], table[R.ZERO_SHOT]["dice_per_image"])
 
 
 def _interpret_with(**wrong):
     def fn(table):
         ans = R.interpret(table)
         zs, weak = table[R.ZERO_SHOT], table[R.WEAK]
-        overlap = weak["ci"][0] <= zs["ci"][1] and zs["ci"][0] <= weak["ci"][1]
+        d = _paired(table)
         if "gain_sign" in wrong:
             ans["weak_gain"] = -ans["weak_gain"]
         if "clear_by_means" in wrong:
             ans["clear_gain"] = ans["weak_helped"]
-        if "clear_when_overlap" in wrong:
-            ans["clear_gain"] = overlap
+        if "clear_by_overlap" in wrong:
+            ans["clear_gain"] = weak["ci"][0] > zs["ci"][1]
         if "clear_either_way" in wrong:
-            ans["clear_gain"] = not overlap
+            ans["clear_gain"] = d["ci_low"] > 0 or d["ci_high"] < 0
+        if "clear_reversed" in wrong:
+            ans["clear_gain"] = d["ci_high"] < 0
         if "best_is_min" in wrong:
             ans["best_method"] = min(table, key=lambda s: table[s]["dice"])
         return ans
@@ -509,7 +517,9 @@ def _interpret_with(**wrong):
 
 
 @pytest.mark.parametrize(
-    "key", ["gain_sign", "clear_by_means", "clear_when_overlap", "clear_either_way", "best_is_min"]
+    "key",
+    ["gain_sign", "clear_by_means", "clear_by_overlap", "clear_either_way", "clear_reversed",
+     "best_is_min"],
 )
 def test_interpretation_names_each_mistake_alone(key):
     from medclipsam.exercises.evaluation import ANSWER_HINTS
@@ -526,32 +536,116 @@ def test_interpretation_with_two_mistakes_gets_one_hint_per_case_the_first_liste
     assert res.report().count("Hint") == 1
 
 
-def _table(zs, weak, zs_ci, weak_ci):
-    return {
-        R.ZERO_SHOT: {"dice": zs, "ci": zs_ci},
-        R.WEAK: {"dice": weak, "ci": weak_ci},
-        R.FULL: {"dice": 0.8, "ci": (0.75, 0.85)},
-    }
+def _per_image_table(zs, weak, full=None):
+    """A table as table_from_reproduce makes it: each row's per-image Dice, their mean and their
+    own 95 % bootstrap interval."""
+    from medclipsam.metrics import summarize
+
+    def row(values):
+        st = summarize([{"dice": float(v)} for v in values], ["dice"], n_boot=1000)["dice"]
+        return {"dice": float(np.mean(values)), "ci": (st["ci_low"], st["ci_high"]),
+                "dice_per_image": [float(v) for v in values]}
+
+    zs = np.asarray(zs, float)
+    full = zs + 0.2 if full is None else np.asarray(full, float)
+    return {R.ZERO_SHOT: row(zs), R.WEAK: row(weak), R.FULL: row(np.clip(full, 0, 1))}
+
+
+def _same_images_gain(gain=0.03, n=20, spread=0.01):
+    """Images that differ a lot from each other; weak supervision adds about ``gain`` to each."""
+    zs = np.linspace(0.3, 0.75, n)
+    wiggle = np.resize([spread, -spread], n)
+    return _per_image_table(zs, zs + gain + wiggle)
+
+
+def test_interpretation_rejects_the_overlap_rule_where_the_paired_interval_is_above_0():
+    from medclipsam.exercises.evaluation import ANSWER_HINTS
+
+    table = _same_images_gain()
+    zs, weak, d = table[R.ZERO_SHOT], table[R.WEAK], _paired(table)
+    assert weak["ci"][0] <= zs["ci"][1]  # the two separate intervals overlap widely ...
+    assert d["ci_low"] > 0 and d["wins"] == 20  # ... yet weak wins on every image
+    assert R.interpret(table)["clear_gain"] is True
+
+    def overlap_rule(t):
+        ans = R.interpret(t)
+        ans["clear_gain"] = bool(t[R.WEAK]["ci"][0] > t[R.ZERO_SHOT]["ci"][1])
+        return ans
+
+    res = ex.check_interpretation(overlap_rule, table, n_trials=0, verbose=False)
+    assert not res.passed and res.hints == [ANSWER_HINTS["clear_by_overlap"]], res.report()
+    assert "First failing input: your table" in res.report()
+    assert "clear_gain: expected True, got False" in res.report()
+    assert ex.check_interpretation(R.interpret, table, n_trials=0, verbose=False).passed
+
+    # the right answer written by hand: the mean of the per-image differences and a bootstrap of
+    # the images, each image's pair kept together (another seed gives the same verdict)
+    def by_hand(t):
+        w = np.asarray(t[R.WEAK]["dice_per_image"])
+        z = np.asarray(t[R.ZERO_SHOT]["dice_per_image"])
+        d = w - z
+        r = np.random.default_rng(123)
+        boots = [d[r.integers(0, d.size, d.size)].mean() for _ in range(1000)]
+        best = max(t, key=lambda s: t[s]["dice"])
+        gain = t[R.WEAK]["dice"] - t[R.ZERO_SHOT]["dice"]
+        return {"best_method": best, "weak_helped": bool(gain > 0), "weak_gain": gain,
+                "clear_gain": bool(np.quantile(boots, 0.025) > 0)}
+
+    res = ex.check_interpretation(by_hand, table, verbose=False)
+    assert res.passed, res.report()
+
+
+def test_interpretation_needs_the_per_image_dice():
+    table = {k: {"dice": v["dice"], "ci": v["ci"]} for k, v in _same_images_gain().items()}
+    with pytest.raises(ValueError, match="dice_per_image"):
+        ex.check_interpretation(R.interpret, table, verbose=False)
+
+
+def test_table_from_reproduce_keeps_the_per_image_dice():
+    rows = [
+        {"setting": R.ZERO_SHOT, "dice": 0.5, "dice_ci": "0.400-0.600",
+         "dice_per_image": [0.4, 0.50004, 0.6]},
+        {"setting": R.WEAK, "dice": "0.6", "dice_ci": "0.500-0.700"},  # as read from table.csv
+    ]
+    table = ex.table_from_reproduce(rows)
+    assert table[R.ZERO_SHOT]["dice_per_image"] == [0.4, 0.50004, 0.6]
+    assert table[R.ZERO_SHOT]["dice"] == pytest.approx(np.mean([0.4, 0.50004, 0.6]), abs=1e-15)
+    assert table[R.WEAK] == {"dice": 0.6, "ci": (0.5, 0.7)}
 
 
 @pytest.mark.parametrize(
-    "table, verdict, said",
+    "gain, spread, verdict, said",
     [
-        (_table(0.50, 0.70, (0.45, 0.55), (0.66, 0.74)), "better", "a clear gain"),
-        (_table(0.75, 0.55, (0.70, 0.80), (0.48, 0.62)), "worse", "a clear loss"),
-        (_table(0.60, 0.64, (0.52, 0.68), (0.57, 0.71)), "overlap", "the intervals overlap"),
-        (_table(0.70, 0.66, (0.60, 0.80), (0.58, 0.74)), "overlap", "scored lower, but"),
+        (0.03, 0.01, "better", "a clear gain (the two separate intervals overlap"),
+        (-0.03, 0.01, "worse", "a clear loss (the two separate intervals overlap"),
+        (0.01, 0.08, "unclear", "the interval includes 0, so these images cannot tell"),
+        (-0.01, 0.08, "unclear", "the interval includes 0, so these images cannot tell"),
     ],
-    ids=["clearly-better", "clearly-worse", "overlap-higher", "overlap-lower"],
+    ids=["clearly-better", "clearly-worse", "unclear-higher", "unclear-lower"],
 )
-def test_ex04_summary_is_read_off_the_table(table, verdict, said):
+def test_ex04_summary_is_read_off_the_paired_difference(gain, spread, verdict, said):
+    table = _same_images_gain(gain, spread=spread)
+    zs, weak = table[R.ZERO_SHOT], table[R.WEAK]
+    assert weak["ci"][0] <= zs["ci"][1] and zs["ci"][0] <= weak["ci"][1]  # overlap in every case
     assert ex.weak_verdict(table) == verdict
     text = ex.summarize_table(table)
     assert said in text and text.startswith("Best: fully supervised")
-    gain = table[R.WEAK]["dice"] - table[R.ZERO_SHOT]["dice"]
-    assert f"({gain:+.3f} Dice)" in text
+    d = _paired(table)
+    assert f"({weak['dice'] - zs['dice']:+.3f} Dice)" in text
+    assert f"paired difference, weak minus zero-shot, is {d['mean']:+.3f}" in text
+    assert f"({d['wins']} better, {d['losses']} worse)" in text
     if verdict == "worse":
-        assert "overlap" not in text and "helped" not in text
+        assert "helped" not in text
+
+
+def test_ex04_verdict_ignores_separate_intervals_that_are_apart():
+    # images much alike: the separate intervals are apart, and the paired interval agrees
+    zs = np.linspace(0.50, 0.52, 20)
+    table = _per_image_table(zs, zs + 0.2 + np.resize([0.01, -0.01], 20))
+    assert table[R.WEAK]["ci"][0] > table[R.ZERO_SHOT]["ci"][1]
+    assert ex.weak_verdict(table) == "better"
+    text = ex.summarize_table(table)
+    assert "a clear gain." in text and "overlap" not in text
 
 
 def test_ex04_table_comparison_explains_a_mismatch(capsys):

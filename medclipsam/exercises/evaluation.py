@@ -2,14 +2,17 @@
 
 * ``mean_dice(preds, gts) -> float``: the mean over images of :func:`medclipsam.metrics.dice`
   (two empty masks: Dice 1);
-* ``interpret(table) -> dict``: answers read off a table ``{setting: {"dice", "ci"}}`` (see
-  :func:`.reference.interpret`). It is checked on the student's own table AND on random tables, so
-  an answer typed in from the student's expectations (not computed from the table) fails.
+* ``interpret(table) -> dict``: answers read off a table ``{setting: {"dice", "ci",
+  "dice_per_image"}}`` (see :func:`.reference.interpret`); whether weak supervision is a clear
+  gain comes from the paired difference, weak minus zero-shot Dice on the same test images, and
+  its 95 % bootstrap interval (not from the overlap of the two separate intervals). It is checked
+  on the student's own table AND on random tables, so an answer typed in from the student's
+  expectations (not computed from the table) fails.
 
 :func:`table_from_reproduce` turns :func:`medclipsam.reproduce.reproduce`'s rows into that table;
 :func:`compare_with_table` checks a ``mean_dice`` against the table's Dice column with a message
 that says what to look at; :func:`summarize_table` writes the notebook's closing sentence from the
-table (weak supervision clearly better, clearly worse, or within the overlap of the intervals).
+table (weak supervision clearly better, clearly worse, or not told apart by the paired difference).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..metrics import dice, iou
+from ..metrics import dice, iou, summarize
 from . import reference
 from ._core import Case, CheckResult, run_check, seeds
 
@@ -219,8 +222,11 @@ def check_mean_dice(
 
 
 def table_from_reproduce(rows: Sequence[Mapping]) -> dict[str, dict]:
-    """``{setting: {"dice": float, "ci": (low, high)}}`` from the rows
-    :func:`medclipsam.reproduce.reproduce` returns (or its ``table.csv`` read with ``csv``)."""
+    """``{setting: {"dice": float, "ci": (low, high), "dice_per_image": [...]}}`` from the rows
+    :func:`medclipsam.reproduce.reproduce` returns: ``dice_per_image`` is each test image's Dice
+    (the same images in the same order for every setting) and ``dice`` their exact mean. Rows read
+    back from ``table.csv`` (with ``csv``) have no per-image Dice: the table then has the means
+    and intervals only, and :func:`.reference.interpret` cannot compute the paired difference."""
     table: dict[str, dict] = {}
     for row in rows:
         ci = row["dice_ci"]
@@ -228,71 +234,120 @@ def table_from_reproduce(rows: Sequence[Mapping]) -> dict[str, dict]:
             lo, hi = (float(v) for v in ci.split("-"))
         else:
             lo, hi = (float(v) for v in ci)
-        table[str(row["setting"])] = {"dice": float(row["dice"]), "ci": (lo, hi)}
+        entry: dict[str, Any] = {"dice": float(row["dice"]), "ci": (lo, hi)}
+        if row.get("dice_per_image") is not None:
+            per = [float(v) for v in row["dice_per_image"]]
+            entry["dice_per_image"] = per
+            entry["dice"] = float(np.mean(per))  # the row's Dice is rounded to 4 decimals
+        table[str(row["setting"])] = entry
     return table
 
 
+#: A paired interval whose lower end is this close to 0 (as a share of its width) is borderline:
+#: another bootstrap seed or number of resamples may put it on the other side, so either
+#: ``clear_gain`` is accepted there (and the random tables avoid it).
+BORDERLINE = 0.1
+
+
+def _borderline(diff: Mapping) -> bool:
+    lo, hi = float(diff["ci_low"]), float(diff["ci_high"])
+    return abs(lo) <= BORDERLINE * (hi - lo) + 1e-12
+
+
+def _row(per_image: np.ndarray) -> dict:
+    """A table row from per-image Dice: their mean, their own 95 % bootstrap interval (as
+    :func:`medclipsam.reproduce.reproduce` computes it) and the values."""
+    per = [round(float(v), 4) for v in np.clip(per_image, 0.0, 1.0)]
+    st = summarize([{"dice": v} for v in per], ["dice"], n_boot=1000, seed=0)["dice"]
+    return {
+        "dice": float(np.mean(per)),
+        "ci": (round(st["ci_low"], 3), round(st["ci_high"], 3)),
+        "dice_per_image": per,
+    }
+
+
 def _random_table(r: np.random.Generator, label: str) -> Case:
-    names = [reference.ZERO_SHOT, reference.WEAK, reference.FULL]
-    if r.random() < 0.4:
-        names.insert(2, "weak, 20% most uncertain dropped")
-    table = {}
-    for name in names:
-        d = round(float(r.uniform(0.2, 0.95)), 4)
-        half_lo, half_hi = r.uniform(0.005, 0.12, 2)
-        table[name] = {
-            "dice": d,
-            "ci": (round(max(0.0, d - half_lo), 3), round(min(1.0, d + half_hi), 3)),
-        }
-    return Case(label, (table,))
+    """Zero-shot Dice that differ a lot from image to image (easy and hard images), weak
+    supervision a gain, a loss or about nothing on top of each image's zero-shot Dice, with its
+    own image-to-image noise; never borderline (see :data:`BORDERLINE`)."""
+    filtered = r.random() < 0.4
+    kind = str(r.choice(["gain", "loss", "noise"]))
+    while True:
+        n = int(r.integers(8, 41))
+        base = r.uniform(0.15, 0.95, n)
+        zs = np.clip(base + r.normal(0.0, 0.03, n), 0.0, 1.0)
+        delta = {"gain": r.uniform(0.02, 0.12), "loss": -r.uniform(0.02, 0.12)}.get(
+            kind, r.uniform(-0.02, 0.02)
+        )
+        weak = zs + delta + r.normal(0.0, r.uniform(0.01, 0.1), n)
+        table = {reference.ZERO_SHOT: _row(zs), reference.WEAK: _row(weak)}
+        if filtered:
+            table["weak, 20% most uncertain dropped"] = _row(weak + r.normal(0.0, 0.05, n))
+        table[reference.FULL] = _row(base + r.uniform(-0.05, 0.2) + r.normal(0.0, 0.03, n))
+        if not _borderline(reference.paired_gain(table)):
+            return Case(f"{label}, {n} test images", (table,))
 
 
 def _fixed_tables() -> list[Case]:
-    def t(zs, weak, full, zs_ci, weak_ci, extra=None):
+    n = 20
+    r = np.random.default_rng(2024)
+    base = r.permutation(np.linspace(0.3, 0.9, n))  # easy and hard images: a wide spread
+
+    def t(weak_shift, weak_noise, *, zs=base, full_shift=0.12, extra=None):
+        noise = np.random.default_rng(7).normal(0.0, 1.0, n)
+        noise = (noise - noise.mean()) / noise.std()  # the shifts are exact
         out = {
-            reference.ZERO_SHOT: {"dice": zs, "ci": zs_ci},
-            reference.WEAK: {"dice": weak, "ci": weak_ci},
+            reference.ZERO_SHOT: _row(zs),
+            reference.WEAK: _row(zs + weak_shift + weak_noise * noise),
         }
         if extra is not None:
-            out["weak, 20% most uncertain dropped"] = extra
-        out[reference.FULL] = {"dice": full, "ci": (full - 0.05, full + 0.05)}
+            out["weak, 20% most uncertain dropped"] = _row(zs + extra)
+        out[reference.FULL] = _row(zs + full_shift)
         return out
 
+    narrow = 0.3 + 0.1 * base  # images much alike: narrow separate intervals
     return [
         Case(
-            "weak supervision hurt (weak below zero-shot)",
-            (t(0.70, 0.62, 0.85, (0.65, 0.75), (0.55, 0.69)),),
+            "weak supervision scored lower, and the paired interval includes 0",
+            (t(-0.02, 0.08),),
         ),
         Case(
-            "weak clearly worse: its interval lies entirely below zero-shot's (a clear loss)",
-            (t(0.75, 0.55, 0.85, (0.70, 0.80), (0.48, 0.62)),),
+            "a clear loss: the paired interval lies below 0 (the separate intervals overlap)",
+            (t(-0.10, 0.03),),
         ),
         Case(
-            "weak better, but the intervals overlap (not a clear gain)",
-            (t(0.60, 0.64, 0.80, (0.52, 0.68), (0.57, 0.71)),),
+            "a clear gain: the paired interval lies above 0 although the separate intervals "
+            "overlap (weak wins on nearly every image)",
+            (t(0.04, 0.02),),
         ),
         Case(
-            "weak better and the intervals do not overlap (a clear gain)",
-            (t(0.50, 0.70, 0.80, (0.45, 0.55), (0.66, 0.74)),),
+            "weak scored higher, but the paired interval includes 0 (not a clear gain)",
+            (t(0.02, 0.10),),
+        ),
+        Case(
+            "a clear gain: the paired interval lies above 0 and the separate intervals are apart",
+            (t(0.30, 0.02, zs=narrow, full_shift=0.4),),
         ),
         Case(
             "weak better than full supervision (it happens on small test sets)",
-            (t(0.55, 0.83, 0.80, (0.50, 0.60), (0.78, 0.88)),),
+            (t(0.08, 0.02, full_shift=0.05),),
         ),
         Case(
             "the uncertainty-filtered run is the best",
-            (
-                t(
-                    0.55,
-                    0.66,
-                    0.70,
-                    (0.50, 0.60),
-                    (0.61, 0.71),
-                    extra={"dice": 0.74, "ci": (0.70, 0.78)},
-                ),
-            ),
+            (t(0.05, 0.02, full_shift=0.08, extra=0.1),),
         ),
     ]
+
+
+def _paired_line(table: Mapping) -> str:
+    try:
+        d = reference.paired_gain(table)
+    except (KeyError, ValueError):
+        return ""
+    return (
+        f"; paired difference weak - zero-shot over the same {d['n']} images: "
+        f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+    )
 
 
 def _compare_answers(expected: dict, got: Any, case: Case) -> str | None:
@@ -309,10 +364,11 @@ def _compare_answers(expected: dict, got: Any, case: Case) -> str | None:
         wrong.append(
             f"best_method: expected {' or '.join(map(repr, tied))}, got {got['best_method']!r}"
         )
+    borderline = _borderline(reference.paired_gain(table))
     for key in ("weak_helped", "clear_gain"):
         if not isinstance(got[key], (bool, np.bool_)):
             wrong.append(f"{key}: expected a bool (True/False), got {got[key]!r}")
-        elif bool(got[key]) != expected[key]:
+        elif bool(got[key]) != expected[key] and not (key == "clear_gain" and borderline):
             wrong.append(f"{key}: expected {expected[key]}, got {bool(got[key])}")
     try:
         gain = float(got["weak_gain"])
@@ -326,24 +382,30 @@ def _compare_answers(expected: dict, got: Any, case: Case) -> str | None:
     rows = "; ".join(
         f"{s}: Dice {v['dice']:.4f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" for s, v in table.items()
     )
-    return "\n    ".join(wrong + [f"the table: {rows}"])
+    return "\n    ".join(wrong + [f"the table: {rows}{_paired_line(table)}"])
 
 
 #: The named mistakes of ``interpret``, most specific first (see :func:`_answer_mistakes`).
 ANSWER_HINTS = {
     "gain_sign": "weak_gain has the wrong sign: it is weak minus zero-shot Dice.",
     "clear_by_means": (
-        "clear_gain compares the means; it asks whether the INTERVALS separate: "
-        "weak's lower end above zero-shot's upper end."
+        "clear_gain compares the means only; a higher mean can be noise. It asks whether the 95 % "
+        "interval of the PAIRED difference (weak minus zero-shot Dice, image by image) lies above 0."
     ),
-    "clear_when_overlap": (
-        "clear_gain is True when the intervals do NOT overlap (and weak is above); yours is True "
-        "when they overlap."
+    "clear_by_overlap": (
+        "clear_gain compares the two separate intervals (weak's lower end above zero-shot's upper "
+        "end); both settings are scored on the SAME images, so those intervals also carry how much "
+        "the images differ from each other and overlap even when weak wins on nearly every image. "
+        "Use the interval of the paired difference, weak minus zero-shot per image, and ask whether "
+        "it lies above 0."
     ),
     "clear_either_way": (
-        "clear_gain is True only when weak is clearly ABOVE zero-shot (weak's lower end above "
-        "zero-shot's upper end); intervals that separate with weak BELOW are a clear loss, not a "
-        "gain."
+        "clear_gain is True only when the paired interval lies ABOVE 0 (weak better); an interval "
+        "entirely below 0 is a clear loss, not a gain."
+    ),
+    "clear_reversed": (
+        "clear_gain has the direction reversed: the paired difference is weak MINUS zero-shot, and "
+        "a gain is an interval above 0 (yours is True on a clear loss and False on a clear gain)."
     ),
     "best_is_min": "best_method is the row with the HIGHEST Dice (max, not min).",
 }
@@ -353,14 +415,15 @@ def _answer_mistakes(case: Case) -> list[tuple[str, dict]]:
     """What each wrong ``interpret`` answers on this case: the one key it gets wrong."""
     (table,) = case.args
     zs, weak = table[reference.ZERO_SHOT], table[reference.WEAK]
-    (zl, zh), (wl, wh) = (map(float, zs["ci"]), map(float, weak["ci"]))
-    overlap = wl <= zh and zl <= wh
+    diff = reference.paired_gain(table)
+    above, below = diff["ci_low"] > 0, diff["ci_high"] < 0
     worst = min(table, key=lambda s: float(table[s]["dice"]))
     return [
         (ANSWER_HINTS["gain_sign"], {"weak_gain": float(zs["dice"]) - float(weak["dice"])}),
         (ANSWER_HINTS["clear_by_means"], {"clear_gain": float(weak["dice"]) > float(zs["dice"])}),
-        (ANSWER_HINTS["clear_when_overlap"], {"clear_gain": overlap}),
-        (ANSWER_HINTS["clear_either_way"], {"clear_gain": not overlap}),
+        (ANSWER_HINTS["clear_by_overlap"], {"clear_gain": float(weak["ci"][0]) > float(zs["ci"][1])}),
+        (ANSWER_HINTS["clear_either_way"], {"clear_gain": bool(above or below)}),
+        (ANSWER_HINTS["clear_reversed"], {"clear_gain": bool(below)}),
         (ANSWER_HINTS["best_is_min"], {"best_method": worst}),
     ]
 
@@ -373,6 +436,7 @@ def _answer_matches(output: Any, variant: dict, case: Case) -> bool | None:
     if key not in output:
         return None
     have = output[key]
+    (table,) = case.args
     if key == "weak_gain":
         try:
             have = float(have)
@@ -381,11 +445,12 @@ def _answer_matches(output: Any, variant: dict, case: Case) -> bool | None:
         return math.isfinite(have) and abs(have - want) <= 1e-9
     if key == "best_method":
         # ties for the best row: any tied setting is right, so a tie says nothing
-        (table,) = case.args
         best = max(float(v["dice"]) for v in table.values())
         if sum(float(v["dice"]) == best for v in table.values()) > 1:
             return None
         return have == want
+    if key == "clear_gain" and _borderline(reference.paired_gain(table)):
+        return None  # either answer is accepted there, so it says nothing
     if not isinstance(have, (bool, np.bool_)):
         return None
     return bool(have) == want
@@ -417,12 +482,18 @@ def check_interpretation(
     verbose: bool = True,
 ) -> CheckResult:
     """Compare ``student_fn(table) -> {"best_method", "weak_helped", "weak_gain",
-    "clear_gain"}`` with :func:`.reference.interpret` on your ``table`` (if given) and on
-    ``n_trials`` random tables plus edge cases (weak worse than zero-shot, clearly worse,
-    overlapping intervals, weak above full supervision, a filtered run best). Ties for the best row accept
-    any tied setting."""
+    "clear_gain"}`` with :func:`.reference.interpret` on your ``table`` (if given; it needs each
+    row's ``dice_per_image``, see :func:`table_from_reproduce`) and on ``n_trials`` random tables
+    plus edge cases (weak worse than zero-shot, a clear loss, a clear gain whose separate intervals
+    overlap, a higher mean whose paired interval includes 0, weak above full supervision, a
+    filtered run best). ``clear_gain`` is right when the 95 % interval of the paired difference,
+    weak minus zero-shot per image (:func:`.reference.paired_gain`), lies above 0; where that
+    interval's lower end is within :data:`BORDERLINE` of its width from 0, either answer is
+    accepted. Ties for the best row accept any tied setting."""
     cases = []
     if table is not None:
+        for setting in (reference.ZERO_SHOT, reference.WEAK):
+            reference.per_image_dice(table, setting)  # a clear error before any case runs
         cases.append(Case("your table", (dict(table),)))
     cases += _fixed_tables()
     cases += [
@@ -446,7 +517,7 @@ def check_interpretation(
         strict=strict,
         verbose=verbose,
         success=("your table and " if table is not None else "") + "tables where weak supervision "
-        "helps, hurts, or is within the noise",
+        "helps, hurts, or is within the noise of the paired difference",
     )
 
 
@@ -459,40 +530,54 @@ def format_table(table: Mapping) -> str:
 
 
 def weak_verdict(table: Mapping) -> str:
-    """``"better"`` when weak supervision's interval lies entirely above zero-shot's, ``"worse"``
-    when entirely below, ``"overlap"`` otherwise (the test set cannot tell them apart)."""
-    zs, weak = table[reference.ZERO_SHOT], table[reference.WEAK]
-    if float(weak["ci"][0]) > float(zs["ci"][1]):
+    """From the paired difference, weak minus zero-shot Dice on the same test images
+    (:func:`.reference.paired_gain`): ``"better"`` when its 95 % interval lies above 0, ``"worse"``
+    when it lies below 0, ``"unclear"`` when it includes 0 (these images cannot tell the two
+    apart). Needs each row's ``dice_per_image``; the two separate intervals are not used."""
+    diff = reference.paired_gain(table)
+    if diff["ci_low"] > 0:
         return "better"
-    if float(weak["ci"][1]) < float(zs["ci"][0]):
+    if diff["ci_high"] < 0:
         return "worse"
-    return "overlap"
+    return "unclear"
 
 
 def summarize_table(table: Mapping) -> str:
-    """One sentence read off the table: the best setting, weak minus zero-shot Dice, and whether
-    the intervals say it is a clear gain, a clear loss, or not distinguishable from noise."""
+    """One sentence read off the table: the best setting, weak minus zero-shot Dice, and what the
+    paired difference on the same test images says: a clear gain, a clear loss, or not
+    distinguishable from noise (see :func:`weak_verdict`)."""
     best = max(table, key=lambda s: float(table[s]["dice"]))
     zs, weak = table[reference.ZERO_SHOT], table[reference.WEAK]
     gain = float(weak["dice"]) - float(zs["dice"])
+    d = reference.paired_gain(table)
     numbers = (
         f"weakly supervised {float(weak['dice']):.3f} "
         f"[{float(weak['ci'][0]):.3f}, {float(weak['ci'][1]):.3f}] against zero-shot "
         f"{float(zs['dice']):.3f} [{float(zs['ci'][0]):.3f}, {float(zs['ci'][1]):.3f}] "
-        f"({gain:+.3f} Dice)"
+        f"({gain:+.3f} Dice); on the same {d['n']} test images the paired difference, weak minus "
+        f"zero-shot, is {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] "
+        f"({d['wins']} better, {d['losses']} worse)"
     )
     verdict = weak_verdict(table)
+    apart = float(weak["ci"][0]) > float(zs["ci"][1]) or float(weak["ci"][1]) < float(zs["ci"][0])
+    aside = (
+        "" if apart else " (the two separate intervals overlap, but they also carry how much the "
+        "images differ from each other, which the paired difference cancels)"
+    )
     if verdict == "better":
-        said = "weak supervision helped, and its interval lies entirely above zero-shot's: a clear gain"
+        said = (
+            "the interval lies above 0, so weak supervision helped on images like these: a clear "
+            f"gain{aside}"
+        )
     elif verdict == "worse":
         said = (
-            "weak supervision hurt, and its interval lies entirely below zero-shot's: a clear loss"
+            "the interval lies below 0, so weak supervision hurt on images like these: a clear "
+            f"loss{aside}"
         )
     else:
-        direction = "higher" if gain > 0 else "lower" if gain < 0 else "the same"
         said = (
-            f"weak supervision scored {direction}, but the intervals overlap: on this test set "
-            "the difference may be noise"
+            "the interval includes 0, so these images cannot tell the two apart: the difference "
+            "may be noise"
         )
     return f"Best: {best} (Dice {float(table[best]['dice']):.3f}). {numbers}: {said}."
 

@@ -11,7 +11,8 @@
 # 1. run the three settings on a small phantom data set (the code is given: about a minute on a CPU);
 # 2. write the metric of the table, the **mean Dice**, and check it reproduces the table's numbers;
 # 3. write a function that **reads the table** (which setting is best, did weak supervision help, is
-#    the gain larger than the noise), checked on your table and on random ones;
+#    the gain larger than the noise, judged by the **paired difference** on the same test images),
+#    checked on your table and on random ones;
 # 4. write a short reflection (not auto-graded).
 #
 # About 45 minutes, most of it reading and thinking; a CPU is enough.
@@ -81,8 +82,9 @@ print({k: len(v) for k, v in splits.items()}, "images per split")
 # train and validation images, and the zero-shot predictions on the test images), trains the network
 # on the pseudo-labels (**weakly supervised**: the ground truth never enters that run), trains it again
 # on the real labels (**fully supervised**), and scores everything on the test split against the real
-# labels, with a 95 % bootstrap confidence interval per mean. Finished steps are read back if you run
-# the cell again.
+# labels, with a 95 % bootstrap confidence interval per mean; each row also keeps every test image's
+# Dice (the same images in the same order for every setting). Finished steps are read back if you
+# run the cell again.
 
 # %%
 out = Path(OUT_DIR) / TASK
@@ -139,32 +141,71 @@ ex.compare_with_table(mean_dice, predictions, gts, TABLE)  # says what to check 
 # %% [markdown]
 # ## 3 · Reading the table
 #
-# A table of means answers questions only together with its uncertainty. Write
-# `interpret(table)`, where `table` maps each setting (`"zero-shot"`, `"weakly supervised"`,
-# `"fully supervised"`, sometimes more rows) to `{"dice": mean, "ci": (low, high)}`, returning a dict:
+# A table of means answers questions only together with its uncertainty, and the uncertainty has to
+# fit the comparison. Each row's interval says how precisely **that** mean is known; it is wide
+# mostly because the test images differ from each other: some are easy (Dice 0.9 whatever the
+# method), some hard (Dice 0.3). Zero-shot and weak supervision are scored on the **same** test
+# images, so that image-to-image spread is in both intervals, and the two overlap even when weak
+# supervision wins on nearly every single image. Asking whether the two separate intervals overlap
+# is therefore the wrong test here: it counts the differences between images as if they were
+# uncertainty about the difference between the methods.
+#
+# The right tool is the **paired difference**: for each test image $i$ the difference
+# $d_i = \mathrm{Dice}_{\text{weak}, i} - \mathrm{Dice}_{\text{zero-shot}, i}$. An image's
+# easiness is in both of its scores and cancels in $d_i$. Its mean $\bar d$ is the gain, and a 95 %
+# bootstrap interval of $\bar d$ (draw the images with replacement, each image's pair of scores kept
+# together, take the 2.5 % and 97.5 % quantiles of the resampled means) says whether the gain is
+# larger than the noise: **an interval above 0 is a clear gain**, one below 0 a clear loss, one
+# that includes 0 means these images cannot tell the two apart.
+#
+# Each row of `TABLE` carries the per-image Dice it was averaged from:
+# `TABLE[setting]["dice_per_image"]`, the same test images in the same order for every setting.
+# `paired_difference(a, b)` from `medclipsam.metrics` computes the mean of `a - b` with that
+# bootstrap interval (`{"mean", "ci_low", "ci_high", "n", "wins", "losses"}`); you may also write the
+# bootstrap yourself (1000 resamples or more).
+
+# %%
+# Per image: the zero-shot Dice and the weak network's, on the same test images.
+zs_per_image = np.array(TABLE["zero-shot"]["dice_per_image"])
+weak_per_image = np.array(TABLE["weakly supervised"]["dice_per_image"])
+print("zero-shot:", np.round(zs_per_image, 2))
+print("weak:     ", np.round(weak_per_image, 2))
+print("weak - zero-shot:", np.round(weak_per_image - zs_per_image, 2))
+
+# %% [markdown]
+# **Your task:** write `interpret(table)`, where `table` maps each setting (`"zero-shot"`,
+# `"weakly supervised"`, `"fully supervised"`, sometimes more rows) to `{"dice": mean, "ci": (low,
+# high), "dice_per_image": [...]}`, returning a dict:
 #
 # | key | meaning |
 # |---|---|
 # | `"best_method"` | the setting with the highest mean Dice |
 # | `"weak_helped"` | `True` when weak supervision's mean Dice is above zero-shot's |
 # | `"weak_gain"` | weak minus zero-shot mean Dice (negative when it hurt) |
-# | `"clear_gain"` | `True` when weak's interval lies entirely above zero-shot's: weak's low end > zero-shot's high end |
+# | `"clear_gain"` | `True` when the 95 % interval of the paired difference, weak minus zero-shot Dice per image, lies entirely above 0 (not: whether the two rows' `"ci"` overlap) |
 #
 # Compute every answer **from the `table` argument**: the check calls your function on your table and
-# on random tables where weak supervision helps, hurts or is lost in the noise.
+# on random tables where weak supervision helps, hurts or is lost in the noise, among them tables
+# whose separate intervals overlap although weak supervision wins on nearly every image.
 
 # %% tags=["solution"]
+from medclipsam.metrics import paired_difference
+
+
 def interpret(table: dict) -> dict:
-    """best_method, weak_helped, weak_gain and clear_gain read off a {setting: {"dice", "ci"}} table."""
+    """best_method, weak_helped, weak_gain and clear_gain read off a
+    {setting: {"dice", "ci", "dice_per_image"}} table."""
     ### BEGIN SOLUTION
     best = max(table, key=lambda setting: table[setting]["dice"])
     zero_shot, weak = table["zero-shot"], table["weakly supervised"]
     gain = weak["dice"] - zero_shot["dice"]
+    # weak minus zero-shot on each test image: the image's easiness cancels
+    paired = paired_difference(weak["dice_per_image"], zero_shot["dice_per_image"])
     return {
         "best_method": best,
         "weak_helped": bool(gain > 0),
         "weak_gain": gain,
-        "clear_gain": bool(weak["ci"][0] > zero_shot["ci"][1]),
+        "clear_gain": bool(paired["ci_low"] > 0),
     }
     ### END SOLUTION
 
@@ -173,19 +214,31 @@ def interpret(table: dict) -> dict:
 ex.check_interpretation(interpret, TABLE, n_trials=N_TRIALS, seed=SEED, strict=True);
 
 # %%
-# Read off the table: a clear gain, a clear loss, or intervals that overlap.
+# Read off the table: the paired difference is a clear gain, a clear loss, or includes 0.
 print(ex.summarize_table(TABLE))
 
 names = list(TABLE)
 means = np.array([TABLE[s]["dice"] for s in names])
 err = np.array([[m - TABLE[s]["ci"][0], TABLE[s]["ci"][1] - m] for s, m in zip(names, means)]).T
-plt.figure(figsize=(6, 3))
-plt.bar(range(len(names)), means, yerr=err, capsize=6, color=["#888", "#d62", "#2a6", "#26b"][: len(names)])
-plt.xticks(range(len(names)), names)
-plt.ylabel("mean Dice (test split)")
-plt.title(f"{TASK}: {len(splits['test'])} test images, 95 % bootstrap intervals")
-plt.ylim(0, 1)
-plt.tight_layout()
+diff = paired_difference(weak_per_image, zs_per_image)
+fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4))
+left.bar(range(len(names)), means, yerr=err, capsize=6,
+         color=["#888", "#d62", "#2a6", "#26b"][: len(names)])
+left.set_xticks(range(len(names)), names, rotation=15)
+left.set_ylabel("mean Dice (test split)")
+left.set_title("each setting: its mean and its own 95 % interval")
+left.set_ylim(0, 1)
+for zs_i, weak_i in zip(zs_per_image, weak_per_image):  # one line per test image
+    right.plot([0, 1], [zs_i, weak_i], color="#d62" if weak_i > zs_i else "#26b", alpha=0.6)
+right.set_xticks([0, 1], ["zero-shot", "weakly supervised"])
+right.set_xlim(-0.3, 1.3)
+right.set_ylim(0, 1)
+right.set_ylabel("Dice of one test image")
+right.set_title(f"paired: weak - zero-shot {diff['mean']:+.3f} "
+                f"[{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}], "
+                f"{diff['wins']} up, {diff['losses']} down", fontsize=10)
+fig.suptitle(f"{TASK}: {len(splits['test'])} test images")
+fig.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -193,8 +246,9 @@ plt.show()
 #
 # Answer in a few sentences each, in the cell below:
 #
-# 1. What does your table say: did weak supervision help, and is the difference larger than the
-#    intervals? Would you report it as a gain?
+# 1. What does your table say: did weak supervision help, and does the paired difference's interval
+#    lie above 0? Would you report it as a gain? What would the overlap of the two separate
+#    intervals have told you, and why is that not the question?
 # 2. How can a network trained on imperfect pseudo-labels beat the pseudo-labels themselves? When
 #    would you expect it not to?
 # 3. What would you change to make the comparison more trustworthy?
