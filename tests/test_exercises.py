@@ -983,11 +983,14 @@ def test_the_grader_cannot_be_gamed_by_deleting_printing_or_redefining_a_check(t
 
 
 @pytest.mark.notebook
-def test_the_solutions_score_full_marks(tmp_path):
+def test_the_solutions_score_full_marks(tmp_path, monkeypatch):
     """The solution notebooks' one execution in the suite (tests/test_notebooks.py leaves them
     here): full marks, no error output, and a figure wherever one is drawn."""
     import nbformat
     from test_notebooks import EXE
+
+    # the grader's kernels inherit this process's environment: inline figures, not conftest's Agg
+    monkeypatch.setenv("MPLBACKEND", EXE.INLINE_BACKEND)
 
     rows = ex.grade_notebooks(
         [SOLUTIONS / f"{name}.ipynb" for name in NAMES], parameters={"SMOKE": True},
