@@ -1,6 +1,6 @@
 """Fine-tune the shipped toy CLIP with DHN-NCE (or another loss) at full settings, and measure it.
 
-    python scripts/finetune_toy_clip.py [--loss dhn_nce] [--n-train 500] [--epochs 3] [--lr 1e-4]
+    python scripts/finetune_toy_clip.py [--loss dhn_nce] [--n-train 500] [--epochs 3] [--lr 2e-4]
                                         [--out medclipsam/weights/toy_clip_dhn_nce.pt] [--threads 1]
 
 Stage 1 of MedCLIP-SAM on the phantom world: the shipped toy CLIP (``load_clip("toy")``) is
@@ -9,7 +9,7 @@ split (``--n-train`` images per task, each with its five captions, the three tas
 the model's learned temperature; linear warm-up over the first tenth of the steps, then cosine
 decay), and written to ``--out`` in half precision (what ``load_clip(path)`` and
 ``load_clip("toy-dhn-nce")`` read). Printed: image-to-text and text-to-image top-1 retrieval on
-held-out pairs (validation and test splits, 100 images per task, one caption each) in the paper's
+held-out pairs (validation and test splits, ``--n-test`` images per task, one caption each) in the paper's
 protocol (batches of 50, five shuffles), before and after, with the paired difference over the
 same queries and its 95 % bootstrap interval (each query's hit rate averaged over the shuffles).
 Deterministic for one machine and thread count. Lesson 02 loads the file this writes.
@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss", default="dhn_nce")
     p.add_argument("--n-train", type=int, default=500, help="train images per task (5 captions each)")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-test", type=int, default=500, help="held-out images per task (one caption each)")
     p.add_argument("--out", default=str(ROOT / "medclipsam" / "weights" / "toy_clip_dhn_nce.pt"))
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     clip = load_clip("toy", device="cpu")
     train = PhantomPairs(n_per_task=a.n_train, split="train", captions="all", transform=clip.preprocess)
-    held = {s: PhantomPairs(n_per_task=100, split=s, captions="one", transform=clip.preprocess)
+    held = {s: PhantomPairs(n_per_task=a.n_test, split=s, captions="one", transform=clip.preprocess)
             for s in ("val", "test")}
     before = {s: query_hits(clip, pairs) for s, pairs in held.items()}
     steps = a.epochs * (len(train) // a.batch_size)
