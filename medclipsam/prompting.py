@@ -296,14 +296,15 @@ class SamPrompts:
 
 
 def widen_boxes(boxes: np.ndarray, share: float, shape: tuple[int, int]) -> np.ndarray:
-    """``boxes`` ``(N, 4)`` xyxy, each widened on every side by ``share`` of its own width
-    (left, right) and height (top, bottom), clipped to an image of ``shape`` (H, W)."""
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"box margin is a share of each box's size in [0, 1], got {share}")
+    """``boxes`` ``(N, 4)`` xyxy, each widened on every side by ``share`` of the longer side of an
+    image of ``shape`` (H, W), and clipped to it: the same margin for a sliver and a round box, and
+    the same share of the picture on every image size."""
+    if not 0.0 <= share <= 0.5:
+        raise ValueError(f"box margin is a share of the image's longer side in [0, 0.5], got {share}")
     b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
     if share:
-        dx, dy = share * (b[:, 2] - b[:, 0]), share * (b[:, 3] - b[:, 1])
-        b += np.stack([-dx, -dy, dx, dy], axis=1)
+        px = share * max(shape)
+        b += np.array([-px, -px, px, px])
         b[:, [0, 2]] = b[:, [0, 2]].clip(0, shape[1] - 1)
         b[:, [1, 3]] = b[:, [1, 3]].clip(0, shape[0] - 1)
     return b
@@ -357,7 +358,7 @@ def make_sam_prompts(
     points, or both (points per region: ``points`` positives inside it, ``negatives`` outside
     every kept component and, given ``image``, inside its :func:`content_mask`;
     :func:`sample_points` with ``point_strategy`` and ``seed``).
-    ``box_margin``: each box widened by that share of its size (:func:`widen_boxes`).
+    ``box_margin``: each box widened by that share of the image's longer side (:func:`widen_boxes`).
     ``min_box_area``: a region whose box (inclusive pixels) covers less than this share of the
     image is dropped (flag ``"small_box_dropped"``): a speck of a few pixels is no prompt for SAM.
     Fallbacks are flagged in :attr:`SamPrompts.flags`, never silent.

@@ -17,7 +17,7 @@ checkpoint, a model folder or ``"local-dir:PATH"``); ``SAM`` anything
 MedSAM with MedSAM's preprocessing). ``K`` is gScoreCAM's number of channels: each costs one forward
 pass of the image tower per image, so the paper's 300 wants a GPU and a laptop CPU is usable at about
 32 (``benchmarks/real_path_times.py`` measures it); ``None`` keeps each world's default
-(:func:`~medclipsam.config.default_k`: 300 real, 48 offline).
+(:func:`~medclipsam.config.default_k`: 300 real, 112 offline).
 
 Every function prints one line saying what was loaded (``real world: ...`` or ``offline world: ...``),
 and where the real world failed, why, before falling back (``fallback=False`` raises instead).
@@ -61,7 +61,7 @@ def _sam_label(sam: Any, sam_checkpoint: Any, predictor: Any) -> str:
 
 
 def _method_label(config: Any) -> str:
-    """The saliency method and, for one that takes it, its k: ``"gscorecam k=48"``."""
+    """The saliency method and, for one that takes it, its k: ``"gscorecam k=112"``."""
     k = config.saliency_options().get("k")
     return config.saliency + ("" if k is None else f" k={k}")
 

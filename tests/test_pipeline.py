@@ -127,7 +127,7 @@ def test_folder_run_writes_as_it_goes_and_resumes(standin_pipe, tmp_path):
 
 def test_switching_the_saliency_method_per_call_drops_the_other_methods_options(standin_pipe):
     s = PhantomDataset("xray", 1, seed=1, size=128, split="test")[0]
-    assert standin_pipe.config.k == default_k("offline") == 48  # the offline world's gScoreCAM setting
+    assert standin_pipe.config.k == default_k("offline") == 112  # the offline world's gScoreCAM setting
     assert standin_pipe.config.saliency_kwargs == {}
     res = standin_pipe.predict(s.rgb, "lungs", task="xray", saliency="gradcam",
                                sam_prompt_mode="box+points")

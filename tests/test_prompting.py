@@ -241,20 +241,18 @@ def test_crf_accepts_a_read_only_image():
     assert coarse_mask(sal, "crf", image=image)[20, 20]
 
 
-def test_box_margin_widens_each_box_by_a_share_of_its_own_size():
-    # two blobs of different sizes: each box grows by 25 % of its own width and height per side
+def test_box_margin_widens_each_box_by_a_share_of_the_image_side():
+    # two blobs of different sizes: each box grows by 0.05 x 120 = 6 px per side, clipped to the image
     m = np.zeros((100, 120), bool)
-    m[10:30, 20:60] = True  # 40 wide, 20 high: inclusive box x 20..59, y 10..29
-    m[60:90, 105:119] = True  # 14 wide, 30 high, next to the right edge
-    pr = make_sam_prompts(m.astype(float), postprocess="threshold", threshold=0.5, box_mode="per_component",
-                          n_components=2, box_margin=0.25)
-    own = make_sam_prompts(m.astype(float), postprocess="threshold", threshold=0.5, box_mode="per_component",
-                           n_components=2)
+    m[10:30, 20:60] = True  # inclusive box x 20..59, y 10..29
+    m[60:90, 105:119] = True  # next to the right edge
+    kw = dict(postprocess="threshold", threshold=0.5, box_mode="per_component", n_components=2)
+    pr = make_sam_prompts(m.astype(float), box_margin=0.05, **kw)
+    own = make_sam_prompts(m.astype(float), **kw)
     for got, b in zip(pr.boxes, own.boxes):
-        w, h = b[2] - b[0], b[3] - b[1]
-        want = [max(b[0] - 0.25 * w, 0), max(b[1] - 0.25 * h, 0), min(b[2] + 0.25 * w, 119), min(b[3] + 0.25 * h, 99)]
+        want = [max(b[0] - 6, 0), max(b[1] - 6, 0), min(b[2] + 6, 119), min(b[3] + 6, 99)]
         assert np.allclose(got, want)
-    assert pr.boxes[1][2] == 119  # clipped to the image
+    assert pr.boxes[0].tolist() == [14, 4, 65, 35] and pr.boxes[1][2] == 119  # clipped to the image
     assert np.array_equal(widen_boxes(own.boxes, 0.0, m.shape), own.boxes)
-    with pytest.raises(ValueError, match="share of each box"):
-        widen_boxes(own.boxes, 1.5, m.shape)
+    with pytest.raises(ValueError, match="longer side"):
+        widen_boxes(own.boxes, 0.6, m.shape)

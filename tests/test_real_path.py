@@ -285,7 +285,7 @@ def test_pipeline_for_world_says_what_it_built_and_falls_back_with_the_reason(
         pipeline_for_world("real", clip=str(missing), sam=str(tiny_sam_file), fallback=False)
     with pytest.raises(ValueError, match="WORLD"):
         pipeline_for_world("Real")
-    assert default_k("real") == 300 and default_k("offline") == 48
+    assert default_k("real") == 300 and default_k("offline") == 112
 
 
 def test_clip_for_world_falls_back_to_the_toy_clip(tmp_path, capsys):

@@ -137,7 +137,7 @@ def add_prompting(p: argparse.ArgumentParser) -> None:
     g.add_argument("--box-mode", choices=BOX_MODES,
                    help=f"boxes from the kept components (default: {_PIPE.box_mode}; the task's preset with --task)")
     g.add_argument("--box-margin", type=float,
-                   help="widen each box by this share of its size on every side (default: "
+                   help="widen each box on every side by this share of the image's longer side (default: "
                    f"{OFFLINE_DEFAULTS.get('box_margin', _PIPE.box_margin)} in the offline world, "
                    f"{_PIPE.box_margin} otherwise)")
     g.add_argument("--sam-prompt-mode", choices=SAM_PROMPT_MODES,

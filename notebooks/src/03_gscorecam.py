@@ -173,7 +173,9 @@ x, geom = clip.prepare(s.rgb)
 outside = {}
 with torch.no_grad():
     txt = clip.model.encode_text(clip.tokenize([PROMPTS["breast"]]))
-ks = (max(1, K // 3), K, min(3 * K, 10_000), None)
+n_channels = clip.model.visual.trunk.blocks[-1].mlp.fc2.out_features if hasattr(clip.model.visual, "trunk") else None
+print(f"the target layer has {n_channels or 'its'} channels; k = all scores every one of them (ScoreCAM)")
+ks = (max(1, K // 4), max(1, K // 2), K, None)
 panels, titles = [], []
 for k in ks:
     t0 = time.perf_counter()
