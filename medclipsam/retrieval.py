@@ -2,7 +2,8 @@
 
 MedCLIP-SAM evaluates retrieval on ROCO in shuffled batches of 50 pairs, top-1 and top-2, image to
 text and text to image, over several runs (mean and spread). :func:`retrieval_protocol` does that
-for any embeddings; :func:`topk_accuracy` is one batch.
+for any embeddings; :func:`topk_accuracy` is one batch; :func:`protocol_hits` keeps the protocol's
+outcome per query, for paired comparisons of two models on the same queries.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["retrieval_protocol", "topk_accuracy", "topk_hits"]
+__all__ = ["protocol_hits", "retrieval_protocol", "topk_accuracy", "topk_hits"]
 
 
 def topk_accuracy(
@@ -85,3 +86,33 @@ def retrieval_protocol(
         for key, vals in acc.items():
             per_run.setdefault(key, []).append(float(np.mean(vals)))
     return {key: (float(np.mean(v)), float(np.std(v))) for key, v in per_run.items()}
+
+
+def protocol_hits(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, captions: Sequence[str], *, batch: int = 50,
+    runs: int = 5, seed: int = 0, k: int = 1,
+) -> np.ndarray:
+    """The paper's protocol kept per query: for each image (the first ``n`` entries) and each
+    caption (the last ``n``), the share of the ``runs`` shuffles in which its match is among the
+    top ``k`` of its batch of ``batch`` (identical captions count as matches). Two models embedded
+    on the same pairs give two arrays to compare query by query
+    (:func:`medclipsam.metrics.paired_difference`); the mean over the first ``n`` is
+    :func:`retrieval_protocol`'s image-to-text number (queries in a dropped short batch excluded)."""
+    n = image_emb.shape[0]
+    if n < batch:
+        raise ValueError(f"protocol_hits needs at least batch={batch} pairs, got {n}")
+    hits, counts = np.zeros(2 * n), np.zeros(2 * n)
+    rng = np.random.default_rng(seed)
+    for _ in range(runs):
+        order = rng.permutation(n)
+        for b in range(n // batch):
+            idx = order[b * batch:(b + 1) * batch]
+            caps = [captions[i] for i in idx]
+            same = torch.tensor([[x == y for y in caps] for x in caps])
+            i2t, t2i = topk_hits(image_emb[idx] @ text_emb[idx].T, same, k)
+            hits[idx] += i2t.float().cpu().numpy()
+            hits[n + idx] += t2i.float().cpu().numpy()
+            counts[idx] += 1
+            counts[n + idx] += 1
+    keep = counts > 0
+    return hits[keep] / counts[keep]

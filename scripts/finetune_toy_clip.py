@@ -28,32 +28,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def query_hits(clip, pairs, runs: int = 5, seed: int = 0) -> np.ndarray:
-    """Per query (images first, then captions), the share of ``runs`` shuffles in which its match
-    is the top-1 of its batch of 50: the paper's protocol, kept per query for paired statistics."""
-    import torch
-
+def query_hits(clip, pairs) -> np.ndarray:
+    """Per query (images first, then captions): top-1 hit rate over the protocol's five shuffles."""
     from medclipsam.loss_comparison import embed_pairs
-    from medclipsam.retrieval import topk_hits
+    from medclipsam.retrieval import protocol_hits
 
-    img, txt = embed_pairs(clip, pairs)
-    n = len(pairs)
-    hits = np.zeros(2 * n)
-    counts = np.zeros(2 * n)
-    rng = np.random.default_rng(seed)
-    for _ in range(runs):
-        order = rng.permutation(n)
-        for b in range(n // 50):
-            idx = order[b * 50:(b + 1) * 50]
-            caps = [pairs.captions[i] for i in idx]
-            same = torch.tensor([[x == y for y in caps] for x in caps])
-            i2t, t2i = topk_hits(img[idx] @ txt[idx].T, same, 1)
-            hits[idx] += i2t.float().numpy()
-            hits[n + idx] += t2i.float().numpy()
-            counts[idx] += 1
-            counts[n + idx] += 1
-    keep = counts > 0
-    return hits[keep] / counts[keep]
+    return protocol_hits(*embed_pairs(clip, pairs), pairs.captions)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,3 +53,17 @@ def test_groups_make_identical_captions_not_errors():
 def test_protocol_needs_a_full_batch():
     with pytest.raises(ValueError, match="at least"):
         retrieval_protocol(torch.randn(10, 4), torch.randn(10, 4), batch=50)
+
+
+def test_protocol_hits_keeps_the_protocol_per_query():
+    from medclipsam.retrieval import protocol_hits, retrieval_protocol
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(100, 8, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(img + 0.8 * torch.randn(100, 8, generator=g), dim=1)
+    caps = [f"c{i % 90}" for i in range(100)]  # some captions repeat: identical ones count as matches
+    hits = protocol_hits(img, txt, caps, runs=3, seed=4)
+    ref = retrieval_protocol(img, txt, runs=3, seed=4, groups=caps)
+    assert hits.shape == (200,) and set(np.unique(hits)) <= {0, 1 / 3, 2 / 3, 1}
+    assert abs(100 * hits[:100].mean() - ref["i2t_top1"][0]) < 1e-4
+    assert abs(100 * hits[100:].mean() - ref["t2i_top1"][0]) < 1e-4

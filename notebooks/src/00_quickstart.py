@@ -5,7 +5,9 @@
 #
 # MedCLIP-SAM segments whatever a text prompt names, with no segmentation training at all:
 #
-# 1. a CLIP model (BiomedCLIP, fine-tuned with DHN-NCE) tells how well the image matches the prompt;
+# 1. a CLIP model tells how well the image matches the prompt (the paper fine-tunes BiomedCLIP with its
+#    DHN-NCE loss first, lesson 02; this notebook loads the CLIP named in `CLIP`: by default the base
+#    BiomedCLIP in the real world, the toy CLIP offline);
 # 2. **gScoreCAM** turns that into a heat map of *where* the prompt is;
 # 3. the heat map becomes a coarse mask and then **box prompts**;
 # 4. **SAM** draws the mask inside the boxes.
