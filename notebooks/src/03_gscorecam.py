@@ -16,7 +16,8 @@
 #   scores. A channel whose regions alone keep the prompt's score high gets a high weight. It costs one
 #   forward pass per channel.
 # - **gScoreCAM** (Chen et al., 2022) scores only the **k channels with the largest mean gradient**
-#   (k = 300 of 768 in MedCLIP-SAM): nearly ScoreCAM's quality at a fraction of its cost.
+#   (k = 300 of 768 in MedCLIP-SAM), at a fraction of ScoreCAM's cost. Its premise: the gradient picks
+#   the channels worth scoring. Section 2 tests that premise on this model.
 # - **M2IB** (MedCLIP-SAMv2) learns, per token and channel, how much of the features can be replaced by
 #   noise before the image stops matching the text; the saliency is the information kept.
 #

@@ -96,14 +96,17 @@ explorer
 # 3. Choose **threshold** as the coarse-mask rule and move its slider: the region grows and shrinks
 #    (status line: the saliency count does not move).
 # 4. On an **x-ray**, the task preset asks for two regions, one box per lung; set the preset to
-#    *none* and watch one box swallow both lungs.
+#    *none*: the pipeline now keeps one component and draws one box. Does it cover one lung or
+#    reach across both (the read-out prints the boxes)? What happens to the Dice?
 # 5. Put a **negative point** (click adds: - point) on a part of the mask that is wrong, or drag a
 #    box yourself: that is SAM used interactively, the way it was designed.
 # 6. In **compare prompts**, press *compare*: "normal tissue" is one of the controls, so its
-#    sensitivity is near zero; a prompt naming the finding should be far from every control.
+#    sensitivity should be the lowest in the table; a prompt naming the finding should be far from
+#    every control. Is it, in the table you get?
 # 7. Switch the saliency to **M2IB** and compare again. On the toy CLIP its maps hardly change with
-#    the prompt (sensitivity near zero), yet SAM may still find the lesion: the map follows what the
-#    image tower finds salient. A good Dice is not proof that the prompt did the work.
+#    the prompt (compare its sensitivities with gScoreCAM's), yet SAM may still find the lesion: the
+#    map then follows what the image tower finds salient. A good Dice is not proof that the prompt did
+#    the work.
 
 # %% [markdown]
 # ## Driving the explorer from code
@@ -164,8 +167,9 @@ if DRIVE:
 # %% [markdown]
 # **Reading the table.** A high Dice with a high sensitivity is the method working as intended. A
 # high Dice with a *low* sensitivity would be luck: the map would point there whatever the prompt
-# said. A prompt naming another organ ("brain tumor" on a breast image) gets a different map, and a
-# wrong mask: the saliency really follows the text.
+# said. A prompt naming another organ ("brain tumor" on a breast image) should get a different map
+# and a worse mask: where the table shows that, the saliency follows the text; where the wrong organ
+# scores as well as the right one, the map follows the image, not the words.
 #
 # To explore your own data, run this notebook with `WORLD = "real"` and `DATA_DIR` pointing at a
 # prepared folder, or build a `PromptExplorer(pipeline, {"name": ExplorerImage(image, mask)})`

@@ -13,10 +13,9 @@
 #   directly: no CLIP, no saliency, no box.
 #
 # So two questions come before any other: *which SAM should the boxes go to*, and *does SAM 3 from
-# the text alone make the whole saliency-to-box chain unnecessary?* Published numbers disagree
-# (one independent evaluation on 200 BUSI images reports 10.6 % Dice for MedCLIP-SAM, 34.3 % for
-# MedCLIP-SAMv2 and 37.1 % for SAM 3 with the text "lesion"), so this lesson measures them on the
-# **same images with the same metrics**:
+# the text alone make the whole saliency-to-box chain unnecessary?* Published comparisons use
+# different images, prompts and metrics, so this lesson measures them on the **same images with the
+# same metrics**:
 #
 # 1. every MedCLIP-SAM row uses the **same** saliency map and the **same** boxes for an image (the
 #    map is computed once and shared), so the rows differ only in the segmenter;
@@ -144,8 +143,10 @@ for r in rows:
         print(f"{r['backend']}: found nothing above its score threshold on {r['flagged']} of "
               f"{r['images']} images (an empty mask: Dice 0 there).")
 if WORLD == "offline":
-    print("Offline world: the SAM 2 and SAM 3 rows have random weights, so their Dice is chance level; "
-          "only the LiteMedSAM row measures a trained model.")
+    print("Offline world: the SAM 2 and SAM 3 rows are small random-weight stand-ins of their "
+          "architectures, so their Dice is chance level and their seconds say nothing about the real "
+          "models (the README's speed table has measured ones); only the LiteMedSAM row measures a "
+          "trained model.")
 
 # %% [markdown]
 # ## 3 · One image, every mask
