@@ -41,7 +41,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 WORLD = "offline"      # "offline" (toy CLIP) or "real" (BiomedCLIP; a GPU helps: k = 300 forwards per image)
 SMOKE = False          # CI: fewer images
-DEVICE = "cpu"
+DEVICE = "auto"        # "auto" (a GPU when there is one), "cpu" or "cuda"
 CLIP = "biomedclip"    # real world: the CLIP (a name, a fine-tuned checkpoint or a folder)
 K = None               # channels gScoreCAM scores (None: the pipeline's default for the world: the
                        # toy's, chosen on the validation split; the paper's 300 of 768 for BiomedCLIP)
@@ -180,7 +180,7 @@ ks = (max(1, K // 4), max(1, K // 2), K, None)
 panels, titles = [], []
 for k in ks:
     t0 = time.perf_counter()
-    m = gscorecam(clip.model, x[None], txt, k=k)[0]
+    m = gscorecam(clip.model, x[None].to(clip.device), txt, k=k)[0].cpu()
     dt = time.perf_counter() - t0
     panels.append(overlay(s.rgb, saliency=geom.to_image(m).numpy(), outline=s.mask))
     titles.append(f"k = {k or 'all'}: {dt:.2f} s")
@@ -245,13 +245,13 @@ for prompt in (PROMPTS["brain"], "xq zvv blorp"):
     with torch.no_grad():
         txt = clip.model.encode_text(clip.tokenize([prompt]))
     for weighting in ("selected", "reference"):
-        d = gscorecam_details(clip.model, x[None], txt, k=K, weighting=weighting)
+        d = gscorecam_details(clip.model, x[None].to(clip.device), txt, k=K, weighting=weighting)
         w = d.weights[0]
         kept = w[d.channels[0]] if weighting == "reference" else w
         print(f"{prompt!r:16s} {weighting:9s} scores of the k channels: {d.scores[0].min():.2f} .. {d.scores[0].max():.2f}; "
               f"weight on the k kept channels {float(kept.sum()):.3f}, on the other {w.numel() - kept.numel()} "
               f"channels {float(w.sum() - kept.sum()):.3f}")
-        panels.append(overlay(s.rgb, saliency=geom.to_image(d.maps[0]).numpy(), outline=s.mask))
+        panels.append(overlay(s.rgb, saliency=geom.to_image(d.maps[0].cpu()).numpy(), outline=s.mask))
         titles.append(f"{prompt!r}, {weighting}")
 sample_grid(panels, titles, ncols=4, cell_size=2.8, colorbar=True)
 plt.show()

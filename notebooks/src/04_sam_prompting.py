@@ -32,7 +32,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 WORLD = "offline"      # "offline" (toy CLIP + LiteMedSAM) or "real" (BiomedCLIP + SAM; GPU advised)
 SMOKE = False          # CI: few images
-DEVICE = "cpu"
+DEVICE = "auto"        # "auto" (a GPU when there is one), "cpu" or "cuda"
 CLIP = "biomedclip"    # real world: the CLIP (a name, a fine-tuned checkpoint or a folder)
 SAM = "vit_b"          # real world: vit_b | vit_l | vit_h | medsam | a checkpoint file
 SAM_CHECKPOINT = None  # real world: your own weights for the named SAM
