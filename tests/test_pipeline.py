@@ -51,6 +51,17 @@ def test_zero_shot_dice_drops_with_a_prompt_blind_map(offline_pipe):
             assert d["mean"] >= 0.1, (task, d)
 
 
+def test_the_box_margin_widens_the_coarse_masks_box_by_a_share_of_the_image_side(standin_pipe):
+    s = PhantomDataset("breast", 1, seed=1, size=(160, 200), split="test", normal_fraction=0.0)[0]
+    own, wide = standin_pipe.sweep([s.rgb], PROMPTS["breast"], [{"box_margin": 0.0}, {"box_margin": 0.05}])
+    assert standin_pipe.config.box_margin == 0.04  # the offline world's default
+    (x0, y0, x1, y1), got = own[0].boxes[0], wide[0].boxes[0]
+    assert np.array_equal(own[0].coarse_mask, wide[0].coarse_mask)  # only the box changes
+    assert np.allclose(got, [max(x0 - 10, 0), max(y0 - 10, 0), min(x1 + 10, 199), min(y1 + 10, 159)])
+    with pytest.raises(ValueError, match="box_margin"):
+        standin_pipe.predict(s.rgb, "breast tumor", box_margin=0.7)
+
+
 def test_sam_embedding_is_computed_once_per_image(standin_pipe):
     s = PhantomDataset("brain", 1, seed=2, size=160, split="test", normal_fraction=0.0)[0]
     before = standin_pipe.session.encoder_calls
