@@ -82,7 +82,8 @@ def localisation_table(
     :data:`medclipsam.saliency.api.METHODS`) give ``pointing_<name>``, ``auc_<name>``,
     ``dice_<name>`` for each. Baseline columns end in ``_intensity_rule`` and ``_random``. Dice is
     :func:`saliency_dice` at ``threshold``. Images without a finding are skipped (nothing to point
-    at). Returns one row per task.
+    at). Returns one row per task; its ``dice_per_image`` maps each method's name to the Dice of
+    every image (the same images for every method, for paired comparisons).
     """
     if method is not None and methods is not None:
         raise ValueError("pass either method= or methods=, not both")
@@ -124,11 +125,12 @@ def localisation_table(
                 scores["pointing_random"].append(pointing_game(rnd, s.mask))
                 scores["auc_random"].append(saliency_auc(rnd, s.mask))
                 scores["dice_random"].append(saliency_dice(rnd, s.mask, threshold))
-        row: dict = {"task": task, "prompt": PROMPTS[task], "images": len(samples)}
+        row: dict = {"task": task, "prompt": PROMPTS[task], "images": len(samples), "dice_per_image": {}}
         for name in named:
             suffix = f"_{name}" if name else ""
             for metric in ("pointing", "auc", "dice"):
                 row[metric + suffix] = float(np.nanmean(scores[metric + suffix]))
+            row["dice_per_image"][name] = [float(v) for v in scores["dice" + suffix]]
         for base in ("intensity_rule", "random"):
             for metric in ("pointing", "auc", "dice"):
                 row[f"{metric}_{base}"] = float(np.nanmean(scores[f"{metric}_{base}"]))
