@@ -77,8 +77,9 @@ def _order(values: Mapping[str, float], higher_is_better: bool) -> list[str]:
 
 
 def _per_image(value: Any) -> np.ndarray | None:
-    """``value`` as per-image numbers when it is a 1-D sequence (not a mapping or a string)."""
-    if isinstance(value, (Mapping, str)) or not isinstance(value, (Sequence, np.ndarray)):
+    """``value`` as per-image numbers when it is a list or a 1-D array (a tuple is an estimate's
+    ``(mean, low, high)``, see :func:`estimate`)."""
+    if not isinstance(value, (list, np.ndarray)):
         return None
     arr = np.asarray(value, dtype=np.float64)
     return arr if arr.ndim == 1 else None
@@ -98,21 +99,21 @@ def compare(
     scored on the same images, whether the data can tell the two apart, as one sentence with its
     numbers.
 
-    ``results``: name -> the per-image values, the same images in the same order for every entry
-    (``paired``; the default whenever every value is a list or array of one length, other than a
-    ``(mean, low, high)`` triple): the verdict then rests on the **paired difference** of the best
+    ``results``: name -> the per-image values (a list or an array), the same images in the same
+    order for every entry (``paired``; the default whenever every value is one of equal length):
+    the verdict then rests on the **paired difference** of the best
     and the runner-up (:func:`medclipsam.metrics.paired_difference`: mean over the images, 95 %
     bootstrap interval, wins and losses). Two separate intervals of results on the same images
     overlap even when one setting wins on nearly every image, so no verdict is drawn from them:
-    entries given as estimates (a number, a triple, a mapping; see :func:`estimate`) get their
+    entries given as estimates (a number, a ``(mean, low, high)`` tuple, a mapping; see
+    :func:`estimate`) get their
     numbers stated and no verdict. ``context`` starts the sentence (e.g. ``"On breast"``)."""
     if len(results) < 2:
         raise ValueError("compare needs at least two results")
     values = {str(k): _per_image(v) for k, v in results.items()}
     lengths = {len(v) for v in values.values() if v is not None}
-    auto = all(v is not None for v in values.values()) and len(lengths) == 1 and lengths != {3}
     if paired is None:
-        paired = auto
+        paired = all(v is not None for v in values.values()) and len(lengths) == 1
     if paired and not (all(v is not None for v in values.values()) and len(lengths) == 1):
         raise ValueError("paired=True needs the per-image values of every entry, on the same images")
     if paired:
