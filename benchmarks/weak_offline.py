@@ -2,6 +2,7 @@
 
     python benchmarks/weak_offline.py [--n 200] [--epochs 100] [--size 96] [--tasks breast brain xray]
                                       [--drop-uncertain 0.2] [--out runs/weak_offline] [--threads 1]
+                                      [--ship breast]
 
 Per task: a phantom data set of ``--n`` images (70 % train, 10 % val, 20 % test; 15 % without a
 finding) is written, and :func:`medclipsam.reproduce.reproduce` runs the offline world's zero-shot
@@ -11,7 +12,9 @@ pseudo-labels (early stopping on the validation pseudo-labels: no ground truth),
 Printed: each setting's test Dice with its 95 % bootstrap interval, the paired difference of each
 network to the zero-shot masks on the same test images (per task and over all tasks' images), the
 share of test images each network leaves empty, and the pseudo-labels' own Dice against the real
-labels (empty pseudo-labels counted). Every step resumes from ``--out``.
+labels (empty pseudo-labels counted). Every step resumes from ``--out``. ``--ship TASK`` writes that
+task's weakly supervised network into the package (``medclipsam/weights/weak_unet_<task>.pt``, what
+:func:`medclipsam.segmenter.load_segmenter` reads as ``"weak-<task>"`` and lesson 05 loads).
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/weak_offline")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--ship", nargs="*", default=[], metavar="TASK",
+                   help="write these tasks' weakly supervised networks into medclipsam/weights/")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -118,8 +123,28 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     print("\nPaired difference to the zero-shot masks on the same test images")
     print_table(paired)
+    for task in a.ship:
+        ship(Path(a.out) / task / "weak" / "model.pt", task)
     print(f"\n({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def ship(model_file: Path, task: str) -> Path:
+    """Copy a trained ``model.pt`` into the package's weights as ``weak_unet_<task>.pt`` (its
+    config's ``out_dir`` made relative, so the file names no folder of the machine that trained it)."""
+    import torch
+
+    from medclipsam._utils import atomic_path
+    from medclipsam.segmenter import SHIPPED_SEGMENTERS, WEIGHTS_DIR
+
+    obj = torch.load(model_file, map_location="cpu", weights_only=True)
+    obj["config"] = dict(obj["config"], out_dir=f"runs/weak_offline/{task}/weak")
+    out = WEIGHTS_DIR / SHIPPED_SEGMENTERS[task]
+    with atomic_path(out) as tmp:
+        torch.save(obj, tmp)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; epoch {obj['epoch']}, validation Dice "
+          f"against the validation pseudo-labels {obj['val_dice']:.3f})")
+    return out
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ from .training import autocast, autocast_dtype, read_checkpoint
 __all__ = [
     "CHECKPOINT_FORMAT",
     "MODEL_FORMAT",
+    "SHIPPED_SEGMENTERS",
+    "WEIGHTS_DIR",
     "build_unet",
     "ensemble_uncertainty",
     "load_segmenter",
@@ -55,6 +57,12 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "medclipsam-weak-checkpoint-v1"
 MODEL_FORMAT = "medclipsam-weak-model-v1"
+#: The package's weights folder, and the weakly supervised networks it ships, by task: trained on
+#: the offline world's zero-shot pseudo-labels of 105 phantom training images at full settings (100
+#: epochs at 96 px, early stopping on the validation pseudo-labels) by
+#: ``python benchmarks/weak_offline.py --n 150 --tasks breast --ship breast``; lesson 05 loads it.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_SEGMENTERS = {"breast": "weak_unet_breast.pt"}
 UNCERTAINTY_REGION_THRESHOLD = 0.1  # a pixel counts when any member's probability reaches this
 PathLike = str | Path
 
@@ -113,7 +121,14 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
 
 
 def load_segmenter(path: PathLike, device: str = "auto") -> tuple[nn.Module, WeakConfig]:
-    """A trained network (``model.pt`` or an epoch checkpoint) in eval mode, and its config."""
+    """A trained network (``model.pt`` or an epoch checkpoint) in eval mode, and its config.
+    ``"weak-<task>"`` (a key of :data:`SHIPPED_SEGMENTERS`) loads the network the package ships."""
+    if isinstance(path, str) and path.startswith("weak-"):
+        task = path[len("weak-"):]
+        if task not in SHIPPED_SEGMENTERS:
+            raise ValueError(f"no shipped network {path!r}; shipped: "
+                             f"{', '.join('weak-' + t for t in SHIPPED_SEGMENTERS)}")
+        path = WEIGHTS_DIR / SHIPPED_SEGMENTERS[task]
     obj = read_checkpoint(path, (MODEL_FORMAT, CHECKPOINT_FORMAT), "weak-supervision")
     cfg = WeakConfig.from_dict(obj["config"])
     model = build_unet(cfg)
