@@ -90,11 +90,11 @@ def retrieval_protocol(
 
 def protocol_hits(
     image_emb: torch.Tensor, text_emb: torch.Tensor, captions: Sequence[str], *, batch: int = 50,
-    runs: int = 5, seed: int = 0, k: int = 1,
+    runs: int = 5, seed: int = 0, top: int = 1,
 ) -> np.ndarray:
     """The paper's protocol kept per query: for each image (the first ``n`` entries) and each
     caption (the last ``n``), the share of the ``runs`` shuffles in which its match is among the
-    top ``k`` of its batch of ``batch`` (identical captions count as matches). Two models embedded
+    top ``top`` of its batch of ``batch`` (identical captions count as matches). Two models embedded
     on the same pairs give two arrays to compare query by query
     (:func:`medclipsam.metrics.paired_difference`); the mean over the first ``n`` is
     :func:`retrieval_protocol`'s image-to-text number (queries in a dropped short batch excluded)."""
@@ -109,7 +109,7 @@ def protocol_hits(
             idx = order[b * batch:(b + 1) * batch]
             caps = [captions[i] for i in idx]
             same = torch.tensor([[x == y for y in caps] for x in caps])
-            i2t, t2i = topk_hits(image_emb[idx] @ text_emb[idx].T, same, k)
+            i2t, t2i = topk_hits(image_emb[idx] @ text_emb[idx].T, same, top)
             hits[idx] += i2t.float().cpu().numpy()
             hits[n + idx] += t2i.float().cpu().numpy()
             counts[idx] += 1

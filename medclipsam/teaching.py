@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .metrics import paired_difference, summarize
+
 __all__ = [
     "MIME",
     "check_claim",
@@ -129,8 +131,6 @@ def compare(
     if round(margin, digits) == 0:
         text = f"{lead}{best} and {second} tie on {what} ({_fmt(est[best]['mean'], digits)})"
     elif paired:
-        from .metrics import paired_difference
-
         sign = 1.0 if higher_is_better else -1.0
         diff = paired_difference(sign * values[best], sign * values[second], n_boot=n_boot)
         text = (
@@ -169,8 +169,6 @@ def compare(
 
 
 def _estimate_values(v: np.ndarray) -> dict[str, float | None]:
-    from .metrics import summarize
-
     s = summarize([{"v": float(x)} for x in v], ["v"])["v"]
     return {"mean": float(np.mean(v)), "low": s["ci_low"], "high": s["ci_high"]}
 
