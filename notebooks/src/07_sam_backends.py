@@ -30,13 +30,15 @@
 # chance), but every step, table and figure below is the one the real run produces.
 
 # %%
-# Colab only: install the package into the runtime (JupyterLab and Binder users have it already).
+# Colab only: install the package into the runtime (JupyterLab and Binder users have it already),
+# with the extra this notebook uses: crf, the dense CRF of the pipeline's coarse masks (builds in about
+# a minute). For the real world, switch Colab to a GPU first: Runtime > Change runtime type > GPU.
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
     url = "git+https://github.com/medclipsam/medclipsam.git"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam @ {url}"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"medclipsam[crf] @ {url}"], check=True)
 
 # %% [markdown]
 # ## Parameters
