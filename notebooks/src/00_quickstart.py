@@ -23,6 +23,8 @@
 # %%
 # Colab only: install the package into the runtime (JupyterLab and Binder users have it already),
 # with the extras this notebook uses: crf, the dense CRF of the coarse masks (builds in about a minute).
+# For the real world (BiomedCLIP and SAM) switch Colab to a GPU first: Runtime > Change runtime type >
+# GPU; DEVICE = "auto" then uses it.
 import subprocess
 import sys
 
