@@ -26,6 +26,7 @@ __all__ = [
     "UnsafeArchiveError",
     "atomic_path",
     "checkpoint_error_detail",
+    "progress_wanted",
     "remove_stale_temporaries",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -359,3 +360,9 @@ def cpu_has_bf16() -> bool:
         except OSError:
             return False
         return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def progress_wanted(show: bool) -> bool:
+    """``show``, unless the environment sets ``TQDM_DISABLE`` (tqdm's own switch, which its notebook
+    widget ignores): an executed copy of a lesson then keeps no frozen bar."""
+    return bool(show) and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")

@@ -9,6 +9,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ._utils import progress_wanted
+
 __all__ = ["check_prompt", "image_progress", "prompts_per_image"]
 
 
@@ -35,6 +37,6 @@ def prompts_per_image(
 def image_progress(it: Iterable, total: int, show: bool) -> Iterable:
     """``it`` with a progress bar counting images (``tqdm.auto``: a widget in notebooks) when
     ``show``, else ``it`` itself."""
-    if not show:
+    if not progress_wanted(show):
         return it
     return tqdm(it, total=total, unit="image")

@@ -96,6 +96,7 @@ def compare(
     context: str = "",
     paired: bool | None = None,
     n_boot: int = 2000,
+    unit: str = "images",
 ) -> dict:
     """The best entry of ``results``, its margin over the runner-up and, when the entries are
     scored on the same images, whether the data can tell the two apart, as one sentence with its
@@ -109,7 +110,8 @@ def compare(
     overlap even when one setting wins on nearly every image, so no verdict is drawn from them:
     entries given as estimates (a number, a ``(mean, low, high)`` tuple, a mapping; see
     :func:`estimate`) get their
-    numbers stated and no verdict. ``context`` starts the sentence (e.g. ``"On breast"``)."""
+    numbers stated and no verdict. ``context`` starts the sentence (e.g. ``"On breast"``); ``unit``
+    names what was compared (``"queries"`` for retrieval)."""
     if len(results) < 2:
         raise ValueError("compare needs at least two results")
     values = {str(k): _per_image(v) for k, v in results.items()}
@@ -135,14 +137,14 @@ def compare(
         diff = paired_difference(sign * values[best], sign * values[second], n_boot=n_boot)
         text = (
             f"{lead}{best} has the {better} {what}, {_fmt(est[best]['mean'], digits)}, ahead of "
-            f"{second} ({_fmt(est[second]['mean'], digits)}); on the same {diff['n']} images the "
+            f"{second} ({_fmt(est[second]['mean'], digits)}); on the same {diff['n']} {unit} the "
             f"paired difference is {_signed(diff['mean'], digits)} [{_signed(diff['ci_low'], digits)}, "
             f"{_signed(diff['ci_high'], digits)}] ({diff['wins']} better, {diff['losses']} worse)"
         )
         if diff["ci_low"] > 0:
-            text += f": the interval lies above 0, so {best} is better on images like these"
+            text += f": the interval lies above 0, so {best} is better on {unit} like these"
         else:
-            text += ": the interval includes 0, so these images cannot tell the two apart"
+            text += f": the interval includes 0, so these {unit} cannot tell the two apart"
     else:
         text = (
             f"{lead}{best} has the {better} {what}, {_fmt(est[best]['mean'], digits)}"
@@ -259,7 +261,7 @@ def check_claim(claim: Mapping) -> list[str]:
                 bad.append(f"its paired difference {d} is not that of its per-image values ({mean})")
             if ("lies above 0" in text) != (d["ci_low"] > 0):
                 bad.append(f"its verdict does not follow the paired interval [{d['ci_low']}, {d['ci_high']}]")
-        elif "better on images like these" in text or "cannot tell" in text:
+        elif "like these" in text or "cannot tell" in text:
             bad.append("draws a verdict without the paired difference")
         if not math.isclose(abs(a["mean"] - b["mean"]), claim["margin"], abs_tol=1e-9):
             bad.append("its margin is not the difference of the two means")

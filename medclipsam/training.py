@@ -43,6 +43,7 @@ from ._utils import (
     atomic_path,
     atomic_write_text,
     checkpoint_error_detail,
+    progress_wanted,
     remove_stale_temporaries,
     warmup_cosine,
 )
@@ -253,7 +254,8 @@ def write_json(path: str | Path, payload: Any) -> None:
 
 
 def progress_bar(total: int, initial: int, desc: str, unit: str, show: bool = True) -> Any:
-    """A ``tqdm.auto`` progress bar (a widget in notebooks), or None when ``show`` is False."""
-    if not show:
+    """A ``tqdm.auto`` progress bar (a widget in notebooks), or None when ``show`` is False (or
+    ``TQDM_DISABLE`` is set: :func:`progress_wanted`)."""
+    if not progress_wanted(show):
         return None
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)

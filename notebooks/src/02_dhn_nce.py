@@ -270,7 +270,7 @@ if WORLD == "offline":
     for name, h in hits.items():
         print(f"{name:26s} top-1 {h.mean():.1f} % (image to text {h[:len(held)].mean():.1f}, "
               f"text to image {h[len(held):].mean():.1f})")
-    state(compare(hits, what="top-1 retrieval (%)", digits=1))
+    state(compare(hits, what="top-1 retrieval (%)", digits=1, unit="queries"))
 
 # %%
 labels = [r["model"] for r in rows]
