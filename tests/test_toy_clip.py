@@ -44,7 +44,10 @@ def test_shaped_like_biomedclip_and_small(toy):
     assert isinstance(trunk.norm, torch.nn.LayerNorm) and isinstance(visual.head.proj, torch.nn.Linear)
     assert visual.head.proj.bias is None  # BiomedCLIP's timm_proj="linear", bias-free
     assert (WEIGHTS / "toy_clip.pt").stat().st_size <= 10e6  # the package ships only the toy CLIP
-    assert sorted(p.name for p in WEIGHTS.glob("*.pt")) == ["toy_clip.pt"]
+    # the package ships the toy CLIP, its DHN-NCE fine-tuned copy and one weakly supervised UNet, all small
+    assert sorted(p.name for p in WEIGHTS.glob("*.pt")) == ["toy_clip.pt", "toy_clip_dhn_nce.pt",
+                                                           "weak_unet_breast.pt"]
+    assert sum(p.stat().st_size for p in WEIGHTS.glob("*.pt")) <= 10e6
     assert toy.tokenize(["breast tumor"]).shape == (1, toy.context_length)
 
 

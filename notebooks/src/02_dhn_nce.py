@@ -210,8 +210,9 @@ print(f"{len(train)} training pairs, {len(test)} held-out pairs")
 # 1/50 = 2 % top-1: the cell below computes it from the held-out captions. The "+/-" (and the error
 # bars) is the spread over the 5 evaluation shuffles of *one* trained model, not over training seeds:
 # it says how much the test batches move the number, not how much another training run would.
-# At the defaults the whole lesson takes about a minute on a 2-core CPU (49-74 s measured); with
-# `FULL = True` about 4 min (3.7 min measured).
+# At the defaults the whole lesson takes about one and a half minutes on a 2-core CPU, section 5's
+# 1500 held-out pairs included (the executed copy in docs/lessons records its time); with
+# `FULL = True` several times as long.
 # A finished run is read back from `OUT_DIR` instead of being trained again.
 
 # %%

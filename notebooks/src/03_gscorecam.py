@@ -22,7 +22,8 @@
 #   noise before the image stops matching the text; the saliency is the information kept.
 #
 # We compare them on the phantom tasks (the whole lesson takes about a minute on a 2-core CPU at its
-# defaults, 64-74 s measured; M2IB joins the table with `FULL = True`, about 2 min), look at k, at a trap in the reference code's choice of
+# defaults; the executed copy in docs/lessons records its time; M2IB joins the table with
+# `FULL = True`), look at k, at a trap in the reference code's choice of
 # layer, at its softmax convention, and at a check every user should run: does the map depend on the
 # prompt at all?
 

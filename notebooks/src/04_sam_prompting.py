@@ -13,8 +13,9 @@
 # 4. **SAM**: one image embedding, any number of prompts, masks unioned.
 #
 # We look at each on the three phantom tasks, then measure the choices, beside the paper's numbers.
-# At its defaults the notebook takes about a minute on a 2-core CPU (36-53 s measured); `FULL = True`
-# measures every combination on more images, about 1.5 min (each table prints the seconds it took).
+# At its defaults the notebook takes about one and a half minutes on a 2-core CPU (the executed copy in
+# docs/lessons records its time); `FULL = True` measures every combination on more images, several
+# times as long (each table prints the seconds it took).
 
 # %%
 # Colab only: install the package into the runtime (JupyterLab and Binder users have it already),

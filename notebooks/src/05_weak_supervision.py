@@ -99,8 +99,9 @@ print({k: len(v) for k, v in splits.items()}, "images per split in", data)
 # %% [markdown]
 # ## 1 · Run the whole stage
 #
-# At the defaults the whole lesson takes one to one and a half minutes on a 2-core CPU (three small
-# networks; 62-81 s measured); `FULL = True` (150 images, 100 epochs at 96 px) about 7 min (6.6 measured).
+# At the defaults the whole lesson takes about two minutes on a 2-core CPU (three small networks; the
+# executed copy in docs/lessons records its time); `FULL = True` (150 images, 100 epochs at 96 px)
+# several times as long.
 #
 # `reproduce` does every step and resumes any of them: zero-shot pseudo-labels for the train and
 # validation images (and zero-shot masks for the test images), the weak network on the pseudo-labels
