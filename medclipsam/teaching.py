@@ -104,12 +104,11 @@ def compare(
 
     ``results``: name -> the per-image values (a list or an array), the same images in the same
     order for every entry (``paired``; the default whenever every value is one of equal length):
-    the verdict then rests on the **paired difference** of the best
-    and the runner-up (:func:`medclipsam.metrics.paired_difference`: mean over the images, 95 %
-    bootstrap interval, wins and losses). Two separate intervals of results on the same images
-    overlap even when one setting wins on nearly every image, so no verdict is drawn from them:
-    entries given as estimates (a number, a ``(mean, low, high)`` tuple, a mapping; see
-    :func:`estimate`) get their
+    the verdict then rests on the **paired difference** of the best and the runner-up
+    (:func:`medclipsam.metrics.paired_difference`: mean over the images, 95 % bootstrap interval,
+    wins and losses). Two separate intervals of results on the same images overlap even when one
+    setting wins on nearly every image, so no verdict is drawn from them: entries given as
+    estimates (a number, a ``(mean, low, high)`` tuple, a mapping; see :func:`estimate`) get their
     numbers stated and no verdict. ``context`` starts the sentence (e.g. ``"On breast"``); ``unit``
     names what was compared (``"queries"`` for retrieval)."""
     if len(results) < 2:
