@@ -2,7 +2,7 @@
 
     python benchmarks/ablation_offline.py --split val   # to choose settings
     python benchmarks/ablation_offline.py --split test  # to report them (never tune on test)
-        [--n 20] [--tasks breast brain xray] [--sections saliency,coarse,boxes,prompts,controls,clip]
+        [--n 20] [--tasks breast brain xray] [--sections saliency,coarse,boxes,prompts,controls]
         [--clip-weights NAME=FILE ...] [--threads 1] [--n-boot 2000] [--csv FILE]
 
 Every row is a change of one setting from the offline world's defaults (``MedCLIPSAM.offline()``
@@ -20,8 +20,9 @@ Rows of one CLIP share one SAM embedding per image (``MedCLIPSAM.sweep``). Secti
 * ``prompts``: SAM given points, box + points, and a second pass that boxes SAM's own first mask
   and asks again.
 * ``controls``: the ground-truth box (the ceiling), a smooth random map and a flat map (text-blind).
-* ``clip``: the same pipeline with other CLIP weights (``--clip-weights dhn_nce=FILE``, e.g. the
-  fine-tuned toy CLIPs that ``scripts/finetune_toy_clip.py`` writes).
+* ``--clip-weights NAME=FILE``: the default pipeline with other CLIP weights (e.g.
+  ``dhn_nce=toy-dhn-nce``, or a file that ``scripts/finetune_toy_clip.py --out FILE`` writes), each
+  against the shipped toy CLIP on the same images.
 
 Phantom images are generated from their seeds, so every number is reproducible. The README's
 ablation table is this script's ``--split test`` output.
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="val", choices=("val", "test"))
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
     p.add_argument("--sections", default="saliency,coarse,boxes,prompts,controls",
-                   help=f"comma-separated, of {', '.join([*SECTIONS, 'clip'])}")
+                   help=f"comma-separated, of {', '.join(SECTIONS)}")
     p.add_argument("--clip-weights", nargs="*", default=[], metavar="NAME=FILE",
                    help="other toy CLIP weights, each run through the default pipeline and the "
                         "chosen sections")
