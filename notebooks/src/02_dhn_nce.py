@@ -255,7 +255,8 @@ state(compare(toy, what="image-to-text top-1 (%)", digits=1),
 # images per task (one caption each), in the paper's protocol. Both models answer the *same* queries,
 # so the question "is the fine-tuned model better?" is answered by the paired difference: each
 # query's top-1 hit rate (over the 5 shuffles) after minus before, its mean over the queries and a
-# 95 % bootstrap interval. Lessons 03-05 and `benchmarks/ablation_offline.py` use the same two models.
+# 95 % bootstrap interval. `benchmarks/ablation_offline.py --clip-weights dhn_nce=toy-dhn-nce` compares
+# the two through the whole pipeline.
 
 # %%
 if WORLD == "offline":
