@@ -96,7 +96,7 @@ def _second_pass(session, rgb: np.ndarray, first: np.ndarray, task: str) -> np.n
         return first
     pre = TASK_PRESETS[task]
     boxes = boxes_from_mask(first, mode=pre["box_mode"], n_components=pre["n_components"])
-    session.set_image(rgb)
+    session.set_image(rgb)  # a no-op when the session holds this image already
     return session.predict(boxes).mask
 
 
@@ -119,16 +119,19 @@ def run_clip(name: str, clip_file: str | None, data: dict, rows_wanted: list[tup
         res = pipe.sweep([s.rgb for s in samples], PROMPTS[task], settings, task=task)
         for n, rs in zip(names, res):
             out[n][task] = [dice(r.mask, s.mask > 0) for r, s in zip(rs, samples)]
-        for r, o in rows_wanted:
-            if o.get("_gt_box"):
-                vals = []
-                for s in samples:
-                    pipe.session.set_image(s.rgb)
-                    vals.append(dice(pipe.session.predict(_gt_boxes(s.mask > 0)).mask, s.mask > 0))
-                out[r][task] = vals
-            elif o.get("_second_pass"):
-                out[r][task] = [dice(_second_pass(pipe.session, s.rgb, first.mask, task), s.mask > 0)
-                                for s, first in zip(samples, res[0])]
+        # the rows that prompt SAM directly: one more embedding per image serves all of them
+        special = [(r, o) for r, o in rows_wanted if o.get("_gt_box") or o.get("_second_pass")]
+        for r, _ in special:
+            out[r][task] = []
+        for s, first in zip(samples, res[0]) if special else ():
+            gt = s.mask > 0
+            pipe.session.set_image(s.rgb)
+            for r, o in special:
+                if o.get("_gt_box"):
+                    mask = pipe.session.predict(_gt_boxes(gt)).mask
+                else:
+                    mask = _second_pass(pipe.session, s.rgb, first.mask, task)
+                out[r][task].append(dice(mask, gt))
         print(f"  [{name}] {task}: {len(samples)} images, {len(settings)} settings "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
     pipe.close()
