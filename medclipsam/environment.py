@@ -90,6 +90,14 @@ _WORLDS = {
 }
 
 
+#: How the report prints each kind of install (``environment_report()["medclipsam_install"]``).
+_INSTALL_WORDS = {
+    "site-packages": "installed in site-packages",
+    "source checkout": "from a source checkout",
+    "other folder": "from a folder outside site-packages",
+}
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -108,6 +116,18 @@ def _short(path: str | Path) -> str:
     """``path`` with the home folder written ``~`` (a report gets pasted and committed)."""
     text, home = str(path), str(Path.home())
     return "~" + text[len(home) :] if home not in ("", "/") and text.startswith(home) else text
+
+
+def _install_kind(folder: Path) -> str:
+    """Where this copy of the package was imported from, in words a report can show without the
+    machine's folders: ``"site-packages"`` (an ordinary install), ``"source checkout"`` (an
+    editable install or a checkout on ``sys.path``: edits to its files take effect) or
+    ``"other folder"``."""
+    if {"site-packages", "dist-packages"} & set(folder.parts):
+        return "site-packages"
+    if (folder.parent / "pyproject.toml").is_file():
+        return "source checkout"
+    return "other folder"
 
 
 def _cores() -> int:
@@ -159,7 +179,10 @@ def _device_report(device: str | None) -> dict[str, Any]:
 def environment_report(world: str | None = None, device: str | None = "auto") -> dict[str, Any]:
     """The environment as a dict: ``world``, ``device`` (what ``device`` resolves to, with torch's
     thread count), ``cores``, ``python``, ``offline``, ``cache``, ``packages`` (distribution ->
-    version or None) and ``extras`` (name -> ``{"available", "versions", "for", "install"}``)."""
+    version or None), ``medclipsam_install`` (``"site-packages"``, ``"source checkout"`` or
+    ``"other folder"``: what the printed report shows), ``medclipsam_path`` (the package's folder,
+    home written ``~``; not printed, so executed notebooks do not carry the machine's folders) and
+    ``extras`` (name -> ``{"available", "versions", "for", "install"}``)."""
     packages = {name: _version(name) for name in CORE_PACKAGES}
     packages["medclipsam"] = __version__  # this copy's, even when run from a checkout
     extras = {}
@@ -178,6 +201,7 @@ def environment_report(world: str | None = None, device: str | None = "auto") ->
         "offline": is_offline(),
         "cache": _short(cache_dir()),
         "packages": packages,
+        "medclipsam_install": _install_kind(Path(__file__).resolve().parent),
         "medclipsam_path": _short(Path(__file__).resolve().parent),
         "extras": extras,
     }
@@ -221,7 +245,8 @@ def format_environment(report: Mapping[str, Any]) -> str:
     for name, version in report["packages"].items():
         text = version or "not installed"
         if name == "medclipsam":
-            text += f"  ({report['medclipsam_path']})"
+            kind = report["medclipsam_install"]
+            text += f"  ({_INSTALL_WORDS.get(kind, kind)})"
         elif name == "torch" and version:
             cuda = dev.get("cuda_build")
             text += f"  ({'CUDA ' + cuda if cuda else 'CPU-only'} build)"

@@ -68,6 +68,24 @@ def test_the_report_names_versions_world_device_threads_and_extras():
     assert ("CUDA" in torch_line) == (torch.version.cuda is not None)
 
 
+def test_the_report_says_how_the_package_is_installed_but_not_where(tmp_path):
+    """Executed lessons print the report and are committed: it names the kind of install, never
+    the machine's folder (the dict keeps the folder for whoever asks)."""
+    report = env.environment_report(world="offline", device="cpu")
+    folder = Path(env.__file__).resolve().parent
+    text = env.format_environment(report)
+    assert str(folder) not in text and report["medclipsam_path"] not in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("  medclipsam "))
+    assert env._INSTALL_WORDS[report["medclipsam_install"]] in line
+    site = Path("/opt/py/lib/python3.11/site-packages/medclipsam")
+    assert env._install_kind(site) == "site-packages"
+    (tmp_path / "checkout" / "medclipsam").mkdir(parents=True)
+    (tmp_path / "checkout" / "pyproject.toml").write_text("[project]\n")
+    assert env._install_kind(tmp_path / "checkout" / "medclipsam") == "source checkout"
+    (tmp_path / "vendored" / "medclipsam").mkdir(parents=True)
+    assert env._install_kind(tmp_path / "vendored" / "medclipsam") == "other folder"
+
+
 def test_auto_resolves_like_the_package_and_says_why():
     from medclipsam._utils import get_device
 
