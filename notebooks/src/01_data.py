@@ -51,7 +51,7 @@ from medclipsam import show_environment
 show_environment(world=WORLD)
 
 # %%
-import tempfile
+import shutil
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -70,7 +70,11 @@ from medclipsam.viz import overlay, sample_grid
 
 if SMOKE:
     N_PER_TASK, N_RULE, SIZE = 4, 12, 160
-WORK = Path(tempfile.mkdtemp(prefix="medclipsam-01-"))
+# The files this lesson writes: a folder under the notebook's working folder, made afresh on every
+# run (section 4 breaks its pairing on purpose). Open it in the file browser to see the layout.
+WORK = Path("runs/01_data")
+shutil.rmtree(WORK, ignore_errors=True)
+WORK.mkdir(parents=True)
 print("phantom tasks:", phantom.TASKS)
 for task in phantom.TASKS:
     print(f"  {task:7s} classes: {', '.join(phantom.CLASSES[task]):40s} default prompt: {phantom.PROMPTS[task]!r}")
