@@ -69,8 +69,6 @@ from medclipsam import show_environment
 show_environment(world=WORLD, device=DEVICE)
 
 # %%
-import tempfile
-
 import matplotlib.pyplot as plt
 
 from medclipsam.compare import compare_backends, comparison_figure, example_panels, format_table
@@ -88,8 +86,9 @@ else:
     from medclipsam.data.phantom import PROMPTS, write_phantom_folder
     from medclipsam.models import build_sam2, build_sam3, load_clip
 
-    data = tempfile.mkdtemp(prefix="phantom-") + "/breast"
-    write_phantom_folder(data, "breast", 2 if SMOKE else N_TOY, seed=0, size=128)
+    n = 2 if SMOKE else N_TOY
+    data = f"{OUT}/data/breast-{n}"  # phantom images beside the outputs (a rerun reuses them)
+    write_phantom_folder(data, "breast", n, seed=0, size=128)
     prompt, split, task = PROMPTS["breast"], None, "breast"
     clip = load_clip("toy", device=device)
     # the offline pipeline's settings (see MedCLIPSAM.offline); the SAM 2 / SAM 3 rows: real
