@@ -14,6 +14,7 @@ import os
 import random
 import re
 import stat
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -32,6 +33,7 @@ __all__ = [
     "atomic_write_text",
     "cache_dir",
     "get_device",
+    "outside_stacklevel",
     "safe_extract",
     "seed_everything",
     "warmup_cosine",
@@ -366,3 +368,21 @@ def progress_wanted(show: bool) -> bool:
     """``show``, unless the environment sets ``TQDM_DISABLE`` (tqdm's own switch, which its notebook
     widget ignores): an executed copy of a lesson then keeps no frozen bar."""
     return bool(show) and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def outside_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the calling function that attributes the
+    warning to the first caller outside this package, however many package functions lie between
+    (``finetune`` called directly, or through ``compare_losses``): the warning then names the
+    user's own line, not a file of the installed package."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and _in_package(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _in_package(filename: str) -> bool:
+    return Path(filename).resolve().is_relative_to(_PACKAGE)

@@ -79,7 +79,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from ._utils import get_device, rng_state, seed_everything, set_rng_state
+from ._utils import get_device, outside_stacklevel, rng_state, seed_everything, set_rng_state
 from .config import FinetuneConfig
 from .losses import ContrastiveLoss
 from .models import save_clip_checkpoint
@@ -493,7 +493,7 @@ class _Run:
                 f"warmup_steps={cfg.warmup_steps} >= the {total} optimiser steps of the "
                 "run: the learning rate never reaches its peak",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=outside_stacklevel(),
             )
         return total
 
@@ -517,7 +517,7 @@ class _Run:
                 f"{path}: saved with {len(states)} process(es), resumed with "
                 f"{self.dist.world}: random streams (dropout) are not exactly restored",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=outside_stacklevel(),
             )
         set_rng_state(states[min(self.dist.rank, len(states) - 1)])
         self.last_path = path

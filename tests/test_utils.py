@@ -133,3 +133,41 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(12, 4, 20) == pytest.approx(0.5)  # half-way through the decay
     assert warmup_cosine(20, 4, 20) == pytest.approx(0.0)
     assert warmup_cosine(99, 4, 20, floor=0.02) == pytest.approx(0.02)
+
+
+def test_outside_stacklevel_names_the_first_caller_outside_the_package():
+    """A package warning names the user's line however deep in the package it is raised, not a
+    file of the package (whose path would show the machine's install folder)."""
+    import warnings
+    from pathlib import Path
+
+    from medclipsam import _utils
+
+    fake = str(Path(_utils.__file__).resolve().parent / "not_a_module.py")
+    code = (
+        "def inner():\n"
+        "    warnings.warn('deep', UserWarning, stacklevel=outside_stacklevel())\n"
+        "def outer():\n"
+        "    inner()\n"
+    )
+    ns = {"warnings": warnings, "outside_stacklevel": _utils.outside_stacklevel}
+    exec(compile(code, fake, "exec"), ns)
+    with pytest.warns(UserWarning, match="deep") as caught:
+        ns["outer"]()
+    assert caught[0].filename == __file__
+
+
+def test_the_warm_up_warning_names_the_callers_line():
+    from types import SimpleNamespace
+
+    from medclipsam.config import FinetuneConfig
+    from medclipsam.finetune import _Run
+
+    run = SimpleNamespace(
+        cfg=FinetuneConfig(batch_size=2, epochs=1, warmup_steps=50),
+        train_ds=list(range(8)),
+        dist=SimpleNamespace(world=1, rank=0, main=True),
+    )
+    with pytest.warns(UserWarning, match="never reaches its peak") as caught:
+        assert _Run._count_steps(run) == 4
+    assert caught[0].filename == __file__
