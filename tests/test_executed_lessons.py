@@ -1,14 +1,18 @@
 """The executed copies of the lessons in docs/lessons/ (scripts/execute_lessons.py): one per lesson,
 made from the lesson's current source (the SHA-256 recorded in the copy), without error outputs,
-with the figures the lesson draws, and linked from the README. A missing or stale copy fails here
-with the command that remakes it; nothing is executed to find out."""
+with the figures the lesson draws, without the absolute folders of the machine that made them, and
+linked from the README. A missing or stale copy fails here with the command that remakes it;
+nothing is executed to find out."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import importlib.util
+import json
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -43,6 +47,73 @@ def test_the_executed_copy_is_fresh_free_of_errors_and_shows_its_figures(noteboo
         "\n".join(found)
         + f"\n(`{EXE.COMMAND}` executes every lesson with its defaults, `{EXE.COMMAND} --stale` "
         "only the missing or stale ones; commit docs/lessons/ afterwards)"
+    )
+
+
+def _machine_folders() -> dict[str, str]:
+    """Absolute folders of this machine that a committed copy must not show, each with what it is:
+    the repository (and, in a git worktree, the main checkout), the temporary folder and the home
+    folder. A lesson prints paths relative to where it runs; the environment report says how the
+    package is installed, not where."""
+    named = {
+        "the repository": ROOT,
+        "the temporary folder": Path(tempfile.gettempdir()),
+        "the home folder": Path.home(),
+    }
+    git = ROOT / ".git"
+    if git.is_file() and git.read_text().startswith("gitdir:"):  # a worktree of another checkout
+        gitdir = (ROOT / git.read_text().split(":", 1)[1].strip()).resolve()
+        if gitdir.parent.name == "worktrees":  # <main>/.git/worktrees/<name>
+            named["the main checkout"] = gitdir.parents[2]
+    found = {}
+    for what, folder in named.items():
+        for text in (str(folder), str(folder.resolve())):
+            if len(Path(text).parts) > 1:  # never the file-system root itself
+                found.setdefault(text, what)
+    return found
+
+
+def _output_texts(output: dict) -> list[str]:
+    """The text an output shows: streams, every non-image representation, error tracebacks."""
+    if output.get("output_type") == "stream":
+        return [output.get("text", "")]
+    if output.get("output_type") == "error":
+        return [output.get("ename", ""), output.get("evalue", ""), *output.get("traceback", [])]
+    return [v if isinstance(v, str) else json.dumps(v)
+            for mime, v in output.get("data", {}).items() if not mime.startswith("image/")]
+
+
+def machine_paths(nb: nbformat.NotebookNode, folders: dict[str, str]) -> list[str]:
+    """Each output line of ``nb`` that shows one of ``folders`` (folder -> what it is), named by
+    its cell: ``cell 13 (cell-13): the temporary folder /tmp in: ...``."""
+    longest_first = sorted(folders, key=len, reverse=True)
+    pattern = re.compile(
+        r"(?<![\w.~-])(" + "|".join(map(re.escape, longest_first)) + r")(?![\w.-])"
+    )
+    found = []
+    for i, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            for text in _output_texts(output):
+                for line in text.splitlines():
+                    if m := pattern.search(line):
+                        shown = line[max(0, m.start() - 60) : m.end() + 100].strip()
+                        found.append(f"cell {i} ({cell.get('id', '?')}): {folders[m.group(1)]} "
+                                     f"{m.group(1)} in: ...{shown}...")
+    return found
+
+
+@pytest.mark.parametrize("notebook", LESSONS, ids=[p.stem for p in LESSONS])
+def test_the_executed_copy_shows_no_folder_of_this_machine(notebook):
+    out = EXE.copy_of(notebook)
+    if not out.is_file():
+        return  # a missing copy fails in test_the_executed_copy_is_fresh_free_of_errors...
+    found = machine_paths(nbformat.read(out, as_version=4), _machine_folders())
+    assert not found, (
+        f"{out.relative_to(ROOT)} shows absolute folders of this machine:\n  "
+        + "\n  ".join(found)
+        + "\n(print paths relative to where the lesson runs; a warning shown in a notebook names "
+        f"the kernel's temporary cell file, so a lesson at its defaults must raise none; then "
+        f"`{EXE.COMMAND} {notebook.stem}`)"
     )
 
 
@@ -131,3 +202,31 @@ def test_execute_records_the_source_hash_and_wall_time_and_draws_inline(fake, mo
     assert EXE.problems(lesson) == []
     assert nb.metadata["papermill"]["input_path"] == "notebooks/01_x.ipynb"
     shutil.rmtree(out.parent)
+
+
+def test_machine_paths_names_each_cell_that_shows_a_folder_of_this_machine():
+    tmp, home = tempfile.gettempdir(), str(Path.home())
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"a lesson may mention {tmp} in its text"),
+        nbformat.v4.new_code_cell("print(paths)"),
+        nbformat.v4.new_code_cell("x"),
+    ]
+    nb.cells[1].outputs = [nbformat.v4.new_output(
+        "stream", name="stdout",
+        text=f"data: runs/01_data/breast, weights ~/.cache/medclipsam\nbroken: {tmp}/lesson-01/x.png\n",
+    )]
+    nb.cells[2].outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text=f"{tmp}/ipykernel_1/2.py:3: UserWarning\n"),
+        nbformat.v4.new_output("execute_result", execution_count=1,
+                               data={"text/plain": f"PosixPath('{ROOT}/medclipsam')"}),
+    ]
+    folders = {tmp: "the temporary folder", str(ROOT): "the repository", home: "the home folder"}
+    found = machine_paths(nb, folders)
+    assert [f.split(" (", 1)[0] for f in found] == ["cell 1", "cell 2", "cell 2"]
+    assert "the temporary folder" in found[0] and "x.png" in found[0]
+    assert "the repository" in found[2]
+    # a longer name that merely starts like a folder is not that folder
+    nb.cells[1].outputs[0]["text"] = f"{tmp}x/file and {str(ROOT)}-other/file and ~/.cache\n"
+    nb.cells[2].outputs = []
+    assert machine_paths(nb, folders) == []
