@@ -146,6 +146,61 @@ elif IMAGE is None:
     print("only one image tried: set SEED = None to search several")
 
 # %% [markdown]
+# ## Self-check
+#
+# Answer each question in your own words before you unfold its answer.
+#
+# **1. In what order do the four stages run, and what does each one hand to the next?**
+#
+# <details><summary>Answer</summary>
+#
+# CLIP scores how well the whole image matches the prompt. gScoreCAM turns that single score into a
+# heat map of *where* in the image it comes from. The heat map becomes a coarse mask, and a box is
+# drawn around its largest connected component (two boxes for the two lungs of an X-ray). SAM gets
+# the image and the boxes, not the text, and draws the mask inside them. So the prompt reaches SAM
+# only through the boxes: a box in the wrong place cannot be repaired by SAM.
+#
+# </details>
+#
+# **2. No model in this pipeline is trained on masks of the task. Where does it learn what the
+# prompt looks like, and where does the precise outline come from?**
+#
+# <details><summary>Answer</summary>
+#
+# *What* comes from CLIP, which learned to match images with text from image-caption pairs (the
+# paper fine-tunes it with DHN-NCE, lesson 02, still without masks). *The outline* comes from SAM, a
+# promptable segmenter that separates an object from its surroundings inside a box without knowing
+# what the object is (LiteMedSAM, used offline, was trained that way on many kinds of medical
+# images). Each part covers the other's blind spot: CLIP cannot draw a boundary, and the SAM used
+# here cannot read text.
+#
+# </details>
+#
+# **3. The heat map can be brightest on the finding and the mask still land somewhere else. How?**
+#
+# <details><summary>Answer</summary>
+#
+# The box is drawn around the *largest* connected component of the coarse mask, not around the most
+# salient one. If a larger region also passes the coarse-mask rule (an acoustic shadow behind the
+# lesion, a decoy such as a cyst), the box goes around it and SAM faithfully segments the wrong
+# structure. A different rule (the most salient component, or the one holding the map's peak) would
+# choose differently. For the failure shown, the computed sentence under its figure says whether
+# this is what happened.
+#
+# </details>
+#
+# **4. Why does the lesson report NSD beside Dice?**
+#
+# <details><summary>Answer</summary>
+#
+# Dice measures how much two masks overlap, 2|A ∩ B| / (|A| + |B|); it is dominated by the bulk of
+# the region. NSD (normalised surface Dice) is the share of both outlines that lies within a
+# tolerance (here 2 pixels) of the other outline: it measures how well the boundary is drawn. A mask
+# in the right place with a ragged or shifted border can keep a fair Dice and still have a poor NSD.
+#
+# </details>
+
+# %% [markdown]
 #
 # **Try next:** another `PROMPT` ("tumor in the right breast", "liver"), another `TASK` (`"xray"` gives
 # two boxes, one per lung), or your own `IMAGE`. For whole folders use the command line:
