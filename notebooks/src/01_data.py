@@ -267,12 +267,68 @@ else:
     print("Toy world: set WORLD = 'real' and DATA_DIR to a converted data set to see your own images here.")
 
 # %% [markdown]
-# ## What you saw, and what to try
+# ## What you saw
 #
 # - The phantom world mirrors the three tasks of the paper, with classes, captions and decoys.
 # - A naive intensity rule finds the finding in only a fraction of the images: localisation needs
 #   shape and context, which is what the text-prompted saliency of lesson 03 must supply.
 # - Data sets are paired by stem and split by fixed files.
+
+# %% [markdown]
+# ## Self-check
 #
-# Try: change `SEED` and `SIZE` (non-square sizes work too: `phantom.generate_sample("xray", 0, size=(200, 320))`),
+# Answer each question in your own words before you unfold its answer.
+#
+# **1. Why does the phantom world put decoys (cysts, shadows, bright vessels, fat) into its
+# images?**
+#
+# <details><summary>Answer</summary>
+#
+# Without them the finding would simply be the darkest region (ultrasound) or the brightest
+# (contrast MRI), and a one-line intensity rule would find it: a saliency map that "works" would
+# then prove nothing about the text prompt. With decoys, the finding is told apart by shape and
+# context, and the intensity rule, scored with the pointing game in section 3, becomes the baseline
+# that later methods must beat.
+#
+# </details>
+#
+# **2. What makes two captions of the same task hard negatives for each other, and why do normal
+# images get the same caption skeleton as images with a finding?**
+#
+# <details><summary>Answer</summary>
+#
+# They share the modality and most of the wording and differ only in the finding, its shape or its
+# location, so matching an image to the right one forces the model to look at those details. If
+# normal images had a sentence shape of their own, a model could tell "normal" from "finding" by the
+# form of the sentence alone, without looking at the image.
+#
+# </details>
+#
+# **3. Why are images and masks paired by file stem rather than by the order of two directory
+# listings?**
+#
+# <details><summary>Answer</summary>
+#
+# Zipping two listings pairs the n-th image with the n-th mask. One missing or extra file, or two
+# listings that sort differently, shifts every later pair, and nothing fails: training and
+# evaluation silently use the wrong masks. Pairing by stem cannot shift, and a file without a
+# partner is reported by name (the `PairingError` of section 4).
+#
+# </details>
+#
+# **4. What does `read_image` do with a 16-bit PNG or a DICOM file, and when do you want
+# `load_array` instead?**
+#
+# <details><summary>Answer</summary>
+#
+# The models take 8-bit pictures, so `read_image` maps the values to 0..255 through a stated window:
+# the one you pass, the DICOM window tags, or a robust percentile range; DICOM values are first
+# converted with their rescale slope and intercept. The window decides which contrasts the model
+# gets to see. `load_array` returns the native values, for anything that needs the real numbers
+# (measuring intensities, or choosing your own window).
+#
+# </details>
+
+# %% [markdown]
+# **Try next:** change `SEED` and `SIZE` (non-square sizes work too: `phantom.generate_sample("xray", 0, size=(200, 320))`),
 # look at more normal images, or measure the intensity rule on the X-ray lungs.
