@@ -302,7 +302,67 @@ plt.show()
 # - The temperature matters as much as the loss: the hard-negative weights are $e^{\beta s_{ij}}$, so
 #   with the paper's $\tau = 0.6$ the similarities stay within $\pm 1.7$ and $\beta = 0.15$ barely
 #   changes any weight (DHN-NCE is then almost DCL). Try `TAU = 0.6` and compare.
+
+# %% [markdown]
+# ## Self-check
 #
+# Answer each question in your own words before you unfold its answer.
+#
+# **1. The four losses are one formula with two knobs. What do α and β do, and which setting is
+# DHN-NCE?**
+#
+# <details><summary>Answer</summary>
+#
+# α says whether the positive pair's own term sits in the denominator (α = 1: InfoNCE and HN-NCE) or
+# not (α = 0: the decoupled DCL and DHN-NCE). β sets how fast a negative's weight grows with its
+# similarity to the anchor (β = 0: every negative weighs the same; β > 0: hard negatives weigh more,
+# while the weights of a row still sum to B - 1). DHN-NCE is α = 0 with β > 0; with β = 0 it becomes
+# DCL, one of the limits checked in section 2.
+#
+# </details>
+#
+# **2. What does decoupling change for a pair the model already ranks first?**
+#
+# <details><summary>Answer</summary>
+#
+# With the positive in the denominator, the anchor's loss tends to zero once its true caption beats
+# the negatives by a margin, and the gradient vanishes with it: the pair stops being pulled
+# together. Without it, the loss keeps falling linearly as the true pair's similarity grows, so
+# every pair keeps being pulled together and pushed away from its negatives. Decoupling also removes
+# a coupling between the positive and the negative terms that makes InfoNCE depend on large batches
+# (Yeh et al., 2022).
+#
+# </details>
+#
+# **3. Why should hard-negative weighting matter for medical captions, and how can the temperature
+# undo it?**
+#
+# <details><summary>Answer</summary>
+#
+# Medical captions come as near-duplicates ("tumour in the upper left", "... upper right"); those
+# are the negatives a model confuses, and the ones a β > 0 up-weights. The weights grow as
+# `exp(β·s_ij)` with `s_ij = I_i·T_j/τ`, and a cosine similarity lies between -1 and 1, so `s_ij` is
+# at most `1/τ` in size. With a large τ (such as the paper's fixed value) and a small β, `β·s_ij`
+# stays near 0, every weight stays near 1, and DHN-NCE behaves almost like DCL.
+#
+# </details>
+#
+# **4. Section 5 compares the fine-tuned and the original CLIP by a paired difference over the same
+# queries. Why paired? And what do the error bars of section 4 (the spread over 5 evaluation
+# shuffles) not tell you?**
+#
+# <details><summary>Answer</summary>
+#
+# Some queries are hard for both models and some easy for both. The per-query difference (after
+# minus before) cancels that shared difficulty and keeps only what fine-tuning changed, so it can
+# show a consistent gain that two separate intervals, each carrying the spread between queries,
+# would hide. The spread over evaluation shuffles says how much the choice of test batches moves the
+# score of *one* trained model; it says nothing about how much another training run (another `SEED`)
+# would differ, which is what you need before saying that one loss beats another.
+#
+# </details>
+
+# %% [markdown]
 # **Try next:** set `BETA1 = BETA2 = 0.5`; train longer (`EPOCHS = 5`); in the real world, fine-tune BiomedCLIP
 # on a GPU with `medclipsam finetune --clip biomedclip --captions pairs.csv --out runs/dhn` and load
 # the result in notebook 03 with `load_clip("runs/dhn/model.pt")`.
