@@ -297,7 +297,67 @@ for method, name in ((functools.partial(gscorecam, k=K), "gScoreCAM"), (grad_cam
 #   section 5 for the task prompt and for the nonsense prompt.
 # - Always check that a map depends on the prompt. In the offline world the toy CLIP's text space is small,
 #   and for some tasks its maps show *the finding* more than *the prompt*: the check says so.
+
+# %% [markdown]
+# ## Self-check
 #
+# Answer each question in your own words before you unfold its answer.
+#
+# **1. GradCAM, ScoreCAM and gScoreCAM all build the map as ReLU(Σ w_c A_c). How does each choose
+# the weights, and what does each cost?**
+#
+# <details><summary>Answer</summary>
+#
+# GradCAM: `w_c` is the spatial mean of the gradient of the image-text score with respect to channel
+# `c`; one backward pass, but the gradients of deep ViTs are noisy. ScoreCAM: each channel,
+# upsampled and scaled to [0, 1], masks the input image; the masked image is scored against the
+# prompt, and the weights are the softmax of those scores; one forward pass per channel. gScoreCAM:
+# ScoreCAM over only the k channels with the largest mean gradient; one backward pass plus k forward
+# passes.
+#
+# </details>
+#
+# **2. What premise does gScoreCAM rest on, and how does the `gscorecam_random_k` control test it?**
+#
+# <details><summary>Answer</summary>
+#
+# The premise is that the gradient picks the channels worth scoring. The control keeps everything
+# else the same (the same k, the same scoring and softmax) but draws the k channels at random. If
+# the random pick localises as well as the gradient's pick on the same images (a paired difference
+# around zero), the gradient adds nothing on this model, and gScoreCAM's saving over ScoreCAM comes
+# only from scoring fewer channels. The computed sentence of section 2 says which is the case here.
+#
+# </details>
+#
+# **3. In a CLS-pooled ViT, why does the reference code's layer (`blocks[-1].norm2`) make the top-k
+# pick arbitrary, and which layer does the package hook instead?**
+#
+# <details><summary>Answer</summary>
+#
+# The image embedding is read from the CLS token after the last block. The last block's *patch*
+# tokens after its attention feed nothing that reaches the output, so the gradient of the score with
+# respect to them is exactly zero, and ranking channels by it gives an arbitrary order, the same for
+# every prompt. The package hooks the last block's first LayerNorm: its patch tokens feed the
+# attention that the CLS token reads, so their gradient carries information about the prompt.
+#
+# </details>
+#
+# **4. How can a saliency map end up not depending on the prompt, and how do you check whether yours
+# does?**
+#
+# <details><summary>Answer</summary>
+#
+# One cause is the reference's softmax convention: the k scores are scattered into a vector of all C
+# channels with zeros elsewhere, so every unselected channel keeps weight `e^0 / Z`; when the k
+# scores are low, those channels dominate and the map tends to the plain sum of activations,
+# whatever the prompt. Another is a CLIP whose text space is too small to tell the prompts apart. To
+# check, run `prompt_sensitivity`: it compares the prompt's map with the maps of control prompts
+# (empty, nonsense, another organ) by 1 - Pearson correlation and warns when the closest control is
+# nearly identical.
+#
+# </details>
+
+# %% [markdown]
 # **Try next:** `python benchmarks/toy_channel_picks.py` runs the same control through the whole
 # pipeline (about a minute); `python benchmarks/speed_report.py --quick` shows where gScoreCAM's time
 # goes on BiomedCLIP's architecture and what the package saves against the reference code.
