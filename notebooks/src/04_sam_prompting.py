@@ -270,6 +270,63 @@ state(versus_paper(default, {t: v[0] for t, v in PAPER_ZERO_SHOT.items()}, paper
 # - The controls are the honest test of a text-prompted method: unless the prompt's saliency beats a
 #   random and a flat map on the same images (a paired interval above 0), the text is not what finds
 #   the target.
+
+# %% [markdown]
+# ## Self-check
 #
+# Answer each question in your own words before you unfold its answer.
+#
+# **1. Why can the dense CRF give a nearly empty coarse mask where k-means and Otsu give a region?**
+#
+# <details><summary>Answer</summary>
+#
+# The CRF's unary term favours foreground only where the map exceeds 0.5, and its pairwise terms
+# then smooth that region along the image's edges; a map with few pixels above 0.5 leaves little to
+# keep. k-means with two clusters and Otsu's threshold both split the map's own histogram into two
+# groups, wherever its values lie, so they return a region even when few pixels exceed 0.5, and
+# nearly the same region, since both look for the cut that makes the two groups tightest. Section 1
+# prints each map's share above 0.5 beside each method's share, so you can see which case you are
+# in.
+#
+# </details>
+#
+# **2. Why does the chest X-ray preset keep two components and give SAM one box per component?**
+#
+# <details><summary>Answer</summary>
+#
+# The target is two separate lungs. One box around both would also hold the heart and mediastinum
+# between them, and SAM would be asked to segment everything in that box. Two components with one
+# box each give SAM two well-posed prompts; their masks are then unioned.
+#
+# </details>
+#
+# **3. What does a box tell SAM that a single positive point does not, and how does the pipeline
+# cope with a lone point?**
+#
+# <details><summary>Answer</summary>
+#
+# A box gives the object's extent, and so its scale; a point gives only a location, which is
+# ambiguous (the lesion, or the whole breast around it?). With points alone SAM proposes three
+# candidate masks and the pipeline keeps the one with the highest predicted IoU. Negative points,
+# drawn outside the coarse mask but inside the picture (never in the black frame), tell SAM what to
+# leave out. A box is only as good as the component it was drawn around: around the wrong one it
+# misleads SAM however good the mask inside it.
+#
+# </details>
+#
+# **4. What are the random-map and uniform-map rows for, and why are settings compared by a paired
+# difference?**
+#
+# <details><summary>Answer</summary>
+#
+# They run the same pipeline on a map that ignores the prompt. If they score nearly as well as the
+# prompt's saliency, something other than the text finds the target (the post-processing, SAM, the
+# image's own contrast). Every setting segments the same images, so the per-image difference between
+# two settings cancels how hard each image is; the two separate intervals of the table overlap even
+# when one setting wins on almost every image, because each also carries the spread between images.
+#
+# </details>
+
+# %% [markdown]
 # **Try next:** `medclipsam segment --images DIR --prompt "..." --postprocess otsu --sam-prompt-mode box+points`,
 # and `benchmarks/zeroshot_toy.py` for the full table with confidence intervals and per-stage timings.
