@@ -256,5 +256,64 @@ else:
 # - Uncertainty from a checkpoint ensemble is cheap (the checkpoints are saved anyway). Does it point
 #   at the doubtful pseudo-labels here? Read the correlation printed in section 4: clearly negative
 #   means the more uncertain, the worse the pseudo-label; near zero means it does not.
+
+# %% [markdown]
+# ## Self-check
 #
+# Answer each question in your own words before you unfold its answer.
+#
+# **1. In stage 4, what is the network trained on, how is its epoch chosen, and where is ground
+# truth used?**
+#
+# <details><summary>Answer</summary>
+#
+# A Residual UNet is trained with Dice + cross-entropy on the zero-shot masks (pseudo-labels) of the
+# training split, and the epoch kept is the one whose predictions best match the *validation
+# pseudo-labels*. Ground truth is used only to score (the test table, the diagnostics of sections 2
+# and 4) and to train the separate fully supervised network that gives the upper bound. Choosing the
+# epoch on ground truth would smuggle labels into a method that claims to need none.
+#
+# </details>
+#
+# **2. When can a network trained on noisy pseudo-labels do better than the labels it learned from,
+# and when will it copy their mistakes?**
+#
+# <details><summary>Answer</summary>
+#
+# Mistakes that differ from image to image (a wrong box here, a leak there) form no pattern: a
+# network of limited capacity, trained on many images, fits what the labels have in common and can
+# average such mistakes out. Mistakes that repeat (the same kind of dark shadow or cyst taken for
+# the lesion on many images) are a pattern the labels share, and the network learns it like any
+# other. Section 2 counts which kind the misses are; the weak row beside the zero-shot row shows the
+# outcome.
+#
+# </details>
+#
+# **3. How is a pseudo-label's uncertainty computed, and how would you know whether it is worth
+# using?**
+#
+# <details><summary>Answer</summary>
+#
+# The checkpoints saved at the epochs of the weak run form an ensemble; each training image's
+# prediction is averaged over them, and its uncertainty is the mean entropy of that averaged
+# prediction (high where the members disagree). It is worth using only if it ranks the bad
+# pseudo-labels first: a clearly negative correlation between uncertainty and the pseudo-label's
+# Dice against the real label. The lesson can check that because the phantom world has labels; with
+# real data you would need a small labelled subset to check it before trusting the filter.
+#
+# </details>
+#
+# **4. Why compare the weak network with the zero-shot masks on the same test images, and not only
+# with the fully supervised network?**
+#
+# <details><summary>Answer</summary>
+#
+# The zero-shot masks are the weak network's teacher. Stage 4 is worth running only if training adds
+# something over its own labels, and the paired difference over the same test images answers exactly
+# that. The fully supervised network answers a different question, how much is lost by training on
+# weak labels instead of real ones, and sets the upper bound.
+#
+# </details>
+
+# %% [markdown]
 # **Try next:** another `TASK`; `DROP_UNCERTAIN = 0.4`; more images (`N_IMAGES = 400`).
