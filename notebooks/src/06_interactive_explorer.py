@@ -170,7 +170,65 @@ if DRIVE:
 # said. A prompt naming another organ ("brain tumor" on a breast image) should get a different map
 # and a worse mask: where the table shows that, the saliency follows the text; where the wrong organ
 # scores as well as the right one, the map follows the image, not the words.
+
+# %% [markdown]
+# ## Self-check
 #
+# Answer each question in your own words before you unfold its answer.
+#
+# **1. Why does moving the threshold slider not re-run the saliency, and why does a click not re-run
+# SAM's image encoder?**
+#
+# <details><summary>Answer</summary>
+#
+# Each stage depends only on what comes before it: the saliency on the image, the prompt, the method
+# and k; the coarse mask on the saliency and the post-processing; the SAM prompts on the coarse mask
+# and the prompt mode; SAM's image embedding on the image alone; its mask decoder on the embedding
+# and the prompts. The explorer keeps each stage's result and recomputes only the stages after the
+# one that changed. A threshold changes the coarse mask and what follows it; a click changes only
+# the prompts, so only SAM's light decoder runs. The status line counts the stages that really ran.
+#
+# </details>
+#
+# **2. You switch the saliency to the random or uniform map (a control). What does the change in
+# Dice tell you?**
+#
+# <details><summary>Answer</summary>
+#
+# A control map ignores the prompt, so whatever SAM finds with it is not the prompt's doing. The gap
+# between the Dice with the prompt's saliency and the Dice with the control is what the prompt and
+# the CLIP model contribute on that image. A small gap means the prompt adds little there: either
+# its map is no better than chance on that image, or the coarse-mask rule and SAM find the target
+# from the image alone (for example, because it is the most contrasted object in the picture).
+#
+# </details>
+#
+# **3. What is prompt sensitivity, and why is a high Dice with a low sensitivity not evidence that
+# the method works?**
+#
+# <details><summary>Answer</summary>
+#
+# It is how far the prompt's saliency map is from the maps of control prompts (empty, nonsense,
+# "normal tissue", another organ), measured as 1 - Pearson correlation; the closest control counts.
+# A low sensitivity means the map is nearly the same whatever the text says: it shows what the image
+# tower finds salient. A good mask from such a map is luck or the image's own contrast; it would not
+# follow a different prompt.
+#
+# </details>
+#
+# **4. Sliding k to its maximum turns gScoreCAM into which method, and what does k trade?**
+#
+# <details><summary>Answer</summary>
+#
+# Into ScoreCAM: every channel of the layer is scored. k trades time for coverage: each scored
+# channel costs one forward pass of the image tower, and the map is built only from the channels
+# scored. A small k is fast but relies on the gradient having picked the useful channels; a large k
+# relies less on that pick and costs more. Lesson 03's random-k control tests whether the pick is
+# any good on a given model.
+#
+# </details>
+
+# %% [markdown]
 # To explore your own data, run this notebook with `WORLD = "real"` and `DATA_DIR` pointing at a
 # prepared folder, or build a `PromptExplorer(pipeline, {"name": ExplorerImage(image, mask)})`
 # yourself.
