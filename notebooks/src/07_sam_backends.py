@@ -191,8 +191,61 @@ plt.show()
 #     pipe, DATA_DIR, sam_models={"SAM 2.1 tiny": lambda: load_sam("sam2-hiera-tiny")},
 #     text_baseline=Sam3TextBaseline.from_pretrained)   # loaded when first needed
 # ```
+
+# %% [markdown]
+# ## Self-check
 #
-# ### Things to try
+# Answer each question in your own words before you unfold its answer.
+#
+# **1. Why do all MedCLIP-SAM rows share one saliency map and one set of boxes per image?**
+#
+# <details><summary>Answer</summary>
+#
+# So that the rows differ only in the segmenter: a difference between two rows can then be put down
+# to the segmenter and not to a different map or box. It also means the map is computed once, not
+# once per backend.
+#
+# </details>
+#
+# **2. What does SAM 3 take as input, and what question does its row answer?**
+#
+# <details><summary>Answer</summary>
+#
+# The image and a short text phrase, nothing else: no CLIP, no saliency map, no box. It returns the
+# instances of the phrase it finds above its score threshold, and an empty mask (Dice 0) when it
+# finds none. Its row asks whether a segmenter that reads the text itself makes MedCLIP-SAM's
+# saliency-to-box chain unnecessary, on the same images with the same metrics.
+#
+# </details>
+#
+# **3. In the offline world the SAM 2 and SAM 3 rows have random weights. What is that run still
+# good for?**
+#
+# <details><summary>Answer</summary>
+#
+# It runs the same code path as the real comparison: loading one backend at a time, sharing the
+# maps, scoring, writing the tables and masks, drawing the figures. What it cannot do is compare
+# models: random-weight masks carry no knowledge, so those rows' Dice is chance level and their
+# seconds say nothing about the real models. Only the LiteMedSAM row measures a trained model.
+#
+# </details>
+#
+# **4. The table gives two times per image: the whole method and the segmenter alone. Which one do
+# you read to compare SAM 3 with a MedCLIP-SAM row, and which to compare two segmenters fed the same
+# boxes?**
+#
+# <details><summary>Answer</summary>
+#
+# For a MedCLIP-SAM row the whole method is the saliency map plus the segmenter: the map is computed
+# once and shared, but each row is charged for it, since each would need it on its own. SAM 3 has no
+# saliency step, so its two times are the same. Comparing SAM 3 with MedCLIP-SAM therefore needs the
+# whole-method time; comparing segmenters that get the same boxes needs the segmenter time, where
+# the shared map's cost, the same for each of them, is left out.
+#
+# </details>
+
+# %% [markdown]
+# ## Things to try
 #
 # 1. Run the real comparison on BUSI with `PROMPT = "breast tumor"`, then again with SAM 3's usual
 #    kind of phrase, `"lesion"`: SAM 3 was trained on short noun phrases, MedCLIP-SAM's CLIP on
