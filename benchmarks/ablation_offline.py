@@ -15,8 +15,8 @@ Rows of one CLIP share one SAM embedding per image (``MedCLIPSAM.sweep``). Secti
   and at random (three seeds), the default k = 112 at random, all channels (ScoreCAM); GradCAM;
   M2IB (v2's method).
 * ``coarse``: dense CRF (v1), k-means (v2), a threshold of 0.3 (v2), Otsu.
-* ``boxes``: the box margin off (the paper) and halved; one box around all kept components; one box
-  per component.
+* ``boxes``: the box margin off (the paper) and halved; the coarse mask not cut to the picture's
+  content (the paper); one box around all kept components; one box per component.
 * ``prompts``: SAM given points, box + points, and a second pass that boxes SAM's own first mask
   and asks again.
 * ``controls``: the ground-truth box (the ceiling), a smooth random map and a flat map (text-blind).
@@ -58,6 +58,7 @@ SECTIONS: dict[str, list[tuple[str, dict]]] = {
     "boxes": [
         ("no box margin (the paper)", {"box_margin": 0.0}),
         ("box margin 0.02", {"box_margin": 0.02}),
+        ("coarse mask not cut to the content (the paper)", {"within_content": False}),
         ("one box around all kept (3)", {"box_mode": "union", "n_components": 3}),
         ("one box per component (3)", {"box_mode": "per_component", "n_components": 3}),
     ],

@@ -61,8 +61,10 @@ def default_k(world: str) -> int:
 #: The settings :meth:`medclipsam.pipeline.MedCLIPSAM.offline` starts from besides ``k`` (see
 #: :func:`default_k`): boxes, what LiteMedSAM was trained with, widened by 4 % of the image's longer
 #: side (the CRF's coarse mask often covers only part of the finding, and LiteMedSAM keeps to its
-#: box). Both chosen on the phantom validation split (``benchmarks/ablation_offline.py --split val``).
-OFFLINE_DEFAULTS: dict[str, Any] = {"sam_prompt_mode": "box", "box_margin": 0.04}
+#: box), from a coarse mask kept inside the picture's content (a map that lights the black frame
+#: around an ultrasound fan would otherwise put the box there). All chosen on the phantom
+#: validation split (``benchmarks/ablation_offline.py --split val``).
+OFFLINE_DEFAULTS: dict[str, Any] = {"sam_prompt_mode": "box", "box_margin": 0.04, "within_content": True}
 
 #: What the paper changes per task (everything else stays at the :class:`PipelineConfig` default),
 #: and the smallest box each task accepts (a share of the image: lesions can be small, a lung is
@@ -98,6 +100,10 @@ class PipelineConfig:
       (clipped to the image): a coarse mask that covers only part of the finding (the CRF's mask
       often shrinks to a sliver inside it) still gives SAM a box around all of it. ``0`` gives the
       coarse mask's own box (the paper).
+    * ``within_content``: the coarse mask is cut to the picture's content
+      (:func:`~medclipsam.prompting.content_mask`: not the black frame around an ultrasound fan
+      or the padding of a letterboxed image) before its components are kept, so a map that lights
+      the frame cannot put the box there. ``False`` keeps the whole coarse mask (the paper).
     * ``min_box_area``: boxes smaller than this share of the image are dropped (flag
       ``"small_box_dropped"``; none left: the flagged whole-image fallback). The default, 1e-4,
       removes specks (a one-pixel box) on any image size; the task presets set their own.
@@ -113,6 +119,7 @@ class PipelineConfig:
     n_components: int = 1
     box_mode: str = "largest"
     box_margin: float = 0.0
+    within_content: bool = False
     sam_prompt_mode: str = "box"
     points: int = 1
     negatives: int = 0
@@ -136,6 +143,8 @@ class PipelineConfig:
             raise ValueError(f"n_components must be >= 1, got {self.n_components}")
         if not 0.0 <= self.box_margin <= 0.5:
             raise ValueError(f"box_margin is a share of the image's longer side in [0, 0.5], got {self.box_margin}")
+        if not isinstance(self.within_content, bool):
+            raise ValueError(f"within_content must be True or False, got {self.within_content!r}")
         if not 0.0 <= self.min_box_area < 1.0:
             raise ValueError(f"min_box_area is a share of the image in [0, 1), got {self.min_box_area}")
         if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 16):

@@ -353,7 +353,7 @@ class ExplorerModel(ExplorerBuilders):
         post = cfg.postprocess
         thr = cfg.threshold if post == "threshold" else None  # only the threshold rule reads it
         key = (sal_key, post, thr, cfg.sam_prompt_mode, cfg.n_components, cfg.box_mode,
-               cfg.points, cfg.negatives, cfg.seed)
+               cfg.box_margin, cfg.within_content, cfg.min_box_area, cfg.points, cfg.negatives, cfg.seed)
         if key not in self._sam_prompts_cache:
             self.counts["sam_prompts"] += 1
             self._sam_prompts_cache[key] = self.pipeline.sam_prompts_from(sal, self.current.image, cfg)

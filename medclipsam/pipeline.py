@@ -355,7 +355,7 @@ class MedCLIPSAM:
         pr = make_sam_prompts(
             saliency, image=image, postprocess=post, threshold=cfg.threshold,
             box_mode=cfg.box_mode, n_components=cfg.n_components, box_margin=cfg.box_margin,
-            mode=cfg.sam_prompt_mode,
+            within_content=cfg.within_content, mode=cfg.sam_prompt_mode,
             points=cfg.points, negatives=cfg.negatives, min_box_area=cfg.min_box_area,
             seed=cfg.seed if seed is None else seed,
         )

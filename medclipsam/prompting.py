@@ -348,6 +348,7 @@ def make_sam_prompts(
     negatives: int = 0,
     point_strategy: Literal["interior", "peak", "random"] = "interior",
     box_margin: float = 0.0,
+    within_content: bool = False,
     min_box_area: float = 0.0,
     seed: int = 0,
 ) -> SamPrompts:
@@ -359,6 +360,8 @@ def make_sam_prompts(
     every kept component and, given ``image``, inside its :func:`content_mask`;
     :func:`sample_points` with ``point_strategy`` and ``seed``).
     ``box_margin``: each box widened by that share of the image's longer side (:func:`widen_boxes`).
+    ``within_content``: the coarse mask is cut to ``image``'s :func:`content_mask` first (a map that
+    lights the black frame around an ultrasound fan cannot put the box there; needs ``image``).
     ``min_box_area``: a region whose box (inclusive pixels) covers less than this share of the
     image is dropped (flag ``"small_box_dropped"``): a speck of a few pixels is no prompt for SAM.
     Fallbacks are flagged in :attr:`SamPrompts.flags`, never silent.
@@ -371,12 +374,17 @@ def make_sam_prompts(
         raise ValueError("mode='points' needs at least one positive point (points >= 1)")
     s = as_saliency(saliency)
     h, w = s.shape
+    if within_content and (image is None or np.asarray(image).shape[:2] != s.shape):
+        raise ValueError("within_content=True needs the image the saliency map belongs to (same height "
+                         "and width), to find its content")
     flags: list[str] = []
     if float(s.max() - s.min()) <= MIN_CONTRAST:
         flags.append("empty_saliency")
         coarse = np.zeros(s.shape, bool)
     else:
         coarse = coarse_mask(s, postprocess, image=image, threshold=threshold, crf=crf)
+        if within_content:
+            coarse &= content_mask(image)
     kept = keep_largest_components(coarse, n_components, connectivity, min_area)
     regions = _regions(kept, box_mode, n_components, connectivity)
     if min_box_area > 0 and regions:

@@ -62,6 +62,19 @@ def test_the_box_margin_widens_the_coarse_masks_box_by_a_share_of_the_image_side
         standin_pipe.predict(s.rgb, "breast tumor", box_margin=0.7)
 
 
+def test_within_content_cuts_the_coarse_mask_to_the_pictures_content(standin_pipe):
+    from medclipsam.prompting import content_mask
+
+    s = PhantomDataset("breast", 1, seed=1, size=(160, 200), split="test", normal_fraction=0.0)[0]
+    assert standin_pipe.config.within_content is True  # the offline world's default
+    whole, cut = standin_pipe.sweep([s.rgb], PROMPTS["breast"], [{"within_content": False}, {}])
+    content = content_mask(s.rgb)
+    assert not content.all()  # the fan's black frame is outside
+    assert not (cut[0].coarse_mask & ~content).any()
+    with pytest.raises(ValueError, match="within_content"):
+        standin_pipe.predict(s.rgb, "breast tumor", within_content="yes")
+
+
 def test_sam_embedding_is_computed_once_per_image(standin_pipe):
     s = PhantomDataset("brain", 1, seed=2, size=160, split="test", normal_fraction=0.0)[0]
     before = standin_pipe.session.encoder_calls

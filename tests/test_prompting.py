@@ -256,3 +256,25 @@ def test_box_margin_widens_each_box_by_a_share_of_the_image_side():
     assert np.array_equal(widen_boxes(own.boxes, 0.0, m.shape), own.boxes)
     with pytest.raises(ValueError, match="longer side"):
         widen_boxes(own.boxes, 0.6, m.shape)
+
+
+def test_within_content_keeps_the_box_off_the_black_frame():
+    # an ultrasound-like picture: grey content inside, a black frame 12 px wide around it; the map's
+    # largest bright region lies on the frame (left edge), a smaller one on the content
+    image = np.zeros((100, 120, 3), np.uint8)
+    image[12:88, 12:108] = 90
+    sal = np.zeros((100, 120))
+    sal[20:80, 0:10] = 1.0  # 600 px on the frame
+    sal[40:55, 60:80] = 0.9  # 300 px inside
+    kw = dict(image=image, postprocess="threshold", threshold=0.5)
+    plain = make_sam_prompts(sal, **kw)
+    inside = make_sam_prompts(sal, within_content=True, **kw)
+    assert plain.boxes[0].tolist() == [0, 20, 9, 79]  # the frame wins without the rule
+    assert inside.boxes[0].tolist() == [60, 40, 79, 54]
+    assert not inside.mask[:, :12].any()
+    # the content is independent of the map: an image without a frame changes nothing
+    bare = np.full((100, 120, 3), 90, np.uint8)
+    assert make_sam_prompts(sal, image=bare, within_content=True, postprocess="threshold",
+                            threshold=0.5).boxes[0].tolist() == [0, 20, 9, 79]
+    with pytest.raises(ValueError, match="needs the image"):
+        make_sam_prompts(sal, within_content=True, postprocess="threshold", threshold=0.5)

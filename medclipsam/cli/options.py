@@ -41,7 +41,7 @@ _WEAK = WeakConfig()
 PIPELINE_FIELDS = {
     "saliency": "saliency", "postprocess": "postprocess", "threshold": "threshold",
     "components": "n_components", "box_mode": "box_mode", "box_margin": "box_margin",
-    "sam_prompt_mode": "sam_prompt_mode",
+    "within_content": "within_content", "sam_prompt_mode": "sam_prompt_mode",
     "points": "points", "negatives": "negatives", "seed": "seed",
 }
 _SALIENCY_OWN = ("k", "precision")
@@ -127,8 +127,8 @@ def add_saliency(p: argparse.ArgumentParser) -> None:
 
 
 def add_prompting(p: argparse.ArgumentParser) -> None:
-    """Coarse mask -> SAM's prompts: --threshold, --components, --box-mode, --box-margin, --sam-prompt-mode,
-    --points, --negatives, --multimask, --seed."""
+    """Coarse mask -> SAM's prompts: --threshold, --components, --box-mode, --box-margin, --within-content,
+    --sam-prompt-mode, --points, --negatives, --multimask, --seed."""
     g = _pipeline_group(p)
     g.add_argument("--threshold", type=float,
                    help=f"for --postprocess threshold (default: {_PIPE.threshold})")
@@ -140,6 +140,10 @@ def add_prompting(p: argparse.ArgumentParser) -> None:
                    help="widen each box on every side by this share of the image's longer side (default: "
                    f"{OFFLINE_DEFAULTS.get('box_margin', _PIPE.box_margin)} in the offline world, "
                    f"{_PIPE.box_margin} otherwise)")
+    g.add_argument("--within-content", action=argparse.BooleanOptionalAction, default=None,
+                   help="cut the coarse mask to the picture's content (not the black frame around an "
+                   f"ultrasound fan) before boxing it (default: {OFFLINE_DEFAULTS.get('within_content', False)} "
+                   f"in the offline world, {_PIPE.within_content} otherwise)")
     g.add_argument("--sam-prompt-mode", choices=SAM_PROMPT_MODES,
                    help=f"what SAM is given (default: {OFFLINE_DEFAULTS['sam_prompt_mode']} in the offline world, "
                    f"{_PIPE.sam_prompt_mode} otherwise)")
