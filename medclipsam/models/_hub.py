@@ -241,13 +241,13 @@ def check_loading_info(info: dict[str, Any], label: str) -> None:
 
 def transformers_class(name: str) -> Any:
     """``transformers.<name>`` (e.g. ``"Sam2Model"``), or an ImportError saying to upgrade: SAM 2
-    and SAM 3 are in recent transformers releases only (this project's CI pins 5.24)."""
+    is in transformers 4.56 and later, SAM 3 in 5.0 and later (the package asks for 5.0)."""
     import transformers
 
     try:
         return getattr(transformers, name)
     except AttributeError:
         raise ImportError(
-            f"transformers {transformers.__version__} has no {name}; SAM 2 and SAM 3 need a recent "
-            "release: pip install -U transformers"
+            f"transformers {transformers.__version__} has no {name}; SAM 2 needs transformers 4.56 "
+            "or later and SAM 3 5.0 or later: pip install -U 'transformers>=5.0'"
         ) from None
