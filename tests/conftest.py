@@ -11,7 +11,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MEDCLIPSAM_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+#: The suite runs on pytest-xdist workers (``-n 2`` in pyproject.toml's addopts; ``-n 0`` runs it in
+#: one process). Each worker, and every notebook kernel and command it starts, gets one torch
+#: thread: two workers on two threads each would contend for a 2-core CPU.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
 NOTEBOOK_TIMES: dict[str, float] = {}
+
+
+def pytest_configure(config):  # noqa: ARG001
+    if XDIST_WORKER:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
@@ -60,7 +75,10 @@ def standin_pipe(one_thread):
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (the lessons' real branch over random-weight BiomedCLIP and SAM
-    ViT-B: minutes each) run only when asked for: ``python -m pytest -m slow``."""
+    ViT-B: minutes each) run only when asked for: ``python -m pytest -m slow``. The notebooks
+    (marked ``notebook``, up to a minute or two each) go first, so that the workers share the
+    long tests and finish together instead of one running the last long notebook alone."""
+    items.sort(key=lambda item: "notebook" not in item.keywords)  # stable: the order otherwise kept
     if "slow" in (config.getoption("markexpr", "") or ""):
         return
     skip = pytest.mark.skip(reason="slow: run with python -m pytest -m slow")

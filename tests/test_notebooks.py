@@ -116,7 +116,9 @@ def test_notebook_runs_under_papermill(path, tmp_path, monkeypatch):
 @pytest.mark.parametrize("rel", NBVAL_LAX)
 def test_nbval_lax(rel, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+        # -n 0: the repository's addopts distribute tests over xdist workers, and nbval's cells
+        # must run in order in one kernel
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "--nbval-lax",
          "--rootdir", str(tmp_path), str(ROOT / rel)],
         cwd=tmp_path, capture_output=True, text=True, timeout=1800,  # only catches a hang
     )
