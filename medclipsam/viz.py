@@ -6,6 +6,7 @@ the same drawing code. Nothing here opens a window (the CLI uses the Agg backend
 
 from __future__ import annotations
 
+import html
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from ._utils import atomic_path
 from .data.convert import to_unit_float
 
 __all__ = [
-    "COLOURS", "PROMPT_LEGEND", "SALIENCY_CMAP", "SALIENCY_LABEL", "draw_points", "legend_handles",
+    "COLOURS", "PROMPT_LEGEND", "SALIENCY_CMAP", "SALIENCY_LABEL", "draw_points", "legend_handles", "legend_html",
     "mask_outline", "overlay", "result_figure", "result_panels", "sample_grid", "save_figure",
 ]
 
@@ -184,6 +185,42 @@ def legend_handles(legend: Sequence[str | tuple[str, str]]) -> list:
         else:
             handles.append(Patch(facecolor=(*col, 0.6), edgecolor=col, lw=1.5, label=label))
     return handles
+
+
+def legend_html(legend: Sequence[str | tuple[str, str]] = PROMPT_LEGEND, *, saliency: bool = True) -> str:
+    """The legend of :func:`legend_handles` as one line of HTML (for widgets), with the saliency
+    colour scale first when ``saliency``."""
+    from matplotlib import colormaps
+
+    def swatch(style: str) -> str:
+        return (f"<span style='display:inline-block;width:14px;height:11px;vertical-align:middle;"
+                f"margin:0 4px 0 10px;{style}'></span>")
+
+    parts = []
+    if saliency:
+        stops = ", ".join(
+            "#" + "".join(f"{int(255 * c):02x}" for c in colormaps[SALIENCY_CMAP](v)[:3])
+            for v in np.linspace(0, 1, 6)
+        )
+        parts.append(swatch(f"width:60px;background:linear-gradient(to right, {stops})")
+                     + "saliency 0 &rarr; 1")
+    for item in legend:
+        label, key = (item, item) if isinstance(item, str) else item
+        if key not in COLOURS:
+            raise ValueError(f"unknown legend entry {key!r}; choose from {list(COLOURS)}")
+        r, g, b = COLOURS[key]
+        rgb = f"rgb({r},{g},{b})"
+        if key.endswith("point"):
+            style = f"background:{rgb};border:1.5px solid black;width:10px;height:10px"
+        elif key == "coarse mask":
+            style = (f"border:2px solid {rgb};background:repeating-linear-gradient("
+                     f"45deg, {rgb} 0 2px, rgba({r},{g},{b},0.3) 2px 5px)")
+        elif key in ("ground truth (outline)", "box prompt"):
+            style = f"border:2px solid {rgb}"
+        else:
+            style = f"border:2px solid {rgb};background:rgba({r},{g},{b},0.6)"
+        parts.append(swatch(style) + html.escape(label))
+    return "<small>" + "".join(parts) + "</small>"
 
 
 def _decorate(fig, colorbar: bool | str, legend: Sequence | None, suptitle: str | None) -> None:
