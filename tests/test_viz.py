@@ -91,3 +91,31 @@ def test_a_missing_panel_is_an_empty_cell_with_its_title_and_the_colour_bar_can_
     assert first.images and not second.images  # no copy of another panel
     assert [t.get_text() for t in second.texts] == ["m2ib: not run"]
     assert "saliency (left)" in [ax.get_ylabel() for ax in fig.axes]
+
+
+def _timing_rows(sam3_seconds: float) -> list[dict]:
+    row = {"dice": 0.5, "dice_ci": (0.4, 0.6)}
+    return [
+        {**row, "backend": "LiteMedSAM", "method": "MedCLIP-SAM + LiteMedSAM",
+         "s_per_image": 1.4, "s_segmenter": 1.0},
+        # the whole time is the segmenter's: per-image means may differ in the last digit
+        {**row, "backend": "SAM 3", "method": "SAM 3, text only",
+         "s_per_image": sam3_seconds, "s_segmenter": sam3_seconds * (1 + 1e-9)},
+    ]
+
+
+def test_the_fastest_row_keeps_its_bar_on_the_log_time_axis_and_zero_is_written():
+    from medclipsam.compare import comparison_figure
+
+    fig = comparison_figure(_timing_rows(0.0199))
+    time_ax = fig.axes[1]
+    lo, hi = time_ax.get_xlim()
+    widths = [p.get_x() + p.get_width() for p in time_ax.patches if p.get_y() < 1 < p.get_y() + p.get_height()]
+    assert max(widths) == pytest.approx(0.0199) and lo < 0.0199 < hi  # the SAM 3 row's bar is there
+    assert all(p.get_width() >= 0 for p in time_ax.patches)
+    texts = [t.get_text() for t in time_ax.texts]
+    assert texts == ["1.40 s", "0.02 s"]
+
+    fig = comparison_figure(_timing_rows(0.0))
+    assert [t.get_text() for t in fig.axes[1].texts] == ["1.40 s", "0 s"]
+    assert "segmenter (SAM 3, text only: no saliency)" in _legend_labels(fig)
