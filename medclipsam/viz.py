@@ -274,9 +274,9 @@ def sample_grid(
         if i >= n:
             continue
         if images[i] is None:
-            if wrapped:
-                ax.text(0.5, 0.5, wrapped[i], ha="center", va="center", fontsize=9, color="0.4",
-                        transform=ax.transAxes)
+            if titles is not None:  # wrapped to the cell's width, and no say in the layout
+                ax.text(0.5, 0.5, textwrap.fill(titles[i], max(12, int(cell_size * 10))), ha="center",
+                        va="center", fontsize=9, color="0.4", transform=ax.transAxes).set_in_layout(False)
             continue
         img = np.asarray(images[i])
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255 if img.dtype == np.uint8 else None)

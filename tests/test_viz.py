@@ -89,7 +89,7 @@ def test_a_missing_panel_is_an_empty_cell_with_its_title_and_the_colour_bar_can_
     fig = sample_grid([img, None], ["image", "m2ib: not run"], ncols=2, colorbar="saliency (left)")
     first, second = fig.axes[:2]
     assert first.images and not second.images  # no copy of another panel
-    assert [t.get_text() for t in second.texts] == ["m2ib: not run"]
+    assert [t.get_text() for t in second.texts] == ["m2ib: not run"]  # short: one line
     assert "saliency (left)" in [ax.get_ylabel() for ax in fig.axes]
 
 
