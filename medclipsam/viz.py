@@ -247,11 +247,12 @@ def sample_grid(
     ncols: int = 4,
     cell_size: float = 3.0,
     suptitle: str | None = None,
-    wrap: int = 38,
+    wrap: int | None = None,
     colorbar: bool | str = False,
     legend: Sequence[str | tuple[str, str]] | None = None,
 ):
-    """A matplotlib figure showing ``images`` in a grid with wrapped titles; returns the figure.
+    """A matplotlib figure showing ``images`` in a grid with titles (each line wrapped at ``wrap``
+    characters, by default what fits the cell's width); returns the figure.
 
     An image ``None`` leaves its cell empty and writes its title in the middle (a result that was
     not computed, rather than a copy of another panel). ``colorbar``: add the saliency colour bar
@@ -263,7 +264,10 @@ def sample_grid(
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    wrapped = [textwrap.fill(t, wrap) for t in titles] if titles is not None else []
+    if wrap is None:  # what fits above a picture in 9 pt type
+        wrap = max(12, int(cell_size * 13))
+    # each line of a title wrapped on its own: a title's own line breaks are kept
+    wrapped = ["\n".join(textwrap.fill(line, wrap) for line in t.split("\n")) for t in titles] if titles is not None else []
     lines = max((t.count("\n") + 1 for t, im in zip(wrapped, images) if im is not None), default=0)
     # each row gets the image's height plus room for its tallest title (9 pt lines and a margin)
     fig, axes = plt.subplots(

@@ -119,3 +119,12 @@ def test_the_fastest_row_keeps_its_bar_on_the_log_time_axis_and_zero_is_written(
     fig = comparison_figure(_timing_rows(0.0))
     assert [t.get_text() for t in fig.axes[1].texts] == ["1.40 s", "0 s"]
     assert "segmenter (SAM 3, text only: no saliency)" in _legend_labels(fig)
+
+
+def test_a_title_keeps_its_own_line_breaks_and_long_lines_wrap_to_the_cell():
+    img = np.zeros((8, 8, 3), np.uint8)
+    long = "per_component, 2 component(s): 2 box(es) and some more words to wrap"
+    fig = sample_grid([img, img], ["largest\nDice 0.70", long], ncols=2, cell_size=2.0)
+    first, second = (ax.get_title() for ax in fig.axes[:2])
+    assert first == "largest\nDice 0.70"
+    assert all(len(line) <= 26 for line in second.split("\n")) and second.count("\n") >= 2
