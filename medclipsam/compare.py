@@ -236,34 +236,55 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def comparison_figure(rows: Sequence[dict], title: str = ""):
     """Two panels: mean Dice with its 95 % interval per backend, and seconds per image (log
-    scale; the MedCLIP-SAM bars split into the shared saliency and the segmenter)."""
+    scale; the MedCLIP-SAM bars split into the shared saliency and the segmenter). Every row's
+    total is written beside its bar, and a time of 0 (which a log axis cannot draw) is written
+    as "0 s" at the axis' left edge."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import NullFormatter
 
     names = [r["backend"] for r in rows]
     y = np.arange(len(rows))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 0.6 * len(rows) + 1.4), sharey=True)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 0.6 * len(rows) + 1.9), sharey=True)
     dice = np.array([r["dice"] for r in rows])
     lo = dice - np.array([r["dice_ci"][0] for r in rows])
     hi = np.array([r["dice_ci"][1] for r in rows]) - dice
-    colors = ["tab:orange" if r["method"].startswith("SAM 3") else "tab:blue" for r in rows]
+    text_only = [r["method"].startswith("SAM 3") for r in rows]
+    colors = ["tab:orange" if t else "tab:blue" for t in text_only]
     a.barh(y, dice, xerr=[lo, hi], color=colors, capsize=3)
     a.set_yticks(y, names)
     a.invert_yaxis()
     a.set_xlim(0, 1)
     a.set_xlabel("Dice (mean, 95 % CI)")
-    seg = np.array([r["s_segmenter"] for r in rows])
-    sal = np.array([r["s_per_image"] for r in rows]) - seg
-    b.barh(y, seg, color=colors, label="segmenter")
-    b.barh(y, sal, left=seg, color="lightgrey", label="CLIP saliency (shared)")
+    a.set_title("segmentation quality", fontsize=10)
+    total = np.maximum(np.array([r["s_per_image"] for r in rows], dtype=float), 0.0)
+    seg = np.clip(np.array([r["s_segmenter"] for r in rows], dtype=float), 0.0, None)
+    seg = np.minimum(seg, total)
+    sal = total - seg  # never negative: a rounding difference would draw a bar backwards
+    positive = np.concatenate([seg[seg > 0], total[total > 0]])
+    left = positive.min() / 3 if positive.size else 1e-3
+    right = max(positive.max() if positive.size else 1.0, left * 10) * 4  # room for the labels
     b.set_xscale("log")
-    from matplotlib.ticker import NullFormatter
-
+    b.set_xlim(left, right)
+    # a bar on a log axis starts at the axis' left edge (0 has no place on it)
+    b.barh(y, np.where(seg > 0, seg - left, 0), left=left, color=colors)
+    b.barh(y, sal, left=np.maximum(seg, left), color="lightgrey")
+    for yi, t in zip(y, total):
+        if t > 0:
+            b.text(t * 1.1, yi, f"{t:.2f} s" if t >= 0.01 else f"{t:.3f} s", va="center", fontsize=8)
+        else:
+            b.text(left * 1.1, yi, "0 s", va="center", fontsize=8)
     b.xaxis.set_minor_formatter(NullFormatter())
-    b.set_xlabel("seconds per image (log)")
-    b.legend(loc="lower right", fontsize=8)
+    b.set_xlabel("seconds per image (log scale; total written)")
+    b.set_title("time", fontsize=10)
+    handles = [Patch(color="tab:blue", label="segmenter (MedCLIP-SAM)")]
+    if any(text_only):
+        handles.append(Patch(color="tab:orange", label="segmenter (SAM 3, text only: no saliency)"))
+    handles.append(Patch(color="lightgrey", label="CLIP saliency (shared)"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 

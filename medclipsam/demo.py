@@ -26,7 +26,7 @@ from ._utils import atomic_path
 from .data.phantom import PROMPTS, PhantomDataset
 from .metrics import evaluate_masks, summarize
 from .pipeline import MedCLIPSAM
-from .viz import result_panels, sample_grid, save_figure
+from .viz import PROMPT_LEGEND, result_panels, sample_grid, save_figure
 from .vocab import TASKS
 
 __all__ = ["run_demo"]
@@ -87,8 +87,8 @@ def run_demo(
             for title, panel in result_panels(s.rgb, res, gt=s.mask):
                 panels.append(panel)
                 titles.append(title if not title.startswith("SAM") else f"{title}: Dice {r['dice']:.2f}")
-        fig = sample_grid(panels, titles, ncols=4, cell_size=2.6,
-                          suptitle=f"{task}: {prompt!r} (green outline = ground truth)")
+        fig = sample_grid(panels, titles, ncols=4, cell_size=2.6, suptitle=f"{task}: {prompt!r}",
+                          colorbar=True, legend=PROMPT_LEGEND)
         save_figure(fig, out_dir / f"{task}_results.png", dpi=90)
     _write_csv(out_dir / "summary.csv", summary)
     _write_csv(out_dir / "per_image.csv", per_image)

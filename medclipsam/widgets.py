@@ -66,7 +66,7 @@ from .explorer_sources import ExplorerBuilders, ExplorerImage, read_upload
 from .explorer_state import ComparedPrompt, ExplorerState
 from .pipeline import MedCLIPSAM
 from .saliency.sensitivity import DEFAULT_THRESHOLD
-from .viz import overlay, sample_grid
+from .viz import COLOURS, PROMPT_LEGEND, draw_points, legend_html, overlay, sample_grid
 from .vocab import CONTROL_SALIENCY, POSTPROCESS_METHODS, SALIENCY_METHODS, SAM_PROMPT_MODES
 
 __all__ = ["ExplorerImage", "PromptExplorer"]
@@ -84,25 +84,17 @@ POSTPROCESS_CHOICES = [(LABELS[m], m) for m in POSTPROCESS_METHODS]
 MODE_CHOICES = [(LABELS[m], m) for m in SAM_PROMPT_MODES]
 CLICK_CHOICES = [("+ point", "positive"), ("- point", "negative"), ("box (drag)", "box")]
 
-# colours of the drawings (RGB)
-AUTO_BOX = (64, 160, 255)
-USER_BOX = (255, 215, 0)
-POSITIVE = (0, 230, 0)
-NEGATIVE = (255, 0, 255)
+# colours of the drawings (RGB): the legend every lesson uses (medclipsam.viz.COLOURS); a box is
+# a box prompt whether the pipeline made it or you dragged it (yours replaces the automatic one)
+AUTO_BOX = USER_BOX = COLOURS["box prompt"]
+POSITIVE = COLOURS["positive point"]
+NEGATIVE = COLOURS["negative point"]
 
 
 def _png(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _dot(img: np.ndarray, x: float, y: float, color: tuple[int, int, int], r: int) -> None:
-    h, w = img.shape[:2]
-    yi, xi = int(round(y)), int(round(x))
-    img[max(0, yi - r): min(h, yi + r + 1), max(0, xi - r): min(w, xi + r + 1)] = (0, 0, 0)
-    r2 = max(0, r - 1)
-    img[max(0, yi - r2): min(h, yi + r2 + 1), max(0, xi - r2): min(w, xi + r2 + 1)] = color
 
 
 def _from_model(name: str, doc: str) -> property:
@@ -204,7 +196,7 @@ class PromptExplorer(ExplorerBuilders):
         self.panels = {name: W.Image(format="png", layout=panel_layout)
                        for name in ("sam_prompts", "saliency", "coarse", "mask")}
         titles = {"sam_prompts": "image + SAM prompts (click / drag)", "saliency": "saliency",
-                  "coarse": "coarse mask", "mask": "SAM mask (green: ground truth)"}
+                  "coarse": "coarse mask", "mask": "SAM mask vs ground truth"}
         columns = [W.VBox([W.HTML(f"<b>{titles[n]}</b>"), p]) for n, p in self.panels.items()]
         try:
             from ipyevents import Event
@@ -244,7 +236,7 @@ class PromptExplorer(ExplorerBuilders):
             W.HBox([self.click_mode, self.clear_button, click_note]),
             W.HBox([self.progress, self.status]),
         ])
-        explore = W.VBox([controls, W.HBox(columns), self.readout])
+        explore = W.VBox([controls, W.HBox(columns), W.HTML(legend_html()), self.readout])
         compare = W.VBox([W.HBox([self.compare_text, self.compare_button]), self.compare_out])
         self.tabs = W.Tab(children=[explore, compare])
         self.tabs.set_title(0, "explore")
@@ -410,12 +402,9 @@ class PromptExplorer(ExplorerBuilders):
         out = overlay(img, boxes=auto_boxes, box_color=AUTO_BOX)
         if user_box is not None:
             out = overlay(out, boxes=[user_box], box_color=USER_BOX)
-        r = max(2, min(img.shape[:2]) // 64)
         shown = self.model.final_sam_prompts() if pr is not None else None
         if shown is not None and shown.points is not None:
-            for (x, y), lab in zip(shown.points[0], shown.point_labels[0]):
-                if lab >= 0:
-                    _dot(out, x, y, POSITIVE if lab == 1 else NEGATIVE, r)
+            draw_points(out, shown.points[0], shown.point_labels[0])
         return out
 
     def panel_images(self) -> dict[str, np.ndarray]:
@@ -425,7 +414,7 @@ class PromptExplorer(ExplorerBuilders):
         return {
             "sam_prompts": self._sam_prompt_panel(),
             "saliency": overlay(img, saliency=self.saliency),
-            "coarse": overlay(img, None if pr is None else pr.mask, mask_color=AUTO_BOX),
+            "coarse": overlay(img, coarse=None if pr is None else pr.mask),
             "mask": overlay(img, self.mask, outline=self.current.gt),
         }
 
@@ -450,7 +439,9 @@ class PromptExplorer(ExplorerBuilders):
         extra = f", Dice {s['dice']:.3f}" if s["dice"] is not None else ""
         titles = [f"{s['image']}: SAM prompts", f"saliency: {s['prompt']!r}", "coarse mask",
                   f"SAM mask (score {s['sam_score']:.2f}{extra})"]
-        return sample_grid(list(self.panel_images().values()), titles, ncols=4, cell_size=cell_size)
+        legend = [k for k in PROMPT_LEGEND if self.current.gt is not None or k != "ground truth (outline)"]
+        return sample_grid(list(self.panel_images().values()), titles, ncols=4, cell_size=cell_size,
+                           colorbar=True, legend=legend)
 
     # -- comparing prompts ----------------------------------------------------------------------
 

@@ -73,6 +73,23 @@ def test_first_view_shows_every_stage_and_the_dice_against_the_ground_truth(expl
     assert "done in" in ex.status.value
 
 
+def test_the_static_figure_and_the_widget_explain_the_lessons_colours(explorer):
+    import matplotlib.pyplot as plt
+
+    from medclipsam.viz import PROMPT_LEGEND, SALIENCY_LABEL
+
+    ex = explorer
+    _reset(ex)
+    fig = ex.figure()
+    try:
+        assert [t.get_text() for lg in fig.legends for t in lg.get_texts()] == list(PROMPT_LEGEND)
+        assert SALIENCY_LABEL in [ax.get_ylabel() for ax in fig.axes]
+    finally:
+        plt.close(fig)
+    legend = [w for w in ex.widget.children[0].children if "positive point" in getattr(w, "value", "")]
+    assert legend and "saliency" in legend[0].value
+
+
 def test_threshold_reruns_only_the_prompts_and_the_coarse_mask_shrinks(explorer):
     ex = explorer
     _reset(ex)

@@ -86,7 +86,7 @@ for task in phantom.TASKS:
 # It holds a grey image, a ground-truth mask, a class label and several captions. The ultrasound has
 # speckle, tissue layers and depth attenuation; the MRI has a skull, grey and white matter and ventricles;
 # the X-ray has ribs, a spine, a heart shadow and two lung fields. Below, the green line is the
-# ground-truth outline.
+# ground-truth outline; each title is the image's index in the test split and its class.
 
 # %%
 samples = {task: phantom.PhantomDataset(task, N_PER_TASK, seed=SEED, size=SIZE, split="test") for task in phantom.TASKS}
@@ -94,8 +94,9 @@ for task, ds in samples.items():
     items = [ds[i] for i in range(len(ds))]
     fig = sample_grid(
         [overlay(s.image, outline=s.mask) for s in items],
-        [f"{s.label}" for s in items],
-        ncols=min(8, len(items)), cell_size=2.2, suptitle=f"{task}: green = ground truth",
+        [f"#{i} {s.label}" for i, s in enumerate(items)],
+        ncols=4, cell_size=2.4, suptitle=f"{task}: the first {len(items)} test images",
+        legend=["ground truth (outline)"],
     )
     plt.show()
 
@@ -147,16 +148,19 @@ for task, rule in RULE.items():
     rates[task] = hits / max(total, 1)
     print(f"{task:7s} '{rule} region' rule hits the finding in {hits}/{total} images ({rates[task]:.0%})")
 
-# What the rule picks, on a few images (yellow box) against the ground truth (green).
+# What the rule picks, on a few images (a point) against the ground truth (green); a normal image
+# has no finding to hit or miss.
 panels, titles = [], []
 for task, rule in RULE.items():
     ds = samples[task]
     for i in range(min(4, len(ds))):
         s = ds[i]
         r, c = phantom.intensity_rule_point(s.image, rule)
-        panels.append(overlay(s.image, outline=s.mask, boxes=[(c - 5, r - 5, c + 5, r + 5)]))
-        titles.append(f"{task}/{s.label}: {'hit' if s.mask.any() and phantom.pointing_hit((r, c), s.mask) else 'miss'}")
-sample_grid(panels, titles, ncols=4, cell_size=2.4, suptitle="the intensity rule's pick (yellow)")
+        panels.append(overlay(s.image, outline=s.mask, points=[(c, r)]))
+        verdict = ("hit" if phantom.pointing_hit((r, c), s.mask) else "miss") if s.mask.any() else "no finding"
+        titles.append(f"{task} #{i} ({s.label}): {verdict}")
+sample_grid(panels, titles, ncols=4, cell_size=2.6, suptitle="the intensity rule's pick: " + ", ".join(f"{rule} region ({t})" for t, rule in RULE.items()),
+            legend=[("the rule's pick", "positive point"), "ground truth (outline)"])
 plt.show()
 
 # %% [markdown]
@@ -261,7 +265,8 @@ for name in ("busi", "udiat"):
 if WORLD == "real" and DATA_DIR:
     ds = FolderDataset(DATA_DIR, split="test")
     items = [ds[i] for i in range(min(N_PER_TASK, len(ds)))]
-    sample_grid([overlay(it["image"], outline=it["mask"]) for it in items], [it["stem"] for it in items], ncols=4)
+    sample_grid([overlay(it["image"], outline=it["mask"]) for it in items], [it["stem"] for it in items], ncols=4,
+                legend=["ground truth (outline)"])
     plt.show()
 else:
     print("Toy world: set WORLD = 'real' and DATA_DIR to a converted data set to see your own images here.")

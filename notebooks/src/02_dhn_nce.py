@@ -277,13 +277,13 @@ if WORLD == "offline":
 # %%
 labels = [r["model"] for r in rows]
 x = np.arange(len(rows))
-fig, ax = plt.subplots(figsize=(8, 3.2))
+fig, ax = plt.subplots(figsize=(9.5, 3.2))
 ax.bar(x - 0.2, [r["i2t_top1"] for r in rows], 0.4, yerr=[r.get("i2t_top1_std", 0) for r in rows], label="image to text")
 ax.bar(x + 0.2, [r["t2i_top1"] for r in rows], 0.4, yerr=[r.get("t2i_top1_std", 0) for r in rows], label="text to image")
 ax.set_xticks(x, labels)
 ax.axhline(100 * chance, color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.1f} %)")
 ax.set(ylabel="top-1 retrieval (%)", title="held-out pairs, batches of 50; bars: spread over 5 evaluation shuffles")
-ax.legend()
+ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside the bars, not on them
 plt.tight_layout()
 plt.show()
 

@@ -103,8 +103,8 @@ for t in TASKS:
     titles.append(f"{t}: {PROMPTS[t]!r}")
     for method, kw in (("gradcam", {}), ("gscorecam", {"k": K}), ("m2ib", {})):
         if method == "m2ib" and not FULL and t != "breast":  # M2IB is slow on a CPU: one image
-            panels.append(overlay(s.rgb))
-            titles.append("m2ib: FULL = True")
+            panels.append(None)  # an empty cell, not another copy of the image
+            titles.append("m2ib: skipped (slow on a CPU; set FULL = True)")
             continue
         t0 = time.perf_counter()
         m = saliency_maps(clip, s.rgb, PROMPTS[t], method=method, **kw)[0]
@@ -190,11 +190,13 @@ for k in ks:
     m = gscorecam(clip.model, x[None].to(clip.device), txt, k=k)[0].cpu()
     dt = time.perf_counter() - t0
     panels.append(overlay(s.rgb, saliency=geom.to_image(m).numpy(), outline=s.mask))
-    titles.append(f"k = {k or 'all'}: {dt:.2f} s")
+    of = f" of {n_channels}" if n_channels else ""  # k = K may be close to all: say how close
+    titles.append(f"k = {k}{of}: {dt:.2f} s" if k else f"k = all{of.replace(' of', '')} (ScoreCAM): {dt:.2f} s")
     frame = ~content_mask(s.rgb)
     m_img = geom.to_image(m).numpy()
     outside[f"k = {k or 'all'}"] = float(m_img[frame].sum() / max(m_img.sum(), 1e-9))
-sample_grid(panels, titles, ncols=len(ks), cell_size=2.8, colorbar=True)
+sample_grid(panels, titles, ncols=len(ks), cell_size=2.8, colorbar=True, legend=["ground truth (outline)"],
+            suptitle=f"gScoreCAM of {PROMPTS['breast']!r}, scoring the k channels with the largest gradients")
 plt.show()
 print("share of the map's mass outside the picture (the black frame):")
 for name, v in outside.items():
@@ -260,7 +262,7 @@ for prompt in (PROMPTS["brain"], "xq zvv blorp"):
               f"channels {float(w.sum() - kept.sum()):.3f}")
         panels.append(overlay(s.rgb, saliency=geom.to_image(d.maps[0].cpu()).numpy(), outline=s.mask))
         titles.append(f"{prompt!r}, {weighting}")
-sample_grid(panels, titles, ncols=4, cell_size=2.8, colorbar=True)
+sample_grid(panels, titles, ncols=4, cell_size=2.8, colorbar=True, legend=["ground truth (outline)"])
 plt.show()
 
 # %% [markdown]

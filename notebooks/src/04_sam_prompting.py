@@ -97,10 +97,10 @@ for t in TASKS:
     titles.append(f"{t}: saliency")
     for method in ("crf", "kmeans", "threshold", "otsu"):
         m = coarse_mask(res.saliency, method, image=s.rgb)
-        panels.append(overlay(s.rgb, m, outline=s.mask))
+        panels.append(overlay(s.rgb, coarse=m, outline=s.mask))
         titles.append(f"{method} ({m.mean():.1%} of the image)")
 sample_grid(panels, titles, ncols=5, cell_size=2.4, suptitle="coarse masks of the first test image per task",
-            colorbar=True, legend=["SAM mask", "ground truth (outline)"])
+            colorbar="saliency, left column (0 = low, 1 = high)", legend=["coarse mask", "ground truth (outline)"])
 plt.show()
 print("share of the image:  map > 0.5 |   crf  kmeans  threshold  otsu")
 for t in TASKS:
@@ -123,7 +123,7 @@ for box_mode, n in (("largest", 1), ("union", 2), ("per_component", 2)):
     pr = make_sam_prompts(res.saliency, image=s.rgb, box_mode=box_mode, n_components=n)
     out = pipe.predict(s.rgb, PROMPTS["xray"], maps=res.saliency, box_mode=box_mode, n_components=n)
     panels.append(overlay(s.rgb, out.mask, outline=s.mask, boxes=list(pr.boxes)))
-    titles.append(f"{box_mode}, {n} component(s): {len(pr.boxes)} box(es), Dice {dice(out.mask, s.mask):.2f}")
+    titles.append(f"{box_mode}, {n} component(s): {len(pr.boxes)} box(es)\nDice {dice(out.mask, s.mask):.2f}")
 sample_grid(panels, titles, ncols=3, cell_size=3.2, legend=["SAM mask", "ground truth (outline)", "box prompt"])
 plt.show()
 

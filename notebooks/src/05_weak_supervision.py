@@ -139,7 +139,7 @@ for s in stems:
     panels.append(overlay(img, pl, outline=gt))
     titles.append(f"{s}: Dice {dice(pl, gt):.2f}, SAM {float(manifest[s]['sam_score']):.2f}")
 sample_grid(panels, titles, ncols=3, cell_size=3.0, suptitle="training images: pseudo-labels and real labels",
-            legend=["SAM mask", "ground truth (outline)"])
+            legend=[("pseudo-label (SAM mask)", "SAM mask"), ("real label (ground truth)", "ground truth (outline)")])
 plt.show()
 
 # %% [markdown]
@@ -176,15 +176,17 @@ print("misses:", [f"{s} ({d:.2f}{', empty' if e else ''})" for s, d, _, e in mis
 # is the epoch with the best validation Dice.
 
 # %%
-fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
-for name in ("weak", "full"):
+fig, ax = plt.subplots(1, 2, figsize=(11, 3.6))
+for name, trained_on in (("weak", "pseudo-labels"), ("full", "real labels")):
     hist = json.loads((out / name / "log.json").read_text())["epochs"]
-    ax[0].plot([h["epoch"] for h in hist], [h["train_loss"] for h in hist], label=name)
-    ax[1].plot([h["epoch"] for h in hist], [h["val_dice"] for h in hist], label=name)
-ax[0].set(xlabel="epoch", ylabel="training loss (Dice + CE)")
-ax[1].set(xlabel="epoch", ylabel="validation Dice (against its own labels)")
-ax[0].legend()
-ax[1].legend()
+    ax[0].plot([h["epoch"] for h in hist], [h["train_loss"] for h in hist], label=f"{name} ({trained_on})")
+    ax[1].plot([h["epoch"] for h in hist], [h["val_dice"] for h in hist], label=f"{name} ({trained_on})")
+ax[0].set(xlabel="epoch", ylabel="loss (Dice + CE)", title="training loss")
+ax[1].set(xlabel="epoch", ylabel="Dice", title="validation Dice, each against its own kind of labels")
+for a in ax:
+    a.xaxis.set_major_locator(plt.MaxNLocator(8, integer=True))
+    a.grid(alpha=0.3)
+    a.legend()
 plt.tight_layout()
 plt.show()
 
@@ -202,12 +204,15 @@ if (out / "uncertainty.csv").exists():
     d = np.array([dice(read_mask(out / "pseudo" / "masks" / f"{r['id']}.png"),
                        read_mask(next((data / "masks").glob(r["id"] + "*")))) for r in unc])
     kept = np.array([r["kept"] == "1" for r in unc])
-    plt.figure(figsize=(4.5, 3.2))
-    plt.scatter(u[kept], d[kept], label="kept")
-    plt.scatter(u[~kept], d[~kept], label="dropped", marker="x")
-    plt.xlabel("ensemble uncertainty")
-    plt.ylabel("pseudo-label Dice vs real label")
-    plt.legend()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.scatter(u[kept], d[kept], label="kept for retraining")
+    ax.scatter(u[~kept], d[~kept], label="dropped (most uncertain)", marker="x")
+    ax.set(xlabel="ensemble uncertainty (mean entropy)", ylabel="pseudo-label Dice vs real label",
+           title="are the most uncertain pseudo-labels the worst?")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(5))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)  # off the points
+    plt.tight_layout()
     plt.show()
     if len(u) > 2:
         print(f"Spearman correlation (uncertainty vs pseudo-label Dice): "

@@ -159,7 +159,8 @@ from medclipsam.data.datasets import FolderDataset
 
 stem = FolderDataset(data, split=split).stems[0]
 panels, titles = example_panels(data, OUT, rows, stem, split=split)
-sample_grid(panels, titles, ncols=len(panels), cell_size=2.8)
+sample_grid(panels, titles, ncols=len(panels), cell_size=2.8,
+            legend=[("each segmenter's mask", "SAM mask"), "ground truth (outline)"])
 plt.show()
 
 # %% [markdown]

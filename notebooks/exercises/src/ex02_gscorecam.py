@@ -132,7 +132,8 @@ masks = channel_masks(act, chosen, tuple(images.shape[-2:]))
 panels = [overlay(sample.rgb, outline=sample.mask)]
 panels += [overlay(sample.rgb, saliency=geom.to_image(m).numpy()) for m in masks[0, :6]]
 titles = ["image, tumour outlined"] + [f"channel {int(c)}" for c in chosen[0, :6]]
-sample_grid(panels, titles, ncols=7, cell_size=2.0)
+sample_grid(panels, titles, ncols=7, cell_size=2.0, colorbar="channel mask (0 = low, 1 = high)",
+            legend=["ground truth (outline)"])
 plt.show()
 
 
@@ -220,7 +221,7 @@ for task in (TASKS[:1] if SMOKE else TASKS):
     for name, m in (("yours", mine), ("package", theirs)):
         panels.append(overlay(s.rgb, saliency=gt.to_image(m).numpy(), outline=s.mask))
         titles.append(f"{task}, {PROMPTS[task]!r}: {name}")
-sample_grid(panels, titles, ncols=2, cell_size=3.0)
+sample_grid(panels, titles, ncols=2, cell_size=3.0, colorbar=True, legend=["ground truth (outline)"])
 plt.show()
 
 # %% [markdown]

@@ -154,12 +154,13 @@ for task, n in cases:
     assert np.allclose(boxes, package), f"{task}: your boxes {boxes} differ from the package's {package}"
     pipe.session.set_image(s.rgb)
     sam = pipe.session.predict(boxes=boxes)
-    panels += [overlay(s.rgb, saliency=sal), overlay(s.rgb, coarse, boxes=boxes),
+    panels += [overlay(s.rgb, saliency=sal), overlay(s.rgb, coarse=coarse, boxes=boxes),
                overlay(s.rgb, sam.mask, outline=s.mask, boxes=boxes)]
     titles += [f"{task}: saliency for {PROMPTS[task]!r}", f"your coarse mask and {len(boxes)} box(es)",
-               f"SAM in your boxes: Dice {dice(sam.mask, s.mask):.2f} (green: truth)"]
+               f"SAM in your boxes: Dice {dice(sam.mask, s.mask):.2f}"]
     print(f"{task}: boxes {boxes.astype(int).tolist()}")
-sample_grid(panels, titles, ncols=3, cell_size=3.0)
+sample_grid(panels, titles, ncols=3, cell_size=3.0, colorbar=True,
+            legend=["coarse mask", "box prompt", "SAM mask", "ground truth (outline)"])
 plt.show()
 
 # %% [markdown]
