@@ -3,7 +3,10 @@ bit for bit with a saved run: masks, saliency maps, coarse masks, boxes and Dice
 
     python benchmarks/masks_before_after.py save OUT.npz      # on the code before the change
     python benchmarks/masks_before_after.py compare OUT.npz   # on the code after it
+        [NAME=VALUE ...]  # PipelineConfig settings, e.g. the defaults of the code before the change
+                          # when they have changed since: k=48 box_margin=0 within_content=False
 """
+import ast
 import sys
 
 import numpy as np
@@ -14,7 +17,9 @@ from medclipsam.data.phantom import PROMPTS, PhantomDataset
 from medclipsam.vocab import TASKS
 
 print("medclipsam from", medclipsam.__file__)
-pipe = MedCLIPSAM.offline()
+settings = dict(arg.split("=", 1) for arg in sys.argv[3:])
+settings = {k: ast.literal_eval(v) for k, v in settings.items()}
+pipe = MedCLIPSAM.offline(**settings) if settings else MedCLIPSAM.offline()
 print(pipe.config)
 out = {}
 for task in TASKS:

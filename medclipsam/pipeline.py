@@ -172,7 +172,8 @@ class MedCLIPSAM:
 
         Its defaults (:func:`~medclipsam.config.default_k`, :data:`OFFLINE_DEFAULTS`): gScoreCAM keeps
         k = 112 of the toy layer's 128 channels; SAM gets boxes (what LiteMedSAM was trained with),
-        widened by 4 % of the image's longer side; chosen on the phantom *validation* split
+        widened by 4 % of the image's longer side, from a coarse mask cut to the picture's content;
+        chosen on the phantom *validation* split
         (``benchmarks/ablation_offline.py --split val``). Keyword arguments
         override them."""
         for key, value in OFFLINE_DEFAULTS.items():
