@@ -33,14 +33,15 @@ def test_one_image_gives_every_intermediate_in_image_coordinates(offline_pipe):
 
 
 def test_zero_shot_dice_drops_with_a_prompt_blind_map(offline_pipe):
-    # Held-out test images (10 per task, all with a finding) through the offline world's default
+    # Held-out test images (6 per task, all with a finding) through the offline world's default
     # pipeline with LiteMedSAM; a random or flat map instead of the prompt's saliency must lose.
-    # A gross-regression check: benchmarks/litemedsam_boxes.py reports the measured Dice.
+    # A gross-regression check (measured on these images: 0.64 / 0.85 / 0.90, controls 0.37-0.83
+    # lower); benchmarks/ablation_offline.py reports the Dice on 20 images per task.
     from medclipsam.metrics import paired_difference
 
     settings = [{}, {"saliency": "random"}, {"saliency": "uniform"}]
-    for task, floor in {"breast": 0.15, "brain": 0.3, "xray": 0.5}.items():
-        samples = list(PhantomDataset(task, 10, seed=0, split="test", normal_fraction=0.0))
+    for task, floor in {"breast": 0.4, "brain": 0.6, "xray": 0.7}.items():
+        samples = list(PhantomDataset(task, 6, seed=0, split="test", normal_fraction=0.0))
         calls = offline_pipe.session.encoder_calls
         runs = offline_pipe.sweep([x.rgb for x in samples], PROMPTS[task], settings, task=task)
         assert offline_pipe.session.encoder_calls - calls == len(samples)  # one embedding each
@@ -48,7 +49,7 @@ def test_zero_shot_dice_drops_with_a_prompt_blind_map(offline_pipe):
         assert np.mean(scores[0]) >= floor, (task, np.mean(scores[0]))
         for control in scores[1:]:
             d = paired_difference(scores[0], control, n_boot=500)
-            assert d["mean"] >= 0.1, (task, d)
+            assert d["mean"] >= 0.2, (task, d)
 
 
 def test_the_box_margin_widens_the_coarse_masks_box_by_a_share_of_the_image_side(standin_pipe):
