@@ -46,6 +46,8 @@ DEVICE = "auto"        # "auto" (a GPU when there is one), "cpu" or "cuda"
 CLIP = "biomedclip"    # real world: the CLIP (a name, a fine-tuned checkpoint or a folder)
 K = None               # channels gScoreCAM scores (None: the pipeline's default for the world: the
                        # toy's, chosen on the validation split; the paper's 300 of 768 for BiomedCLIP)
+FINETUNED = "toy-dhn-nce"  # the fine-tuned CLIP beside it (offline: the DHN-NCE checkpoint lesson 02
+                       # loads; real world: your fine-tuned checkpoint, e.g. runs/dhn/model.pt; None: skip)
 FULL = False           # M2IB in the localisation table too, and N_LOC_FULL images per task (slower)
 N_LOC = 10             # held-out images per task for the localisation table
 N_LOC_FULL = 20
@@ -67,6 +69,7 @@ import torch
 
 from medclipsam.config import default_k
 from medclipsam.data.phantom import PROMPTS, TASKS, PhantomDataset
+from medclipsam.models import load_clip
 from medclipsam.prompting import content_mask
 from medclipsam.saliency.api import saliency_maps
 from medclipsam.saliency.evaluate import localisation_table
@@ -166,6 +169,29 @@ state(*[compare({m: r["dice_per_image"][m] for m in methods}, what="map Dice", c
       versus_paper({m: mean_dice[m] for m in methods}, PAPER_PIPELINE_DSC, what="Dice",
                    context="Methods by mean Dice"),
       compare(pooled, what="map Dice", context=f"Which {K} channels to score"))
+
+# %% [markdown]
+# ### The fine-tuned CLIP of lesson 02
+#
+# MedCLIP-SAM fine-tunes BiomedCLIP with DHN-NCE before it computes any map, and the paper reports
+# that the fine-tuned model's maps are better. Lesson 02 loaded the toy CLIP fine-tuned with DHN-NCE at
+# full settings (`scripts/finetune_toy_clip.py`) and showed that it retrieves better. Here the same
+# gScoreCAM runs on the same held-out images with the fine-tuned CLIP instead of the one it started
+# from; the paired difference of the map Dice says whether fine-tuning changed the maps.
+
+# %%
+if FINETUNED and not (world == "real" and FINETUNED == "toy-dhn-nce"):
+    tuned = load_clip(FINETUNED, device=DEVICE)
+    tuned_rows = localisation_table(tuned, TASKS, n_per_task=N_LOC, seed=SEED,
+                                    methods={"gscorecam": methods["gscorecam"]})
+    by_clip = {"base CLIP": [v for r in rows for v in r["dice_per_image"]["gscorecam"]],
+               "fine-tuned CLIP": [v for r in tuned_rows for v in r["dice_per_image"]["gscorecam"]]}
+    for label, v in by_clip.items():
+        print(f"{label:16s} gScoreCAM map Dice over all {len(v)} images: {np.mean(v):.3f}")
+    state(compare(by_clip, what="map Dice", context=f"The CLIP fine-tuned with DHN-NCE ({FINETUNED})"))
+else:
+    print("No fine-tuned CLIP for this world: set FINETUNED to your fine-tuned checkpoint "
+          "(lesson 02 writes one) to compare its maps with the base CLIP's.")
 
 # %% [markdown]
 # ## 3 · The effect of k
