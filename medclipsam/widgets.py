@@ -6,7 +6,8 @@
     ex = PromptExplorer.offline()      # toy CLIP + LiteMedSAM + a few phantom images of each task
     ex                                 # displays it (or display(ex.widget))
 
-Choose an image (or upload one), type a prompt, pick the saliency method, k, the post-processing,
+Choose an image (or upload one), type a prompt (Enter or the *segment* button applies it; an empty
+one is refused), pick the saliency method, k, the post-processing,
 its threshold, the SAM prompt mode and the SAM model: the four panels show the saliency map, the
 coarse mask with the automatic SAM prompts (boxes, points), and SAM's mask (against the ground truth's outline when there is
 one, with its Dice). Click on the first panel to add a point (the "click adds" switch says
@@ -124,7 +125,11 @@ class PromptExplorer(ExplorerBuilders):
         self._build_widgets(display_size, compare_prompts)
         self.model.progress_listener = self._show_progress
         self._silent = False
-        self._draw(self.model.update())
+        self._result_html = ""  # the read-out of the result shown (an error is put above it)
+        if self.model.refusal(self.model.prompt) is None:
+            self._draw(self.model.update())
+        else:  # no prompt yet (an image without a suggested one): the image, and a request for one
+            self._run()
 
     # what the model holds, read through the view
     pipeline = _from_model("pipeline", "The pipeline explored.")
@@ -168,7 +173,11 @@ class PromptExplorer(ExplorerBuilders):
         self.upload = W.FileUpload(accept=".png,.jpg,.jpeg,.bmp,.tif,.tiff,.dcm,.nii,.gz",
                                    multiple=False, description="upload image")
         self.prompt_box = W.Text(value=m.prompt, description="prompt", continuous_update=False,
+                                 placeholder="what to segment, e.g. breast tumor",
                                  style=style, layout=wide)
+        self.segment_button = W.Button(description="segment", icon="play", button_style="primary",
+                                       tooltip="apply the prompt (as Enter in the prompt box)",
+                                       layout=W.Layout(width="110px"))
         self.method = W.Dropdown(options=METHOD_CHOICES, value=m.method,
                                  description="saliency", style=style, layout=wide)
         self.k = W.IntSlider(value=m.k, min=1, max=m.channels,
@@ -224,11 +233,12 @@ class PromptExplorer(ExplorerBuilders):
                       (self.sam_picker, self.on_sam), (self.upload, self.on_upload)]:
             w.observe(cb, names="value")
         self.clear_button.on_click(self.on_clear)
+        self.segment_button.on_click(self.on_segment)
         self.compare_button.on_click(self.on_compare)
 
         controls = W.VBox([
             W.HBox([self.image_picker, self.upload]),
-            W.HBox([self.prompt_box, self.preset]),
+            W.HBox([self.prompt_box, self.segment_button, self.preset]),
             W.HBox([self.method, self.k]),
             W.HBox([self.postprocess, self.threshold]),
             self.mode,
@@ -253,6 +263,22 @@ class PromptExplorer(ExplorerBuilders):
         self.k.disabled = not self.model.uses("k")
         self.threshold.disabled = not self.model.uses("threshold")
 
+    def _sync_controls(self) -> None:
+        """Show the settings in force (the model's), without calling back: a refused prompt is
+        replaced by the one the panels show, a new image's suggested prompt appears ..."""
+        m = self.model
+        self._silent = True
+        try:
+            for widget, value in [(self.image_picker, m.image), (self.prompt_box, m.prompt),
+                                  (self.method, m.method), (self.k, m.k), (self.preset, m.preset),
+                                  (self.postprocess, m.postprocess), (self.threshold, m.threshold),
+                                  (self.mode, m.sam_prompt_mode), (self.sam_picker, m.sam)]:
+                if widget.value != value:
+                    widget.value = value
+        finally:
+            self._silent = False
+        self._update_enabled()
+
     # -- callbacks (ordinary methods: tests and notebooks call them too) ------------------------
 
     def _guarded(self, fn: Callable[[], None]) -> None:
@@ -261,22 +287,28 @@ class PromptExplorer(ExplorerBuilders):
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - shown to the user instead of lost in a log
-            self.model.last_error = f"{type(e).__name__}: {e}"
+            refused = isinstance(e, ValueError)  # a refused input: its message is enough
+            self.model.last_error = str(e) if refused else f"{type(e).__name__}: {e}"
             self._show_progress(None)
-            self.status.value = f"<span style='color:#c00'>{html.escape(self.model.last_error)}</span>"
+            error = f"<span style='color:#c00'>{html.escape(self.model.last_error)}</span>"
+            self.status.value = error
+            self._sync_controls()  # the controls show what is in force again
+            if self.model.mask is None:  # nothing computed yet: at least the image
+                for name, rgb in self.panel_images().items():
+                    self.panels[name].value = _png(rgb)
+                self.readout.value = error
+            else:
+                still = f"the panels still show {self.model.prompt!r} on {self.model.image}"
+                self.readout.value = f"{error} <i>({html.escape(still)})</i><br>{self._result_html}"
 
     def _run(self, change: Callable[[], Any] = lambda: None) -> None:
         """Give the model a change, then draw what it recomputes (errors are shown, not raised)."""
         def apply() -> None:
             change()
-            self._update_enabled()
-            self._silent = True  # the model's prompt may follow a new image's suggestion
-            try:
-                self.image_picker.value = self.model.image
-                self.prompt_box.value = self.model.prompt
-            finally:
-                self._silent = False
-            self._draw(self.model.update())
+            self._sync_controls()  # the model's prompt may follow a new image's suggestion
+            if self.model.changed:  # else nothing to redraw (and a refusal's message stays)
+                self._draw(self.model.update())
+
 
         self._guarded(apply)
 
@@ -285,6 +317,10 @@ class PromptExplorer(ExplorerBuilders):
 
     def on_prompt(self, change: Any = None) -> None:
         self._run(lambda: self.model.set_prompt(self.prompt_box.value))
+
+    def on_segment(self, _button: Any = None) -> None:
+        """The *segment* button: apply the prompt box's text (as Enter does)."""
+        self.on_prompt()
 
     def on_method(self, change: Any = None) -> None:
         self._run(lambda: self.model.set(method=self.method.value))
@@ -338,7 +374,8 @@ class PromptExplorer(ExplorerBuilders):
     # -- public, programmatic use ---------------------------------------------------------------
 
     def set_prompt(self, prompt: str) -> None:
-        """Type ``prompt`` (as pressing Enter in the prompt box)."""
+        """Type ``prompt`` and press Enter (or *segment*); an empty prompt is refused: the
+        read-out says so and the previous result stays (:attr:`last_error` holds the message)."""
         self.prompt_box.value = prompt
 
     def select(self, name: str) -> None:
@@ -429,7 +466,7 @@ class PromptExplorer(ExplorerBuilders):
             parts.append("flags: " + ", ".join(s.flags))
         if s.hand_made:
             parts.append("hand-made SAM prompts: " + " ".join(s.hand_made))
-        self.readout.value = " &middot; ".join(parts)
+        self._result_html = self.readout.value = " &middot; ".join(parts)
         ran = ", ".join(f"{k} {v}" for k, v in self.counts.items())
         self.status.value = f"done in {s.seconds:.2f} s &middot; <small>stages run so far: {ran}</small>"
 

@@ -117,6 +117,59 @@ def test_threshold_reruns_only_the_prompts_and_the_coarse_mask_shrinks(explorer)
     assert _delta(before, ex.counts)["sam_prompts"] == 0
 
 
+def test_the_segment_button_applies_the_typed_prompt(explorer):
+    """Enter or leaving the box applies a prompt; so does the *segment* button beside the box."""
+    ex = explorer
+    _reset(ex)
+    row = next(r for r in ex.widget.children[0].children[0].children if ex.prompt_box in r.children)
+    assert ex.segment_button in row.children and ex.segment_button.description == "segment"
+    # text typed in the browser and not yet sent with Enter: the box holds it, nothing is applied
+    ex.prompt_box.unobserve(ex.on_prompt, names="value")
+    try:
+        ex.prompt_box.value = "brain tumor"
+    finally:
+        ex.prompt_box.observe(ex.on_prompt, names="value")
+    assert ex.state["prompt"] == "breast tumor"
+    dice_before = ex.state["dice"]
+    ex.segment_button.click()
+    assert ex.state["prompt"] == "brain tumor" and ex.last_error is None
+    assert ex.state["dice"] == pytest.approx(dice(ex.mask, ex.current.gt)) != dice_before
+    assert f"{ex.state['dice']:.3f}" in ex.readout.value
+
+
+def test_an_empty_prompt_is_refused_in_the_read_out_and_the_result_stays(explorer):
+    ex = explorer
+    _reset(ex)
+    shown = ex.state
+    panels = {n: p.value for n, p in ex.panels.items()}
+    before = dict(ex.counts)
+    for blank in ("", "   "):
+        ex.set_prompt(blank)
+        assert "empty prompt" in ex.readout.value and "refused" in ex.readout.value
+        assert "type what to segment, e.g. &#x27;breast tumor&#x27;" in ex.readout.value
+        assert "the panels still show &#x27;breast tumor&#x27;" in ex.readout.value
+        assert f"Dice vs ground truth <b>{shown['dice']:.3f}</b>" in ex.readout.value  # still there
+        assert ex.prompt_box.value == "breast tumor"  # the box shows the prompt in force again
+        assert ex.state == shown | {"error": ex.last_error} and "empty prompt" in ex.last_error
+    # the segment button on an emptied box: refused too, and the message stays
+    ex.prompt_box.unobserve(ex.on_prompt, names="value")
+    ex.prompt_box.value = " "
+    ex.prompt_box.observe(ex.on_prompt, names="value")
+    ex.segment_button.click()
+    assert "refused" in ex.readout.value
+    assert ex.counts == before and {n: p.value for n, p in ex.panels.items()} == panels
+    ex.set_prompt("breast tumor")
+    ex.set_prompt("benign breast lesion")
+    assert "refused" not in ex.readout.value and ex.last_error is None
+    # an image without a suggested prompt: the image is shown, and the read-out asks for a prompt
+    bare = PromptExplorer(ex.pipeline, {"scan": ex.current.image})
+    assert "no prompt yet: type what to segment" in bare.readout.value
+    assert _png_shape(bare.panels["saliency"].value) == ex.current.image.shape
+    assert bare.mask is None and bare.counts["saliency"] == 0
+    bare.set_prompt("breast tumor")
+    assert bare.mask is not None and "SAM score" in bare.readout.value
+
+
 def test_every_control_across_its_range(explorer):
     ex = explorer
     _reset(ex)
