@@ -10,7 +10,7 @@ Choose an image (or upload one), type a prompt (Enter or the *segment* button ap
 one is refused), pick the saliency method, k, the post-processing,
 its threshold, the SAM prompt mode and the SAM model: the four panels show the saliency map, the
 coarse mask with the automatic SAM prompts (boxes, points), and SAM's mask (against the ground truth's outline when there is
-one, with its Dice). Click on the first panel to add a point (the "click adds" switch says
+one, with its Dice; an empty mask is said to be empty). Click on the first panel to add a point (the "click adds" switch says
 positive, negative, or box) and drag to draw a box: that re-runs only SAM's decoder, on the stored
 image embedding. The "compare prompts" tab puts several prompts side by side on one image with each
 one's prompt-sensitivity (how far its map is from the maps of control prompts; see
@@ -84,6 +84,13 @@ METHOD_CHOICES = [(LABELS[m], m) for m in (*SALIENCY_METHODS, *CONTROL_SALIENCY)
 POSTPROCESS_CHOICES = [(LABELS[m], m) for m in POSTPROCESS_METHODS]
 MODE_CHOICES = [(LABELS[m], m) for m in SAM_PROMPT_MODES]
 CLICK_CHOICES = [("+ point", "positive"), ("- point", "negative"), ("box (drag)", "box")]
+#: What the read-out and the mask panel's title say about a failed mask (see ExplorerState.mask_flags).
+MASK_PROBLEMS = {
+    "empty_mask": "SAM returned an empty mask",
+    "mask_covers_image": "SAM's mask covers the whole image",
+}
+PANEL_TITLES = {"sam_prompts": "SAM prompts (click / drag)", "saliency": "saliency",
+                "coarse": "coarse mask", "mask": "SAM mask vs ground truth"}
 
 # colours of the drawings (RGB): the legend every lesson uses (medclipsam.viz.COLOURS); a box is
 # a box prompt whether the pipeline made it or you dragged it (yours replaces the automatic one)
@@ -96,6 +103,16 @@ def _png(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _title_html(text: str, colour: str | None = None) -> str:
+    """A panel title on one line (cut with an ellipsis, whole on hover), so that every panel's
+    image starts at the same height."""
+    style = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis"
+    if colour:
+        style += f";color:{colour}"
+    t = html.escape(text)
+    return f"<div style='{style}' title='{t}'><b>{t}</b></div>"
 
 
 def _from_model(name: str, doc: str) -> property:
@@ -204,9 +221,10 @@ class PromptExplorer(ExplorerBuilders):
         panel_layout = W.Layout(width=f"{size}px", height="auto")
         self.panels = {name: W.Image(format="png", layout=panel_layout)
                        for name in ("sam_prompts", "saliency", "coarse", "mask")}
-        titles = {"sam_prompts": "image + SAM prompts (click / drag)", "saliency": "saliency",
-                  "coarse": "coarse mask", "mask": "SAM mask vs ground truth"}
-        columns = [W.VBox([W.HTML(f"<b>{titles[n]}</b>"), p]) for n, p in self.panels.items()]
+        self.panel_titles = {name: W.HTML(_title_html(PANEL_TITLES[name]),
+                                          layout=W.Layout(width=f"{size}px"))
+                             for name in self.panels}
+        columns = [W.VBox([self.panel_titles[n], p]) for n, p in self.panels.items()]
         try:
             from ipyevents import Event
         except ImportError:  # clicks need ipyevents; everything else works without it
@@ -459,9 +477,14 @@ class PromptExplorer(ExplorerBuilders):
         self.progress.value = len(STAGES)
         for name, rgb in self.panel_images().items():
             self.panels[name].value = _png(rgb)
-        parts = [f"SAM score <b>{s.sam_score:.2f}</b>", f"mask area {s.mask_area} px"]
+        problems = [MASK_PROBLEMS[f] for f in s.mask_flags if f in MASK_PROBLEMS]
+        mask_title = PANEL_TITLES["mask"] if self.current.gt is not None else "SAM mask"
+        self.panel_titles["mask"].value = (_title_html(problems[0], "#c00") if problems
+                                           else _title_html(mask_title))
+        parts = [f"<b style='color:#c00'>{html.escape(p)}</b>" for p in problems]
+        parts += [f"SAM score <b>{s.sam_score:.2f}</b>", f"mask area {s.mask_area} px"]
         if s.dice is not None:
-            parts.insert(0, f"Dice vs ground truth <b>{s.dice:.3f}</b>")
+            parts.insert(len(problems), f"Dice vs ground truth <b>{s.dice:.3f}</b>")
         if s.flags:
             parts.append("flags: " + ", ".join(s.flags))
         if s.hand_made:
@@ -474,26 +497,40 @@ class PromptExplorer(ExplorerBuilders):
         """A matplotlib figure of the four panels (for static notebooks and reports)."""
         s = self.state
         extra = f", Dice {s['dice']:.3f}" if s["dice"] is not None else ""
+        empty = ": empty" if "empty_mask" in s["mask_flags"] else ""
         titles = [f"{s['image']}: SAM prompts", f"saliency: {s['prompt']!r}", "coarse mask",
-                  f"SAM mask (score {s['sam_score']:.2f}{extra})"]
+                  f"SAM mask{empty} (score {s['sam_score']:.2f}{extra})"]
         legend = [k for k in PROMPT_LEGEND if self.current.gt is not None or k != "ground truth (outline)"]
         return sample_grid(list(self.panel_images().values()), titles, ncols=4, cell_size=cell_size,
                            colorbar=True, legend=legend)
 
     # -- comparing prompts ----------------------------------------------------------------------
 
-    def _compare_column(self, item: ComparedPrompt) -> W.VBox:
-        row, img, gt = item.row, self.current.image, self.current.gt
-        caption = [f"<b>{html.escape(row['prompt'])}</b>"]
+    @staticmethod
+    def _caption_lines(item: ComparedPrompt) -> list[str]:
+        row = item.row
+        lines = [f"<b>{html.escape(row['prompt'])}</b>"]
         if row["dice"] is not None:
-            caption.append(f"Dice {row['dice']:.3f}")
+            lines.append(f"Dice {row['dice']:.3f}")
+        if not item.mask.any():
+            lines.append(f"<span style='color:#c00'>{MASK_PROBLEMS['empty_mask']}</span>")
         if row["sensitivity"] is not None:
-            low = row["sensitivity"] < DEFAULT_THRESHOLD
-            caption.append(f"sensitivity {row['sensitivity']:.2f}" + (
-                " <span style='color:#c00'>(barely depends on the prompt)</span>" if low else ""))
+            lines.append(f"sensitivity {row['sensitivity']:.2f}")
+            if row["sensitivity"] < DEFAULT_THRESHOLD:
+                lines.append("<span style='color:#c00'>barely depends on the prompt</span>")
+        return lines
+
+    def _compare_column(self, item: ComparedPrompt, n_lines: int) -> W.VBox:
+        """One prompt's column: its caption (padded to ``n_lines`` lines, each kept on one line,
+        so that every column's pictures start at the same height), its map and its mask."""
+        row, img, gt = item.row, self.current.image, self.current.gt
+        caption = self._caption_lines(item)
+        caption += ["&nbsp;"] * (n_lines - len(caption))
+        style = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis"
+        caption_html = f"<div style='{style}' title='{html.escape(row['prompt'])}'>{'<br>'.join(caption)}</div>"
         layout = W.Layout(width="200px", height="auto")
         column = W.VBox([
-            W.HTML("<br>".join(caption)),
+            W.HTML(caption_html, layout=W.Layout(width="200px")),
             W.Image(value=_png(overlay(img, saliency=item.saliency)), format="png", layout=layout),
             W.Image(value=_png(overlay(img, item.mask, outline=gt,
                                        boxes=None if item.boxes is None else list(item.boxes))),
@@ -518,6 +555,8 @@ class PromptExplorer(ExplorerBuilders):
             "<small>sensitivity: 1 - Pearson r between the prompt's map and the closest control "
             "prompt's map (empty, nonsense, another organ ...); below 0.1 the map barely depends "
             "on the prompt.</small>")
-        self.compare_out.children = [W.HBox([self._compare_column(i) for i in items]), note]
+        n_lines = max(len(self._caption_lines(i)) for i in items)
+        columns = [self._compare_column(i, n_lines) for i in items]
+        self.compare_out.children = [W.HBox(columns), note]
         self.status.value = f"compared {len(items)} prompts"
         return self.model.comparison

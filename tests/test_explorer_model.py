@@ -140,6 +140,18 @@ def test_an_empty_prompt_is_refused_and_the_result_stays(model):
     assert scan.update().mask.shape == model.current.image.shape[:2]
 
 
+def test_an_empty_sam_mask_is_flagged(model):
+    state = _reset(model)
+    assert state.mask_flags == [] and state.as_dict()["mask_flags"] == []
+    # a box on the black corner outside the x-ray's body: the stand-in SAM finds nothing there
+    model.set_box(0, 0, 2, 2)
+    state = model.update()
+    assert not state.mask.any(), "the stand-in SAM found something in the corner"
+    assert state.mask_flags == ["empty_mask"] and state.mask_area == 0
+    model.clear_clicks()
+    assert model.update().mask_flags == []
+
+
 def test_clicks_rerun_the_decoder_and_a_new_image_forgets_them(model):
     auto = _reset(model)
     before = dict(model.counts)

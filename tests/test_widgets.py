@@ -170,6 +170,40 @@ def test_an_empty_prompt_is_refused_in_the_read_out_and_the_result_stays(explore
     assert bare.mask is not None and "SAM score" in bare.readout.value
 
 
+def test_an_empty_sam_mask_is_said_to_be_empty(explorer):
+    ex = explorer
+    _reset(ex)
+    assert "empty" not in ex.readout.value and "SAM mask vs ground truth" in ex.panel_titles["mask"].value
+    # on this breast image, point prompts alone give LiteMedSAM nothing to draw
+    ex.mode.value = "points"
+    assert not ex.mask.any(), "LiteMedSAM found a region from the points: pick another empty case"
+    assert ex.readout.value.startswith("<b style='color:#c00'>SAM returned an empty mask</b>")
+    assert "mask area 0 px" in ex.readout.value
+    assert "SAM returned an empty mask" in ex.panel_titles["mask"].value
+    assert ex.state["mask_flags"] == ["empty_mask"]
+    import matplotlib.pyplot as plt
+
+    fig = ex.figure()
+    try:
+        assert fig.axes[3].get_title().startswith("SAM mask: empty")
+    finally:
+        plt.close(fig)
+    ex.mode.value = "box"
+    assert ex.mask.any() and "empty" not in ex.readout.value
+    assert "SAM mask vs ground truth" in ex.panel_titles["mask"].value
+
+
+def test_the_panel_titles_stay_on_one_line_above_their_images(explorer):
+    """A title that wrapped pushed its image below the others': each title is one line of the
+    panel's width (a long one is cut, whole on hover)."""
+    ex = explorer
+    _reset(ex)
+    for name, title in ex.panel_titles.items():
+        assert title.layout.width == ex.panels[name].layout.width
+        assert "white-space:nowrap" in title.value and "text-overflow:ellipsis" in title.value
+    assert "SAM prompts (click / drag)" in ex.panel_titles["sam_prompts"].value
+
+
 def test_every_control_across_its_range(explorer):
     ex = explorer
     _reset(ex)
@@ -321,6 +355,8 @@ def test_compare_view_puts_prompts_side_by_side_with_their_sensitivity(explorer)
     assert len(cols) == 2 and "sensitivity" in cols[0].children[0].value
     for row, col in zip(rows, cols):  # the warning shows exactly when the number is under the threshold
         assert ("barely depends" in col.children[0].value) == (row["sensitivity"] < DEFAULT_THRESHOLD)
+    # the captions have as many lines each, so that the pictures under them start at one height
+    assert len({col.children[0].value.count("<br>") for col in cols}) == 1
     # independent: the number is prompt_sensitivity's for this image and method
     from medclipsam.saliency import METHODS, prompt_sensitivity
 
