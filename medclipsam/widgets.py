@@ -7,12 +7,13 @@
     ex                                 # displays it (or display(ex.widget))
 
 Choose an image (or upload one), type a prompt (Enter or the *segment* button applies it; an empty
-one is refused), pick the saliency method, k, the post-processing,
-its threshold, the SAM prompt mode and the SAM model: the four panels show the saliency map, the
-coarse mask with the automatic SAM prompts (boxes, points), and SAM's mask (against the ground truth's outline when there is
-one, with its Dice; an empty mask is said to be empty). Click on the first panel to add a point (the "click adds" switch says
-positive, negative, or box) and drag to draw a box: that re-runs only SAM's decoder, on the stored
-image embedding. The "compare prompts" tab puts several prompts side by side on one image with each
+one is refused), pick the saliency method, k, the post-processing, its threshold (shown only with
+the threshold rule, the one rule that reads it), the SAM prompt mode and the SAM model: the four
+panels show the saliency map, the coarse mask with the automatic SAM prompts (boxes, points), and
+SAM's mask (against the ground truth's outline when there is one, with its Dice; an empty mask is
+said to be empty). Click on the first panel to add a point (the "click adds" switch says positive,
+negative, or box) and drag to draw a box: that re-runs only SAM's decoder, on the stored image
+embedding. The "compare prompts" tab puts several prompts side by side on one image with each
 one's prompt-sensitivity (how far its map is from the maps of control prompts; see
 :func:`medclipsam.saliency.prompt_sensitivity`).
 
@@ -84,6 +85,12 @@ METHOD_CHOICES = [(LABELS[m], m) for m in (*SALIENCY_METHODS, *CONTROL_SALIENCY)
 POSTPROCESS_CHOICES = [(LABELS[m], m) for m in POSTPROCESS_METHODS]
 MODE_CHOICES = [(LABELS[m], m) for m in SAM_PROMPT_MODES]
 CLICK_CHOICES = [("+ point", "positive"), ("- point", "negative"), ("box (drag)", "box")]
+#: What the threshold slider's place says when the coarse-mask rule reads no fixed threshold.
+NO_THRESHOLD = {
+    "crf": "the dense CRF draws the region",
+    "kmeans": "k-means picks the cut on each map",
+    "otsu": "Otsu's rule picks the cut on each map",
+}
 #: What the read-out and the mask panel's title say about a failed mask (see ExplorerState.mask_flags).
 MASK_PROBLEMS = {
     "empty_mask": "SAM returned an empty mask",
@@ -204,6 +211,7 @@ class PromptExplorer(ExplorerBuilders):
         self.threshold = W.FloatSlider(value=m.threshold, min=0.05, max=0.95, step=0.05,
                                        description="threshold", style=style,
                                        continuous_update=False)
+        self.threshold_note = W.HTML()  # in the slider's place when the rule reads no threshold
         self.mode = W.ToggleButtons(options=MODE_CHOICES, value=m.sam_prompt_mode,
                                     description="SAM prompts", style=style)
         self.preset = W.Dropdown(options=[("from the image", "auto"), ("none", "none")]
@@ -258,7 +266,7 @@ class PromptExplorer(ExplorerBuilders):
             W.HBox([self.image_picker, self.upload]),
             W.HBox([self.prompt_box, self.segment_button, self.preset]),
             W.HBox([self.method, self.k]),
-            W.HBox([self.postprocess, self.threshold]),
+            W.HBox([self.postprocess, self.threshold, self.threshold_note]),
             self.mode,
             W.HBox([self.sam_picker]),
             W.HBox([self.click_mode, self.clear_button, click_note]),
@@ -278,8 +286,16 @@ class PromptExplorer(ExplorerBuilders):
         display(self.widget)
 
     def _update_enabled(self) -> None:
+        """k is greyed out for a method without it; the threshold slider is shown only with the
+        threshold rule (another rule reads no threshold: a note says what decides instead)."""
         self.k.disabled = not self.model.uses("k")
-        self.threshold.disabled = not self.model.uses("threshold")
+        used = self.model.uses("threshold")
+        self.threshold.disabled = not used
+        self.threshold.layout.display = None if used else "none"
+        post = self.model.postprocess
+        why = html.escape(NO_THRESHOLD.get(post, f"{post} reads none"), quote=False)
+        self.threshold_note.value = "" if used else f"<i>no threshold: {why}</i>"
+        self.threshold_note.layout.display = "none" if used else None
 
     def _sync_controls(self) -> None:
         """Show the settings in force (the model's), without calling back: a refused prompt is

@@ -111,10 +111,38 @@ def test_threshold_reruns_only_the_prompts_and_the_coarse_mask_shrinks(explorer)
     # with another rule the threshold is not read: moving it recomputes nothing new
     ex.postprocess.value = "kmeans"
     assert ex.threshold.disabled
+    assert ex.threshold.layout.display == "none"  # hidden: no value left over from the sweep
+    assert "no threshold: k-means picks the cut" in ex.threshold_note.value
     before = dict(ex.counts)
     ex.threshold.value = 0.5
     ex.threshold.value = 0.35
     assert _delta(before, ex.counts)["sam_prompts"] == 0
+
+
+def test_the_threshold_slider_shows_only_the_threshold_in_force(explorer):
+    """After a sweep the notebook goes back to the dense CRF: the slider, left at the sweep's last
+    value, is not shown, and a note says what draws the region; back to the threshold rule, the
+    slider is shown with the threshold the coarse mask is cut at."""
+    ex = explorer
+    _reset(ex)
+    assert ex.threshold.layout.display == "none" and ex.threshold_note.layout.display is None
+    assert "no threshold: the dense CRF draws the region" in ex.threshold_note.value
+    ex.postprocess.value = "threshold"
+    ex.threshold.value = 0.9
+    assert ex.threshold.layout.display is None and ex.threshold_note.layout.display == "none"
+    assert ex.state["threshold"] == 0.9 and not ex.threshold.disabled
+    ex.postprocess.value = "crf"
+    assert ex.threshold.layout.display == "none" and ex.threshold.disabled
+    for post, says in (("otsu", "Otsu's rule picks the cut"), ("kmeans", "k-means picks the cut")):
+        ex.postprocess.value = post
+        assert ex.threshold.layout.display == "none" and says in ex.threshold_note.value
+    # a threshold set on the model is what the slider shows at the next redraw
+    ex.model.set(postprocess="threshold", threshold=0.4)
+    ex.clear_clicks()
+    assert ex.threshold.value == pytest.approx(0.4) and ex.postprocess.value == "threshold"
+    assert ex.threshold.layout.display is None
+    assert not np.any(ex.sam_prompts.mask & (ex.saliency <= 0.4))  # the cut in force
+    ex.postprocess.value = "crf"
 
 
 def test_the_segment_button_applies_the_typed_prompt(explorer):
