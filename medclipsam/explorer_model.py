@@ -226,8 +226,23 @@ class ExplorerModel(ExplorerBuilders):
                 setattr(self, name, value)
                 self._mark(SETTING_STAGES[name])
 
+    def refusal(self, prompt: str) -> str | None:
+        """Why ``prompt`` cannot be applied (None when it can): an empty or whitespace-only prompt
+        says nothing to segment; its map would be the image's own salience (the command line
+        refuses one too)."""
+        if str(prompt).strip():
+            return None
+        example = self.current.prompt or self.prompt.strip() or "breast tumor"
+        if self.mask is None:  # nothing shown yet: an image without a suggested prompt
+            return f"no prompt yet: type what to segment, e.g. {example!r}"
+        return f"empty prompt {str(prompt)!r} refused: type what to segment, e.g. {example!r}"
+
     def set_prompt(self, prompt: str) -> None:
-        """Type ``prompt`` (the saliency, unless cached, and everything after it are recomputed)."""
+        """Type ``prompt`` (the saliency, unless cached, and everything after it are recomputed).
+        An empty or whitespace-only prompt is refused (ValueError) and nothing changes."""
+        why = self.refusal(prompt)
+        if why is not None:
+            raise ValueError(why)
         if str(prompt) != self.prompt:
             self.prompt = str(prompt)
             self._mark("saliency")
@@ -310,11 +325,20 @@ class ExplorerModel(ExplorerBuilders):
 
     def update(self) -> ExplorerState:
         """Recompute from the first stage the changes since the last update affect (nothing when
-        nothing changed; earlier stages come from the caches) and return the state."""
+        nothing changed; earlier stages come from the caches) and return the state. Without a
+        prompt (an empty one: an image with no suggested prompt) it raises a ValueError."""
+        if self._pending is not None and self.refusal(self.prompt) is not None:
+            # no prompt yet (an image without a suggested prompt): nothing to compute from
+            raise ValueError(self.refusal(self.prompt))
         stage, self._pending = self._pending, None
         if stage is not None:
             self._refresh(stage)
         return self.snapshot()
+
+    @property
+    def changed(self) -> bool:
+        """Whether a change waits for :meth:`update` to recompute."""
+        return self._pending is not None
 
     def snapshot(self) -> ExplorerState:
         """The state as it is now (without computing anything)."""
@@ -455,7 +479,7 @@ class ExplorerModel(ExplorerBuilders):
         not used): its maps and its row of Dice, SAM score and prompt-sensitivity (and the
         text-alone segmenter's ``text_dice``, ``text_score``, ``text_flags`` when there is one).
         The rows are kept as :attr:`comparison`."""
-        prompts = [p for p in prompts if p]
+        prompts = [p for p in prompts if p.strip()]
         if not prompts:
             raise ValueError("type at least one prompt to compare (one per line)")
         cfg = self.config()

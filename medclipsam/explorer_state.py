@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .pipeline import mask_flags
 from .prompting import SamPrompts
 
 __all__ = ["ComparedPrompt", "ExplorerState", "RecentCache"]
@@ -58,6 +59,12 @@ class ExplorerState:
         return None if self.mask is None else int(self.mask.sum())
 
     @property
+    def mask_flags(self) -> list[str]:
+        """What SAM's mask itself shows: ``empty_mask`` (no pixel) or ``mask_covers_image``
+        (nearly every pixel), as :func:`medclipsam.pipeline.mask_flags` says."""
+        return [] if self.mask is None else list(mask_flags(self.mask, self.flags))
+
+    @property
     def hand_made(self) -> list[str]:
         """The hand-made SAM prompts as text: ``+(x, y)``, ``-(x, y)``, ``box (x0, y0, x1, y1)``."""
         made = [f"{'+' if lab == 1 else '-'}({x:.0f}, {y:.0f})" for x, y, lab in self.user_points]
@@ -73,7 +80,7 @@ class ExplorerState:
             "sam_prompt_mode": self.sam_prompt_mode, "task": self.task, "sam": self.sam,
             "n_boxes": self.n_boxes, "user_points": list(self.user_points),
             "user_box": None if self.user_box is None else self.user_box.tolist(),
-            "flags": self.flags, "mask_area": self.mask_area, "sam_score": self.sam_score,
+            "flags": self.flags, "mask_flags": self.mask_flags, "mask_area": self.mask_area, "sam_score": self.sam_score,
             "dice": self.dice, "error": self.error,
         }
 

@@ -6,12 +6,14 @@
     ex = PromptExplorer.offline()      # toy CLIP + LiteMedSAM + a few phantom images of each task
     ex                                 # displays it (or display(ex.widget))
 
-Choose an image (or upload one), type a prompt, pick the saliency method, k, the post-processing,
-its threshold, the SAM prompt mode and the SAM model: the four panels show the saliency map, the
-coarse mask with the automatic SAM prompts (boxes, points), and SAM's mask (against the ground truth's outline when there is
-one, with its Dice). Click on the first panel to add a point (the "click adds" switch says
-positive, negative, or box) and drag to draw a box: that re-runs only SAM's decoder, on the stored
-image embedding. The "compare prompts" tab puts several prompts side by side on one image with each
+Choose an image (or upload one), type a prompt (Enter or the *segment* button applies it; an empty
+one is refused), pick the saliency method, k, the post-processing, its threshold (shown only with
+the threshold rule, the one rule that reads it), the SAM prompt mode and the SAM model: the four
+panels show the saliency map, the coarse mask with the automatic SAM prompts (boxes, points), and
+SAM's mask (against the ground truth's outline when there is one, with its Dice; an empty mask is
+said to be empty). Click on the first panel to add a point (the "click adds" switch says positive,
+negative, or box) and drag to draw a box: that re-runs only SAM's decoder, on the stored image
+embedding. The "compare prompts" tab puts several prompts side by side on one image with each
 one's prompt-sensitivity (how far its map is from the maps of control prompts; see
 :func:`medclipsam.saliency.prompt_sensitivity`).
 
@@ -83,6 +85,19 @@ METHOD_CHOICES = [(LABELS[m], m) for m in (*SALIENCY_METHODS, *CONTROL_SALIENCY)
 POSTPROCESS_CHOICES = [(LABELS[m], m) for m in POSTPROCESS_METHODS]
 MODE_CHOICES = [(LABELS[m], m) for m in SAM_PROMPT_MODES]
 CLICK_CHOICES = [("+ point", "positive"), ("- point", "negative"), ("box (drag)", "box")]
+#: What the threshold slider's place says when the coarse-mask rule reads no fixed threshold.
+NO_THRESHOLD = {
+    "crf": "the dense CRF draws the region",
+    "kmeans": "k-means picks the cut on each map",
+    "otsu": "Otsu's rule picks the cut on each map",
+}
+#: What the read-out and the mask panel's title say about a failed mask (see ExplorerState.mask_flags).
+MASK_PROBLEMS = {
+    "empty_mask": "SAM returned an empty mask",
+    "mask_covers_image": "SAM's mask covers the whole image",
+}
+PANEL_TITLES = {"sam_prompts": "SAM prompts (click / drag)", "saliency": "saliency",
+                "coarse": "coarse mask", "mask": "SAM mask vs ground truth"}
 
 # colours of the drawings (RGB): the legend every lesson uses (medclipsam.viz.COLOURS); a box is
 # a box prompt whether the pipeline made it or you dragged it (yours replaces the automatic one)
@@ -95,6 +110,16 @@ def _png(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _title_html(text: str, colour: str | None = None) -> str:
+    """A panel title on one line (cut with an ellipsis, whole on hover), so that every panel's
+    image starts at the same height."""
+    style = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis"
+    if colour:
+        style += f";color:{colour}"
+    t = html.escape(text)
+    return f"<div style='{style}' title='{t}'><b>{t}</b></div>"
 
 
 def _from_model(name: str, doc: str) -> property:
@@ -124,7 +149,11 @@ class PromptExplorer(ExplorerBuilders):
         self._build_widgets(display_size, compare_prompts)
         self.model.progress_listener = self._show_progress
         self._silent = False
-        self._draw(self.model.update())
+        self._result_html = ""  # the read-out of the result shown (an error is put above it)
+        if self.model.refusal(self.model.prompt) is None:
+            self._draw(self.model.update())
+        else:  # no prompt yet (an image without a suggested one): the image, and a request for one
+            self._run()
 
     # what the model holds, read through the view
     pipeline = _from_model("pipeline", "The pipeline explored.")
@@ -168,7 +197,11 @@ class PromptExplorer(ExplorerBuilders):
         self.upload = W.FileUpload(accept=".png,.jpg,.jpeg,.bmp,.tif,.tiff,.dcm,.nii,.gz",
                                    multiple=False, description="upload image")
         self.prompt_box = W.Text(value=m.prompt, description="prompt", continuous_update=False,
+                                 placeholder="what to segment, e.g. breast tumor",
                                  style=style, layout=wide)
+        self.segment_button = W.Button(description="segment", icon="play", button_style="primary",
+                                       tooltip="apply the prompt (as Enter in the prompt box)",
+                                       layout=W.Layout(width="110px"))
         self.method = W.Dropdown(options=METHOD_CHOICES, value=m.method,
                                  description="saliency", style=style, layout=wide)
         self.k = W.IntSlider(value=m.k, min=1, max=m.channels,
@@ -178,6 +211,7 @@ class PromptExplorer(ExplorerBuilders):
         self.threshold = W.FloatSlider(value=m.threshold, min=0.05, max=0.95, step=0.05,
                                        description="threshold", style=style,
                                        continuous_update=False)
+        self.threshold_note = W.HTML()  # in the slider's place when the rule reads no threshold
         self.mode = W.ToggleButtons(options=MODE_CHOICES, value=m.sam_prompt_mode,
                                     description="SAM prompts", style=style)
         self.preset = W.Dropdown(options=[("from the image", "auto"), ("none", "none")]
@@ -195,9 +229,10 @@ class PromptExplorer(ExplorerBuilders):
         panel_layout = W.Layout(width=f"{size}px", height="auto")
         self.panels = {name: W.Image(format="png", layout=panel_layout)
                        for name in ("sam_prompts", "saliency", "coarse", "mask")}
-        titles = {"sam_prompts": "image + SAM prompts (click / drag)", "saliency": "saliency",
-                  "coarse": "coarse mask", "mask": "SAM mask vs ground truth"}
-        columns = [W.VBox([W.HTML(f"<b>{titles[n]}</b>"), p]) for n, p in self.panels.items()]
+        self.panel_titles = {name: W.HTML(_title_html(PANEL_TITLES[name]),
+                                          layout=W.Layout(width=f"{size}px"))
+                             for name in self.panels}
+        columns = [W.VBox([self.panel_titles[n], p]) for n, p in self.panels.items()]
         try:
             from ipyevents import Event
         except ImportError:  # clicks need ipyevents; everything else works without it
@@ -224,13 +259,14 @@ class PromptExplorer(ExplorerBuilders):
                       (self.sam_picker, self.on_sam), (self.upload, self.on_upload)]:
             w.observe(cb, names="value")
         self.clear_button.on_click(self.on_clear)
+        self.segment_button.on_click(self.on_segment)
         self.compare_button.on_click(self.on_compare)
 
         controls = W.VBox([
             W.HBox([self.image_picker, self.upload]),
-            W.HBox([self.prompt_box, self.preset]),
+            W.HBox([self.prompt_box, self.segment_button, self.preset]),
             W.HBox([self.method, self.k]),
-            W.HBox([self.postprocess, self.threshold]),
+            W.HBox([self.postprocess, self.threshold, self.threshold_note]),
             self.mode,
             W.HBox([self.sam_picker]),
             W.HBox([self.click_mode, self.clear_button, click_note]),
@@ -250,8 +286,32 @@ class PromptExplorer(ExplorerBuilders):
         display(self.widget)
 
     def _update_enabled(self) -> None:
+        """k is greyed out for a method without it; the threshold slider is shown only with the
+        threshold rule (another rule reads no threshold: a note says what decides instead)."""
         self.k.disabled = not self.model.uses("k")
-        self.threshold.disabled = not self.model.uses("threshold")
+        used = self.model.uses("threshold")
+        self.threshold.disabled = not used
+        self.threshold.layout.display = None if used else "none"
+        post = self.model.postprocess
+        why = html.escape(NO_THRESHOLD.get(post, f"{post} reads none"), quote=False)
+        self.threshold_note.value = "" if used else f"<i>no threshold: {why}</i>"
+        self.threshold_note.layout.display = "none" if used else None
+
+    def _sync_controls(self) -> None:
+        """Show the settings in force (the model's), without calling back: a refused prompt is
+        replaced by the one the panels show, a new image's suggested prompt appears ..."""
+        m = self.model
+        self._silent = True
+        try:
+            for widget, value in [(self.image_picker, m.image), (self.prompt_box, m.prompt),
+                                  (self.method, m.method), (self.k, m.k), (self.preset, m.preset),
+                                  (self.postprocess, m.postprocess), (self.threshold, m.threshold),
+                                  (self.mode, m.sam_prompt_mode), (self.sam_picker, m.sam)]:
+                if widget.value != value:
+                    widget.value = value
+        finally:
+            self._silent = False
+        self._update_enabled()
 
     # -- callbacks (ordinary methods: tests and notebooks call them too) ------------------------
 
@@ -261,22 +321,28 @@ class PromptExplorer(ExplorerBuilders):
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - shown to the user instead of lost in a log
-            self.model.last_error = f"{type(e).__name__}: {e}"
+            refused = isinstance(e, ValueError)  # a refused input: its message is enough
+            self.model.last_error = str(e) if refused else f"{type(e).__name__}: {e}"
             self._show_progress(None)
-            self.status.value = f"<span style='color:#c00'>{html.escape(self.model.last_error)}</span>"
+            error = f"<span style='color:#c00'>{html.escape(self.model.last_error)}</span>"
+            self.status.value = error
+            self._sync_controls()  # the controls show what is in force again
+            if self.model.mask is None:  # nothing computed yet: at least the image
+                for name, rgb in self.panel_images().items():
+                    self.panels[name].value = _png(rgb)
+                self.readout.value = error
+            else:
+                still = f"the panels still show {self.model.prompt!r} on {self.model.image}"
+                self.readout.value = f"{error} <i>({html.escape(still)})</i><br>{self._result_html}"
 
     def _run(self, change: Callable[[], Any] = lambda: None) -> None:
         """Give the model a change, then draw what it recomputes (errors are shown, not raised)."""
         def apply() -> None:
             change()
-            self._update_enabled()
-            self._silent = True  # the model's prompt may follow a new image's suggestion
-            try:
-                self.image_picker.value = self.model.image
-                self.prompt_box.value = self.model.prompt
-            finally:
-                self._silent = False
-            self._draw(self.model.update())
+            self._sync_controls()  # the model's prompt may follow a new image's suggestion
+            if self.model.changed:  # else nothing to redraw (and a refusal's message stays)
+                self._draw(self.model.update())
+
 
         self._guarded(apply)
 
@@ -285,6 +351,10 @@ class PromptExplorer(ExplorerBuilders):
 
     def on_prompt(self, change: Any = None) -> None:
         self._run(lambda: self.model.set_prompt(self.prompt_box.value))
+
+    def on_segment(self, _button: Any = None) -> None:
+        """The *segment* button: apply the prompt box's text (as Enter does)."""
+        self.on_prompt()
 
     def on_method(self, change: Any = None) -> None:
         self._run(lambda: self.model.set(method=self.method.value))
@@ -338,7 +408,8 @@ class PromptExplorer(ExplorerBuilders):
     # -- public, programmatic use ---------------------------------------------------------------
 
     def set_prompt(self, prompt: str) -> None:
-        """Type ``prompt`` (as pressing Enter in the prompt box)."""
+        """Type ``prompt`` and press Enter (or *segment*); an empty prompt is refused: the
+        read-out says so and the previous result stays (:attr:`last_error` holds the message)."""
         self.prompt_box.value = prompt
 
     def select(self, name: str) -> None:
@@ -422,14 +493,19 @@ class PromptExplorer(ExplorerBuilders):
         self.progress.value = len(STAGES)
         for name, rgb in self.panel_images().items():
             self.panels[name].value = _png(rgb)
-        parts = [f"SAM score <b>{s.sam_score:.2f}</b>", f"mask area {s.mask_area} px"]
+        problems = [MASK_PROBLEMS[f] for f in s.mask_flags if f in MASK_PROBLEMS]
+        mask_title = PANEL_TITLES["mask"] if self.current.gt is not None else "SAM mask"
+        self.panel_titles["mask"].value = (_title_html(problems[0], "#c00") if problems
+                                           else _title_html(mask_title))
+        parts = [f"<b style='color:#c00'>{html.escape(p)}</b>" for p in problems]
+        parts += [f"SAM score <b>{s.sam_score:.2f}</b>", f"mask area {s.mask_area} px"]
         if s.dice is not None:
-            parts.insert(0, f"Dice vs ground truth <b>{s.dice:.3f}</b>")
+            parts.insert(len(problems), f"Dice vs ground truth <b>{s.dice:.3f}</b>")
         if s.flags:
             parts.append("flags: " + ", ".join(s.flags))
         if s.hand_made:
             parts.append("hand-made SAM prompts: " + " ".join(s.hand_made))
-        self.readout.value = " &middot; ".join(parts)
+        self._result_html = self.readout.value = " &middot; ".join(parts)
         ran = ", ".join(f"{k} {v}" for k, v in self.counts.items())
         self.status.value = f"done in {s.seconds:.2f} s &middot; <small>stages run so far: {ran}</small>"
 
@@ -437,26 +513,40 @@ class PromptExplorer(ExplorerBuilders):
         """A matplotlib figure of the four panels (for static notebooks and reports)."""
         s = self.state
         extra = f", Dice {s['dice']:.3f}" if s["dice"] is not None else ""
+        empty = ": empty" if "empty_mask" in s["mask_flags"] else ""
         titles = [f"{s['image']}: SAM prompts", f"saliency: {s['prompt']!r}", "coarse mask",
-                  f"SAM mask (score {s['sam_score']:.2f}{extra})"]
+                  f"SAM mask{empty} (score {s['sam_score']:.2f}{extra})"]
         legend = [k for k in PROMPT_LEGEND if self.current.gt is not None or k != "ground truth (outline)"]
         return sample_grid(list(self.panel_images().values()), titles, ncols=4, cell_size=cell_size,
                            colorbar=True, legend=legend)
 
     # -- comparing prompts ----------------------------------------------------------------------
 
-    def _compare_column(self, item: ComparedPrompt) -> W.VBox:
-        row, img, gt = item.row, self.current.image, self.current.gt
-        caption = [f"<b>{html.escape(row['prompt'])}</b>"]
+    @staticmethod
+    def _caption_lines(item: ComparedPrompt) -> list[str]:
+        row = item.row
+        lines = [f"<b>{html.escape(row['prompt'])}</b>"]
         if row["dice"] is not None:
-            caption.append(f"Dice {row['dice']:.3f}")
+            lines.append(f"Dice {row['dice']:.3f}")
+        if not item.mask.any():
+            lines.append(f"<span style='color:#c00'>{MASK_PROBLEMS['empty_mask']}</span>")
         if row["sensitivity"] is not None:
-            low = row["sensitivity"] < DEFAULT_THRESHOLD
-            caption.append(f"sensitivity {row['sensitivity']:.2f}" + (
-                " <span style='color:#c00'>(barely depends on the prompt)</span>" if low else ""))
+            lines.append(f"sensitivity {row['sensitivity']:.2f}")
+            if row["sensitivity"] < DEFAULT_THRESHOLD:
+                lines.append("<span style='color:#c00'>barely depends on the prompt</span>")
+        return lines
+
+    def _compare_column(self, item: ComparedPrompt, n_lines: int) -> W.VBox:
+        """One prompt's column: its caption (padded to ``n_lines`` lines, each kept on one line,
+        so that every column's pictures start at the same height), its map and its mask."""
+        row, img, gt = item.row, self.current.image, self.current.gt
+        caption = self._caption_lines(item)
+        caption += ["&nbsp;"] * (n_lines - len(caption))
+        style = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis"
+        caption_html = f"<div style='{style}' title='{html.escape(row['prompt'])}'>{'<br>'.join(caption)}</div>"
         layout = W.Layout(width="200px", height="auto")
         column = W.VBox([
-            W.HTML("<br>".join(caption)),
+            W.HTML(caption_html, layout=W.Layout(width="200px")),
             W.Image(value=_png(overlay(img, saliency=item.saliency)), format="png", layout=layout),
             W.Image(value=_png(overlay(img, item.mask, outline=gt,
                                        boxes=None if item.boxes is None else list(item.boxes))),
@@ -481,6 +571,8 @@ class PromptExplorer(ExplorerBuilders):
             "<small>sensitivity: 1 - Pearson r between the prompt's map and the closest control "
             "prompt's map (empty, nonsense, another organ ...); below 0.1 the map barely depends "
             "on the prompt.</small>")
-        self.compare_out.children = [W.HBox([self._compare_column(i) for i in items]), note]
+        n_lines = max(len(self._caption_lines(i)) for i in items)
+        columns = [self._compare_column(i, n_lines) for i in items]
+        self.compare_out.children = [W.HBox(columns), note]
         self.status.value = f"compared {len(items)} prompts"
         return self.model.comparison

@@ -6,12 +6,21 @@
 
 It serves a copy of ``notebooks/06_interactive_explorer.ipynb`` (JupyterLab saves what it runs;
 the committed notebook stays without outputs) with JupyterLab on a free local port, opens it, runs
-all cells (the real kernel, the real widget
-front end), waits until the explorer has drawn its panels, takes a screenshot, then clicks on the
-explorer's first panel (a real mouse event through ipyevents to the kernel) and waits until the
-read-out says a hand-made point was added, and takes a second screenshot; then opens the
-"compare prompts" tab and waits for the notebook's comparison (with a prompt flagged as barely
-changing the map) and takes a third. Exit status 0 when all of it happened. Not part of the test suite: CI has no browser, and this needs a few minutes.
+all cells (the real kernel, the real widget front end) and waits until the notebook has finished.
+Then, as a student would:
+
+1. the four panels' images start at the same height (screenshot ``explorer_widget.png``);
+2. a click on the first panel (a real mouse event through ipyevents to the kernel) comes back in
+   the read-out as a hand-made point where it was clicked (``explorer_after_click.png``);
+3. an emptied prompt box and the *segment* button: the read-out refuses the empty prompt and the
+   box shows the prompt in force again (``explorer_empty_prompt.png``);
+4. the *compare prompts* tab shows the comparison the notebook ran: each prompt of the notebook's
+   printed table has a column with the same sensitivity, the prompts under 0.1 (there must be
+   one) are flagged "barely depends on the prompt" and no other is (``explorer_compare.png``).
+
+Exit status 0 when all of it happened; 1, with ``browser check FAILED: ...`` and ``failure.png``,
+when the explorer did something else. Not part of the test suite: CI has no browser, and this
+needs a few minutes.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ def _wait_for_server(url: str, timeout: float) -> None:
 
 
 def _drive(page, base: str, token: str, out: Path, timeout: float) -> bool:
-    """Open the notebook, run it, wait for the explorer, screenshot, click, screenshot."""
+    """Open the notebook, run it, then check the explorer the way a student uses it."""
     page.goto(f"{base}/lab/tree/{Path(NOTEBOOK).name}?token={token}&reset")
     page.wait_for_selector(".jp-Notebook", timeout=60_000)
     select = page.locator(".jp-Dialog button", has_text="Select")
@@ -81,23 +90,112 @@ def _drive(page, base: str, token: str, out: Path, timeout: float) -> bool:
     panel = widget.locator(".widget-image").first
     panel.scroll_into_view_if_needed()
     widget.screenshot(path=str(out / "explorer_widget.png"))
-    # a real click, 30 % across and 40 % down the first panel (256 px phantom image)
+    _check_panels_line_up(widget)
+    _check_click(page, widget, panel)
+    widget.screenshot(path=str(out / "explorer_after_click.png"))
+    _check_empty_prompt(widget)
+    widget.screenshot(path=str(out / "explorer_empty_prompt.png"))
+    # the second tab shows the comparison the notebook ran, with each prompt's sensitivity
+    widget.locator(".lm-TabBar-tab", has_text="compare prompts").first.click()
+    _check_flags(page, widget)
+    widget.screenshot(path=str(out / "explorer_compare.png"))
+    return True
+
+
+def _check_panels_line_up(widget) -> None:
+    """The four panels' images start at the same height (a title that wraps pushes its image down)."""
+    boxes = [widget.locator(".widget-image").nth(i).bounding_box() for i in range(4)]
+    tops = [round(b["y"]) for b in boxes]
+    print(f"the four panels' images start at y = {tops}")
+    if max(tops) - min(tops) > 1:
+        raise AssertionError(f"the panels' images do not line up: their tops are at {tops}")
+
+
+def _check_click(page, widget, panel) -> None:
+    """A real click, 30 % across and 40 % down the first panel (256 px phantom image), goes
+    through ipyevents to the kernel and comes back as a hand-made point in the read-out."""
     box = panel.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
     x, y = round(0.3 * 256), round(0.4 * 256)
-    page.locator(".widget-tab >> text=hand-made prompts").first.wait_for(timeout=60_000)
-    readout = widget.locator("text=hand-made prompts").first.inner_text()
-    print(f"after the click the read-out says: {readout!r} (expected a point near +({x}, {y}))")
-    got = re.search(r"\+\((\d+), (\d+)\)", readout)
+    readout = widget.locator(".widget-html-content", has_text="hand-made SAM prompts").first
+    readout.wait_for(timeout=60_000)
+    text = readout.inner_text()
+    print(f"after the click the read-out says: {text!r} (expected a point near +({x}, {y}))")
+    got = re.search(r"\+\((\d+), (\d+)\)", text)
     if not got or abs(int(got[1]) - x) > 3 or abs(int(got[2]) - y) > 3:
-        raise AssertionError(f"the click did not add a point near ({x}, {y}): {readout!r}")
-    widget.screenshot(path=str(out / "explorer_after_click.png"))
-    # the second tab shows the comparison the notebook ran, with each prompt's sensitivity
-    widget.locator(".lm-TabBar-tab", has_text="compare prompts").first.click()
-    widget.locator("text=barely depends on the prompt").first.wait_for(timeout=30_000)
-    print("the compare tab shows the prompts side by side, flagging the prompt-insensitive one")
-    widget.screenshot(path=str(out / "explorer_compare.png"))
-    return True
+        raise AssertionError(f"the click did not add a point near ({x}, {y}): {text!r}")
+
+
+def _check_empty_prompt(widget) -> None:
+    """Blank the prompt box and press the *segment* button beside it: the read-out refuses the
+    empty prompt and the box shows the prompt in force again."""
+    box = widget.locator(".widget-text:has(label:text-is('prompt')) input").first
+    before = box.input_value()
+    box.fill("   ")
+    widget.locator("button", has_text="segment").first.click()
+    # the read-out (the status line above the panels says it too, without what is still shown)
+    refusal = widget.locator(".widget-html-content", has_text="the panels still show").first
+    refusal.wait_for(timeout=60_000)
+    text = refusal.inner_text()
+    print(f"after an empty prompt and 'segment' the read-out says: {text!r}")
+    if "refused" not in text or f"still show '{before}'" not in text:
+        raise AssertionError(f"the empty prompt was not refused with {before!r} kept: {text!r}")
+    t0 = time.time()
+    while box.input_value() != before and time.time() - t0 < 30:
+        time.sleep(0.2)
+    if box.input_value() != before:
+        raise AssertionError(f"the prompt box shows {box.input_value()!r}, not the prompt in force {before!r}")
+
+
+def _notebook_table(page) -> dict[str, float | None]:
+    """The sensitivity of each prompt in the comparison table the notebook printed."""
+    table = page.locator(".jp-OutputArea-output", has_text=re.compile(r"prompt\s+Dice\s+sensitivity"))
+    rows = {}
+    for line in table.first.inner_text().splitlines()[1:]:
+        got = re.match(r"^(.+?)\s+(-|\d+\.\d+)\s+(-|\d+\.\d+)\s*$", line)
+        if got:
+            rows[got[1]] = None if got[3] == "-" else float(got[3])
+    return rows
+
+
+def _check_flags(page, widget) -> None:
+    """Each prompt whose sensitivity in the notebook's table is under the threshold (0.1) has its
+    column flagged "barely depends on the prompt"; no other column is. The notebook's comparison
+    must have such a prompt (on the offline phantom breast image: "benign breast lesion")."""
+    from medclipsam.saliency.sensitivity import DEFAULT_THRESHOLD
+
+    table = _notebook_table(page)
+    print(f"the notebook's table: {table}")
+    low = [p for p, s in table.items() if s is not None and s < DEFAULT_THRESHOLD]
+    if not low:
+        raise AssertionError(f"no prompt of the notebook's table is under {DEFAULT_THRESHOLD}: nothing "
+                             f"to see flagged in the compare tab ({table})")
+    captions = widget.locator(".widget-html-content:has(b)", has_text="sensitivity")
+    captions.first.wait_for(timeout=30_000)
+    columns, tops = {}, []
+    for i in range(captions.count()):
+        c = captions.nth(i)
+        columns[c.locator("b").first.inner_text().strip()] = c.inner_text()
+        # the column (caption, map, mask ...): .widget-html-content < .widget-html < .widget-vbox
+        tops.append(round(c.locator("xpath=../..").locator(".widget-image").first.bounding_box()["y"]))
+    print(f"the compare tab's maps start at y = {tops}")
+    if max(tops) - min(tops) > 1:
+        raise AssertionError(f"the compare tab's columns do not line up: their maps start at {tops}")
+    for prompt, s in table.items():
+        if prompt not in columns:
+            raise AssertionError(f"the compare tab has no column for {prompt!r}: {list(columns)}")
+        text = " ".join(columns[prompt].split())
+        flagged = "barely depends on the prompt" in text
+        print(f"  {prompt!r}: sensitivity {s} in the table; its column: {text!r}")
+        if s is not None and f"sensitivity {s:.2f}" not in text:
+            raise AssertionError(f"{prompt!r}: the column does not show the table's sensitivity {s:.2f}: {text!r}")
+        if s is None or abs(s - DEFAULT_THRESHOLD) < 0.005:  # no number, or too close to call
+            continue
+        if flagged != (s < DEFAULT_THRESHOLD):
+            raise AssertionError(
+                f"the compare tab {'flags' if flagged else 'does not flag'} {prompt!r} (sensitivity {s:.2f}, "
+                f"threshold {DEFAULT_THRESHOLD}): its column says {text!r}")
+    print(f"the compare tab flags {low} as barely depending on the prompt, and no other prompt")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             try:
                 ok = _drive(page, base, token, out, a.timeout)
+            except AssertionError as e:  # the explorer did not do what a student expects
+                page.screenshot(path=str(out / "failure.png"), full_page=True)
+                print(f"browser check FAILED: {e}", file=sys.stderr)
             except Exception:
                 page.screenshot(path=str(out / "failure.png"), full_page=True)
                 raise
@@ -153,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
         log.close()
     print("screenshots in", out.resolve())
+    print("browser check passed" if ok else "browser check FAILED (see above; failure.png)")
     return 0 if ok else 1
 
 

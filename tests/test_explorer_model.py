@@ -114,10 +114,42 @@ def test_bad_settings_and_inputs_are_refused_with_what_is_allowed(model):
     with pytest.raises(ValueError, match="outside"):
         model.add_point(-1, 0)
     with pytest.raises(ValueError, match="at least one prompt"):
-        model.compare(["", ""])
+        model.compare(["", " \t"])
     assert "scan" not in model.images
     before = dict(model.counts)
     assert model.update().error is None and model.counts == before  # nothing was changed
+
+
+def test_an_empty_prompt_is_refused_and_the_result_stays(model):
+    """The command line refuses an empty prompt; so does the explorer: its map would be the
+    image's own salience, and its Dice would look like the prompt's."""
+    shown = _reset(model)
+    before = dict(model.counts)
+    for blank in ("", "   ", "\t\n"):
+        with pytest.raises(ValueError, match="empty prompt .* refused: type what to segment, e.g. 'lungs'"):
+            model.set_prompt(blank)
+    state = model.update()
+    assert state.prompt == "lungs" and state.dice == shown.dice and model.counts == before
+    assert np.array_equal(state.mask, shown.mask)
+    # an image without a suggested prompt, and no prompt given: nothing is computed until one is typed
+    scan = ExplorerModel(model.pipeline, {"scan": model.current.image}, sam_name="stand-in", k=K)
+    with pytest.raises(ValueError, match="no prompt yet: type what to segment"):
+        scan.update()
+    assert scan.mask is None and scan.counts["saliency"] == 0
+    scan.set_prompt("lungs")
+    assert scan.update().mask.shape == model.current.image.shape[:2]
+
+
+def test_an_empty_sam_mask_is_flagged(model):
+    state = _reset(model)
+    assert state.mask_flags == [] and state.as_dict()["mask_flags"] == []
+    # a box on the black corner outside the x-ray's body: the stand-in SAM finds nothing there
+    model.set_box(0, 0, 2, 2)
+    state = model.update()
+    assert not state.mask.any(), "the stand-in SAM found something in the corner"
+    assert state.mask_flags == ["empty_mask"] and state.mask_area == 0
+    model.clear_clicks()
+    assert model.update().mask_flags == []
 
 
 def test_clicks_rerun_the_decoder_and_a_new_image_forgets_them(model):

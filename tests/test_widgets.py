@@ -111,10 +111,125 @@ def test_threshold_reruns_only_the_prompts_and_the_coarse_mask_shrinks(explorer)
     # with another rule the threshold is not read: moving it recomputes nothing new
     ex.postprocess.value = "kmeans"
     assert ex.threshold.disabled
+    assert ex.threshold.layout.display == "none"  # hidden: no value left over from the sweep
+    assert "no threshold: k-means picks the cut" in ex.threshold_note.value
     before = dict(ex.counts)
     ex.threshold.value = 0.5
     ex.threshold.value = 0.35
     assert _delta(before, ex.counts)["sam_prompts"] == 0
+
+
+def test_the_threshold_slider_shows_only_the_threshold_in_force(explorer):
+    """After a sweep the notebook goes back to the dense CRF: the slider, left at the sweep's last
+    value, is not shown, and a note says what draws the region; back to the threshold rule, the
+    slider is shown with the threshold the coarse mask is cut at."""
+    ex = explorer
+    _reset(ex)
+    assert ex.threshold.layout.display == "none" and ex.threshold_note.layout.display is None
+    assert "no threshold: the dense CRF draws the region" in ex.threshold_note.value
+    ex.postprocess.value = "threshold"
+    ex.threshold.value = 0.9
+    assert ex.threshold.layout.display is None and ex.threshold_note.layout.display == "none"
+    assert ex.state["threshold"] == 0.9 and not ex.threshold.disabled
+    ex.postprocess.value = "crf"
+    assert ex.threshold.layout.display == "none" and ex.threshold.disabled
+    for post, says in (("otsu", "Otsu's rule picks the cut"), ("kmeans", "k-means picks the cut")):
+        ex.postprocess.value = post
+        assert ex.threshold.layout.display == "none" and says in ex.threshold_note.value
+    # a threshold set on the model is what the slider shows at the next redraw
+    ex.model.set(postprocess="threshold", threshold=0.4)
+    ex.clear_clicks()
+    assert ex.threshold.value == pytest.approx(0.4) and ex.postprocess.value == "threshold"
+    assert ex.threshold.layout.display is None
+    assert not np.any(ex.sam_prompts.mask & (ex.saliency <= 0.4))  # the cut in force
+    ex.postprocess.value = "crf"
+
+
+def test_the_segment_button_applies_the_typed_prompt(explorer):
+    """Enter or leaving the box applies a prompt; so does the *segment* button beside the box."""
+    ex = explorer
+    _reset(ex)
+    row = next(r for r in ex.widget.children[0].children[0].children if ex.prompt_box in r.children)
+    assert ex.segment_button in row.children and ex.segment_button.description == "segment"
+    # text typed in the browser and not yet sent with Enter: the box holds it, nothing is applied
+    ex.prompt_box.unobserve(ex.on_prompt, names="value")
+    try:
+        ex.prompt_box.value = "brain tumor"
+    finally:
+        ex.prompt_box.observe(ex.on_prompt, names="value")
+    assert ex.state["prompt"] == "breast tumor"
+    dice_before = ex.state["dice"]
+    ex.segment_button.click()
+    assert ex.state["prompt"] == "brain tumor" and ex.last_error is None
+    assert ex.state["dice"] == pytest.approx(dice(ex.mask, ex.current.gt)) != dice_before
+    assert f"{ex.state['dice']:.3f}" in ex.readout.value
+
+
+def test_an_empty_prompt_is_refused_in_the_read_out_and_the_result_stays(explorer):
+    ex = explorer
+    _reset(ex)
+    shown = ex.state
+    panels = {n: p.value for n, p in ex.panels.items()}
+    before = dict(ex.counts)
+    for blank in ("", "   "):
+        ex.set_prompt(blank)
+        assert "empty prompt" in ex.readout.value and "refused" in ex.readout.value
+        assert "type what to segment, e.g. &#x27;breast tumor&#x27;" in ex.readout.value
+        assert "the panels still show &#x27;breast tumor&#x27;" in ex.readout.value
+        assert f"Dice vs ground truth <b>{shown['dice']:.3f}</b>" in ex.readout.value  # still there
+        assert ex.prompt_box.value == "breast tumor"  # the box shows the prompt in force again
+        assert ex.state == shown | {"error": ex.last_error} and "empty prompt" in ex.last_error
+    # the segment button on an emptied box: refused too, and the message stays
+    ex.prompt_box.unobserve(ex.on_prompt, names="value")
+    ex.prompt_box.value = " "
+    ex.prompt_box.observe(ex.on_prompt, names="value")
+    ex.segment_button.click()
+    assert "refused" in ex.readout.value
+    assert ex.counts == before and {n: p.value for n, p in ex.panels.items()} == panels
+    ex.set_prompt("breast tumor")
+    ex.set_prompt("benign breast lesion")
+    assert "refused" not in ex.readout.value and ex.last_error is None
+    # an image without a suggested prompt: the image is shown, and the read-out asks for a prompt
+    bare = PromptExplorer(ex.pipeline, {"scan": ex.current.image})
+    assert "no prompt yet: type what to segment" in bare.readout.value
+    assert _png_shape(bare.panels["saliency"].value) == ex.current.image.shape
+    assert bare.mask is None and bare.counts["saliency"] == 0
+    bare.set_prompt("breast tumor")
+    assert bare.mask is not None and "SAM score" in bare.readout.value
+
+
+def test_an_empty_sam_mask_is_said_to_be_empty(explorer):
+    ex = explorer
+    _reset(ex)
+    assert "empty" not in ex.readout.value and "SAM mask vs ground truth" in ex.panel_titles["mask"].value
+    # on this breast image, point prompts alone give LiteMedSAM nothing to draw
+    ex.mode.value = "points"
+    assert not ex.mask.any(), "LiteMedSAM found a region from the points: pick another empty case"
+    assert ex.readout.value.startswith("<b style='color:#c00'>SAM returned an empty mask</b>")
+    assert "mask area 0 px" in ex.readout.value
+    assert "SAM returned an empty mask" in ex.panel_titles["mask"].value
+    assert ex.state["mask_flags"] == ["empty_mask"]
+    import matplotlib.pyplot as plt
+
+    fig = ex.figure()
+    try:
+        assert fig.axes[3].get_title().startswith("SAM mask: empty")
+    finally:
+        plt.close(fig)
+    ex.mode.value = "box"
+    assert ex.mask.any() and "empty" not in ex.readout.value
+    assert "SAM mask vs ground truth" in ex.panel_titles["mask"].value
+
+
+def test_the_panel_titles_stay_on_one_line_above_their_images(explorer):
+    """A title that wrapped pushed its image below the others': each title is one line of the
+    panel's width (a long one is cut, whole on hover)."""
+    ex = explorer
+    _reset(ex)
+    for name, title in ex.panel_titles.items():
+        assert title.layout.width == ex.panels[name].layout.width
+        assert "white-space:nowrap" in title.value and "text-overflow:ellipsis" in title.value
+    assert "SAM prompts (click / drag)" in ex.panel_titles["sam_prompts"].value
 
 
 def test_every_control_across_its_range(explorer):
@@ -268,6 +383,8 @@ def test_compare_view_puts_prompts_side_by_side_with_their_sensitivity(explorer)
     assert len(cols) == 2 and "sensitivity" in cols[0].children[0].value
     for row, col in zip(rows, cols):  # the warning shows exactly when the number is under the threshold
         assert ("barely depends" in col.children[0].value) == (row["sensitivity"] < DEFAULT_THRESHOLD)
+    # the captions have as many lines each, so that the pictures under them start at one height
+    assert len({col.children[0].value.count("<br>") for col in cols}) == 1
     # independent: the number is prompt_sensitivity's for this image and method
     from medclipsam.saliency import METHODS, prompt_sensitivity
 

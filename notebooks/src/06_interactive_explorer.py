@@ -7,17 +7,22 @@
 # interactive application, so you can *feel* what each choice does:
 #
 # * **image**: a held-out phantom image of each task (or your own, with *upload image*);
-# * **prompt**: type a text and press Enter; the saliency map follows it;
+# * **prompt**: type a text and press Enter (or *segment*); the saliency map follows it. An empty
+#   prompt is refused: its map would be what the image tower finds salient, whatever you meant;
 # * **saliency**: gScoreCAM (the paper's), GradCAM, M2IB (v2), or a *control* map that ignores the
 #   prompt (random, uniform): with a control, whatever SAM finds is not the prompt's doing;
 # * **k**: how many channels gScoreCAM keeps (from 1 to all of them, which is plain ScoreCAM);
 # * **coarse mask**: how the map becomes a region (dense CRF, k-means, a fixed threshold, Otsu) and
-#   the **threshold** of the fixed rule;
+#   the **threshold** of the fixed rule (its slider is shown only with that rule, the one that reads it);
 # * **SAM prompts**: a box, points, or both, made from that region;
 # * **SAM model**: the SAM that draws the mask (add your own, e.g. MedSAM, in the set-up cell; the
 #   real world offers MedSAM, SAM ViT-H and SAM 2, and lesson 07 compares them on a data set);
 # * **click adds**: click on the first panel to add a positive or negative point, or drag a box;
 #   this re-runs only SAM's decoder on the stored image embedding, so it answers at once.
+#
+# The read-out under the panels gives the Dice against the ground truth, SAM's score and the mask's
+# area, and says so in red when SAM returned an empty mask (it happens: try the *points* prompts on
+# the first breast image).
 #
 # The *compare prompts* tab runs several prompts on one image side by side, each with its Dice and
 # its **prompt sensitivity**: how far its saliency map is from the maps of control prompts (empty,
