@@ -170,21 +170,33 @@ def legend_handles(legend: Sequence[str | tuple[str, str]]) -> list:
     from matplotlib.patches import Patch
 
     handles = []
-    for item in legend:
-        label, key = (item, item) if isinstance(item, str) else item
-        if key not in COLOURS:
-            raise ValueError(f"unknown legend entry {key!r}; choose from {list(COLOURS)}")
+    for label, key, look in _legend_entries(legend):
         col = _rgb(COLOURS[key])
-        if key.endswith("point"):
+        if look == "point":
             handles.append(Line2D([], [], ls="none", marker="s", markersize=8, markerfacecolor=col,
                                   markeredgecolor="black", markeredgewidth=1.2, label=label))
-        elif key == "coarse mask":
+        elif look == "hatched":
             handles.append(Patch(facecolor=(*col, 0.3), edgecolor=col, hatch="////", lw=1.5, label=label))
-        elif key in ("ground truth (outline)", "box prompt"):
+        elif look == "outline":
             handles.append(Patch(facecolor="none", edgecolor=col, lw=2, label=label))
         else:
             handles.append(Patch(facecolor=(*col, 0.6), edgecolor=col, lw=1.5, label=label))
     return handles
+
+
+def _legend_entries(legend: Sequence[str | tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """``(label, name of COLOURS, look)`` for each legend item, the look being how :func:`overlay`
+    draws that thing: ``"point"``, ``"hatched"`` (the coarse mask), ``"outline"`` (the ground
+    truth, a box) or ``"filled"`` (the SAM mask)."""
+    entries = []
+    for item in legend:
+        label, key = (item, item) if isinstance(item, str) else item
+        if key not in COLOURS:
+            raise ValueError(f"unknown legend entry {key!r}; choose from {list(COLOURS)}")
+        look = ("point" if key.endswith("point") else "hatched" if key == "coarse mask"
+                else "outline" if key in ("ground truth (outline)", "box prompt") else "filled")
+        entries.append((label, key, look))
+    return entries
 
 
 def legend_html(legend: Sequence[str | tuple[str, str]] = PROMPT_LEGEND, *, saliency: bool = True) -> str:
@@ -204,18 +216,15 @@ def legend_html(legend: Sequence[str | tuple[str, str]] = PROMPT_LEGEND, *, sali
         )
         parts.append(swatch(f"width:60px;background:linear-gradient(to right, {stops})")
                      + "saliency 0 &rarr; 1")
-    for item in legend:
-        label, key = (item, item) if isinstance(item, str) else item
-        if key not in COLOURS:
-            raise ValueError(f"unknown legend entry {key!r}; choose from {list(COLOURS)}")
+    for label, key, look in _legend_entries(legend):
         r, g, b = COLOURS[key]
         rgb = f"rgb({r},{g},{b})"
-        if key.endswith("point"):
+        if look == "point":
             style = f"background:{rgb};border:1.5px solid black;width:10px;height:10px"
-        elif key == "coarse mask":
+        elif look == "hatched":
             style = (f"border:2px solid {rgb};background:repeating-linear-gradient("
                      f"45deg, {rgb} 0 2px, rgba({r},{g},{b},0.3) 2px 5px)")
-        elif key in ("ground truth (outline)", "box prompt"):
+        elif look == "outline":
             style = f"border:2px solid {rgb}"
         else:
             style = f"border:2px solid {rgb};background:rgba({r},{g},{b},0.6)"
