@@ -378,13 +378,18 @@ def make_sam_prompts(
         raise ValueError("within_content=True needs the image the saliency map belongs to (same height "
                          "and width), to find its content")
     flags: list[str] = []
+    # the picture's content, found once: the coarse mask is cut to it, negative points kept in it
+    content = None
+    if within_content or (negatives and mode != "box" and image is not None
+                          and np.asarray(image).shape[:2] == s.shape):
+        content = content_mask(image)
     if float(s.max() - s.min()) <= MIN_CONTRAST:
         flags.append("empty_saliency")
         coarse = np.zeros(s.shape, bool)
     else:
         coarse = coarse_mask(s, postprocess, image=image, threshold=threshold, crf=crf)
         if within_content:
-            coarse &= content_mask(image)
+            coarse &= content
     kept = keep_largest_components(coarse, n_components, connectivity, min_area)
     regions = _regions(kept, box_mode, n_components, connectivity)
     if min_box_area > 0 and regions:
@@ -418,13 +423,10 @@ def make_sam_prompts(
     pts = lbls = None
     if want_points:
         groups = []
-        within = None
-        if negatives and image is not None and np.asarray(image).shape[:2] == s.shape:
-            within = content_mask(image)
         for i, r in enumerate(regions):
             xy, lbl = sample_points(
                 r, points, negatives, saliency=s, strategy=point_strategy, outside=kept,
-                within=within, seed=seed + i,
+                within=content if negatives else None, seed=seed + i,
             )
             if int((lbl == 1).sum()) < points or int((lbl == 0).sum()) < negatives:
                 if "fewer_points" not in flags:
