@@ -112,10 +112,14 @@ def _png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+#: CSS keeping a title or caption on one line (cut with an ellipsis), so pictures below line up.
+ONE_LINE = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis"
+
+
 def _title_html(text: str, colour: str | None = None) -> str:
     """A panel title on one line (cut with an ellipsis, whole on hover), so that every panel's
     image starts at the same height."""
-    style = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis"
+    style = ONE_LINE
     if colour:
         style += f";color:{colour}"
     t = html.escape(text)
@@ -343,7 +347,6 @@ class PromptExplorer(ExplorerBuilders):
             if self.model.changed:  # else nothing to redraw (and a refusal's message stays)
                 self._draw(self.model.update())
 
-
         self._guarded(apply)
 
     def on_image(self, change: Any = None) -> None:
@@ -536,14 +539,12 @@ class PromptExplorer(ExplorerBuilders):
                 lines.append("<span style='color:#c00'>barely depends on the prompt</span>")
         return lines
 
-    def _compare_column(self, item: ComparedPrompt, n_lines: int) -> W.VBox:
-        """One prompt's column: its caption (padded to ``n_lines`` lines, each kept on one line,
+    def _compare_column(self, item: ComparedPrompt, caption: list[str], n_lines: int) -> W.VBox:
+        """One prompt's column: its caption lines (padded to ``n_lines``, each kept on one line,
         so that every column's pictures start at the same height), its map and its mask."""
         row, img, gt = item.row, self.current.image, self.current.gt
-        caption = self._caption_lines(item)
-        caption += ["&nbsp;"] * (n_lines - len(caption))
-        style = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis"
-        caption_html = f"<div style='{style}' title='{html.escape(row['prompt'])}'>{'<br>'.join(caption)}</div>"
+        caption = caption + ["&nbsp;"] * (n_lines - len(caption))
+        caption_html = f"<div style='{ONE_LINE}' title='{html.escape(row['prompt'])}'>{'<br>'.join(caption)}</div>"
         layout = W.Layout(width="200px", height="auto")
         column = W.VBox([
             W.HTML(caption_html, layout=W.Layout(width="200px")),
@@ -571,8 +572,9 @@ class PromptExplorer(ExplorerBuilders):
             "<small>sensitivity: 1 - Pearson r between the prompt's map and the closest control "
             "prompt's map (empty, nonsense, another organ ...); below 0.1 the map barely depends "
             "on the prompt.</small>")
-        n_lines = max(len(self._caption_lines(i)) for i in items)
-        columns = [self._compare_column(i, n_lines) for i in items]
+        captions = [self._caption_lines(i) for i in items]
+        n_lines = max(len(c) for c in captions)
+        columns = [self._compare_column(i, c, n_lines) for i, c in zip(items, captions)]
         self.compare_out.children = [W.HBox(columns), note]
         self.status.value = f"compared {len(items)} prompts"
         return self.model.comparison
