@@ -19,7 +19,7 @@ from medclipsam.vocab import TASKS
 print("medclipsam from", medclipsam.__file__)
 settings = dict(arg.split("=", 1) for arg in sys.argv[3:])
 settings = {k: ast.literal_eval(v) for k, v in settings.items()}
-pipe = MedCLIPSAM.offline(**settings) if settings else MedCLIPSAM.offline()
+pipe = MedCLIPSAM.offline(**settings)
 print(pipe.config)
 out = {}
 for task in TASKS:
