@@ -929,11 +929,13 @@ def test_the_grader_cannot_be_gamed_by_deleting_printing_or_redefining_a_check(t
     (tmp_path / "subs").mkdir()
     call = "ex.check_boxes(mask_to_boxes, n_trials=N_TRIALS, seed=SEED, strict=True);"
     variant("honest", None)
-    variant("deleted", [])
+    # the check cell deleted, and its PASS line printed in its place
     variant(
         "printed",
         ['print("[PASS] check_boxes: all 12 cases agree with the reference.")'],
     )
+    # the check redefined in the notebook and in the module, then result lines written by hand
+    # through both private writers
     variant(
         "redefined",
         [
@@ -943,43 +945,35 @@ def test_the_grader_cannot_be_gamed_by_deleting_printing_or_redefining_a_check(t
             "check_boxes(mask_to_boxes)",
             'ex.check_boxes = lambda *a, **k: print("[PASS] check_boxes: all 12 cases agree")',
             call,
-        ],
-    )
-    variant("reference", ["ex.check_boxes(ex.reference.mask_to_boxes, n_trials=N_TRIALS)"])
-    variant(
-        "forged",
-        [
             "from medclipsam.exercises import _record\n"
             "_record.write_record('check_boxes', True, 12, False)\n"
             "if _record._write is not None:\n"
             "    _record._write({'check': 'check_boxes', 'passed': True, 'package_code': False})",
         ],
     )
+    variant("reference", ["ex.check_boxes(ex.reference.mask_to_boxes, n_trials=N_TRIALS)"])
     rows = {
         r["notebook"]: r
         for r in ex.grade_notebooks([tmp_path / "subs"], parameters={"SMOKE": True})
     }
-    assert len(rows) == 6
+    assert len(rows) == 4
     for label, r in rows.items():
         assert r["exercise"] == "ex03_boxes", label
         assert r["checks"].startswith("check_saliency_to_mask:pass check_boxes:"), (label, r)
         assert r["passed"] == 1 and r["score"] == 0.5, (label, r)
     assert rows["ex03_honest.ipynb"]["checks"].endswith("check_boxes:fail")
     assert "NotImplementedError" in rows["ex03_honest.ipynb"]["errors"]
-    for label in ("deleted", "printed"):
-        r = rows[f"ex03_{label}.ipynb"]
-        assert r["checks"].endswith("check_boxes:not_run") and r["not_run"] == 1
-        assert "not run: check_boxes" in r["notes"]
+    printed = rows["ex03_printed.ipynb"]
+    assert printed["checks"].endswith("check_boxes:not_run") and printed["not_run"] == 1
+    assert "not run: check_boxes" in printed["notes"]
     redefined = rows["ex03_redefined.ipynb"]
     assert redefined["checks"].endswith("check_boxes:not_run")
     assert "def check_boxes" in redefined["notes"] and "ex.check_boxes =" in redefined["notes"]
     reference = rows["ex03_reference.ipynb"]
     assert reference["checks"].endswith("check_boxes:package_code")
     assert "ran on the package's own function" in reference["notes"]
-    forged = rows["ex03_forged.ipynb"]
     # both private writers refuse a caller that is not a check (and the notes flag the attempt)
-    assert forged["checks"].endswith("check_boxes:not_run")
-    assert "`_record`" in forged["notes"] and "`write_record`" in forged["notes"]
+    assert "`_record`" in redefined["notes"] and "`write_record`" in redefined["notes"]
 
 
 @pytest.mark.notebook

@@ -83,7 +83,7 @@ if FULL:
     OUT_DIR = OUT_DIR + "_full"
 config = WeakConfig(epochs=EPOCHS, size=SIZE, device=DEVICE, seed=SEED)
 if SMOKE:
-    N_IMAGES = 30
+    N_IMAGES = 16
     config = WeakConfig(epochs=3, size=64, batch_size=4, channels=(8, 16, 32), strides=(2, 2), device=DEVICE, seed=SEED)
     OUT_DIR = OUT_DIR + "_smoke"
 if WORLD == "offline":

@@ -38,7 +38,7 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 WORLD = "offline"       # the exercises run in the offline world (toy CLIP, LiteMedSAM, phantom images)
-SMOKE = False           # CI: 20 images, 3 epochs, a tiny network
+SMOKE = False           # CI: 10 images, 3 epochs, a tiny network
 SEED = 0                # seed of the phantom data, the training and the random cases
 TASK = "breast"         # breast, brain or xray
 N_IMAGES = 100          # phantom images: 70 % train, 10 % validation, 20 % test
@@ -68,7 +68,7 @@ config = WeakConfig(epochs=EPOCHS, size=64, batch_size=8, channels=(16, 32, 64),
 N_TRIALS = 10
 if SMOKE:
     torch.set_num_threads(1)  # tiny networks: one thread is fastest, and CI machines share cores
-    N_IMAGES, N_TRIALS, OUT_DIR = 20, 3, OUT_DIR + "_smoke"
+    N_IMAGES, N_TRIALS, OUT_DIR = 10, 3, OUT_DIR + "_smoke"
     config = WeakConfig(epochs=3, size=64, batch_size=4, channels=(8, 16, 32), strides=(2, 2),
                         patience=None, seed=SEED, device="cpu", progress=False)
 data = write_phantom_folder(Path(OUT_DIR) / "data" / TASK, TASK, N_IMAGES, seed=SEED, size=128)
