@@ -90,13 +90,21 @@ def test_info_runs():
 
 
 def test_pseudo_label_train_weak_and_reproduce_commands(tmp_path):
+    """pseudo-label, train-weak and reproduce as a user chains them: the train split's
+    pseudo-labels written first into reproduce's own folder are resumed, not redone."""
+    import json
+
     data = tmp_path / "phantom"
-    assert _run("phantom", "--task", "breast", "--n", "12", "--size", "64", "--out", str(data)).returncode == 0
-    pl = tmp_path / "pl"
+    assert _run("phantom", "--task", "breast", "--n", "10", "--size", "64", "--out", str(data)).returncode == 0
+    train = json.loads((data / "splits.json").read_text())["splits"]["train"]
+    rep = tmp_path / "rep"
+    pl = rep / "pseudo"
     proc = _run("pseudo-label", "--images", str(data / "images"), "--prompt", "breast tumor", "--out", str(pl),
                 "--task", "breast", "--split", "train", "--quiet")
     assert proc.returncode == 0, proc.stderr
-    assert len(list((pl / "masks").iterdir())) == 8 and (pl / "results.csv").is_file()
+    assert sorted(p.stem for p in (pl / "masks").iterdir()) == sorted(train)
+    assert (pl / "results.csv").is_file()
+    written = {p.name: p.stat().st_mtime_ns for p in (pl / "masks").iterdir()}
     proc = _run("train-weak", "--images", str(data / "images"), "--masks", str(data / "masks"),
                 "--out", str(tmp_path / "net"), "--epochs", "2", "--size", "32", "--quiet")
     assert proc.returncode == 0, proc.stderr
@@ -106,10 +114,15 @@ def test_pseudo_label_train_weak_and_reproduce_commands(tmp_path):
     proc = _run("train-weak", "--images", str(bare / "images"), "--masks", str(data / "masks"),
                 "--out", str(tmp_path / "net2"), "--quiet")
     assert proc.returncode == 2 and "--val-images" in proc.stderr
-    proc = _run("reproduce", "--task", "breast", "--data", str(data), "--out", str(tmp_path / "rep"),
+    proc = _run("reproduce", "--task", "breast", "--data", str(data), "--out", str(rep),
                 "--epochs", "2", "--size", "32", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "weakly supervised" in proc.stdout and "fully supervised" in proc.stdout
+    # the train split's pseudo-labels were resumed (the same files), the val split's added
+    assert {n: t for n, t in written.items()} == {
+        p.name: p.stat().st_mtime_ns for p in (pl / "masks").iterdir() if p.name in written
+    }
+    assert len(list((pl / "masks").iterdir())) > len(written)
 
 
 def test_help_never_imports_torch():
