@@ -74,10 +74,11 @@ def standin_pipe(one_thread):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` (the lessons' real branch over random-weight BiomedCLIP and SAM
-    ViT-B: minutes each) run only when asked for: ``python -m pytest -m slow``. The notebooks
-    (marked ``notebook``, up to a minute or two each) go first, so that the workers share the
-    long tests and finish together instead of one running the last long notebook alone."""
+    """Tests marked ``slow`` (the real branch of lessons 03 and 04 over random-weight
+    BiomedCLIP: minutes each) run only when asked for: ``python -m pytest -m slow``. The notebooks
+    (marked ``notebook``, up to a minute or two each) go first, so that the long tests start early
+    and the run ends on short ones: with ``--dist worksteal`` (pyproject.toml's addopts) a worker
+    that runs out of tests takes half of the other's queue, and the workers finish together."""
     items.sort(key=lambda item: "notebook" not in item.keywords)  # stable: the order otherwise kept
     if "slow" in (config.getoption("markexpr", "") or ""):
         return

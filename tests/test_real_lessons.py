@@ -1,6 +1,8 @@
-"""The lessons' real branch (``WORLD = "real"``) over random-weight stand-ins, so it cannot rot
-unseen: BiomedCLIP's real architecture from a Hugging Face cache written here (random weights) and
-SAM ViT-B from a random checkpoint saved here, at a small k, under papermill.
+"""The lessons' real branch (``WORLD = "real"``) over stand-ins that load offline, so it cannot
+rot unseen: BiomedCLIP's real architecture from a Hugging Face cache written here (random weights)
+and LiteMedSAM from a copy of its checkpoint file given as ``SAM_CHECKPOINT`` (the path a user's
+own SAM weights take; SAM ViT-B from a checkpoint is tests/test_models_real.py's subject), at a
+small k, under papermill.
 
 Lessons 00 and 06 run with the rest of the notebooks; 03 and 04 are marked ``slow`` (several
 minutes each on a 2-core CPU) and run with ``python -m pytest -m slow tests/test_real_lessons.py``.
@@ -58,24 +60,24 @@ def _parameter_names(nb) -> set[str]:
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
-    """A BiomedCLIP hub cache and a random SAM ViT-B checkpoint (fp16: 190 MB), and the
-    environment the notebook kernels inherit (offline, that hub cache)."""
-    import torch
+    """A BiomedCLIP hub cache, a copy of LiteMedSAM's checkpoint, and the environment the notebook
+    kernels inherit (offline, that hub cache)."""
+    import shutil
+
     from hf_cache import write_biomedclip_cache
 
-    from medclipsam.models.sam import build_sam
+    from medclipsam.models.litemedsam import litemedsam_checkpoint
 
     root = tmp_path_factory.mktemp("real_world")
     hub = write_biomedclip_cache(root / "hf")
-    torch.manual_seed(0)
-    sam_file = root / "sam_vit_b_random.pth"
-    torch.save({k: v.half() for k, v in build_sam("vit_b").state_dict().items()}, sam_file)
+    sam_file = root / "my_lite_medsam.pth"
+    shutil.copyfile(litemedsam_checkpoint(), sam_file)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_CACHE", str(hub))
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("MEDCLIPSAM_OFFLINE", "1")
         mp.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-        yield {"CLIP": "biomedclip", "SAM": "vit_b", "SAM_CHECKPOINT": str(sam_file)}
+        yield {"CLIP": "biomedclip", "SAM": "litemedsam", "SAM_CHECKPOINT": str(sam_file)}
 
 
 @pytest.mark.parametrize("name, needed", _cases())
