@@ -76,10 +76,12 @@ def standin_pipe(one_thread):
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (the real branch of lessons 03 and 04 over random-weight
     BiomedCLIP: minutes each) run only when asked for: ``python -m pytest -m slow``. The notebooks
-    (marked ``notebook``, up to a minute or two each) go first, so that the long tests start early
-    and the run ends on short ones: with ``--dist worksteal`` (pyproject.toml's addopts) a worker
-    that runs out of tests takes half of the other's queue, and the workers finish together."""
-    items.sort(key=lambda item: "notebook" not in item.keywords)  # stable: the order otherwise kept
+    (marked ``notebook``, up to a minute or two each), then the other long tests (marked
+    ``heavy``) go first, so that the long tests start early and the run ends on short ones: with
+    ``--dist worksteal`` (pyproject.toml's addopts) a worker that runs out of tests takes the
+    second half of the other's queue, and the workers finish together."""
+    # stable: the order otherwise kept
+    items.sort(key=lambda item: 0 if "notebook" in item.keywords else 1 if "heavy" in item.keywords else 2)
     if "slow" in (config.getoption("markexpr", "") or ""):
         return
     skip = pytest.mark.skip(reason="slow: run with python -m pytest -m slow")

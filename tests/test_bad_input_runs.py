@@ -188,6 +188,7 @@ def _cli(*args, cwd=None):
                           text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+@pytest.mark.heavy
 def test_segment_over_a_folder_with_bad_files_names_them_and_exits_1(tmp_path):
     _mixed_folder(tmp_path / "images")
     out = tmp_path / "seg"

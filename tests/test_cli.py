@@ -23,6 +23,7 @@ def _run(*args, cwd=None):
     )
 
 
+@pytest.mark.heavy
 def test_demo_segments_the_three_tasks_and_writes_figures_and_tables(tmp_path):
     proc = _run("demo", "--out", str(tmp_path / "demo"), "--n", "2", "--size", "160")
     assert proc.returncode == 0, proc.stderr
@@ -89,6 +90,7 @@ def test_info_runs():
     assert proc.returncode == 0 and "torch" in proc.stdout and "MEDCLIPSAM_CACHE" in proc.stdout
 
 
+@pytest.mark.heavy
 def test_pseudo_label_train_weak_and_reproduce_commands(tmp_path):
     """pseudo-label, train-weak and reproduce as a user chains them: the train split's
     pseudo-labels written first into reproduce's own folder are resumed, not redone."""

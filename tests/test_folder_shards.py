@@ -37,6 +37,7 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.heavy
 def test_segment_under_torchrun_splits_the_stems_and_merges_one_results_csv(folder, tmp_path):
     pipe = MedCLIPSAM.offline(device="cpu")
     stems = sorted(p.stem for p in folder.iterdir())

@@ -122,6 +122,7 @@ def _real_slices():
     return out
 
 
+@pytest.mark.heavy
 def test_masks_match_the_official_procedure_on_phantom_and_real_images(predictor, session):
     """Square, wide, tall, smaller and larger than 256 px (area downscaling and upscaling,
     padding right or below), and two real slices: mask IoU >= 0.99 for every box. The reference

@@ -333,6 +333,7 @@ def test_open_clip_names_offline_give_clear_errors(tmp_path, monkeypatch):
 # SAM
 
 
+@pytest.mark.heavy
 def test_load_sam_vit_b_from_a_random_checkpoint_runs_the_predictor(tmp_path):
     torch.manual_seed(0)
     sam = build_sam("vit_b")

@@ -32,6 +32,7 @@ def test_one_image_gives_every_intermediate_in_image_coordinates(offline_pipe):
     assert dice(res.mask, s.mask) > 0.3  # LiteMedSAM keeps to the box the map gave
 
 
+@pytest.mark.heavy
 def test_zero_shot_dice_drops_with_a_prompt_blind_map(offline_pipe):
     # Held-out test images (6 per task, all with a finding) through the offline world's default
     # pipeline with LiteMedSAM; a random or flat map instead of the prompt's saliency must lose.
