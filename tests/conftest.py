@@ -73,18 +73,45 @@ def standin_pipe(one_thread):
     p.close()
 
 
+def _long(item) -> int:
+    """0 for a notebook, 1 for another test marked ``heavy``, 2 for the rest (and for a test
+    that is skipped)."""
+    if "skip" in item.keywords:
+        return 2
+    return 0 if "notebook" in item.keywords else 1 if "heavy" in item.keywords else 2
+
+
+def _queues_start_long(items: list, workers: int) -> list:
+    """The order in which each of ``workers`` xdist workers starts on long tests: under
+    ``--dist worksteal`` worker k first gets the k-th contiguous share of the list (shares as
+    xdist cuts them), and an idle worker later takes the second half of the other's queue.
+    So each share begins with every ``workers``-th long test and ends with short ones: the
+    long tests start early on every worker, and what is stolen at the end is short."""
+    long = [i for i in items if _long(i) < 2]
+    short = [i for i in items if _long(i) == 2]
+    out, left, used = [], len(items), 0
+    for k in range(workers):
+        share = left // (workers - k)
+        mine = long[k::workers]
+        take = max(share - len(mine), 0)
+        out += mine + short[used : used + take]
+        used += take
+        left -= share
+    return out + short[used:]
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (the real branch of lessons 03 and 04 over random-weight
-    BiomedCLIP: minutes each) run only when asked for: ``python -m pytest -m slow``. The notebooks
-    (marked ``notebook``, up to a minute or two each), then the other long tests (marked
-    ``heavy``) go first, so that the long tests start early and the run ends on short ones: with
-    ``--dist worksteal`` (pyproject.toml's addopts) a worker that runs out of tests takes the
-    second half of the other's queue, and the workers finish together."""
-    # stable: the order otherwise kept
-    items.sort(key=lambda item: 0 if "notebook" in item.keywords else 1 if "heavy" in item.keywords else 2)
-    if "slow" in (config.getoption("markexpr", "") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with python -m pytest -m slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    BiomedCLIP: minutes each) run only when asked for: ``python -m pytest -m slow``. The long
+    tests (notebooks, marked ``notebook``, up to a minute or two each; then the others marked
+    ``heavy``) start first on every worker and the run ends on short ones (see
+    :func:`_queues_start_long`), so that the workers finish together."""
+    if "slow" not in (config.getoption("markexpr", "") or ""):
+        skip = pytest.mark.skip(reason="slow: run with python -m pytest -m slow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
+    items.sort(key=_long)  # stable: the order otherwise kept
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        items[:] = _queues_start_long(items, workers)
