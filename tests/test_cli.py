@@ -121,7 +121,7 @@ def test_pseudo_label_train_weak_and_reproduce_commands(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "weakly supervised" in proc.stdout and "fully supervised" in proc.stdout
     # the train split's pseudo-labels were resumed (the same files), the val split's added
-    assert {n: t for n, t in written.items()} == {
+    assert written == {
         p.name: p.stat().st_mtime_ns for p in (pl / "masks").iterdir() if p.name in written
     }
     assert len(list((pl / "masks").iterdir())) > len(written)
