@@ -35,11 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             s = ds[i]
             r, c = phantom.intensity_rule_point(s.image, rule)
             panels.append(overlay(s.image, outline=s.mask, points=[(c, r)]))
-            if s.mask.any():
-                verdict = "hit" if phantom.pointing_hit((r, c), s.mask) else "miss"
-            else:
-                verdict = "no finding"
-            titles.append(f"{task} ({s.label}): {verdict}")
+            titles.append(f"{task} ({s.label}): {phantom.pointing_verdict((r, c), s.mask)}")
     fig = sample_grid(
         panels, titles, ncols=4, cell_size=2.6,
         suptitle="The phantom world, and the point a naive intensity rule picks",

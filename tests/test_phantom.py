@@ -20,6 +20,7 @@ from medclipsam.data.phantom import (
     generate_sample,
     intensity_rule_point,
     pointing_hit,
+    pointing_verdict,
     write_phantom_folder,
 )
 
@@ -264,6 +265,8 @@ def test_intensity_rule_and_pointing_hit_on_a_known_picture():
     assert pointing_hit((20, 20), mask) and not pointing_hit((20, 24), mask)
     assert pointing_hit((20, 24), mask, tolerance_px=4)
     assert not pointing_hit((20, 20), np.zeros((50, 60), bool), tolerance_px=100)
+    assert pointing_verdict((20, 20), mask) == "hit" and pointing_verdict((20, 24), mask) == "miss"
+    assert pointing_verdict((20, 20), np.zeros((50, 60), bool)) == "no finding"
     with pytest.raises(ValueError, match="rule"):
         intensity_rule_point(img, "reddest")
 

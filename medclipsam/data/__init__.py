@@ -43,6 +43,7 @@ from .phantom import (
     generate_sample,
     intensity_rule_point,
     pointing_hit,
+    pointing_verdict,
     write_phantom_folder,
 )
 
@@ -74,6 +75,7 @@ __all__ = [
     "make_split",
     "pair_by_stem",
     "pointing_hit",
+    "pointing_verdict",
     "read_image",
     "read_mask",
     "to_uint8",

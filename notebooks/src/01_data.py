@@ -157,8 +157,7 @@ for task, rule in RULE.items():
         s = ds[i]
         r, c = phantom.intensity_rule_point(s.image, rule)
         panels.append(overlay(s.image, outline=s.mask, points=[(c, r)]))
-        verdict = ("hit" if phantom.pointing_hit((r, c), s.mask) else "miss") if s.mask.any() else "no finding"
-        titles.append(f"{task} #{i} ({s.label}): {verdict}")
+        titles.append(f"{task} #{i} ({s.label}): {phantom.pointing_verdict((r, c), s.mask)}")
 sample_grid(panels, titles, ncols=4, cell_size=2.6, suptitle="the intensity rule's pick: " + ", ".join(f"{rule} region ({t})" for t, rule in RULE.items()),
             legend=[("the rule's pick", "positive point"), "ground truth (outline)"])
 plt.show()

@@ -43,6 +43,7 @@ from .dataset import (
     generate_sample,
     intensity_rule_point,
     pointing_hit,
+    pointing_verdict,
     write_phantom_folder,
 )
 from .world import (
@@ -68,5 +69,6 @@ __all__ = [
     "generate_sample",
     "intensity_rule_point",
     "pointing_hit",
+    "pointing_verdict",
     "write_phantom_folder",
 ]

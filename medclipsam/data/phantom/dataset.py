@@ -50,6 +50,7 @@ __all__ = [
     "generate_sample",
     "intensity_rule_point",
     "pointing_hit",
+    "pointing_verdict",
     "write_phantom_folder",
 ]
 
@@ -187,6 +188,14 @@ def pointing_hit(point: tuple[int, int], mask: np.ndarray, tolerance_px: float =
         return True
     rows, cols = np.nonzero(mask)
     return bool(np.min((rows - r) ** 2 + (cols - c) ** 2) <= tolerance_px**2)
+
+
+def pointing_verdict(point: tuple[int, int], mask: np.ndarray) -> str:
+    """``"hit"`` or ``"miss"`` for ``point`` (row, col) against ``mask`` (:func:`pointing_hit`),
+    or ``"no finding"`` when the mask is empty (a normal image has nothing to hit or miss)."""
+    if not np.asarray(mask, dtype=bool).any():
+        return "no finding"
+    return "hit" if pointing_hit(point, mask) else "miss"
 
 
 # ============================================================================================
